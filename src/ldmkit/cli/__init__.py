@@ -1,0 +1,52 @@
+"""The `ldm` command: one sub-command per job (train, generate, info, eval, ...).
+
+Each verb lives in its own module with two functions: `add_parser(subparsers)` declares its
+flags (every flag has help text) and `run(args)` does the work. A `UserError` anywhere becomes
+one line on stderr and exit status 2; Ctrl-C exits with 130 (training saves first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ldmkit import __version__
+from ldmkit.errors import UserError
+
+from . import generate, info, train
+
+VERBS = [train, generate, info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldm",
+        description="ldmkit: train latent diffusion models on a folder of images and generate from them.",
+        epilog="Run `ldm VERB --help` for the flags of each verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"ldmkit {__version__}")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        verb.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    try:
+        result = args.run(args)
+    except UserError as err:
+        print(f"ldm {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ldm {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

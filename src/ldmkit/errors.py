@@ -1,0 +1,9 @@
+"""Errors that mean "the user asked for something we cannot do".
+
+The CLI prints a `UserError` as one clear line and exits with status 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a path, a flag, a file): shown without a traceback."""
