@@ -1,0 +1,142 @@
+"""Reading images for evaluation: folders of sample PNGs, and real datasets, as uint8.
+
+Sample files are named `{index:05d}_seed{seed}_class{class_id}.png` (what `ldm generate`
+writes, see `sample_filename`); `_class-{name}` with a class name is accepted too, and
+both tags are optional. Everything `ldm eval` compares is uint8 `[N, C, H, W]`, the form
+images take on disk, so generated and real images are quantised the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ldmkit.errors import UserError
+
+__all__ = ["SampleSet", "sample_filename", "read_sample_folder", "dataset_to_uint8"]
+
+_SEED_TAG = re.compile(r"_seed(-?\d+)")
+_CLASS_TAG = re.compile(r"_class(?:(\d+)|-(.+))$")  # last tag of the stem: id, or "-" + name
+
+
+def sample_filename(index: int, seed: int | None = None, class_id: int | None = None) -> str:
+    """The file name of sample `index`: `00012_seed12_class3.png` (tags optional)."""
+    name = f"{index:05d}"
+    if seed is not None:
+        name += f"_seed{seed}"
+    if class_id is not None:
+        name += f"_class{class_id}"
+    return name + ".png"
+
+
+@dataclass
+class SampleSet:
+    """Images uint8 `[N, C, H, W]`, class ids int64 `[N]` (or None), seeds, source paths."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    seeds: list[int | None]
+    paths: list[Path]
+
+
+def _normalise_name(name: str) -> str:
+    # "T-shirt/top" must match a file tag "T-shirt_top": compare letters and digits only.
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def _class_id(path: Path, class_names: Sequence[str] | None) -> int | None:
+    match = _CLASS_TAG.search(path.stem)
+    if match is None:
+        return None
+    if match.group(1) is not None:
+        return int(match.group(1))
+    wanted = _normalise_name(match.group(2))
+    names = [_normalise_name(n) for n in class_names or []]
+    if not names:
+        raise UserError(f"{path.name} names its class ({match.group(2)!r}) but no class names are known")
+    if wanted not in names:
+        raise UserError(f"{path.name}: unknown class {match.group(2)!r}; known classes: {', '.join(class_names)}")
+    return names.index(wanted)
+
+
+def _sort_key(path: Path) -> tuple[int, str]:
+    # Numeric index first, so 100 sorts after 99 even without zero padding.
+    digits = re.match(r"\d+", path.name)
+    return (int(digits.group()) if digits else -1, path.name)
+
+
+def _load_png(path: Path, channels: int) -> np.ndarray:
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)  # [C, H, W]
+
+
+def read_sample_folder(
+    folder: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    channels: int | None = None,
+    limit: int | None = None,
+) -> SampleSet:
+    """Read every `*.png` in `folder` (sorted by index) into a `SampleSet`.
+
+    `channels` forces 1 (grayscale) or 3 (RGB); by default the first image decides (mode
+    "L" -> 1, anything else -> 3). `class_names` resolves `_class-{name}` tags. Labels are
+    None when no file carries a class tag; a folder where only some do is an error.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"sample folder not found: {folder}")
+    paths = sorted(folder.glob("*.png"), key=_sort_key)[:limit]
+    if not paths:
+        raise UserError(f"no .png files in {folder}")
+    if channels is None:
+        with Image.open(paths[0]) as first:
+            channels = 1 if first.mode in ("L", "I", "I;16", "1") else 3
+    if channels not in (1, 3):
+        raise UserError(f"channels must be 1 or 3, got {channels}")
+
+    arrays = [_load_png(p, channels) for p in paths]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise UserError(f"samples in {folder} differ in size: {sorted(shapes)}")
+    images = torch.from_numpy(np.stack(arrays))
+
+    ids = [_class_id(p, class_names) for p in paths]
+    tagged = sum(i is not None for i in ids)
+    if 0 < tagged < len(ids):
+        raise UserError(f"only {tagged} of {len(ids)} samples in {folder} have a _class tag")
+    labels = torch.tensor(ids, dtype=torch.int64) if tagged else None
+    seeds = [int(m.group(1)) if (m := _SEED_TAG.search(p.stem)) else None for p in paths]
+    return SampleSet(images=images, labels=labels, seeds=seeds, paths=paths)
+
+
+def dataset_to_uint8(dataset: Any, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 `[N, C, H, W]` and labels int64 `[N]` from a dataset of `(image, label)`.
+
+    An `ldmkit.data.ImageDataset` hands over its stored uint8 images directly (never
+    flipped). Any other dataset's items are float images in [-1, 1], quantised as a PNG
+    writer would, so real and generated images meet the extractor in the same form; build
+    such a dataset without random flips. `limit` keeps the first `limit` items.
+    """
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise UserError("the real dataset is empty")
+    if hasattr(dataset, "as_uint8_tensor") and n == len(dataset):
+        return dataset.as_uint8_tensor(), dataset.as_label_tensor()
+    if hasattr(dataset, "load_uint8"):
+        pairs = [dataset.load_uint8(i) for i in range(n)]
+        return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+    subset = torch.utils.data.Subset(dataset, range(n))
+    loader = torch.utils.data.DataLoader(subset, batch_size=1024, shuffle=False, num_workers=0)
+    images, labels = [], []
+    for x, y in loader:
+        images.append(((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+        labels.append(torch.as_tensor(y, dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
