@@ -1,0 +1,73 @@
+"""Halving and doubling the spatial resolution between UNet / autoencoder levels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldmkit.errors import UserError
+
+
+class DownSample(nn.Module):
+    """Halve H and W with a stride-2 conv3x3, or a 2x2 average pool (`use_conv=False`).
+
+    `padding=1` pads symmetrically (the UNet). `padding=0` pads only right and bottom by one,
+    `(0, 1, 0, 1)`, as the Stable Diffusion autoencoder does; both give ceil(H/2) x ceil(W/2)
+    for even sizes, but the weights of each only make sense with their own padding.
+    `x: [B, C, H, W] -> [B, out_channels, H/2, W/2]`.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        out_channels: int | None = None,
+        *,
+        use_conv: bool = True,
+        padding: int = 1,
+    ) -> None:
+        super().__init__()
+        out_channels = channels if out_channels is None else out_channels
+        if padding not in (0, 1):
+            raise UserError(f"DownSample padding must be 1 (symmetric) or 0 (asymmetric (0,1,0,1)), got {padding}")
+        if not use_conv and out_channels != channels:
+            raise UserError("DownSample(use_conv=False) is an average pool and cannot change the channel count")
+        self.padding = padding
+        self.use_conv = use_conv
+        if use_conv:
+            self.conv = nn.Conv2d(channels, out_channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.use_conv:
+            return F.avg_pool2d(x, 2)
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))  # [B, C, H+1, W+1]
+        return self.conv(x)  # [B, out_channels, H/2, W/2]
+
+
+class UpSample(nn.Module):
+    """Double H and W by nearest-neighbour repetition, then a conv3x3 (`use_conv=True`) to smooth
+    the blocky result (Odena et al. 2016, "Deconvolution and checkerboard artifacts").
+
+    `forward(x, output_size)` may name the exact target size, so a UNet fed an odd size can
+    match the skip connection it concatenates next.
+    `x: [B, C, H, W] -> [B, out_channels, 2H, 2W]`.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None, *, use_conv: bool = True) -> None:
+        super().__init__()
+        out_channels = channels if out_channels is None else out_channels
+        if not use_conv and out_channels != channels:
+            raise UserError("UpSample(use_conv=False) cannot change the channel count")
+        self.use_conv = use_conv
+        if use_conv:
+            self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        if output_size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # [B, C, 2H, 2W]
+        else:
+            x = F.interpolate(x, size=tuple(output_size), mode="nearest")
+        return self.conv(x) if self.use_conv else x

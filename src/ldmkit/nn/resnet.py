@@ -1,0 +1,84 @@
+"""The residual convolution block of DDPM / ADM / Stable Diffusion, with an embedding input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldmkit.errors import UserError
+from ldmkit.nn.norm import group_norm
+
+
+class ResNetBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3 -> (+ embedding) -> GroupNorm -> SiLU -> dropout -> conv3x3,
+    plus a skip path (He et al. 2016; the pre-activation form of Ho et al. 2020, appendix B).
+
+    The embedding (timestep, class, conditioning vector: one `[B, emb_dim]` tensor) reaches the
+    block through SiLU -> Linear. It is either added after the first conv, or, with
+    `scale_shift=True`, modulates the second norm as FiLM (Perez et al. 2018; ADM's "scale-shift
+    norm", Dhariwal & Nichol 2021, sec. 3):  h = GroupNorm(h) * (1 + scale) + shift.
+
+    The skip is the identity when channels match, else a 1x1 conv (or a 3x3 conv with
+    `conv_shortcut=True`). `zero_init=True` zero-initialises the last conv so the block starts
+    as the identity, which keeps deep stacks stable early in training (Goyal et al. 2017).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        emb_dim: int | None = None,
+        *,
+        dropout: float = 0.0,
+        groups: int = 32,
+        eps: float = 1e-5,
+        scale_shift: bool = False,
+        conv_shortcut: bool = False,
+        zero_init: bool = False,
+    ) -> None:
+        super().__init__()
+        out_ch = in_ch if out_ch is None else out_ch
+        self.in_ch, self.out_ch, self.emb_dim = in_ch, out_ch, emb_dim
+        self.scale_shift = scale_shift
+        self.norm1 = group_norm(in_ch, groups, eps)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        if emb_dim is not None:
+            # FiLM needs a scale and a shift per channel, the additive form only a shift.
+            self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
+        elif scale_shift:
+            raise UserError("ResNetBlock(scale_shift=True) needs emb_dim: the scale and shift come from it")
+        self.norm2 = group_norm(out_ch, groups, eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        if zero_init:
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
+        if in_ch != out_ch or conv_shortcut:
+            kernel = 3 if conv_shortcut else 1
+            self.skip = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2)
+        else:
+            self.skip = nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        # x: [B, in_ch, H, W], emb: [B, emb_dim] -> [B, out_ch, H, W]
+        if x.shape[1] != self.in_ch:
+            raise UserError(f"ResNetBlock expects {self.in_ch} input channels, got {x.shape[1]}")
+        if (emb is None) != (self.emb_dim is None):
+            raise UserError(
+                "ResNetBlock was built with emb_dim=None and got an embedding"
+                if emb is not None
+                else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
+            )
+        h = self.conv1(self.act(self.norm1(x)))  # [B, out_ch, H, W]
+        if emb is None:
+            h = self.norm2(h)
+        else:
+            e = self.emb_proj(self.act(emb))[:, :, None, None]  # [B, out_ch or 2*out_ch, 1, 1]
+            if self.scale_shift:
+                scale, shift = e.chunk(2, dim=1)
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + e)
+        h = self.conv2(self.dropout(self.act(h)))  # [B, out_ch, H, W]
+        return self.skip(x) + h
