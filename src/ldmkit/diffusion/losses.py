@@ -1,0 +1,76 @@
+"""The denoising training objective with optional Min-SNR-gamma weighting.
+
+loss = E_{t ~ U{0..T-1}, eps ~ N(0, I)} [ w(t) || f(x_t, t) - target ||^2 ],
+x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (Ho et al. 2020, eq. 4 and eq. 14 for eps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ldmkit.diffusion.parameterization import check_prediction, training_target
+from ldmkit.diffusion.schedules import NoiseSchedule
+from ldmkit.errors import UserError
+
+
+def min_snr_weight(snr: Tensor, gamma: float, prediction: str) -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 9 and Sec. 3.4).
+
+    The x0-space weight min(SNR, gamma) expressed for each target, using
+    ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2:
+      x0: min(SNR, gamma);  eps: min(SNR, gamma) / SNR;  v: min(SNR, gamma) / (SNR + 1).
+    """
+    check_prediction(prediction)
+    clipped = snr.clamp(max=gamma)
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped / (snr + 1)
+    # eps: the ratio tends to 1 as SNR -> 0 (zero terminal SNR), where 0/0 would be NaN.
+    return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
+
+
+def diffusion_loss(
+    model_fn: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    *,
+    prediction: str = "eps",
+    min_snr_gamma: float | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_per_sample: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Mean denoising loss of `model_fn(x_t, t) -> raw prediction` on the clean batch `x0`.
+
+    t: integer timesteps [B]; uniform on [0, T) when None. noise: the eps; standard normal
+    when None. Both are drawn with `generator` (on its device, then moved to x0's).
+    The network is given t as float32, as the samplers give it. The squared error is taken
+    in float32 even under autocast. With `return_per_sample`, also returns the [B] losses.
+    """
+    check_prediction(prediction)
+    if min_snr_gamma is not None and not min_snr_gamma > 0:
+        raise UserError(f"min_snr_gamma must be positive, got {min_snr_gamma!r}")
+    batch = x0.shape[0]
+    draw_device = generator.device if generator is not None else x0.device
+    if t is None:
+        t = torch.randint(0, schedule.num_steps, (batch,), generator=generator, device=draw_device)
+    t = t.to(x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
+    noise = noise.to(device=x0.device, dtype=x0.dtype)
+
+    alpha, sigma = schedule.coefficients(t, x0)
+    x_t = alpha * x0 + sigma * noise
+    pred = model_fn(x_t, t.to(torch.float32))
+    target = training_target(prediction, x0, noise, alpha, sigma)
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if min_snr_gamma is not None:
+        snr = schedule.snr(t).to(torch.float32)
+        per_sample = per_sample * min_snr_weight(snr, min_snr_gamma, prediction)
+    loss = per_sample.mean()
+    return (loss, per_sample) if return_per_sample else loss

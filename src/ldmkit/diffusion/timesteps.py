@@ -1,0 +1,156 @@
+"""Which noise levels a sampler visits: timestep spacings, Karras sigmas and the step grid.
+
+A sampler walks a `StepGrid`: n levels at which the network is called (timesteps t_0 > ... >
+t_{n-1}) plus one final level the last step lands on (usually clean, alpha_bar = 1). Levels are
+stored as alpha_bar in float64 on the CPU; every per-step coefficient is derived from them
+before the sampling loop starts, so the loop never reads a number back from the device.
+
+Spacings follow the names of Lin et al. 2024, Table 2, and diffusers' `timestep_spacing`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ldmkit.diffusion.schedules import MIN_ALPHA_BAR, NoiseSchedule
+from ldmkit.errors import UserError
+
+SPACINGS = ("leading", "linspace", "trailing")
+
+
+def check_steps(steps: int, schedule: NoiseSchedule) -> int:
+    """Validate a user step count: an integer in [1, T]."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule.num_steps:
+        raise UserError(f"steps must be an integer from 1 to {schedule.num_steps}, got {steps!r}")
+    return steps
+
+
+def spaced_timesteps(
+    num_train_steps: int,
+    steps: int,
+    spacing: str,
+    *,
+    offset: int = 0,
+    skip_zero: bool = False,
+    fractional: bool = False,
+) -> Tensor:
+    """`steps` descending timesteps in [0, T), float64.
+
+    leading:  k * (T // n) + offset for k = n-1..0         (DDPM/DDIM papers, SD 1.x)
+    linspace: linspace(0, T - 1, n), rounded unless `fractional`
+    trailing: round(T - k T / n) - 1 for k = 0..n-1         (always starts at T - 1)
+
+    `skip_zero` places n + 1 points and drops the smallest (DPM-Solver's convention: its last
+    step goes from a level above t = 0 straight to sigma = 0).
+    """
+    if spacing not in SPACINGS:
+        raise UserError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    T = num_train_steps
+    points = steps + int(skip_zero)
+    if spacing == "linspace":
+        t = torch.linspace(0, T - 1, points, dtype=torch.float64)
+        if not fractional:
+            t = t.round()
+        t = t.flip(0)
+    elif spacing == "leading":
+        ratio = T // points
+        if ratio < 1:
+            raise UserError(f"{steps} steps do not fit 'leading' spacing over {T} timesteps")
+        t = (torch.arange(points, dtype=torch.float64) * ratio).flip(0) + offset
+    else:  # trailing
+        t = (T - torch.arange(steps, dtype=torch.float64) * (T / steps)).round() - 1
+    if skip_zero and spacing != "trailing":
+        t = t[:-1]
+    if not bool((t[:-1] > t[1:]).all()) or float(t.min()) < 0 or float(t.max()) > T - 1:
+        raise UserError(
+            f"{steps} steps with {spacing!r} spacing give repeated or out-of-range timesteps "
+            f"over {T} training steps; use fewer steps or another spacing"
+        )
+    return t
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> Tensor:
+    """Karras et al. 2022, eq. 5: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) -
+    s_max^(1/rho)))^rho, i = 0..n-1; rho = 7 spends more steps at low noise."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """The levels of one sampling run.
+
+    timesteps: float64 [n], the network's t at levels 0..n-1.
+    alphas_cumprod: float64 [n + 1], alpha_bar at each level; entry n is where the last step
+        lands (1.0 = clean).
+    """
+
+    timesteps: Tensor
+    alphas_cumprod: Tensor
+
+    def __post_init__(self) -> None:
+        if self.alphas_cumprod.numel() != self.timesteps.numel() + 1:
+            raise ValueError("a StepGrid needs one more level than timesteps")
+
+    def __len__(self) -> int:
+        return self.timesteps.numel()
+
+    def tail(self, n: int) -> "StepGrid":
+        """The last `n` steps (img2img starts part-way down the grid)."""
+        first = len(self) - n
+        return StepGrid(self.timesteps[first:], self.alphas_cumprod[first:])
+
+    @property
+    def alphas(self) -> Tensor:
+        """sqrt(alpha_bar): the signal coefficient of x_t."""
+        return self.alphas_cumprod.sqrt()
+
+    @property
+    def sigmas_vp(self) -> Tensor:
+        """sqrt(1 - alpha_bar): the noise coefficient of x_t."""
+        return (1 - self.alphas_cumprod).sqrt()
+
+    @property
+    def sigmas(self) -> Tensor:
+        """VE sigma = sqrt((1 - a) / a) (inf where alpha_bar = 0, 0 where it is 1)."""
+        a = self.alphas_cumprod
+        return ((1 - a) / a).sqrt()
+
+
+def grid_from_timesteps(schedule: NoiseSchedule, t: Tensor, final_alpha_bar: float = 1.0) -> StepGrid:
+    """Grid visiting timesteps `t`, then landing on `final_alpha_bar`."""
+    levels = torch.cat([schedule.alpha_bar_at(t), torch.tensor([final_alpha_bar], dtype=torch.float64)])
+    return StepGrid(t, levels)
+
+
+def grid_from_sigmas(schedule: NoiseSchedule, sigmas: Tensor) -> StepGrid:
+    """Grid visiting VE `sigmas` (network told the matching fractional t), then sigma = 0."""
+    t = schedule.timestep_at(sigmas)
+    levels = torch.cat([1 / (1 + sigmas**2), torch.ones(1, dtype=torch.float64)])
+    return StepGrid(t, levels)
+
+
+def sigma_range(schedule: NoiseSchedule) -> tuple[float, float]:
+    """(sigma_min, sigma_max) of the schedule, with alpha_bar clamped at MIN_ALPHA_BAR so a
+    zero-terminal-SNR schedule still has a finite largest sigma."""
+    a = schedule.alphas_cumprod.clamp(min=MIN_ALPHA_BAR)
+    sigmas = ((1 - a) / a).sqrt()
+    return float(sigmas[0]), float(sigmas[-1])
+
+
+def clamp_grid(grid: StepGrid) -> StepGrid:
+    """The grid with alpha_bar >= MIN_ALPHA_BAR at the network levels (for sigma-space
+    samplers, whose x / sqrt(alpha_bar) would otherwise be infinite at zero terminal SNR)."""
+    a = grid.alphas_cumprod.clone()
+    a[:-1] = a[:-1].clamp(min=MIN_ALPHA_BAR)
+    return StepGrid(grid.timesteps, a)
+
+
+def karras_grid(schedule: NoiseSchedule, steps: int, rho: float = 7.0) -> StepGrid:
+    """`steps` Karras sigmas (eq. 5) spanning the schedule's sigma range, then sigma = 0."""
+    sigma_min, sigma_max = sigma_range(schedule)
+    return grid_from_sigmas(schedule, karras_sigmas(sigma_min, sigma_max, steps, rho))
