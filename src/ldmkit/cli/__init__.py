@@ -13,9 +13,10 @@ import sys
 from ldmkit import __version__
 from ldmkit.errors import UserError
 
+from . import eval as eval_verb
 from . import generate, info, train
 
-VERBS = [train, generate, info]
+VERBS = [train, generate, info, eval_verb]
 
 
 def build_parser() -> argparse.ArgumentParser:

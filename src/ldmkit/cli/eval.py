@@ -1,0 +1,189 @@
+"""`ldm eval`: sample quality in one feature space, each number beside the real-vs-real baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ldmkit.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="measure sample quality (FD, KID, precision/recall, class accuracy) against real data",
+        description="Generate --n samples balanced over classes (or read --samples DIR) and compare them with the "
+        "real test split in one feature space: Frechet distance, KID, precision and recall (k-NN, Kynkaanniemi et "
+        "al. 2019) and the accuracy of a classifier on the requested class. Each number is printed beside the "
+        "baseline of real training images against the same test images, at the same n. Only the Inception-v3 "
+        "distance is called FID; others are named after their extractor (FD_classifier, FD_efficientnet_lite0).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="run folder or inference file to sample from (or to take the VAE from)")
+    p.add_argument("--data", required=True, help="the real data: a folder, 'emoji' or 'fashion-mnist[:DIR]'")
+    p.add_argument("--samples", default=None,
+                   help="read generated images instead of sampling: a folder of PNGs named like "
+                   "00012_seed12_class3.png, or an .npz with uint8 `images` [N,C,H,W] and int `labels`")
+    p.add_argument("--n", type=int, default=10000, help="samples to generate (balanced over classes)")
+    p.add_argument("--features", default="auto", choices=["auto", "inception", "efficientnet", "classifier"],
+                   help="feature space; auto = the dataset classifier when one is given, else EfficientNet-Lite0")
+    p.add_argument("--classifier", default=None, help="a dataset classifier (.safetensors) for features and class accuracy")
+    p.add_argument("--train-classifier", action="store_true",
+                   help="train the dataset classifier first and save it to --classifier (default: OUT's folder)")
+    p.add_argument("--classifier-epochs", type=int, default=30, help="epochs for --train-classifier")
+    p.add_argument("--inception-weights", default=None, help="local pt_inception / torch-fidelity weights file (never downloaded)")
+    p.add_argument("--vae", action="store_true",
+                   help="also report the VAE's reconstruction PSNR/SSIM on the val split and the distance of its "
+                   "reconstructions (the floor a latent model can reach)")
+    p.add_argument("--cfg", type=float, nargs="+", default=[2.0], help="guidance scales to evaluate (one report each)")
+    p.add_argument("--sampler", default="dpmpp-2m", help="sampler for generation")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
+    p.add_argument("--batch-size", type=int, default=500, help="images per generation batch")
+    p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size")
+    p.add_argument("--image-size", type=int, default=None, help="real image size when no --model gives it")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", default="report.json", help="write the JSON report here")
+    p.set_defaults(run=run)
+
+
+def _real_data(args: argparse.Namespace, image_size: int, channels: int | None):
+    from ldmkit.data import load_image_dataset
+    from ldmkit.eval import dataset_to_uint8
+
+    train = load_image_dataset(args.data, "train", image_size=image_size, flip=False, channels=channels)
+    val = load_image_dataset(args.data, "val", image_size=image_size, flip=False, channels=channels)
+    return train, val, dataset_to_uint8(train), dataset_to_uint8(val)
+
+
+def _classifier_path(args: argparse.Namespace) -> Path | None:
+    if args.classifier:
+        return Path(args.classifier)
+    if args.train_classifier:
+        return Path(args.out).parent / "classifier.safetensors"
+    return None
+
+
+def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batch: int = 256) -> dict:
+    """PSNR / SSIM of the VAE on real test images, and the distance of the reconstructions."""
+    from ldmkit.eval import distribution_metrics, reconstruction_metrics
+
+    recons = []
+    with torch.no_grad():
+        for start in range(0, real_test.shape[0], batch):
+            x = real_test[start:start + batch].to(device).float() / 127.5 - 1
+            y = vae.decode(vae.encode(x)).float().clamp(-1, 1)
+            recons.append(((y + 1) * 127.5).round().to(torch.uint8).cpu())
+    recon = torch.cat(recons)
+    out = reconstruction_metrics(real_test, recon)
+    half = real_test.shape[0] // 2  # reconstructions of one half against the other, untouched half
+    dist = distribution_metrics(extractor(recon[:half]), extractor(real_test[half:]), extractor_name=extractor.name,
+                                kid_subset_size=min(1000, half), device=extractor.device)
+    real = distribution_metrics(extractor(real_test[:half]), extractor(real_test[half:]), extractor_name=extractor.name,
+                                kid_subset_size=min(1000, half), device=extractor.device)
+    out["reconstruction_vs_real"] = dist
+    out["real_vs_real"] = real
+    return out
+
+
+def _read_samples(path: str, class_names: list[str], channels: int, limit: int):
+    """Generated images from a PNG folder or an `.npz` file -> (uint8 [N,C,H,W], labels or None)."""
+    from ldmkit.eval import read_sample_folder
+
+    if path.endswith(".npz"):
+        import numpy as np
+
+        if not Path(path).is_file():
+            raise UserError(f"--samples {path} does not exist")
+        with np.load(path) as data:
+            if "images" not in data:
+                raise UserError(f"{path} has no 'images' array (found: {', '.join(data.files)})")
+            images = torch.from_numpy(data["images"][:limit])
+            labels = torch.from_numpy(data["labels"][:limit]).long() if "labels" in data else None
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise UserError(f"{path}: 'images' must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        return images, labels
+    samples = read_sample_folder(path, class_names=class_names, channels=channels, limit=limit)
+    return samples.images, samples.labels
+
+
+def run(args: argparse.Namespace) -> int:
+    from ldmkit.device import resolve_device
+    from ldmkit.eval import evaluate, format_report, load_classifier, resolve_features, save_classifier, train_classifier
+
+    if args.model is None and args.samples is None:
+        raise UserError("give --model (to generate samples) or --samples DIR (already generated)")
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1 (got {args.n})")
+    device = resolve_device(args.device)
+
+    pipe = None
+    if args.model is not None:
+        from ldmkit.pipeline import LatentDiffusionPipeline
+
+        pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device))
+    image_size = pipe.image_size if pipe else args.image_size
+    if image_size is None:
+        raise UserError("--image-size is needed when no --model says the image size")
+    channels = pipe.vae.config.in_channels if pipe else None
+    train, val, (real_train, train_labels), (real_test, test_labels) = _real_data(args, image_size, channels)
+
+    report: dict = {"data": args.data, "model": args.model, "samples": args.samples, "n": args.n}
+    classifier_path = _classifier_path(args)
+    if args.train_classifier:
+        t0 = time.time()
+        model, acc = train_classifier((real_train, train_labels), (real_test, test_labels), epochs=args.classifier_epochs,
+                                      device=device, class_names=train.class_names, log=print)
+        classifier_path.parent.mkdir(parents=True, exist_ok=True)
+        save_classifier(model, classifier_path, val_accuracy=acc)
+        print(f"classifier: test accuracy {acc:.4f} ({time.time() - t0:.0f} s), saved to {classifier_path}")
+        report["classifier"] = {"path": str(classifier_path), "test_accuracy": acc}
+    elif classifier_path is not None and not classifier_path.is_file():
+        raise UserError(f"--classifier {classifier_path} does not exist (add --train-classifier to make it)")
+    classifier = load_classifier(classifier_path, device=device) if classifier_path else None
+    extractor = resolve_features(args.features, classifier=classifier, inception_weights=args.inception_weights,
+                                 device=device)
+    report["features"] = extractor.name
+
+    if args.vae:
+        if pipe is None:
+            raise UserError("--vae needs --model (the VAE to test)")
+        report["vae"] = _reconstruction_report(pipe.vae, real_test, extractor, device)
+        print(f"VAE: PSNR {report['vae']['psnr']:.2f} dB, SSIM {report['vae']['ssim']:.4f}; reconstructions vs real: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in report["vae"]["reconstruction_vs_real"].items()))
+
+    runs = []
+    if args.samples:
+        images, labels = _read_samples(args.samples, train.class_names, real_test.shape[1], args.n)
+        runs.append(({"samples": args.samples}, images, labels))
+    else:
+        for scale in args.cfg:
+            seeds, labels = pipe.plan(args.n, None, args.seed)
+            t0 = time.time()
+            images = pipe.generate_uint8(seeds, labels, sampler=args.sampler, steps=args.steps, cfg=scale,
+                                         batch_size=args.batch_size)
+            info = {"cfg": scale, "sampler": args.sampler, "steps": args.steps, "seconds": time.time() - t0}
+            fake_labels = torch.tensor(labels) if pipe.num_classes else None
+            runs.append((info, images, fake_labels))
+
+    report["results"] = []
+    for info, images, fake_labels in runs:
+        result = evaluate(images, fake_labels, real_train, real_test, extractor, classifier, args.k,
+                          real_test_labels=test_labels if len(train.class_names) else None,
+                          kid_subsets=args.kid_subsets, kid_subset_size=min(args.kid_subset_size, images.shape[0]))
+        result.update(info)
+        report["results"].append(result)
+        print(("\n" + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")).strip())
+        print(format_report(result))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"report written to {out}")
+    return 0

@@ -1,0 +1,81 @@
+"""`ldm train`: the KL autoencoder, then the latent UNet, from a folder or a built-in dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ldmkit.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a VAE and a latent diffusion UNet on images",
+        description="Train the KL autoencoder (stage vae), encode the data once into a latent cache, then "
+        "train the UNet on the latents (stage diffusion). RUN/ receives config.json, log.jsonl, sample grids, "
+        "checkpoint.pt (exact resume) and model.safetensors (for `ldm generate`). Run the same command under "
+        "torchrun for several GPUs; --batch-size is then the global batch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True,
+                   help="a folder (DIR/train and DIR/val, one subfolder per class, or a flat folder), "
+                   "'emoji' (built in), or 'fashion-mnist[:DIR]' (Debian's dataset-fashion-mnist IDX files)")
+    p.add_argument("--out", required=True, help="run folder to create (or to resume from)")
+    p.add_argument("--preset", default="tiny", help="training preset: tiny (CPU, minutes), small (one GPU), base (C1-sized UNet)")
+    p.add_argument("--image-size", type=int, default=None, help="train at this square size (default: the preset's)")
+    p.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
+    p.add_argument("--stage", choices=["all", "vae", "diffusion"], default="all",
+                   help="all trains both; diffusion needs --vae or a RUN that already has a VAE")
+    p.add_argument("--vae", default=None, help="reuse this VAE (a run folder or inference file) instead of training one")
+    p.add_argument("--vae-steps", type=int, default=None, help="VAE optimisation steps (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="UNet optimisation steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, help="UNet peak learning rate (default: the preset's)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="mixed precision (default: the preset's: fp32 for tiny, bf16 for the GPU presets)")
+    p.add_argument("--cond-drop", type=float, default=None,
+                   help="probability of dropping the class label for classifier-free guidance (default: the preset's)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN/checkpoint.pt (also happens when RUN has a checkpoint)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
+    p.add_argument("--no-compile", action="store_true", help="do not torch.compile the UNet on CUDA")
+    p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ldmkit.train.run import run_training
+
+    config = config_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    run_training(config, out, resume=True if args.resume else None)  # None: continue if RUN has a checkpoint
+    return 0
+
+
+def config_from_args(args: argparse.Namespace):
+    """The preset's `RunConfig` with every flag the user gave written over it."""
+    from ldmkit.train.config import apply_overrides, preset_config
+
+    config = preset_config(args.preset)
+    overrides = {
+        "data": args.data,
+        "image_size": args.image_size,
+        "flip": False if args.no_flip else None,
+        "stage": args.stage,
+        "vae_path": args.vae,
+        "vae_steps": args.vae_steps,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "precision": args.precision,
+        "cond_drop": args.cond_drop,
+        "device": args.device,
+        "seed": args.seed,
+        "compile": not args.no_compile,
+        "quiet": args.quiet,
+    }
+    return apply_overrides(config, overrides)
