@@ -22,6 +22,7 @@ __all__ = [
     "UNetConfig",
     "UpSample",
     "__version__",
+    "load_model",
 ]
 
 
@@ -30,4 +31,8 @@ def __getattr__(name: str):
         from ldmkit.pipeline import LatentDiffusionPipeline
 
         return LatentDiffusionPipeline
+    if name == "load_model":
+        from ldmkit.interop import load_model
+
+        return load_model
     raise AttributeError(f"module 'ldmkit' has no attribute {name!r}")

@@ -14,9 +14,9 @@ from ldmkit import __version__
 from ldmkit.errors import UserError
 
 from . import eval as eval_verb
-from . import generate, info, train
+from . import convert, generate, info, train
 
-VERBS = [train, generate, info, eval_verb]
+VERBS = [train, generate, info, eval_verb, convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"ldm {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ldm info ... | head`: the reader left, nothing to report
+        return 0
     except KeyboardInterrupt:
         print(f"ldm {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""`ldm info`: what a run folder or inference file holds."""
+"""`ldm info`: what a run folder, inference file, diffusers folder or SD checkpoint holds."""
 
 from __future__ import annotations
 
@@ -10,38 +10,67 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "info",
         help="print a model's config, parameter counts, step, dataset and classes",
-        description="Print what a run folder or an inference .safetensors file holds.",
+        description="Print what a model holds: a run folder, an ldmkit inference .safetensors file, a diffusers "
+        "model or pipeline folder, or a Stable Diffusion single-file checkpoint.",
     )
-    p.add_argument("model", metavar="RUN_OR_FILE", help="a run folder or an inference .safetensors file")
+    p.add_argument("model", metavar="RUN_OR_FILE", help="the model to describe")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON instead of a summary")
     p.set_defaults(run=run)
 
 
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _millions(module) -> str:
+    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f} M parameters"
+
+
+def describe(bundle) -> dict:
+    """A JSON-safe summary of a `ModelBundle` (configs, not weights or tokenizer files)."""
+    extra = {k: v for k, v in bundle.extra.items() if k not in ("tokenizer_files",)}
+    return {
+        "source": bundle.source,
+        "components": bundle.components,
+        "step": extra.get("step"),
+        "dataset": (extra.get("run_config") or {}).get("data"),
+        "image_size": bundle.resolved_image_size(),
+        "class_names": bundle.class_names,
+        "prediction": bundle.prediction,
+        "schedule": bundle.schedule.to_dict() if bundle.schedule is not None else None,
+        "sampler_defaults": bundle.sampler_defaults,
+        "unet_config": bundle.unet.config.to_dict() if bundle.unet is not None else None,
+        "vae_config": bundle.vae.config.to_dict() if bundle.vae is not None else None,
+        "ldmkit_version": extra.get("ldmkit_version"),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldmkit.train.inference_file import load_inference_file
+    from ldmkit.interop import load_bundle
 
-    unet, vae, meta = load_inference_file(args.model, device="cpu")
+    bundle = load_bundle(args.model)
+    info = describe(bundle)
     if args.json:
-        print(json.dumps(meta, indent=2, default=str))
+        print(json.dumps(info, indent=2, default=str))
         return 0
-    classes = meta.get("class_names") or []
+    classes = info["class_names"]
     lines = [
         f"model:        {args.model}",
-        f"step:         {meta.get('step', '?')}",
-        f"dataset:      {(meta.get('run_config') or {}).get('data', '?')}  ({meta.get('image_size')} px, {meta.get('channels')} channels)",
-        f"classes:      {len(classes)}" + (": " + ", ".join(f"{i}={c}" for i, c in enumerate(classes)) if classes else " (unconditional)"),
-        f"UNet:         {_count(unet) / 1e6:.2f} M parameters",
-        f"VAE:          {_count(vae) / 1e6:.2f} M parameters (f{vae.config.downsample_factor}, "
-        f"{vae.config.latent_channels} latent channels)",
-        f"prediction:   {meta.get('prediction', 'eps')}",
-        f"schedule:     {json.dumps(meta.get('schedule'))}",
-        f"unet config:  {json.dumps(meta.get('unet_config'))}",
-        f"vae config:   {json.dumps(meta.get('vae_config'))}",
-        f"ldmkit:       {meta.get('ldmkit_version', '?')}",
+        f"holds:        {', '.join(info['components'])}",
+        f"step:         {info['step'] if info['step'] is not None else '-'}",
+        f"dataset:      {info['dataset'] or '-'}  (image size {info['image_size']})",
+        f"classes:      {len(classes)}" + (": " + ", ".join(f"{i}={c}" for i, c in enumerate(classes))
+                                           if classes else " (none)"),
     ]
+    if bundle.unet is not None:
+        lines.append(f"UNet:         {_millions(bundle.unet)}")
+    if bundle.vae is not None:
+        c = bundle.vae.config
+        lines.append(f"VAE:          {_millions(bundle.vae)} (f{c.downsample_factor}, {c.latent_channels} latent channels)")
+    if bundle.text_encoder is not None:
+        lines.append(f"text encoder: {_millions(bundle.text_encoder)}")
+    lines += [
+        f"prediction:   {info['prediction']}",
+        f"schedule:     {json.dumps(info['schedule'])}",
+        f"unet config:  {json.dumps(info['unet_config'])}",
+        f"vae config:   {json.dumps(info['vae_config'])}",
+    ]
+    lines += [f"note:         {note}" for note in bundle.notes]
     print("\n".join(lines))
     return 0

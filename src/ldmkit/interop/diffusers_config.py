@@ -209,7 +209,8 @@ def unet_config_to_diffusers(config: UNetConfig) -> tuple[str, dict[str, Any]]:
         in_channels=c.in_channels, out_channels=c.out_channels, block_out_channels=widths,
         layers_per_block=c.num_res_blocks, dropout=c.dropout, norm_num_groups=c.norm_groups,
         norm_eps=c.norm_eps, resnet_time_scale_shift="scale_shift" if c.resnet_scale_shift else "default",
-        time_embedding_dim=c.emb_dim, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift,
+        # None = diffusers' default, 4 x the first width, as ldmkit's (so the config round-trips).
+        time_embedding_dim=c.time_embed_dim, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift,
         num_class_embeds=None if c.num_classes is None else c.num_classes + 1,
     )
     levels = range(len(widths))
@@ -282,7 +283,8 @@ def autoencoder_latent_stats_from_diffusers(config: Mapping[str, Any]) -> tuple[
     factor = float(config.get("scaling_factor", 0.18215))
     if config.get("latents_mean") is not None and config.get("latents_std") is not None:
         shift = torch.tensor(config["latents_mean"], dtype=torch.float32)
-        scale = factor / torch.tensor(config["latents_std"], dtype=torch.float32)
+        # float64, then rounded once: 1 / (1 / scale) gives back ldmkit's float32 scale exactly.
+        scale = (factor / torch.tensor(config["latents_std"], dtype=torch.float64)).float()
     else:
         shift = torch.full((n,), float(config.get("shift_factor") or 0.0))
         scale = torch.full((n,), factor)
@@ -312,5 +314,5 @@ def autoencoder_config_to_diffusers(
         if bool((shift == shift[0]).all()) and bool((scale == scale[0]).all()):
             out.update(scaling_factor=float(scale[0]), shift_factor=float(shift[0]) or None)
         else:
-            out.update(scaling_factor=1.0, latents_mean=shift.tolist(), latents_std=(1.0 / scale).tolist())
+            out.update(scaling_factor=1.0, latents_mean=shift.tolist(), latents_std=(1.0 / scale.double()).tolist())
     return out

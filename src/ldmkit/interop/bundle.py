@@ -1,0 +1,137 @@
+"""`ModelBundle`: everything a generation needs, whatever file or folder it came from.
+
+Sources, told apart by what they contain (`load_bundle`):
+
+    ldmkit run folder / inference .safetensors    (ldmkit metadata in the file)
+    diffusers pipeline folder                     model_index.json, unet/, vae/, scheduler/, text_encoder/, tokenizer/
+    diffusers model folder                        config.json + diffusion_pytorch_model.safetensors (or .bin)
+    ldmkit export for diffusers                   unet/, vae/, scheduler/ and ldmkit.json (no text encoder)
+    CompVis / Stable Diffusion single file        .safetensors or .ckpt with model.diffusion_model.*,
+                                                  first_stage_model.*, cond_stage_model.transformer.*
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ldmkit.diffusion import NoiseSchedule
+from ldmkit.errors import UserError
+from ldmkit.models import AutoencoderKL, UNet
+
+COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+def sd_default_schedule() -> NoiseSchedule:
+    """Stable Diffusion's training schedule (scaled_linear, 0.00085 -> 0.012, 1000 steps)."""
+    return NoiseSchedule.create("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012)
+
+
+@dataclass
+class ModelBundle:
+    """Modules and settings of one model. Any module may be None (a lone UNet or VAE).
+
+    `sampler_defaults` are sampler options implied by the source (diffusers' timestep_spacing,
+    steps_offset, set_alpha_to_one); `notes` are things the user should hear about the
+    conversion (e.g. a text encoder left out for want of a tokenizer).
+    """
+
+    unet: UNet | None = None
+    vae: AutoencoderKL | None = None
+    text_encoder: nn.Module | None = None
+    schedule: NoiseSchedule | None = None
+    prediction: str = "eps"
+    sampler_defaults: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    image_size: int | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def components(self) -> list[str]:
+        """Names of the modules present."""
+        return [name for name in COMPONENTS if getattr(self, name) is not None]
+
+    def resolved_image_size(self) -> int | None:
+        """`image_size`, else 64 latent pixels times the VAE's factor (SD 1.x: 512)."""
+        if self.image_size is not None:
+            return self.image_size
+        return None if self.vae is None else 64 * self.vae.config.downsample_factor
+
+
+def _is_ldmkit_file(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "ldmkit" in (f.metadata() or {}).get("format", "")
+    except Exception:  # not a safetensors file at all: read_weights explains later
+        return False
+
+
+def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
+    """Read any supported model file or folder into a `ModelBundle`.
+
+    `options` go to the CompVis reader (`use_ema`, `tokenizer`, `num_heads`, `head_dim`,
+    `prediction`, `scaling_factor`, `image_size`, `norm_groups`); other sources take only `image_size` and
+    `prediction`, which override what the source says.
+    """
+    from ldmkit.interop import compvis_checkpoint, diffusers_folder, ldmkit_file
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model_index.json").is_file() or (path / diffusers_folder.EXPORT_INFO).is_file():
+            bundle = diffusers_folder.read_pipeline_folder(path)
+        elif any((path / name).is_file() for name in ldmkit_file.RUN_FILES):  # before config.json: runs have one
+            bundle = ldmkit_file.read_ldmkit_file(path)
+        elif (path / "config.json").is_file():
+            bundle = diffusers_folder.read_model_folder(path)
+        else:
+            raise UserError(
+                f"{path} is not a model folder ldmkit knows: expected an ldmkit run folder (model.safetensors), "
+                "a diffusers pipeline folder (model_index.json, unet/, vae/, ...) or a diffusers model "
+                "folder (config.json + diffusion_pytorch_model.safetensors)"
+            )
+        return _override(bundle, options, allowed=("image_size", "prediction"))
+    if not path.exists():
+        raise UserError(f"no such model file or folder: {path}")
+    if _is_ldmkit_file(path):
+        return _override(ldmkit_file.read_ldmkit_file(path), options, allowed=("image_size", "prediction"))
+    return compvis_checkpoint.read_compvis_checkpoint(path, **options)
+
+
+def _override(bundle: ModelBundle, options: dict[str, Any], allowed: tuple[str, ...]) -> ModelBundle:
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in allowed)
+    if unknown:
+        raise UserError(f"{', '.join(unknown)} only apply to CompVis single-file checkpoints, not {bundle.source}")
+    for key in allowed:
+        if options.get(key) is not None:
+            setattr(bundle, key, options[key])
+    return bundle
+
+
+def load_model(path: str | os.PathLike, component: str | None = None, **options: Any) -> nn.Module:
+    """The ldmkit module (`UNet`, `AutoencoderKL` or the CLIP text encoder) stored at `path`.
+
+    `component` ("unet", "vae", "text_encoder") picks one when the source holds several;
+    without it, a source holding exactly one module returns that one.
+    """
+    bundle = load_bundle(path, **options)
+    present = bundle.components
+    if component is None:
+        if len(present) != 1:
+            raise UserError(f"{path} holds {', '.join(present)}: pass component= one of them")
+        component = present[0]
+    if component not in COMPONENTS:
+        raise UserError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    module = getattr(bundle, component)
+    if module is None:
+        raise UserError(f"{path} holds no {component} (it holds {', '.join(present) or 'nothing'})")
+    return module

@@ -1,0 +1,39 @@
+"""`convert(src, out, to=...)`: any supported model file or folder -> an ldmkit inference file
+or a diffusers folder (the work behind `ldm convert`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ldmkit.errors import UserError
+from ldmkit.interop.bundle import ModelBundle, load_bundle
+
+TARGETS = ("ldmkit", "diffusers")
+
+
+def convert(
+    src: str | os.PathLike, out: str | os.PathLike, *, to: str = "ldmkit", dtype: str = "fp32", **options: Any
+) -> ModelBundle:
+    """Read `src` (see `load_bundle` for the sources and `options`) and write it to `out`:
+    an ldmkit `.safetensors` inference file (`to="ldmkit"`) or a diffusers folder
+    (`to="diffusers"`). Returns the bundle that was written."""
+    from ldmkit.interop.diffusers_export import write_diffusers_folder
+    from ldmkit.interop.ldmkit_file import write_ldmkit_file
+
+    if to not in TARGETS:
+        raise UserError(f"unknown conversion target {to!r}; choose one of {', '.join(TARGETS)}")
+    out = Path(out)
+    if Path(src).resolve() == out.resolve():
+        raise UserError(f"the output {out} is the source itself")
+    bundle = load_bundle(src, **options)
+    if to == "ldmkit":
+        if out.suffix != ".safetensors":
+            raise UserError(f"an ldmkit model file ends in .safetensors, got {out}")
+        write_ldmkit_file(out, bundle, dtype=dtype)
+    else:
+        if dtype != "fp32":
+            raise UserError("--dtype applies to ldmkit files; a diffusers folder is written in fp32")
+        write_diffusers_folder(out, bundle)
+    return bundle

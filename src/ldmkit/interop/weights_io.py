@@ -1,0 +1,87 @@
+"""Reading weight files of other projects without ever unpickling code.
+
+`.safetensors` files go through safetensors; everything else (`.ckpt`, `.bin`, `.pt`, `.pth`)
+through `torch.load(weights_only=True)`, which accepts only tensors and plain containers and
+refuses any pickled class. A PyTorch Lightning checkpoint keeps its weights under
+"state_dict"; that level is unwrapped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ldmkit.errors import UserError
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a `.safetensors` or pickle-format weight file, on the CPU, flat by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such weight file: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise UserError(f"{path} is not a readable safetensors file ({err})") from None
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise UserError(f"{path}: unknown weight file type (expected .safetensors, {', '.join(PICKLE_SUFFIXES)})")
+    try:
+        # mmap: a 4 GB checkpoint is paged in as tensors are used, not read whole first.
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise UserError(
+            f"{path} could not be loaded with torch.load(weights_only=True) ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). ldmkit never unpickles code: if the file "
+            "holds more than tensors, convert it to .safetensors with a tool you trust"
+        ) from None
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        data = data["state_dict"]
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path} does not hold a state dict (found {type(data).__name__})")
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"{path} holds no tensors")
+    return tensors
+
+
+def read_sharded_safetensors(index_file: Path) -> dict[str, torch.Tensor]:
+    """Weights split over shards listed by a `*.safetensors.index.json` (its `weight_map`)."""
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{index_file} is not a readable shard index ({err})") from None
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        out.update(read_weights(index_file.parent / shard))
+    return out
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write `tensors` to `path` through a temporary file in the same folder, then rename, so a
+    crash never leaves half a file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # safetensors refuses tensors that share storage: copy only those (a 4 GB model is not
+    # copied whole just for the few that might).
+    flat: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in tensors.items():
+        value = value.detach().to("cpu").contiguous()
+        ptr = value.untyped_storage().data_ptr()
+        flat[key] = value.clone() if ptr in seen else value
+        seen.add(ptr)
+    try:
+        save_file(flat, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,315 @@
+"""`LatentDiffusionPipeline`: seeds -> noise -> sampler(UNet with CFG) -> latents -> VAE -> images.
+
+One object for the user-facing generation jobs: class-conditional or unconditional generation,
+text-to-image (a CLIP text encoder gives the cross-attention context), img2img (SDEdit, Meng et
+al. 2022: the init image's latents, noised part-way, are denoised from there) and inpainting
+(latent blending: outside the mask, the init latents noised to each step's level replace the
+sample, Lugmayr et al. 2022). It owns no maths of its own: noise comes from
+`diffusion.SeededNoise` (one generator per image, so image k is the same whatever the batch
+size), the update rule and the img2img / mask handling from `diffusion.sample`, guidance from
+`diffusion.classifier_free_guidance`, and the codec from `AutoencoderKL`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ldmkit.data.images import to_pil, to_uint8
+from ldmkit.device import resolve_device
+from ldmkit.diffusion import NoiseSchedule, SeededNoise, classifier_free_guidance, sample
+from ldmkit.diffusion.samplers import sampler_options
+from ldmkit.errors import UserError
+from ldmkit.models import AutoencoderKL, UNet
+
+DEFAULT_SAMPLER = "dpmpp-2m"
+DEFAULT_STEPS = 25
+DEFAULT_CFG = 2.0  # class-conditional models
+DEFAULT_TEXT_CFG = 7.5  # text-to-image (Stable Diffusion's usual scale)
+TEXT_ENCODER_LAYOUT = (
+    "a diffusers pipeline folder with text_encoder/ (config.json, model.safetensors) and tokenizer/ "
+    "(vocab.json, merges.txt), or a file made by `ldm convert` from one (or from a CompVis checkpoint "
+    "with --tokenizer DIR)"
+)
+
+
+class LatentDiffusionPipeline:
+    """A UNet + VAE + noise schedule (+ CLIP text encoder), ready to generate images.
+
+    Build one with `from_pretrained(path)`: an ldmkit run folder or inference file, a diffusers
+    pipeline folder, or a Stable Diffusion single-file checkpoint.
+    """
+
+    def __init__(
+        self,
+        unet: UNet,
+        vae: AutoencoderKL,
+        schedule: NoiseSchedule,
+        *,
+        prediction: str = "eps",
+        class_names: Sequence[str] = (),
+        image_size: int,
+        device: torch.device | str = "cpu",
+        text_encoder: torch.nn.Module | None = None,
+        sampler_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device).eval()
+        self.vae = vae.to(self.device).eval()
+        self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval()
+        self.schedule = schedule
+        self.prediction = prediction
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.sampler_defaults = dict(sampler_defaults or {})
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str = "auto", **options: Any) -> "LatentDiffusionPipeline":
+        """Load any model source `ldmkit.interop.load_bundle` reads; `options` go to it (e.g.
+        `tokenizer=DIR` for a CompVis checkpoint)."""
+        from ldmkit.interop import load_bundle
+
+        bundle = load_bundle(path, **options)
+        if bundle.unet is None or bundle.vae is None:
+            raise UserError(f"{path} holds {', '.join(bundle.components)}; generating needs a UNet and a VAE")
+        if bundle.schedule is None:
+            raise UserError(f"{path} stores no noise schedule")
+        return cls(
+            bundle.unet, bundle.vae, bundle.schedule, prediction=bundle.prediction, class_names=bundle.class_names,
+            image_size=int(bundle.resolved_image_size()), device=resolve_device(device),
+            text_encoder=bundle.text_encoder, sampler_defaults=bundle.sampler_defaults,
+        )
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether the UNet is conditioned on a context (cross-attention), i.e. on prompts."""
+        return self.unet.config.context_dim is not None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.image_size // self.vae.config.downsample_factor
+        return (self.vae.config.latent_channels, side, side)
+
+    def class_id(self, name_or_id: str | int) -> int:
+        """Turn a class name (case-insensitive) or an id into a class id, or explain the choices."""
+        if self.num_classes == 0:
+            raise UserError("this model is unconditional: it takes no --class")
+        text = str(name_or_id)
+        if text.lstrip("-").isdigit():
+            idx = int(text)
+            if 0 <= idx < self.num_classes:
+                return idx
+        lowered = [c.lower() for c in self.class_names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        choices = ", ".join(f"{i}={c}" for i, c in enumerate(self.class_names))
+        raise UserError(f"unknown class {name_or_id!r}; this model knows: {choices}")
+
+    def plan(self, n: int | None, classes: Sequence[str | int] | None, seed: int) -> tuple[list[int], list[int]]:
+        """Seeds and class ids of the images to make.
+
+        With classes given, `n` images per listed class; with none, `n` images spread evenly over
+        all classes (class-conditional models), `n` images of the prompt (text models, default 1)
+        or `n` unconditional images (default 16). Image k gets seed `seed + k`.
+        """
+        if n is not None and n < 1:
+            raise UserError(f"--n must be at least 1 (got {n})")
+        if classes:
+            ids = [self.class_id(c) for c in classes]
+            per_class = n or 1
+            labels = [c for c in ids for _ in range(per_class)]
+        elif self.num_classes:
+            total = n or self.num_classes
+            labels = [k % self.num_classes for k in range(total)]
+        else:
+            labels = [-1] * (n or (1 if self.takes_text else 16))
+        return [seed + k for k in range(len(labels))], labels
+
+    def _denoiser(self, labels: Sequence[int], prompt: str | None, negative_prompt: str, cfg: float | None,
+                  cfg_rescale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The guided denoiser `(x, t) -> prediction` for one batch."""
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+            return self.unet(x, t, **kwargs).float()
+
+        if self.takes_text:
+            if prompt is None:
+                raise UserError("this is a text-to-image model: give a prompt (--prompt)")
+            if self.text_encoder is None:
+                raise UserError(f"this model needs a CLIP text encoder, none is loaded; expected {TEXT_ENCODER_LAYOUT}")
+            # Classifier-free guidance with the negative prompt ("" = SD's unconditional) as the null.
+            context = self.text_encoder.encode([prompt, negative_prompt]).float()  # [2, 77, width]
+            batch = len(labels)
+            cond = {"context": context[:1].expand(batch, -1, -1)}
+            uncond = {"context": context[1:].expand(batch, -1, -1)}
+            scale = DEFAULT_TEXT_CFG if cfg is None else cfg
+            return classifier_free_guidance(model_fn, scale, cond=cond, uncond=uncond, rescale=cfg_rescale)
+        if prompt is not None:
+            raise UserError("this model takes no prompt: it has no cross-attention (it is not text-conditioned)")
+        if self.num_classes:
+            class_labels = torch.tensor(list(labels), device=self.device)
+            null = torch.full_like(class_labels, self.num_classes)  # the CFG null class
+            scale = DEFAULT_CFG if cfg is None else cfg
+            return classifier_free_guidance(model_fn, scale, cond={"class_labels": class_labels},
+                                            uncond={"class_labels": null}, rescale=cfg_rescale)
+        return lambda x, t: model_fn(x, t)  # no guidance without a condition
+
+    # -------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate_latents(
+        self,
+        seeds: Sequence[int],
+        labels: Sequence[int],
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        steps: int = DEFAULT_STEPS,
+        cfg: float | None = None,
+        cfg_rescale: float = 0.0,
+        callback: Callable[[int, float, torch.Tensor], None] | None = None,
+        prompt: str | None = None,
+        negative_prompt: str = "",
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sample one batch of latents; `labels` are class ids (-1 for unconditional models).
+
+        `init` ([1, C, h, w] normalised latents, see `encode_image`) with `strength` in (0, 1]
+        starts part-way (img2img); `mask` ([1, 1, h, w], 1 = regenerate) keeps `init` elsewhere.
+        Without a mask, strength 1 ignores `init`: the plain generation path.
+        """
+        shape = self.latent_shape if init is None else tuple(init.shape[1:])
+        noise = SeededNoise(list(seeds), shape, device=self.device, dtype=torch.float32)
+        x_T = noise.draw()  # [B, C_latent, h, w]
+        options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
+        if init is not None:
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+                raise UserError(f"strength must be in (0, 1], got {strength!r}")
+            if mask is not None or strength < 1:
+                options.update(init=init.to(self.device).expand_as(x_T), strength=float(strength))
+            if mask is not None:
+                options["mask"] = mask.to(self.device)
+        denoiser = self._denoiser(labels, prompt, negative_prompt, cfg, cfg_rescale)
+        return sample(denoiser, x_T, self.schedule, sampler=sampler, steps=steps, prediction=self.prediction,
+                      noise=noise, callback=callback, **options)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> uint8 images [B, C, H, W]."""
+        return to_uint8(self.vae.decode(latents).float().clamp(-1, 1))
+
+    def generate(
+        self,
+        n: int | None = None,
+        *,
+        classes: Sequence[str | int] | None = None,
+        prompt: str | None = None,
+        negative_prompt: str = "",
+        seed: int = 0,
+        sampler: str = DEFAULT_SAMPLER,
+        steps: int = DEFAULT_STEPS,
+        cfg: float | None = None,
+        cfg_rescale: float = 0.0,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Image.Image]:
+        """Generate images; returns PIL images in order (image k has seed `seed + k`).
+
+        `cfg` None takes 7.5 for text-to-image models and 2.0 for class-conditional ones.
+        """
+        seeds, labels = self.plan(n, classes, seed)
+        images = self.generate_uint8(seeds, labels, sampler=sampler, steps=steps, cfg=cfg, cfg_rescale=cfg_rescale,
+                                     prompt=prompt, negative_prompt=negative_prompt, batch_size=batch_size,
+                                     progress=progress)
+        return to_pil(images)
+
+    def img2img(self, image: Image.Image | str | Path, strength: float = 0.75, *, n: int | None = None,
+                classes: Sequence[str | int] | None = None, seed: int = 0, **sampling: Any) -> list[Image.Image]:
+        """Images like `image`: its latents noised to `strength` (0 = unchanged, 1 = a fresh image)
+        and denoised from there (SDEdit). `sampling` as for `generate` (prompt, cfg, steps, ...)."""
+        seeds, labels = self.plan(n, classes, seed)
+        init = self.encode_image(image)
+        return to_pil(self.generate_uint8(seeds, labels, init=init, strength=strength, **sampling))
+
+    def inpaint(self, image: Image.Image | str | Path, mask: Image.Image | str | Path, *, strength: float = 1.0,
+                n: int | None = None, classes: Sequence[str | int] | None = None, seed: int = 0,
+                **sampling: Any) -> list[Image.Image]:
+        """Regenerate the white part of `mask` (same size as `image`), keep the rest of `image`."""
+        seeds, labels = self.plan(n, classes, seed)
+        pil = open_image(image, "image")
+        init, latent_mask = self.encode_image(pil), self.prepare_mask(mask, size=pil.size)
+        return to_pil(self.generate_uint8(seeds, labels, init=init, strength=strength, mask=latent_mask, **sampling))
+
+    def generate_uint8(
+        self,
+        seeds: Sequence[int],
+        labels: Sequence[int],
+        *,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+        **sampling: Any,
+    ) -> torch.Tensor:
+        """Generate in batches of `batch_size`; returns uint8 [N, C, H, W] on the CPU."""
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+        out = []
+        for start in range(0, len(seeds), batch_size):
+            chunk = slice(start, start + batch_size)
+            latents = self.generate_latents(seeds[chunk], labels[chunk], **sampling)
+            out.append(self.decode(latents).cpu())
+            if progress is not None:
+                progress(len(seeds[chunk]))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------ image inputs
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image | str | Path) -> torch.Tensor:
+        """An image (PIL or path) -> normalised latents [1, C, h, w] (the posterior mean)."""
+        pil = open_image(image, "image")
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.vae.config.in_channels]
+        width, height = pil.size
+        step = self.vae.config.downsample_factor * self.unet.config.downsample_factor
+        if width % step or height % step:
+            raise UserError(f"image size {width}x{height} must be a multiple of {step} for this model; resize it")
+        pixels = torch.from_numpy(np.asarray(pil.convert(mode), dtype=np.float32).copy())
+        pixels = pixels.reshape(height, width, -1).permute(2, 0, 1)[None] / 127.5 - 1  # [1, C, H, W] in [-1, 1]
+        return self.vae.encode(pixels.to(self.device)).float()
+
+    def prepare_mask(self, mask: Image.Image | str | Path, size: tuple[int, int]) -> torch.Tensor:
+        """A mask image (white = regenerate) -> [1, 1, h, w] in {0, 1} at latent resolution.
+
+        A latent pixel is regenerated when any image pixel it covers is white (>= 128), so the
+        whole masked area is redrawn rather than its inner part only.
+        """
+        pil = open_image(mask, "mask")
+        if pil.size != tuple(size):
+            raise UserError(f"mask size {pil.size[0]}x{pil.size[1]} differs from the image's {size[0]}x{size[1]}")
+        binary = torch.from_numpy((np.asarray(pil.convert("L")) >= 128).astype(np.float32))[None, None]
+        return F.max_pool2d(binary, self.vae.config.downsample_factor).to(self.device)
+
+
+def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Image:
+    """A PIL image as given, or read from a path; `UserError` naming `what` if it cannot be."""
+    if isinstance(image, Image.Image):
+        return image
+    path = Path(image)
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"cannot read {what} {path} as an image ({err})") from None

@@ -1,0 +1,88 @@
+"""`LatentDiffusionPipeline` on trained ldmkit models: loading, planning, per-seed determinism,
+guidance defaults and the checks on what a model can be asked for."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ldmkit.cli import main
+from ldmkit.errors import UserError
+from ldmkit.interop import convert
+from ldmkit.pipeline import DEFAULT_CFG, LatentDiffusionPipeline
+from tiny_sd import save_class_model
+
+SAMPLING = dict(sampler="ddim", steps=4)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    save_class_model(folder / "model.safetensors")
+    (folder / "config.json").write_text('{"image_size": 16}')  # a run folder's resolved config
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipe(run_folder: Path) -> LatentDiffusionPipeline:
+    return LatentDiffusionPipeline.from_pretrained(run_folder, device="cpu")
+
+
+def test_run_folder_and_file_load_the_same_model(pipe, run_folder) -> None:
+    assert (pipe.class_names, pipe.image_size, pipe.prediction, pipe.takes_text) == (["red", "green", "blue"], 16, "v", False)
+    assert pipe.latent_shape == (4, 8, 8)
+    other = LatentDiffusionPipeline.from_pretrained(run_folder / "model.safetensors", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), other.unet.state_dict().values()))
+
+
+def test_plan_seeds_and_classes(pipe) -> None:
+    assert pipe.plan(None, None, 5) == ([5, 6, 7], [0, 1, 2])  # one per class
+    assert pipe.plan(2, ["Blue", 0], 0) == ([0, 1, 2, 3], [2, 2, 0, 0])
+    with pytest.raises(UserError, match="unknown class 'purple'; this model knows: 0=red, 1=green, 2=blue"):
+        pipe.plan(1, ["purple"], 0)
+    with pytest.raises(UserError, match="--n must be at least 1"):
+        pipe.plan(0, None, 0)
+
+
+def test_image_k_depends_only_on_its_seed(pipe) -> None:
+    together = pipe.generate_uint8([3, 4, 5], [0, 1, 2], batch_size=3, **SAMPLING)
+    one_by_one = pipe.generate_uint8([3, 4, 5], [0, 1, 2], batch_size=1, **SAMPLING)
+    assert torch.equal(together, one_by_one)
+    assert together.shape == (3, 3, 16, 16) and together.dtype == torch.uint8
+    assert not torch.equal(together[0], together[1])
+
+
+def test_guidance_default_and_class_effect(pipe) -> None:
+    default = pipe.generate_latents([0], [1], **SAMPLING)
+    assert torch.equal(default, pipe.generate_latents([0], [1], cfg=DEFAULT_CFG, **SAMPLING))
+    assert not torch.equal(default, pipe.generate_latents([0], [1], cfg=1.0, **SAMPLING))
+    assert not torch.equal(default, pipe.generate_latents([0], [2], **SAMPLING))
+    images = pipe.generate(2, classes=["red"], seed=3, **SAMPLING)
+    assert [im.size for im in images] == [(16, 16)] * 2
+    assert np.array_equal(np.asarray(images[0]), pipe.generate_uint8([3], [0], **SAMPLING)[0].permute(1, 2, 0).numpy())
+
+
+def test_what_a_model_cannot_do_is_a_user_error(pipe, run_folder, tmp_path) -> None:
+    with pytest.raises(UserError, match="takes no prompt"):
+        pipe.generate(1, prompt="a cat", **SAMPLING)
+    with pytest.raises(UserError, match="unknown sampler"):
+        pipe.generate(1, sampler="plms")
+    convert(run_folder, tmp_path / "unet_only", to="diffusers")
+    shutil.rmtree(tmp_path / "unet_only" / "vae")
+    with pytest.raises(UserError, match="holds unet; generating needs a UNet and a VAE"):
+        LatentDiffusionPipeline.from_pretrained(tmp_path / "unet_only", device="cpu")
+    with pytest.raises(UserError, match="no such model file or folder"):
+        LatentDiffusionPipeline.from_pretrained(tmp_path / "missing.safetensors", device="cpu")
+
+
+def test_cli_generate_per_class_files(run_folder, tmp_path) -> None:
+    out = tmp_path / "samples"
+    assert main(["generate", "--model", str(run_folder), "--steps", "2", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["00000_seed0_class0.png", "00001_seed1_class1.png", "00002_seed2_class2.png", "grid.png"]
+    assert main(["generate", "--model", str(run_folder), "--prompt", "x", "--quiet", "--out", str(out)]) == 2

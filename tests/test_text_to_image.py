@@ -1,0 +1,127 @@
+"""Text-to-image from a diffusers Stable Diffusion folder agrees with diffusers' own pipelines.
+
+A tiny random SD pipeline (CLIP text encoder, UNet2DConditionModel, AutoencoderKL, SD's DDIM
+scheduler config) is saved with diffusers' `save_pretrained`; ldmkit loads the folder directly
+and, from the same start noise, 10 guided DDIM steps give the latents diffusers'
+`StableDiffusionPipeline` gives (and img2img those of `StableDiffusionImg2ImgPipeline`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ldmkit.diffusion import SeededNoise
+from ldmkit.errors import UserError
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+
+from tiny_sd import load_reference_pipeline, save_sd_pipeline  # noqa: E402
+
+TOL = 1e-4
+PROMPT, NEGATIVE, SEED = "a cat", "at", 3
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
+
+
+@pytest.fixture(scope="module")
+def reference(sd_folder: Path):
+    return load_reference_pipeline(sd_folder)
+
+
+@pytest.fixture(scope="module")
+def pipe(sd_folder: Path):
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    return LatentDiffusionPipeline.from_pretrained(sd_folder, device="cpu")
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    assert ours.shape == theirs.shape
+    assert theirs.std() > 1e-2  # a real signal
+    assert (ours - theirs).abs().max().item() <= TOL
+
+
+def _ours(pipe, **kwargs) -> torch.Tensor:
+    return pipe.generate_latents([SEED], [-1], sampler="ddim", steps=10, cfg=5.0, prompt=PROMPT,
+                                 negative_prompt=NEGATIVE, **kwargs)
+
+
+def test_folder_loads_with_sd_settings(pipe) -> None:
+    assert pipe.takes_text and pipe.text_encoder is not None
+    assert pipe.sampler_defaults == {"spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+    assert pipe.image_size == 16 and pipe.prediction == "eps"
+    assert pipe.vae.latent_scale.tolist() == pytest.approx([0.18215] * 4)
+    context = pipe.text_encoder.encode([PROMPT])
+    assert context.shape == (1, 77, 64)
+
+
+def test_guided_ddim_matches_stable_diffusion_pipeline(pipe, reference) -> None:
+    x_T = SeededNoise([SEED], pipe.latent_shape).draw()
+    with torch.no_grad():
+        expected = reference(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=5.0,
+                             latents=x_T.clone(), output_type="latent").images
+        latents = _ours(pipe)
+        _close(latents, expected)
+        # Decoding: ldmkit divides by its stored latent scale as diffusers divides by scaling_factor.
+        _close(pipe.vae.decode(latents), reference.vae.decode(expected / reference.vae.config.scaling_factor).sample)
+
+
+def test_img2img_matches_stable_diffusion_img2img_pipeline(pipe, reference) -> None:
+    image = Image.fromarray((torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy())
+    init = pipe.encode_image(image)  # normalised latents [1, 4, 8, 8]
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**reference.components)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        # 4-channel input is taken as latents; the generator draws the same noise as seed SEED's stream.
+        expected = img2img(PROMPT, image=init, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=10,
+                           guidance_scale=5.0, generator=torch.Generator().manual_seed(SEED), output_type="latent").images
+        _close(_ours(pipe, init=init, strength=0.6), expected)
+
+
+def test_converted_file_and_diffusers_export_reproduce_the_folder(pipe, reference, sd_folder, tmp_path) -> None:
+    from ldmkit.interop import convert
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    expected = _ours(pipe)
+    convert(sd_folder, tmp_path / "sd.safetensors")
+    from_file = LatentDiffusionPipeline.from_pretrained(tmp_path / "sd.safetensors", device="cpu")
+    assert from_file.sampler_defaults == pipe.sampler_defaults
+    assert torch.equal(_ours(from_file), expected)
+    convert(tmp_path / "sd.safetensors", tmp_path / "back", to="diffusers")
+    exported = load_reference_pipeline(tmp_path / "back")
+    x_T = SeededNoise([SEED], pipe.latent_shape).draw()
+    with torch.no_grad():
+        theirs = exported(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=5.0,
+                          latents=x_T, output_type="latent").images
+    _close(theirs, expected)
+
+
+def test_prompts_are_checked(pipe, tmp_path) -> None:
+    with pytest.raises(UserError, match="give a prompt"):
+        pipe.generate_latents([0], [-1], steps=2)
+    folder = save_sd_pipeline(tmp_path / "no_text", text_encoder=False)
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    without = LatentDiffusionPipeline.from_pretrained(folder, device="cpu")
+    with pytest.raises(UserError, match=r"CLIP text encoder.*text_encoder/.*tokenizer/"):
+        without.generate(prompt=PROMPT, steps=2)
+
+
+def test_cli_generate_with_prompt_writes_pngs(sd_folder, tmp_path) -> None:
+    from ldmkit.cli import main
+
+    out = tmp_path / "samples"
+    code = main(["generate", "--model", str(sd_folder), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                 "--steps", "2", "--n", "2", "--out", str(out), "--device", "cpu", "--quiet"])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000_seed0.png", "00001_seed1.png", "grid.png"]
+    assert Image.open(out / "00000_seed0.png").size == (16, 16)
