@@ -220,3 +220,16 @@ def test_user_errors():
     with pytest.raises(UserError, match="noise"):
         sample(den, None, LINEAR)
     assert "karras_sigmas" in sampler_options("heun") and "eta" in sampler_options("ddim")
+
+
+def test_zero_mask_returns_the_clean_init_even_when_the_last_level_is_not_clean():
+    """DDIM with set_alpha_to_one=False (SD's config) ends at alpha_bar(t=0) < 1; the kept
+    region must still come back as the clean init, not init plus a little noise."""
+    from ldmkit.diffusion import NoiseSchedule, sample
+
+    schedule = NoiseSchedule.create("scaled_linear")
+    init = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    out = sample(lambda x, t: 0.1 * x, x_T, schedule, sampler="ddim", steps=5, init=init,
+                 mask=torch.zeros(1, 1, 4, 4), set_alpha_to_one=False)
+    assert torch.equal(out, init)

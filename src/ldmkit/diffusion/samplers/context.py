@@ -135,9 +135,14 @@ class SamplingContext:
         """
         if self.mask is not None:
             level = i + 1
-            known = self.alphas[level] * self.init
-            if self.sigmas_vp[level] > 0:
-                known = known + self.sigmas_vp[level] * self.x_T
+            if level == len(self.grid):
+                # The run's output: the clean init, even where the last level is not fully clean
+                # (DDIM with set_alpha_to_one=False ends at alpha_bar of t=0, as SD configures it).
+                known = self.init
+            else:
+                known = self.alphas[level] * self.init
+                if self.sigmas_vp[level] > 0:
+                    known = known + self.sigmas_vp[level] * self.x_T
             x = self.mask * x + (1 - self.mask) * known
         if self.callback is not None:
             self.callback(i, self.timesteps[i], x)
