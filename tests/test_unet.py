@@ -190,3 +190,16 @@ def test_tiny_unet_overfits_one_batch() -> None:
     # Zero-initialised output: the first loss is exactly the target's second moment.
     assert abs(losses[0] - eps.pow(2).mean().item()) < 1e-6
     assert min(losses[-5:]) < losses[0] / 10
+
+
+def test_unet_runs_with_bf16_weights_without_autocast():
+    """Inference keeps the weights in bf16 (no autocast): the fp32 timestep sinusoid must be cast."""
+    config = UNET_PRESETS["tiny"](in_channels=4, num_classes=3, cond_dim=5)
+    unet = UNet(config).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 500.0])
+    labels, cond = torch.tensor([0, 2]), torch.randn(2, 5)
+    with torch.no_grad():
+        ref = unet(x, t, class_labels=labels, cond=cond)
+        out = unet.to(torch.bfloat16)(x.bfloat16(), t, class_labels=labels, cond=cond)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert torch.isfinite(out).all()

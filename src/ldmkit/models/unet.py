@@ -175,8 +175,12 @@ class UNet(nn.Module):
             t = t.expand(batch)
         if t.shape != (batch,):
             raise UserError(f"t must be a scalar or have shape [{batch}], got {tuple(t.shape)}")
+        # The sinusoid is computed in fp32 (precision matters for large t), then cast to the
+        # weights' dtype so a UNet held in bf16 / fp16 for inference runs without autocast.
+        weight_dtype = self.time_embed.linear_in.weight.dtype
         emb = self.time_embed(
             timestep_embedding(t, c.base_channels, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift)
+            .to(weight_dtype)
         )  # [B, emb_dim]
         if c.num_classes is not None:
             if class_labels is None:
@@ -190,7 +194,7 @@ class UNet(nn.Module):
             if cond is None or cond.shape != (batch, c.cond_dim):
                 got = None if cond is None else tuple(cond.shape)
                 raise UserError(f"this UNet needs cond of shape [{batch}, {c.cond_dim}], got {got}")
-            emb = emb + self.cond_embed(cond)
+            emb = emb + self.cond_embed(cond.to(weight_dtype))
         elif cond is not None:
             raise UserError("cond given, but this UNet has no vector conditioning (cond_dim=None)")
         return emb
