@@ -1,0 +1,639 @@
+#!/usr/bin/env python
+"""ldmkit against diffusers, side by side in one process, as /work/shared/BENCHMARKS.md asks.
+
+    python benchmarks/bench_gpu.py --only C1,C3 --out $OUT/c1c3.json        # on the GPU
+    python benchmarks/bench_gpu.py --smoke --out /tmp/smoke.json            # every path, CPU
+    python benchmarks/bench_gpu.py --table a.json b.json --out all.json     # merge + table
+
+Configurations (ids for --only): C1.train C1.fwd (class UNet, ~90M), C2.train C2.fwd (SD 1.x
+UNet, 860M), C3.encode C3.decode (SD VAE), E1 (64 images, 25 DPM-Solver++(2M) steps + CFG +
+decode), E2 (one 512 px image, same loop, batch-1 latency). A bare C1 means all of C1.
+
+Sides (ids for --sides): peer-eager, peer-compiled, peer-graphs (compiled with
+mode="reduce-overhead", E2 only unless --peer-graphs-in says otherwise), ldmkit-eager, ldmkit
+(its fast path; each lever is a flag below). Both sides get the same weights (the peer's,
+through ldmkit.interop) and the same inputs; the agreement of their outputs is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+import ldmkit_side as L  # noqa: E402
+import peers as P  # noqa: E402
+
+GROUPS = {
+    "C1": ("C1.train", "C1.fwd"),
+    "C2": ("C2.train", "C2.fwd"),
+    "C3": ("C3.encode", "C3.decode"),
+    "E1": ("E1.gen",),
+    "E2": ("E2.gen",),
+}
+SIDES = ("peer-eager", "peer-compiled", "peer-graphs", "ldmkit-eager", "ldmkit")
+BATCH = {"C1.train": 256, "C1.fwd": 256, "C2.train": 32, "C2.fwd": 16, "C3.encode": 32,
+         "C3.decode": 32, "E1.gen": 64, "E2.gen": 1}
+SMOKE_BATCH = {"C1.train": 2, "C1.fwd": 2, "C2.train": 2, "C2.fwd": 2, "C3.encode": 2,
+               "C3.decode": 2, "E1.gen": 2, "E2.gen": 1}
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+# The final table: the issue's targets (ratio >= target, against the peer's best mode).
+ROWS = [
+    H.Row("C1 train step, b256", "C1", "train", "img_per_s", "img/s", True, 1.5, ">=1.5x"),
+    H.Row("C1 train TFLOP/s", "C1", "train", "tflops", "TFLOP/s"),
+    H.Row("C1 train peak memory", "C1", "train", "peak_mem_gib", "GiB", False, 1.0, "<=peer"),
+    H.Row("C1 forward, b256", "C1", "fwd", "img_per_s", "img/s", True, 1.3, ">=1.3x"),
+    H.Row("C2 train step, b32", "C2", "train", "img_per_s", "img/s", True, 1.3, ">=1.3x"),
+    H.Row("C2 train TFLOP/s", "C2", "train", "tflops", "TFLOP/s"),
+    H.Row("C2 train peak memory", "C2", "train", "peak_mem_gib", "GiB", False, 1.0, "<=peer"),
+    H.Row("C2 forward, b16", "C2", "fwd", "img_per_s", "img/s", True, 1.3, ">=1.3x"),
+    H.Row("C3 encode, b32", "C3", "encode", "img_per_s", "img/s"),
+    H.Row("C3 decode, b32", "C3", "decode", "img_per_s", "img/s", True, 1.2, ">=1.2x"),
+    H.Row("E1 64 images end to end", "E1", "gen", "img_per_s", "img/s", True, 1.5, ">=1.5x"),
+    H.Row("E1 UNet loop", "E1", "gen", "unet_it_s", "it/s"),
+    H.Row("E2 1 image, 25 steps + decode", "E2", "gen", "s_per_image", "s", False, 1.3, ">=1.3x"),
+    H.Row("E2 UNet loop", "E2", "gen", "unet_it_s", "it/s"),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="C1,C2,C3,E1,E2",
+                   help="comma list of configs or measurements (C1, C2.train, E2, ...)")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma list of sides to run")
+    p.add_argument("--out", default=None, help="JSON file for every raw number (rewritten after each one)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny configs on the CPU, 1 thread, 1 iteration, fp32, no compile: checks every code path")
+    p.add_argument("--smoke-bf16", action="store_true",
+                   help="with --smoke: bf16 autocast and bf16 weights as on the GPU (checks those paths)")
+    p.add_argument("--smoke-compile", action="store_true",
+                   help="with --smoke: really torch.compile (CPU inductor, minutes): checks that both sides trace")
+    p.add_argument("--device", default=None, help="default: cuda if present (cpu with --smoke)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (median; default 10, smoke 2)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls, compilation included (default 3)")
+    p.add_argument("--batch", action="append", default=[], metavar="ID=N",
+                   help="override a batch size, e.g. --batch C2.train=16 (repeatable)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps for E1/E2 (default 25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile 3 iterations and record the top kernels of each run")
+    # ldmkit levers
+    g = p.add_argument_group("ldmkit levers (A/B them)")
+    g.add_argument("--ldm-train-compile", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode for ldmkit training steps")
+    g.add_argument("--ldm-infer-compile", default="default", choices=COMPILE_MODES,
+                   help="mode for ldmkit forward / VAE measurements")
+    g.add_argument("--ldm-e1-compile", default="default", choices=COMPILE_MODES, help="mode for ldmkit in E1")
+    g.add_argument("--ldm-e2-compile", default="reduce-overhead", choices=COMPILE_MODES,
+                   help="mode for ldmkit in E2 (reduce-overhead = CUDA graphs)")
+    g.add_argument("--ldm-fullgraph", action="store_true", help="compile ldmkit with fullgraph=True")
+    g.add_argument("--no-channels-last", action="store_true", help="ldmkit in NCHW-contiguous layout")
+    g.add_argument("--no-fused-adam", action="store_true", help="ldmkit with the default (foreach) AdamW")
+    # levers applied to both sides
+    b = p.add_argument_group("settings of both sides")
+    b.add_argument("--fwd-precision", default="autocast", choices=("autocast", "bf16"),
+                   help="C1/C2 forward and C3: bf16 autocast over fp32 weights (protocol), or bf16 weights")
+    b.add_argument("--gen-precision", default="bf16", choices=("bf16", "autocast"),
+                   help="E1/E2: bf16 weights (diffusers' torch_dtype=bfloat16), or autocast")
+    b.add_argument("--no-compile-vae", action="store_true",
+                   help="E1/E2: leave vae.decode eager on the compiled sides")
+    b.add_argument("--inductor-tuning", action="store_true",
+                   help="diffusers' tutorial inductor flags (conv_1x1_as_mm, coordinate descent, no "
+                        "epilogue fusion); slower compiles")
+    b.add_argument("--peer-no-channels-last", action="store_true")
+    b.add_argument("--peer-graphs-in", default="E2", help="configs where the peer-graphs side runs")
+    b.add_argument("--cfg-e1", type=float, default=4.0, help="guidance scale in E1")
+    b.add_argument("--cfg-e2", type=float, default=7.5, help="guidance scale in E2")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="merge result files, print the table, exit")
+    return p.parse_args(argv)
+
+
+def selected_measures(only: str) -> list[str]:
+    chosen: list[str] = []
+    for item in filter(None, (s.strip() for s in only.split(","))):
+        if item in GROUPS:
+            chosen.extend(GROUPS[item])
+        elif item in BATCH:
+            chosen.append(item)
+        elif item + ".gen" in BATCH:
+            chosen.append(item + ".gen")
+        else:
+            raise SystemExit(f"--only: unknown id {item!r}; use {', '.join(list(GROUPS) + list(BATCH))}")
+    return list(dict.fromkeys(chosen))
+
+
+class Bench:
+    """One benchmark process: settings, the record, and one runner per config group."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.smoke = args.smoke
+        dev = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+        self.device = torch.device(dev)
+        self.iters = args.iters or (1 if self.smoke else 10)
+        self.warmup = args.warmup or (1 if self.smoke else 3)
+        self.steps = args.steps or (3 if self.smoke else 25)
+        self.batch = dict(SMOKE_BATCH if self.smoke else BATCH)
+        for item in args.batch:
+            key, _, value = item.partition("=")
+            if key not in self.batch:
+                raise SystemExit(f"--batch: unknown id {key!r}")
+            self.batch[key] = int(value)
+        self.sides = [s for s in (x.strip() for x in args.sides.split(",")) if s]
+        bad = sorted(set(self.sides) - set(SIDES))
+        if bad:
+            raise SystemExit(f"--sides: unknown {bad}; use {', '.join(SIDES)}")
+        # bf16 on the GPU; fp32 in --smoke unless --smoke-bf16 (CPU bf16 paths, slow but checked)
+        self.amp = not self.smoke or args.smoke_bf16
+        self.flops: dict[tuple, int] = {}
+        self.reference: dict[str, torch.Tensor] = {}
+        H.setup_backends(self.device)
+        if args.inductor_tuning and not self.smoke:
+            import torch._inductor.config as ic
+
+            ic.conv_1x1_as_mm = True
+            ic.coordinate_descent_tuning = True
+            ic.epilogue_fusion = False
+            ic.coordinate_descent_check_all_directions = True
+        meta = H.environment(self.device)
+        meta.update(args={k: v for k, v in vars(args).items()}, batch=self.batch, iters=self.iters,
+                    warmup=self.warmup, steps=self.steps, peak_tflops=H.PEAK_TFLOPS, smoke=self.smoke)
+        self.rec = H.Recorder(args.out, meta)
+
+    # ------------------------------------------------------------------ settings per side
+
+    def side_mode(self, side: str, purpose: str) -> str:
+        """torch.compile mode of a side for a purpose (train / infer / e1 / e2)."""
+        if side in ("peer-eager", "ldmkit-eager"):
+            return "none"
+        if side == "peer-compiled":
+            return "default"
+        if side == "peer-graphs":
+            return "reduce-overhead"
+        return getattr(self.args, f"ldm_{purpose}_compile")
+
+    def channels_last(self, side: str) -> bool:
+        if side.startswith("peer"):
+            return not self.args.peer_no_channels_last
+        return not self.args.no_channels_last
+
+    def sides_for(self, group: str) -> list[str]:
+        graphs_in = {s.strip() for s in self.args.peer_graphs_in.split(",")}
+        return [s for s in self.sides if s != "peer-graphs" or group in graphs_in]
+
+    def compile(self, obj: Callable, mode: str, side: str) -> Callable:
+        if mode == "none" or (self.smoke and not self.args.smoke_compile):
+            return obj
+        kw: dict[str, Any] = {"dynamic": False}
+        if mode != "default":
+            kw["mode"] = mode
+        if side == "ldmkit" and self.args.ldm_fullgraph:
+            kw["fullgraph"] = True
+        return torch.compile(obj, **kw)
+
+    def autocast(self, enabled: bool = True):
+        return H.autocast(self.device, self.amp and enabled)
+
+    def randn(self, *shape: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+        g = torch.Generator(self.device).manual_seed(self.args.seed * 1000 + seed)
+        return torch.randn(*shape, generator=g, device=self.device, dtype=dtype)
+
+    def randint(self, high: int, n: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator(self.device).manual_seed(self.args.seed * 1000 + seed)
+        return torch.randint(0, high, (n,), generator=g, device=self.device)
+
+    @staticmethod
+    def to_layout(batch: dict[str, torch.Tensor], channels_last: bool, dtype=None) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in batch.items():
+            if dtype is not None and v.is_floating_point() and v.ndim > 0 and k != "t":
+                v = v.to(dtype)
+            if channels_last and v.ndim == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def place(self, active: torch.nn.Module, *others: torch.nn.Module, channels_last: bool) -> None:
+        """Only the measured model on the GPU, so peak memory is its own."""
+        for m in others:
+            m.to("cpu")
+        active.to(self.device)
+        active.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        H.free_memory()
+
+    # ------------------------------------------------------------------ recording helpers
+
+    def count_flops_once(self, key: tuple, fn: Callable[[], Any]) -> int | None:
+        if key not in self.flops:
+            try:
+                self.flops[key] = H.count_flops(fn)
+            except Exception as err:  # a counting failure must not lose the timing
+                self.rec.log(f"flop count failed for {key}: {err}")
+                self.flops[key] = None
+        return self.flops[key]
+
+    def profile(self, fn: Callable[[], Any]) -> dict[str, Any]:
+        """{"profile_top": [...]} when --profile is on (after timing, so it never skews it)."""
+        if not self.args.profile:
+            return {}
+        try:
+            return {"profile_top": H.profile_top(fn, self.device)}
+        except Exception as err:
+            return {"profile_top": [{"name": f"profiling failed: {err}", "calls": 0, "ms_per_iter": 0, "share": 0}]}
+
+    def record(self, config: str, measure: str, side: str, timing: H.Timing, n: int,
+               flops: int | None, **extra: Any) -> None:
+        values: dict[str, Any] = {"batch": n, "img_per_s": n / timing.median_s,
+                                  "median_ms": timing.median_s * 1e3}
+        if flops:
+            values.update(gflop_per_iter=flops / 1e9, tflops=flops / timing.median_s / 1e12,
+                          frac_of_peak=flops / timing.median_s / 1e12 / H.PEAK_TFLOPS)
+        values.update(timing.to_dict())
+        values.update(extra)
+        values["graph_breaks"] = H.take_graph_breaks()
+        self.rec.add(config, measure, side, **values)
+
+    def params(self, config: str, peer: torch.nn.Module, ldm: torch.nn.Module, info: dict) -> None:
+        n_peer, n_ldm = H.param_count(peer), H.param_count(ldm)
+        info.update(params_peer=n_peer, params_ldmkit=n_ldm, params_rel_diff=abs(n_ldm - n_peer) / n_peer)
+        self.rec.info(config, "models", info)
+        flag = "" if info["params_rel_diff"] <= 0.01 else "  <-- MORE THAN 1% APART"
+        self.rec.log(f"{config} params: diffusers {n_peer:,} | ldmkit {n_ldm:,} "
+                     f"(same weights: {info.get('same_weights')}){flag}")
+
+    @torch.no_grad()
+    def check(self, config: str, name: str, peer_fn: Callable, ldm_fn: Callable, inputs: tuple) -> None:
+        """Same function? fp32 without TF32 (tight) and under bf16 autocast (what is timed)."""
+        result: dict[str, Any] = {}
+        try:
+            with H.exact_fp32():
+                truth = peer_fn(*inputs).float()
+                result["fp32"] = H.agreement(truth, ldm_fn(*inputs))
+            ok = result["fp32"]["max_abs_diff_rel_std"] < 1e-3 and result["fp32"]["finite"]
+            if self.amp:
+                # "Within bf16 tolerance": ldmkit's bf16 error against the fp32 truth must be of
+                # the size of diffusers' own bf16 error (at most twice it).
+                with self.autocast():
+                    peer16, ldm16 = peer_fn(*inputs).float(), ldm_fn(*inputs).float()
+                result["bf16_autocast"] = H.agreement(peer16, ldm16)
+                result["peer_bf16_err"] = H.agreement(truth, peer16)
+                result["ldmkit_bf16_err"] = H.agreement(truth, ldm16)
+                ok = ok and result["ldmkit_bf16_err"]["finite"] and (
+                    result["ldmkit_bf16_err"]["rel_l2"] <= 2 * result["peer_bf16_err"]["rel_l2"] + 1e-4)
+            result["agree"] = ok
+            self.rec.info(config, f"agreement_{name}", result)
+            self.rec.log(f"{config} {name} agreement: " + "; ".join(
+                f"{k} max|diff|/std={v['max_abs_diff_rel_std']:.2e} relL2={v['rel_l2']:.2e}"
+                for k, v in result.items() if isinstance(v, dict)) + f" -> {'OK' if ok else 'DIFFERENT'}")
+        except Exception as err:
+            self.rec.error(config, f"check_{name}", "-", err)
+
+    # ------------------------------------------------------------------ C1 / C2: UNets
+
+    def run_unet(self, group: str, measures: list[str]) -> None:
+        text = group == "C2"
+        if text:
+            cfg = P.C2_UNET_TINY if self.smoke else P.C2_UNET
+            preset, overrides = (None, None) if self.smoke else ("sd15", None)
+        else:
+            cfg = P.C1_UNET_TINY if self.smoke else P.C1_UNET
+            preset, overrides = (None, None) if self.smoke else ("base", {"num_classes": 1000})
+        res = cfg["sample_size"]
+        peer = P.build_unet(cfg, self.device)
+        ldm, info = L.build_unet(peer, self.device, preset, overrides)
+        self.params(group, peer, ldm, info)
+
+        def make_batch(n: int, seed: int) -> dict[str, torch.Tensor]:
+            batch = {"x": self.randn(n, 4, res, res, seed=seed), "t": self.randint(1000, n, seed + 1)}
+            if text:
+                batch["context"] = self.randn(n, P.C2_CONTEXT_LEN, cfg["cross_attention_dim"], seed=seed + 2)
+            else:
+                batch["labels"] = self.randint(cfg["num_class_embeds"], n, seed + 2)
+            return batch
+
+        if info.get("same_weights"):
+            small = make_batch(min(4, self.batch[measures[0]]), 99)
+            self.check(group, "unet", lambda b: P.unet_call(peer, b), lambda b: L.unet_call(ldm, b), (small,))
+
+        for side in self.sides_for(group):
+            is_peer = side.startswith("peer")
+            model, other = (peer, ldm) if is_peer else (ldm, peer)
+            call = P.unet_call if is_peer else L.unet_call
+            cl = self.channels_last(side)
+            self.place(model, other, channels_last=cl)
+            impl = "peer" if is_peer else "ldmkit"
+            for mid in measures:
+                measure = mid.split(".")[1]
+                n = self.batch[mid]
+                try:
+                    batch = self.to_layout(make_batch(n, 0), cl)
+                    if measure == "train":
+                        target = self.randn(n, 4, res, res, seed=7)
+                        self.measure_train(group, side, impl, model, call, batch, target, cl)
+                    else:
+                        self.measure_forward(group, side, impl, model, call, batch, cl)
+                except Exception as err:
+                    self.rec.error(group, measure, side, err)
+                finally:
+                    model.zero_grad(set_to_none=True)
+                    model.eval()
+                    H.free_memory()
+        del peer, ldm
+        H.free_memory()
+
+    def measure_train(self, group, side, impl, model, call, batch, target, cl) -> None:
+        mode = self.side_mode(side, "train")
+        model.train()
+        fused = self.device.type == "cuda" and (impl == "peer" or not self.args.no_fused_adam)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused or None)
+        net = self.compile(model, mode, side)
+
+        def loss_of(m) -> torch.Tensor:
+            with self.autocast():
+                out = call(m, batch)
+            return F.mse_loss(out.float(), target)
+
+        def step() -> None:
+            loss_of(net).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def fwd_bwd() -> None:  # counted on the eager model: forward + backward
+            loss_of(model).backward()
+            model.zero_grad(set_to_none=True)
+
+        flops = self.count_flops_once((group, "train", impl), fwd_bwd)
+        timing = H.time_fn(step, self.device, warmup=self.warmup_for(mode), iters=self.iters, track_memory=True)
+        self.record(group, "train", side, timing, batch["x"].shape[0], flops, compile_mode=mode,
+                    channels_last=cl, fused_adam=fused, **self.profile(step))
+        del opt, net
+
+    @torch.no_grad()
+    def measure_forward(self, group, side, impl, model, call, batch, cl, measure="fwd") -> None:
+        mode = self.side_mode(side, "infer")
+        bf16_weights = self.args.fwd_precision == "bf16" and self.amp
+        m = copy.deepcopy(model).to(torch.bfloat16) if bf16_weights else model
+        if bf16_weights:
+            batch = self.to_layout(batch, cl, torch.bfloat16)
+        net = self.compile(lambda b: call(m, b), mode, side)
+        graphs = "reduce-overhead" in mode
+
+        def fwd():
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with self.autocast(not bf16_weights):
+                return net(batch)
+
+        def eager():
+            with self.autocast(not bf16_weights):
+                return call(m, batch)
+
+        flops = self.count_flops_once((group, measure, impl), eager)
+        timing = H.time_fn(fwd, self.device, warmup=self.warmup_for(mode), iters=self.iters)
+        n = next(iter(batch.values())).shape[0]
+        self.record(group, measure, side, timing, n, flops, compile_mode=mode, channels_last=cl,
+                    precision="bf16 weights" if bf16_weights else "autocast" if self.amp else "fp32",
+                    **self.profile(fwd))
+        del net, m
+
+    def warmup_for(self, mode: str) -> int:
+        # CUDA graphs: call 1 compiles, call 2 warms up, call 3 records; replay after that.
+        return max(self.warmup, 3) if "reduce-overhead" in mode and not self.smoke else self.warmup
+
+    # ------------------------------------------------------------------ C3: the VAE
+
+    def run_vae(self, group: str, measures: list[str]) -> None:
+        cfg = P.C3_VAE_TINY if self.smoke else P.C3_VAE
+        peer = P.build_vae(cfg, self.device)
+        ldm, info = L.build_vae(peer, self.device, None if self.smoke else "sd", peer.config.scaling_factor)
+        self.params(group, peer, ldm, info)
+        res = cfg["sample_size"]
+        f = 2 ** (len(cfg["block_out_channels"]) - 1)
+
+        def images(n, seed):
+            return self.randn(n, 3, res, res, seed=seed).clamp(-3, 3) / 3  # random, in [-1, 1]
+
+        def latents(n, seed):
+            return self.randn(n, 4, res // f, res // f, seed=seed)
+
+        if info.get("same_weights"):
+            self.check(group, "encode", lambda x: P.vae_encode(peer, x), lambda x: L.vae_encode(ldm, x),
+                       (images(2, 99),))
+            self.check(group, "decode", lambda z: P.vae_decode(peer, z), lambda z: L.vae_decode(ldm, z),
+                       (latents(2, 98),))
+
+        for side in self.sides_for(group):
+            is_peer = side.startswith("peer")
+            model, other = (peer, ldm) if is_peer else (ldm, peer)
+            impl = "peer" if is_peer else "ldmkit"
+            cl = self.channels_last(side)
+            self.place(model, other, channels_last=cl)
+            for mid in measures:
+                measure = mid.split(".")[1]
+                n = self.batch[mid]
+                try:
+                    fn = {("peer", "encode"): P.vae_encode, ("peer", "decode"): P.vae_decode,
+                          ("ldmkit", "encode"): L.vae_encode, ("ldmkit", "decode"): L.vae_decode}[impl, measure]
+                    x = images(n, 0) if measure == "encode" else latents(n, 0)
+                    batch = self.to_layout({"x": x}, cl)
+                    self.measure_forward(group, side, impl, model, lambda m, b, fn=fn: fn(m, b["x"]), batch, cl,
+                                         measure=measure)
+                except Exception as err:
+                    self.rec.error(group, measure, side, err)
+                finally:
+                    H.free_memory()
+        del peer, ldm
+        H.free_memory()
+
+    # ------------------------------------------------------------------ E1 / E2: generation
+
+    def run_gen(self, group: str, measures: list[str]) -> None:
+        e2 = group == "E2"
+        if e2:
+            ucfg = P.C2_UNET_TINY if self.smoke else P.C2_UNET
+            schedule, scale = P.E2_SCHEDULE, self.args.cfg_e2
+        else:
+            ucfg = P.C1_UNET_TINY if self.smoke else P.C1_UNET
+            schedule, scale = P.E1_SCHEDULE, self.args.cfg_e1
+        vcfg = P.C3_VAE_TINY if self.smoke else P.C3_VAE
+        res, n = ucfg["sample_size"], self.batch[f"{group}.gen"]
+        dtype = torch.bfloat16 if self.args.gen_precision == "bf16" and self.amp else torch.float32
+        use_amp = self.args.gen_precision == "autocast"
+
+        peer_unet, peer_vae = P.build_unet(ucfg, self.device), P.build_vae(vcfg, self.device)
+        ldm_unet, uinfo = L.build_unet(peer_unet, self.device, None if self.smoke else ("sd15" if e2 else "base"),
+                                       None if e2 or self.smoke else {"num_classes": 1000})
+        ldm_vae, vinfo = L.build_vae(peer_vae, self.device, None if self.smoke else "sd",
+                                     peer_vae.config.scaling_factor)
+        self.params(group, peer_unet, ldm_unet, uinfo)
+        self.rec.info(group, "vae", {k: v for k, v in vinfo.items() if k != "config"})
+        for m in (peer_unet, peer_vae, ldm_unet, ldm_vae):
+            m.to(dtype)
+
+        noise = self.randn(n, 4, res, res, seed=11)
+        if e2:
+            width = ucfg["cross_attention_dim"]
+            cond = {"context": self.randn(n, P.C2_CONTEXT_LEN, width, seed=12, dtype=dtype)}
+            uncond = {"context": self.randn(n, P.C2_CONTEXT_LEN, width, seed=13, dtype=dtype)}  # stands in for ""
+        else:
+            null = ucfg["num_class_embeds"] - 1
+            cond = {"labels": self.randint(null, n, seed=12)}
+            uncond = {"labels": torch.full((n,), null, device=self.device, dtype=torch.long)}
+
+        for side in self.sides_for(group):
+            is_peer = side.startswith("peer")
+            unet, vae = (peer_unet, peer_vae) if is_peer else (ldm_unet, ldm_vae)
+            cl = self.channels_last(side)
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            unet.to(memory_format=fmt)
+            vae.to(memory_format=fmt)
+            mode = self.side_mode(side, "e2" if e2 else "e1")
+            graphs = "reduce-overhead" in mode and not self.smoke
+            try:
+                unet_c = self.compile(unet, mode, side)
+                if is_peer:
+                    dec = self.compile(lambda z: P.vae_decode(peer_vae, z), "none" if self.args.no_compile_vae else mode, side)
+                    gen = P.PeerGenerator(unet_c, dec, P.make_scheduler(schedule),
+                                          scaling_factor=peer_vae.config.scaling_factor, guidance_scale=scale,
+                                          steps=self.steps, dtype=dtype, mark_step=graphs)
+                else:
+                    dec = self.compile(lambda z: ldm_vae.decode(z), "none" if self.args.no_compile_vae else mode, side)
+                    gen = L.LdmGenerator(unet_c, dec, L.make_schedule(schedule), guidance_scale=scale,
+                                         steps=self.steps, dtype=dtype, mark_step=graphs)
+                x_T = noise.contiguous(memory_format=torch.channels_last) if cl else noise
+
+                @torch.no_grad()
+                def full():
+                    with self.autocast(use_amp):
+                        return gen(x_T, cond, uncond)
+
+                @torch.no_grad()
+                def loop():
+                    with self.autocast(use_amp):
+                        return gen.latents(x_T, cond, uncond)
+
+                t_full = H.time_fn(full, self.device, warmup=self.warmup_for(mode), iters=self.iters)
+                t_loop = H.time_fn(loop, self.device, warmup=1, iters=self.iters)
+                syncs = H.count_syncs(loop, self.device)
+                images = full().float()
+                extra: dict[str, Any] = {}
+                if "peer" not in self.reference and is_peer:
+                    self.reference["peer"] = images
+                if not is_peer and "peer" in self.reference and uinfo.get("same_weights"):
+                    extra["images_vs_peer"] = H.agreement(self.reference["peer"], images)
+                self.record(group, "gen", side, t_full, n, None, compile_mode=mode, channels_last=cl,
+                            precision=str(dtype).replace("torch.", "") + (" autocast" if use_amp else ""),
+                            s_per_image=t_full.median_s / n, unet_it_s=self.steps / t_loop.median_s,
+                            loop_ms=t_loop.median_s * 1e3, decode_ms=(t_full.median_s - t_loop.median_s) * 1e3,
+                            loop_first_call_s=t_loop.first_call_s, syncs_in_loop=syncs,
+                            steps=self.steps, guidance_scale=scale, images_finite=bool(torch.isfinite(images).all()),
+                            **extra, **self.profile(full))
+            except Exception as err:
+                self.rec.error(group, "gen", side, err)
+            finally:
+                H.free_memory()
+        self.reference.clear()
+        del peer_unet, peer_vae, ldm_unet, ldm_vae
+        H.free_memory()
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self, measures: list[str]) -> None:
+        runners = {"C1": self.run_unet, "C2": self.run_unet, "C3": self.run_vae, "E1": self.run_gen,
+                   "E2": self.run_gen}
+        self.rec.log(f"device {self.device} ({self.rec.data['meta'].get('gpu', 'cpu')}), torch "
+                     f"{torch.__version__}, diffusers {self.rec.data['meta'].get('diffusers')}; "
+                     f"measures {measures}; sides {self.sides}")
+        for group, ids in GROUPS.items():
+            todo = [m for m in ids if m in measures]
+            if not todo:
+                continue
+            try:
+                runners[group](group, todo)
+            except Exception as err:  # building the models failed: record, go on
+                self.rec.error(group, "setup", "-", err)
+            finally:
+                H.free_memory()
+
+
+def print_summary(rec: H.Recorder) -> None:
+    for config, info in rec.data["configs"].items():
+        models = info.get("models", {})
+        if models:
+            print(f"{config}: params diffusers {models.get('params_peer', 0):,} / ldmkit "
+                  f"{models.get('params_ldmkit', 0):,}; same weights {models.get('same_weights')}"
+                  + (f" ({models.get('why')})" if models.get("why") else "")
+                  + (f"; preset differs: {models['preset_diff']}" if models.get("preset_diff") else ""))
+        for key, value in info.items():
+            if key.startswith("agreement_") and isinstance(value, dict):
+                parts = [f"{k} max|diff|/std {v['max_abs_diff_rel_std']:.2e}" for k, v in value.items()
+                         if isinstance(v, dict)]
+                print(f"  {key[10:]}: {'; '.join(parts)} -> {'OK' if value.get('agree') else 'DIFFERENT'}")
+    for r in rec.data["records"]:
+        if "images_vs_peer" in r:
+            a = r["images_vs_peer"]
+            print(f"  {r['config']} [{r['side']}] images vs peer: max|diff|/std {a['max_abs_diff_rel_std']:.2e}, "
+                  f"relL2 {a['rel_l2']:.2e}")
+        if r.get("graph_breaks"):
+            print(f"  {r['config']}.{r['measure']} [{r['side']}] graph breaks: {r['graph_breaks']}")
+        if r.get("syncs_in_loop") is not None:
+            print(f"  {r['config']} [{r['side']}] host-device syncs in the sampling loop: {r['syncs_in_loop']}")
+    for r in rec.data["records"]:
+        if r.get("profile_top"):
+            print(f"  profile {r['config']}.{r['measure']} [{r['side']}]: " + "; ".join(
+                f"{p['name'][:48]} {p['ms_per_iter']:.2f}ms ({p['share']:.0%})" for p in r["profile_top"][:6]))
+    for e in rec.data["errors"]:
+        print(f"ERROR {e['config']}.{e['measure']} [{e['side']}]: {e['error'][:300]}")
+    meta = rec.data["meta"]
+    print(f"\n{meta.get('gpu', meta.get('device'))}, torch {meta.get('torch')}, diffusers "
+          f"{meta.get('diffusers')}, {meta.get('date')}")
+    print(H.render_table(rec, ROWS), flush=True)
+
+
+def merge_tables(paths: list[str], out: str | None) -> H.Recorder:
+    rec = H.Recorder(out, {})
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        rec.data["meta"] = rec.data["meta"] or data["meta"]
+        rec.data.setdefault("runs", []).append({"file": path, "meta": data["meta"]})
+        for config, info in data["configs"].items():
+            rec.data["configs"].setdefault(config, {}).update(info)
+        rec.data["records"].extend(data["records"])
+        rec.data["errors"].extend(data["errors"])
+    rec.save()
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.table:
+        print_summary(merge_tables(args.table, args.out))
+        return 0
+    measures = selected_measures(args.only)
+    threads = torch.get_num_threads()
+    if args.smoke:
+        torch.set_num_threads(1)  # tiny ops: one thread is faster than two fighting for a shared CPU
+    try:
+        bench = Bench(args)
+        with contextlib.suppress(KeyboardInterrupt):
+            bench.run(measures)
+    finally:
+        torch.set_num_threads(threads)
+    bench.rec.save()
+    print_summary(bench.rec)
+    return 1 if bench.rec.data["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
