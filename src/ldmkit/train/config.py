@@ -1,0 +1,292 @@
+"""Typed training configuration: dataclasses, named presets, overrides, JSON round trip.
+
+A run is described by one `RunConfig` (data, devices, bookkeeping) holding a
+`VAETrainConfig` and a `DiffusionTrainConfig`. Presets are named functions in
+`TRAIN_PRESETS` (DiT's `DiT_models` registry); the CLI starts from one and overrides fields
+with `apply_overrides`. The model architectures are stored as plain dicts (the model
+configs' `to_dict()`), filled from `ldmkit.models.presets` by name, so the resolved config
+written to RUN/config.json and into every checkpoint rebuilds the models on its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ldmkit.errors import UserError
+
+STAGES = ("all", "vae", "diffusion")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PREDICTIONS = ("eps", "v", "x0")
+SCHEDULES = ("linear", "scaled_linear", "cosine")
+RECON_LOSSES = ("l1", "l2")
+
+
+def vae_model_dict(preset: str) -> dict[str, Any]:
+    """The AutoencoderKL config of a VAE preset, as a dict."""
+    from ldmkit.models.presets import VAE_PRESETS
+
+    if preset not in VAE_PRESETS:
+        raise UserError(f"unknown VAE preset {preset!r}; choose one of {sorted(VAE_PRESETS)}")
+    return VAE_PRESETS[preset]().to_dict()
+
+
+def unet_model_dict(preset: str) -> dict[str, Any]:
+    """The UNet config of a UNet preset, as a dict."""
+    from ldmkit.models.presets import UNET_PRESETS
+
+    if preset not in UNET_PRESETS:
+        raise UserError(f"unknown UNet preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
+    return UNET_PRESETS[preset]().to_dict()
+
+
+@dataclass
+class VAETrainConfig:
+    """The autoencoder stage: reconstruction + KL (+ optional perceptual and GAN losses)."""
+
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # AutoencoderKLConfig.to_dict()
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    recon_loss: str = "l1"
+    # KL on the mean-reduced loss scale: kl_weight * KL summed over latent elements / number
+    # of image elements, the same balance as Stable Diffusion's 1e-6 on summed losses.
+    kl_weight: float = 1e-6
+    logvar_init: float | None = -6.0  # start the posterior narrow (see vae_stage); None: leave as built
+    perceptual_weight: float = 1.0  # used only when LPIPS weights exist locally
+    disc_start: int = -1  # step at which the patch-GAN starts; negative = never
+    disc_weight: float = 0.5
+    disc_lr: float = 2e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
+    latent_stats_images: int = 4096  # images used to measure the latents' shift and scale
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """The latent diffusion stage: the UNet on cached latents."""
+
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # UNetConfig.to_dict()
+    steps: int = 10000
+    batch_size: int = 64
+    lr: float = 2e-4
+    lr_schedule: str = "constant"
+    warmup: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    cond_drop: float = 0.1  # probability of the null class, for classifier-free guidance
+    prediction: str = "eps"
+    schedule: str = "scaled_linear"
+    num_train_timesteps: int = 1000
+    beta_start: float | None = None  # None: the schedule's own default range
+    beta_end: float | None = None
+    zero_terminal_snr: bool = False
+    min_snr_gamma: float | None = None
+    latent_sample: bool = True  # draw z ~ q(z|x) from the cached mean/std, else use the mean
+    sample_every: int = 1000
+    sample_steps: int = 25
+    sample_cfg: float = 2.0
+    sample_per_class: int = 8
+    val_every: int = 500
+    val_size: int = 512  # validation latents (fixed t and noise, so losses are comparable)
+
+
+@dataclass
+class RunConfig:
+    """One `ldm train` run."""
+
+    data: str = "emoji"
+    image_size: int = 32
+    channels: int | None = None  # None: the dataset's own
+    flip: bool = True
+    stage: str = "all"
+    vae_path: str | None = None  # a trained VAE (inference file or RUN folder): skips the VAE stage
+    preset: str = "tiny"
+    precision: str = "fp32"
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    num_workers: int = 2
+    compile: bool = False
+    quiet: bool = False
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        data = dict(data)
+        vae = _from_dict(VAETrainConfig, data.pop("vae", {}) or {}, "vae")
+        diffusion = _from_dict(DiffusionTrainConfig, data.pop("diffusion", {}) or {}, "diffusion")
+        config = _from_dict(cls, data, "")
+        config.vae, config.diffusion = vae, diffusion
+        return config
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in section {prefix!r}" if prefix else ""
+        raise UserError(f"unknown training config field(s){where}: {', '.join(unknown)}")
+    return cls(**dict(data))
+
+
+# Short flag names -> (section, field). Everything else is addressed as "section.field"
+# ("vae.lr") or as a top-level RunConfig field ("seed").
+ALIASES: dict[str, tuple[str, str]] = {
+    "steps": ("diffusion", "steps"),
+    "batch_size": ("diffusion", "batch_size"),
+    "lr": ("diffusion", "lr"),
+    "lr_schedule": ("diffusion", "lr_schedule"),
+    "warmup": ("diffusion", "warmup"),
+    "weight_decay": ("diffusion", "weight_decay"),
+    "grad_clip": ("diffusion", "grad_clip"),
+    "ema_decay": ("diffusion", "ema_decay"),
+    "cond_drop": ("diffusion", "cond_drop"),
+    "prediction": ("diffusion", "prediction"),
+    "schedule": ("diffusion", "schedule"),
+    "min_snr_gamma": ("diffusion", "min_snr_gamma"),
+    "sample_every": ("diffusion", "sample_every"),
+    "val_every": ("diffusion", "val_every"),
+    "unet_preset": ("diffusion", "preset"),
+    "vae_steps": ("vae", "steps"),
+    "vae_batch_size": ("vae", "batch_size"),
+    "vae_lr": ("vae", "lr"),
+    "vae_preset": ("vae", "preset"),
+    "kl_weight": ("vae", "kl_weight"),
+    "disc_start": ("vae", "disc_start"),
+}
+
+
+def _check_type(owner: Any, name: str, value: Any) -> Any:
+    """Check `value` against the dataclass annotation of `owner.name`; ints pass as floats."""
+    hint = typing.get_type_hints(type(owner))[name]
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = tuple(typing.get_origin(a) or a for a in (typing.get_args(hint) if is_union else (hint,)))
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if bool not in allowed and isinstance(value, bool):
+        raise UserError(f"config field {name!r} expects {hint}, got a bool")
+    if not isinstance(value, tuple(a for a in allowed if a is not type(None))):
+        raise UserError(f"config field {name!r} expects {hint}, got {value!r}")
+    return value
+
+
+def apply_overrides(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
+    """Set fields from `overrides` (flag name -> value; None means "not given").
+
+    Keys are top-level fields (`seed`), `section.field` (`vae.lr`) or an alias from
+    `ALIASES` (`vae_steps`). Changing a preset name re-resolves that model's dict.
+    Returns `config`, changed in place.
+    """
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ALIASES:
+            section, name = ALIASES[key]
+        elif "." in key:
+            section, name = key.split(".", 1)
+        else:
+            section, name = "", key
+        owner = getattr(config, section) if section in ("vae", "diffusion") else config
+        if section not in ("", "vae", "diffusion") or not hasattr(owner, name) or name in ("vae", "diffusion"):
+            raise UserError(f"unknown training option {key!r}")
+        setattr(owner, name, _check_type(owner, name, value))
+        if section == "vae" and name == "preset":
+            config.vae.model = vae_model_dict(value)
+        elif section == "diffusion" and name == "preset":
+            config.diffusion.model = unet_model_dict(value)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Raise `UserError` for values no run can use (checked before any work starts)."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    v, d = config.vae, config.diffusion
+    need(config.stage in STAGES, f"stage must be one of {STAGES}, got {config.stage!r}")
+    need(config.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {config.precision!r}")
+    need(config.image_size > 0, "image_size must be positive")
+    need(v.recon_loss in RECON_LOSSES, f"vae.recon_loss must be one of {RECON_LOSSES}")
+    need(d.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {d.prediction!r}")
+    need(d.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {d.schedule!r}")
+    need(d.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'")
+    need(0.0 <= d.cond_drop < 1.0, "cond_drop must be in [0, 1)")
+    need(0.0 <= d.ema_decay <= 1.0, "ema_decay must be in [0, 1]")
+    need(d.min_snr_gamma is None or d.min_snr_gamma > 0, "min_snr_gamma must be positive")
+    for name, value in (("steps", d.steps), ("vae_steps", v.steps), ("warmup", d.warmup)):
+        need(value >= 0, f"{name} must be >= 0")
+    for name, value in (("batch_size", d.batch_size), ("vae_batch_size", v.batch_size),
+                        ("checkpoint_every", config.checkpoint_every), ("log_every", config.log_every)):
+        need(value > 0, f"{name} must be > 0")
+    need(config.stage != "diffusion" or config.vae_path, "stage 'diffusion' needs a trained VAE: pass --vae PATH")
+
+
+def _preset(
+    *, data: str, image_size: int, vae_preset: str, unet_preset: str, name: str,
+    run: dict[str, Any], vae: dict[str, Any], diffusion: dict[str, Any],
+) -> RunConfig:
+    config = RunConfig(data=data, image_size=image_size, preset=name, **run)
+    config.vae = VAETrainConfig(preset=vae_preset, model=vae_model_dict(vae_preset), **vae)
+    config.diffusion = DiffusionTrainConfig(preset=unet_preset, model=unet_model_dict(unet_preset), **diffusion)
+    return config
+
+
+def tiny() -> RunConfig:
+    """A CPU run of a few minutes on `emoji` at 32 px: f4 VAE (8x8x4 latents), tiny UNet."""
+    return _preset(
+        name="tiny", data="emoji", image_size=32, vae_preset="tiny", unet_preset="tiny",
+        run=dict(precision="fp32", checkpoint_every=500, log_every=50, num_workers=0),
+        vae=dict(steps=1500, batch_size=32, lr=3e-4, warmup=50, latent_stats_images=2048),
+        diffusion=dict(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.995,
+                       sample_every=1000, val_every=500, val_size=256),
+    )
+
+
+def small() -> RunConfig:
+    """One GPU, Fashion-MNIST / emoji scale (32 px, f4 latents), minutes of training."""
+    return _preset(
+        name="small", data="emoji", image_size=32, vae_preset="small", unet_preset="small",
+        run=dict(precision="bf16", checkpoint_every=2000, log_every=100, num_workers=4),
+        vae=dict(steps=3000, batch_size=128, lr=4e-4, warmup=100),
+        diffusion=dict(steps=20000, batch_size=256, lr=2e-4, warmup=500, ema_decay=0.999,
+                       sample_every=2000, val_every=1000),
+    )
+
+
+def base() -> RunConfig:
+    """C1-sized class-conditional UNet (~90M) on f8 latents of 256 px images, GPUs."""
+    return _preset(
+        name="base", data="emoji", image_size=256, vae_preset="sd", unet_preset="base",
+        run=dict(precision="bf16", checkpoint_every=5000, log_every=100, num_workers=8),
+        vae=dict(steps=50000, batch_size=32, lr=1e-4, warmup=1000, disc_start=20000),
+        diffusion=dict(steps=400000, batch_size=256, lr=1e-4, warmup=5000, ema_decay=0.9999,
+                       sample_every=10000, val_every=5000),
+    )
+
+
+TRAIN_PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small, "base": base}
+
+
+def preset_config(name: str) -> RunConfig:
+    """The `RunConfig` of a named training preset."""
+    if name not in TRAIN_PRESETS:
+        raise UserError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    return TRAIN_PRESETS[name]()

@@ -1,0 +1,242 @@
+"""The diffusion stage: train the UNet on cached latents (Rombach et al. 2022, sec. 3.3).
+
+Each step takes the next global batch of the seeded index stream, draws z ~ q(z|x) from the
+cached mean/std (the mirrored pair half the time), a timestep and noise per example, and
+replaces the class label by the null class with probability `cond_drop` (classifier-free
+guidance, Ho & Salimans 2022). All of those draws are made for the whole global batch by a
+generator that is identical on every rank, and each rank keeps its slice: the run is the
+same on 1 or N processes, and resuming needs only the generator state and the stream offset.
+
+Per step: AdamW (fused on CUDA) at the warm-up/cosine LR, gradient clipping, a skip if the
+loss or gradient is not finite (StepGuard), the EMA update. Periodically: validation loss on
+fixed t and noise, a sample grid from the EMA model, a checkpoint plus the inference file.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ldmkit.diffusion import NoiseSchedule, diffusion_loss
+from ldmkit.models import AutoencoderKL, UNet
+from ldmkit.train.batches import IndexStream, per_rank_batch, rank_slice
+from ldmkit.train.config import DiffusionTrainConfig
+from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
+from ldmkit.train.ema import EMA
+from ldmkit.train.inference_file import MODEL_FILE, save_inference_file
+from ldmkit.train.latent_cache import LatentSet
+from ldmkit.train.lr import lr_at
+from ldmkit.train.previews import save_sample_grid
+from ldmkit.train.rng import generator_state, make_generator
+from ldmkit.train.step_guard import Precision, StepGuard
+
+VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
+
+
+def make_schedule(cfg: DiffusionTrainConfig) -> NoiseSchedule:
+    """The training noise schedule described by the config."""
+    betas = {} if cfg.schedule == "cosine" else {"beta_start": cfg.beta_start, "beta_end": cfg.beta_end}
+    return NoiseSchedule.create(cfg.schedule, cfg.num_train_timesteps, zero_terminal_snr=cfg.zero_terminal_snr, **betas)
+
+
+class DiffusionTrainer:
+    """Owns the UNet, its EMA, optimizer and data position for one run of the stage."""
+
+    def __init__(self, unet: UNet, vae: AutoencoderKL, train: LatentSet, val: LatentSet | None,
+                 ctx: StageContext, class_names: list[str]) -> None:
+        self.ctx, self.cfg, self.run, self.dist = ctx, ctx.config.diffusion, ctx.config, ctx.dist
+        device = self.device = self.dist.device
+        per_rank_batch(self.cfg.batch_size, self.dist.world_size)
+        self.train_set, self.val_set, self.class_names = train, val, class_names
+        self.vae = vae.to(device).eval()
+        self.schedule = make_schedule(self.cfg)
+        self.num_classes = unet.config.num_classes
+        self.unet = unet.to(device).train()
+        self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
+        model: nn.Module = self.unet
+        if self.run.compile and device.type == "cuda":
+            model = torch.compile(model)  # before DDP, as nanoGPT does
+        if self.dist.distributed:
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = model
+        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999),
+                                     weight_decay=self.cfg.weight_decay, fused=device.type == "cuda")
+        self.precision = Precision(self.run.precision, device)
+        self.generator = make_generator(self.run.seed + 3, device)
+        self.stream = IndexStream(len(train), self.run.seed, device)
+        self.guard = StepGuard(self.dist, ctx.stop)
+        self.step = self.offset = 0
+        self.last_saved: int | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        scaler = self.precision.scaler
+        return {
+            "stage": "diffusion", "step": self.step, "offset": self.offset,
+            "unet": self.unet.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "generator": generator_state(self.generator), "rng": rank_rng_states(self.dist),
+            "skipped_steps": self.guard.skipped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.offset = int(state["step"]), int(state["offset"])
+        self.unet.load_state_dict(state["unet"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.precision.scaler is not None and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.guard.skipped = int(state.get("skipped_steps", 0))
+        restore_rank_rng(state["rng"], self.dist)
+        self.last_saved = self.step
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(x0, class labels or None, t, noise) for this rank; every draw is global (see module doc)."""
+        B, gen, dev, data = self.cfg.batch_size, self.generator, self.device, self.train_set
+        shape = data.latent_shape
+        idx = rank_slice(self.stream.take(self.offset, B), self.dist.rank, self.dist.world_size)
+        x0, std = data.mean[idx], data.std[idx] if data.std is not None else None
+        if self.run.flip and data.mean_flip is not None:
+            flip = global_draw(lambda: torch.rand(B, generator=gen, device=dev) < 0.5, self.dist)[:, None, None, None]
+            x0 = torch.where(flip, data.mean_flip[idx], x0)
+            std = torch.where(flip, data.std_flip[idx], std) if std is not None else None
+        if self.cfg.latent_sample and std is not None:
+            x0 = x0 + std * global_draw(lambda: torch.randn((B, *shape), generator=gen, device=dev), self.dist)
+        t = global_draw(lambda: torch.randint(0, self.schedule.num_steps, (B,), generator=gen, device=dev), self.dist)
+        noise = global_draw(lambda: torch.randn((B, *shape), generator=gen, device=dev), self.dist)
+        labels = None
+        if self.num_classes:
+            drop = global_draw(lambda: torch.rand(B, generator=gen, device=dev) < self.cfg.cond_drop, self.dist)
+            labels = torch.where(drop, torch.full_like(data.labels[idx], self.num_classes), data.labels[idx])
+        return x0, labels, t, noise
+
+    def train_step(self) -> tuple[float, torch.Tensor]:
+        """One optimizer step (or a skipped one); returns (mean loss over ranks, grad norm)."""
+        x0, labels, t, noise = self._batch()
+        lr = lr_at(self.step, base_lr=self.cfg.lr, warmup=self.cfg.warmup, total_steps=self.cfg.steps,
+                   schedule=self.cfg.lr_schedule)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        scaler = self.precision.scaler
+        with self.precision.autocast():
+            loss = diffusion_loss(lambda x, tt: self.model(x, tt, class_labels=labels), x0, self.schedule,
+                                  prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma, t=t, noise=noise)
+        self.opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(self.opt)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), clip)
+        loss_value, ok, _ = self.guard.check(loss, None if scaler is not None else grad_norm)
+        if ok:
+            if scaler is not None:
+                scaler.step(self.opt)
+            else:
+                self.opt.step()
+            self.ema.update(self.unet)
+        if scaler is not None:
+            scaler.update()
+        self.step += 1
+        self.offset += self.cfg.batch_size
+        self.guard.record(ok, self.step, self.last_saved)
+        return loss_value, grad_norm
+
+    # -- periodic work (rank 0 unless noted) -------------------------------------------------
+
+    @torch.no_grad()
+    def validation_loss(self, module: nn.Module) -> float:
+        """Mean loss on the val latents with fixed t and noise (comparable across steps)."""
+        val = self.val_set
+        gen = torch.Generator().manual_seed(VAL_SEED)
+        t = torch.randint(0, self.schedule.num_steps, (len(val),), generator=gen).to(self.device)
+        noise = torch.randn((len(val), *val.latent_shape), generator=gen).to(self.device)
+        was_training = module.training
+        module.eval()
+        total = 0.0
+        for start in range(0, len(val), self.cfg.batch_size):
+            sl = slice(start, start + self.cfg.batch_size)
+            labels = val.labels[sl] if self.num_classes else None
+            with self.precision.autocast():
+                loss = diffusion_loss(lambda x, tt: module(x, tt, class_labels=labels), val.mean[sl], self.schedule,
+                                      prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma,
+                                      t=t[sl], noise=noise[sl])
+            total += loss.item() * val.mean[sl].shape[0]
+        module.train(was_training)
+        return total / len(val)
+
+    def save_samples(self) -> None:
+        path = self.ctx.run_dir / "samples" / f"step_{self.step:06d}.png"
+        save_sample_grid(path, self.ema.module, self.vae, self.schedule, latent_shape=self.train_set.latent_shape,
+                         num_classes=self.num_classes or 0, per_row=self.cfg.sample_per_class,
+                         guidance=self.cfg.sample_cfg, prediction=self.cfg.prediction,
+                         steps=self.cfg.sample_steps, autocast=self.precision.autocast())
+
+    def write_inference_file(self) -> None:
+        extra = {"schedule": self.schedule.to_dict(), "class_names": self.class_names, "step": self.step}
+        save_inference_file(self.ctx.run_dir / MODEL_FILE, unet=self.ema.module, vae=self.vae,
+                            run_config=self.run.to_dict(), extra=extra)
+
+    def checkpoint(self) -> None:
+        """Full state (every rank takes part), then the inference file; rank 0 writes both."""
+        self.ctx.save_state(self.state_dict())
+        if self.dist.is_main:
+            self.write_inference_file()
+        self.last_saved = self.step
+        self.ctx.barrier()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Train to `cfg.steps` (or until a stop signal), then checkpoint."""
+        cfg, run, main = self.cfg, self.run, self.dist.is_main
+        log = self.ctx.logger("diffusion", cfg.steps, self.step)
+        try:
+            losses: list[float] = []
+            train_seconds = interval_seconds = 0.0  # time in train_step only, for img/s
+            first_step = self.step
+            while self.step < cfg.steps and not self.guard.stop_agreed:
+                started = time.perf_counter()
+                loss, grad_norm = self.train_step()  # ends with a host sync, so the timing is real
+                interval_seconds += time.perf_counter() - started
+                losses.append(loss)
+                log.advance()
+                step, last = self.step, self.step == cfg.steps
+                if step % run.log_every == 0 or last:
+                    finite = [v for v in losses if math.isfinite(v)]
+                    metrics = {"loss": sum(finite) / len(finite) if finite else float("nan"),
+                               "grad_norm": grad_norm.item(), "lr": self.opt.param_groups[0]["lr"],
+                               "img_per_s": len(losses) * cfg.batch_size / max(interval_seconds, 1e-9)}
+                    if self.guard.skipped:
+                        metrics["skipped"] = self.guard.skipped
+                    log.metrics(step, metrics)
+                    train_seconds += interval_seconds
+                    losses, interval_seconds = [], 0.0
+                if main and self.val_set is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last):
+                    log.metrics(step, {"val_loss": self.validation_loss(self.unet),
+                                       "val_loss_ema": self.validation_loss(self.ema.module)})
+                if main and cfg.sample_every > 0 and (step % cfg.sample_every == 0 or last):
+                    self.save_samples()
+                # No periodic checkpoint inside a run of skipped steps: the last one saved
+                # stays the one from before the trouble started.
+                if step % run.checkpoint_every == 0 and not last and self.guard.bad_streak == 0:
+                    self.checkpoint()
+            self.checkpoint()
+            train_seconds += interval_seconds
+            rate = (self.step - first_step) * cfg.batch_size / max(train_seconds, 1e-9)
+            if self.guard.stop_agreed:
+                log.message(f"stopped by {self.ctx.stop.signal_name} at step {self.step}; checkpoint saved, "
+                            "run the same command again to resume")
+            else:
+                skipped = f", {self.guard.skipped} non-finite steps skipped" if self.guard.skipped else ""
+                log.message(f"diffusion stage done: {self.step} steps, {rate:.1f} img/s while training{skipped}")
+            log.record({"event": "end", "step": self.step, "img_per_s": rate, "stopped": self.guard.stop_agreed})
+        finally:
+            log.close()

@@ -1,0 +1,137 @@
+"""The slim inference file: one safetensors file that rebuilds the UNet and the VAE alone.
+
+Keys are prefixed `unet.` (the EMA weights) and `vae.` (including the measured latent shift
+and scale buffers). The safetensors metadata (a str -> str map) holds JSON: the model
+configs, the noise schedule, the prediction type, class names, image size, channels, step,
+the ldmkit version and the resolved run config, so loading needs no other file and never
+unpickles code (k-diffusion's `convert_for_inference.py` does the same split). A VAE-only
+file (after `--stage vae`) has no `unet.` keys.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+from torch import nn
+
+from ldmkit.errors import UserError
+from ldmkit.train.checkpoint import atomic_write
+
+MODEL_FILE = "model.safetensors"
+VAE_FILE = "vae.safetensors"
+FORMAT = "ldmkit-inference"
+FORMAT_VERSION = 1
+
+
+def _tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors that share storage, and the file must not alias
+    # live training weights.
+    return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def save_inference_file(
+    path: str | os.PathLike,
+    *,
+    unet: nn.Module | None,
+    vae: nn.Module,
+    run_config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write `unet` (pass the EMA copy; None for a VAE-only file) and `vae` to `path` atomically.
+
+    The standard metadata (model configs, prediction, image size, channels) is taken from
+    the modules and `run_config`; `extra` adds or overrides entries (the trainer passes
+    `schedule`, `class_names` and `step`). Every value is stored as JSON.
+    """
+    from ldmkit import __version__
+
+    diffusion = run_config.get("diffusion", {})
+    vae_config = vae.config.to_dict()  # type: ignore[union-attr]
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ldmkit_version": __version__,
+        "vae_config": vae_config,
+        "unet_config": unet.config.to_dict() if unet is not None else None,  # type: ignore[union-attr]
+        "prediction": diffusion.get("prediction", "eps"),
+        "image_size": run_config.get("image_size"),
+        "channels": vae_config.get("in_channels"),
+        "class_names": [],
+        "schedule": None,
+        "step": None,
+        "run_config": run_config,
+    }
+    meta.update(extra or {})
+    tensors = _tensors("vae.", vae)
+    if unet is not None:
+        tensors.update(_tensors("unet.", unet))
+    blob = save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()})
+    atomic_write(path, lambda f: f.write(blob))
+
+
+def resolve_inference_path(path: str | os.PathLike, *, require_unet: bool = True) -> Path:
+    """A file as given, or the model file inside a RUN folder (the VAE file if allowed)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / MODEL_FILE] + ([] if require_unet else [path / VAE_FILE])
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        names = " or ".join(c.name for c in candidates)
+        raise UserError(f"{path} holds no {names}: is it a finished ldmkit run folder?")
+    if not path.is_file():
+        raise UserError(f"no such model file or run folder: {path}")
+    return path
+
+
+def read_inference_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of an inference file (or RUN folder), without loading weights."""
+    path = resolve_inference_path(path, require_unet=False)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except Exception as e:
+        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is a safetensors file but not an ldmkit model file (no ldmkit metadata)")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer ldmkit; upgrade to load it")
+    return meta
+
+
+def _load_module(module: nn.Module, weights: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+    state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{path}: the {prefix[:-1]} weights do not match the config stored with them ({e})") from None
+
+
+def load_inference_file(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, require_unet: bool = True
+) -> tuple[nn.Module | None, nn.Module, dict[str, Any]]:
+    """Rebuild `(unet, vae, meta)` from an inference file or a RUN folder, in eval mode.
+
+    `unet` is None for a VAE-only file, which is accepted only with `require_unet=False`.
+    """
+    from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
+
+    path = resolve_inference_path(path, require_unet=require_unet)
+    meta = read_inference_metadata(path)
+    if meta.get("unet_config") is None and require_unet:
+        raise UserError(f"{path} holds only a VAE (from a --stage vae run); a UNet is needed here")
+    weights = load_file(str(path), device="cpu")
+    vae = AutoencoderKL(AutoencoderKLConfig.from_dict(meta["vae_config"]))
+    _load_module(vae, weights, "vae.", path)
+    unet = None
+    if meta.get("unet_config") is not None:
+        unet = UNet(UNetConfig.from_dict(meta["unet_config"]))
+        _load_module(unet, weights, "unet.", path)
+        unet = unet.to(device).eval()
+    return unet, vae.to(device).eval(), meta

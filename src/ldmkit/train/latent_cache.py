@@ -1,0 +1,189 @@
+"""Encode the dataset through the VAE once, keep the latents in RUN/latents.safetensors.
+
+What is stored, per image: the posterior mean and std (normalised: `(raw - shift) * scale`),
+for the image AND for its horizontal mirror. The diffusion stage then draws
+`z = mean + std * eps` each time it sees the image (the same posterior sampling as encoding
+on the fly, so caching changes nothing), and picks the mirrored pair with probability 1/2
+when flips are on (flip augmentation survives caching; a VAE is not flip-equivariant, so
+flipping the latent itself would not match). This costs 4x the mean alone, which for the
+small latents this cache is meant for (say 60k x 4x8x8 floats = 15 MB per tensor) is
+nothing, and lets the whole set live on the device as tensors indexed by batch.
+
+The file is keyed by a fingerprint of the VAE weights (latent stats included), the data
+(file names, sizes and mtimes for folders; the pixels themselves for built-in sets), the
+image size and the cache options. A valid file is reused; any mismatch rebuilds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from ldmkit.models import AutoencoderKL
+from ldmkit.train.checkpoint import atomic_write
+from ldmkit.train.distributed import DistInfo, barrier, broadcast_object
+from ldmkit.train.image_batches import ordered_batches
+
+CACHE_NAME = "latents.safetensors"
+FORMAT = "ldmkit-latents"
+
+
+@dataclass
+class LatentSet:
+    """Cached latents of one split: `[N, c, h, w]` tensors and `[N]` int64 labels (-1: none)."""
+
+    mean: torch.Tensor
+    labels: torch.Tensor
+    std: torch.Tensor | None = None  # None for a point-mass VAE (double_z=False)
+    mean_flip: torch.Tensor | None = None  # of the mirrored image; None when flips are off
+    std_flip: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.mean.shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> "LatentSet":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return LatentSet(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}{f.name}": getattr(self, f.name).contiguous().cpu()
+                for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> "LatentSet | None":
+        picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return cls(**picked) if picked else None
+
+
+def _hash_tensor(h: "hashlib._Hash", tensor: torch.Tensor) -> None:
+    h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def vae_fingerprint(vae: AutoencoderKL) -> str:
+    """sha256 of every tensor of the VAE's state dict (weights and latent stats)."""
+    h = hashlib.sha256()
+    for key, value in sorted(vae.state_dict().items()):
+        h.update(key.encode())
+        _hash_tensor(h, value)
+    return h.hexdigest()
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """A cheap identity of a dataset: its files' names, sizes and mtimes, or its pixels."""
+    h = hashlib.sha256()
+    h.update(json.dumps([dataset.source, dataset.split, dataset.image_size, dataset.channels,
+                         list(dataset.class_names), len(dataset)]).encode())
+    files = getattr(dataset, "files", None)
+    if files is not None:
+        for path, label in zip(files, dataset.as_label_tensor().tolist()):
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+    else:
+        _hash_tensor(h, dataset.as_uint8_tensor())
+        _hash_tensor(h, dataset.as_label_tensor())
+    return h.hexdigest()
+
+
+def _gather_rows(local: torch.Tensor, total: int, dist: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's equal-sized shard (padded) and cut back to `total` rows."""
+    if not dist.distributed:
+        return local[:total]
+    parts = [torch.empty_like(local) for _ in range(dist.world_size)]
+    torch_dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts)[:total]
+
+
+@torch.no_grad()
+def encode_dataset(
+    vae: AutoencoderKL, dataset: Any, *, limit: int | None, flip: bool, batch_size: int,
+    dist: DistInfo, num_workers: int = 0,
+) -> LatentSet:
+    """Posterior mean/std of the first `limit` images (and their mirrors), on every rank.
+
+    Each rank encodes one contiguous shard; the shards are all-gathered, so this scales with
+    the number of processes and every rank ends with the whole set.
+    """
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    per_rank = -(-total // dist.world_size)
+    start = dist.rank * per_rank
+    indices = list(range(start, min(start + per_rank, total)))
+    outputs: dict[str, list[torch.Tensor]] = {}
+    was_training = vae.training
+    vae.eval()
+    for images, _ in ordered_batches(dataset, indices, batch_size=batch_size, device=dist.device,
+                                     num_workers=num_workers):
+        for suffix, batch in (("", images),) + ((("_flip", images.flip(-1)),) if flip else ()):
+            post = vae.posterior(batch)
+            shift, scale = vae.latent_shift.view(1, -1, 1, 1), vae.latent_scale.view(1, -1, 1, 1)
+            outputs.setdefault("mean" + suffix, []).append(((post.mean - shift) * scale).float())
+            if post.logvar is not None:
+                outputs.setdefault("std" + suffix, []).append((post.std * scale).float())
+    vae.train(was_training)
+    c = vae.config.latent_channels
+    side = dataset.image_size // vae.config.downsample_factor
+    names = ["mean"] + (["std"] if vae.config.double_z else [])
+    names += [n + "_flip" for n in names] if flip else []
+    result: dict[str, torch.Tensor] = {}
+    for name in names:
+        local = torch.cat(outputs[name]) if outputs.get(name) else torch.empty(0, c, side, side, device=dist.device)
+        padded = torch.zeros(per_rank, c, side, side, device=dist.device)
+        padded[: local.shape[0]] = local
+        result[name] = _gather_rows(padded, total, dist)
+    labels = dataset.as_label_tensor()[:total].to(dist.device)
+    return LatentSet(labels=labels, **result)
+
+
+def load_or_build_latents(
+    run_dir: Path, vae: AutoencoderKL, train_set: Any, val_set: Any | None, *, flip: bool, val_size: int,
+    batch_size: int, dist: DistInfo, num_workers: int, log: Any,
+) -> tuple[LatentSet, LatentSet | None]:
+    """The cached (train, val) latents on the device, rebuilt if the cache does not match."""
+    path = run_dir / CACHE_NAME
+    key = {
+        "vae": vae_fingerprint(vae), "train": dataset_fingerprint(train_set),
+        "val": dataset_fingerprint(val_set) if val_set is not None else None,
+        "flip": flip, "val_size": val_size, "format": 1,
+    }
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    # Rank 0 decides for everyone, so no rank can take the other branch of a collective.
+    valid = broadcast_object(dist.is_main and _cache_matches(path, fingerprint), dist)
+    if valid:
+        tensors = load_file(str(path), device=str(dist.device))
+        log.message(f"using cached latents {path}")
+        return LatentSet.from_tensors(tensors, "train."), LatentSet.from_tensors(tensors, "val.")  # type: ignore[return-value]
+    log.message(f"encoding {len(train_set)} training images into latents (cached in {path})")
+    train = encode_dataset(vae, train_set, limit=None, flip=flip, batch_size=batch_size, dist=dist,
+                           num_workers=num_workers)
+    val = None
+    if val_set is not None and len(val_set) > 0 and val_size > 0:
+        val = encode_dataset(vae, val_set, limit=val_size, flip=False, batch_size=batch_size, dist=dist,
+                             num_workers=num_workers)
+    if dist.is_main:
+        tensors = train.tensors("train.") | (val.tensors("val.") if val is not None else {})
+        blob = save(tensors, metadata={"format": FORMAT, "fingerprint": fingerprint})
+        atomic_write(path, lambda f: f.write(blob))
+    barrier(dist)
+    return train, val
+
+
+def _cache_matches(path: Path, fingerprint: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # a damaged cache is simply rebuilt
+        return False
+    return meta.get("format") == FORMAT and meta.get("fingerprint") == fingerprint

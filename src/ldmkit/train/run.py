@@ -1,0 +1,207 @@
+"""`run_training`: one `ldm train` run, from a config to a RUN folder.
+
+    RUN/config.json          the resolved config (models included)
+    RUN/log.jsonl            metrics and messages, one JSON object per line
+    RUN/checkpoint.pt        full training state (the current stage), for exact resume
+    RUN/vae.safetensors      the trained VAE with its latent stats (after the VAE stage)
+    RUN/latents.safetensors  the encoded dataset (see latent_cache)
+    RUN/model.safetensors    EMA UNet + VAE: the inference file
+    RUN/samples/             sample grids and VAE reconstructions
+
+Order: processes -> (resume?) -> data (all errors before any work) -> models resolved against
+the data -> VAE stage (or --vae PATH) -> latent cache -> diffusion stage. The same command
+runs on one process or under torchrun; rank 0 writes every file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from ldmkit.data import load_image_dataset
+from ldmkit.errors import UserError
+from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
+from ldmkit.train.checkpoint import CHECKPOINT_NAME, load_training_state, save_training_state
+from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, validate
+from ldmkit.train.context import StageContext
+from ldmkit.train.diffusion_stage import DiffusionTrainer
+from ldmkit.train.distributed import DistInfo, barrier, cleanup, seed_everything, setup_distributed
+from ldmkit.train.inference_file import VAE_FILE, load_inference_file, save_inference_file
+from ldmkit.train.latent_cache import load_or_build_latents
+from ldmkit.train.previews import save_reconstructions
+from ldmkit.train.signals import StopSignal
+from ldmkit.train.vae_stage import train_vae
+
+CONFIG_NAME = "config.json"
+T = TypeVar("T")
+# Fields that fix the architecture or the meaning of the latents: a resumed run must keep them.
+_FROZEN_TOP = ("image_size", "channels")
+_FROZEN_DIFFUSION = ("prediction", "schedule", "num_train_timesteps", "beta_start", "beta_end", "zero_terminal_snr")
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run wrote to RUN/config.json."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {CONFIG_NAME}: not an ldmkit run folder")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+def _resolve_models(config: RunConfig, channels: int, num_classes: int) -> None:
+    """Fill the model dicts from their presets and fit them to the data (in place)."""
+    vae = dict(config.vae.model or vae_model_dict(config.vae.preset))
+    vae.update(in_channels=channels, out_channels=channels)
+    config.vae.model = AutoencoderKLConfig.from_dict(vae).to_dict()
+    latent_channels = config.vae.model["latent_channels"]
+    unet = dict(config.diffusion.model or unet_model_dict(config.diffusion.preset))
+    unet.update(in_channels=latent_channels, out_channels=latent_channels, num_classes=num_classes or None)
+    config.diffusion.model = UNetConfig.from_dict(unet).to_dict()
+    factor = AutoencoderKLConfig.from_dict(config.vae.model).downsample_factor
+    if config.image_size % factor:
+        raise UserError(f"image size {config.image_size} is not divisible by the VAE's downsample factor {factor}")
+    unet_factor = UNetConfig.from_dict(config.diffusion.model).downsample_factor
+    if (config.image_size // factor) % unet_factor:
+        raise UserError(f"latents of {config.image_size // factor} px do not divide by the UNet's "
+                        f"downsample factor {unet_factor}; pick another image size or UNet")
+
+
+def _check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
+    """A UserError naming every architectural difference between a run and its resume."""
+    diffs = [f"{k}: {getattr(saved, k)} -> {getattr(new, k)}" for k in _FROZEN_TOP if getattr(saved, k) != getattr(new, k)]
+    diffs += [f"diffusion.{k}: {getattr(saved.diffusion, k)} -> {getattr(new.diffusion, k)}"
+              for k in _FROZEN_DIFFUSION if getattr(saved.diffusion, k) != getattr(new.diffusion, k)]
+    for section in ("vae", "diffusion"):
+        old, cur = getattr(saved, section).model, getattr(new, section).model
+        diffs += [f"{section}.model.{k}: {old.get(k)} -> {cur.get(k)}" for k in sorted(set(old) | set(cur)) if old.get(k) != cur.get(k)]
+    if diffs:
+        raise UserError(f"{run_dir} holds a run of a different architecture ({'; '.join(diffs[:6])}); "
+                        "use a new output folder, or resume with the original settings")
+
+
+def _load_val(config: RunConfig, channels: int, log: Any) -> Any | None:
+    try:
+        return load_image_dataset(config.data, "val", image_size=config.image_size, flip=False, channels=channels)
+    except UserError as e:
+        log(f"no validation split, so no val loss ({e})")
+        return None
+
+
+def run_training(config: RunConfig, out_dir: str | Path, *, resume: bool | None = None) -> Path:
+    """Train per `config` into `out_dir` and return it.
+
+    resume: None (default) continues from `out_dir/checkpoint.pt` if there is one; True
+    requires one; False starts over (the old checkpoint is replaced at the first save).
+    Raises UserError for bad data, configs, or a resume into a run of another architecture.
+    """
+    out_dir = Path(out_dir)
+    validate(config)
+    dist = setup_distributed(config.device)
+    try:
+        return _run(config, out_dir, resume, dist)
+    finally:
+        cleanup()
+
+
+def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo) -> Path:
+    def say(text: str) -> None:
+        if dist.is_main:
+            print(text, flush=True)
+
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if resume is True and not ckpt_path.is_file():
+        raise UserError(f"nothing to resume: {ckpt_path} does not exist")
+    state = load_training_state(ckpt_path) if resume is not False and ckpt_path.is_file() else None
+    seed_everything(config.seed, dist.rank)
+    if dist.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed, no visible cost here
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    train_set = load_image_dataset(config.data, "train", image_size=config.image_size, flip=False,
+                                   channels=config.channels)
+    config.channels = train_set.channels
+    val_set = _load_val(config, train_set.channels, say)
+    class_names = list(train_set.class_names)
+    vae_file = None
+    if state is not None and state["stage"] == "diffusion":
+        # The VAE comes from the checkpoint, so its architecture is the saved one (which
+        # may have come from a --vae file).
+        config.vae.model = RunConfig.from_dict(state["config"]).vae.model
+    elif config.vae_path:
+        _, vae_file, _ = load_inference_file(config.vae_path, "cpu", require_unet=False)
+        config.vae.model = vae_file.config.to_dict()
+        if vae_file.config.in_channels != train_set.channels:
+            raise UserError(f"the VAE in {config.vae_path} takes {vae_file.config.in_channels}-channel images, "
+                            f"the data has {train_set.channels}")
+    _resolve_models(config, train_set.channels, len(class_names))
+    if state is not None:
+        _check_resumable(RunConfig.from_dict(state["config"]), config, out_dir)
+        say(f"resuming {out_dir} from the {state['stage']} stage at step {state['step']}")
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    say(f"data: {train_set.describe()}")
+
+    vae = vae_file
+    if vae is None:
+        vae = _built_from_run_seed(lambda: AutoencoderKL(AutoencoderKLConfig.from_dict(config.vae.model)), config.seed)
+    owned: dict[str, Any] = {}
+
+    def save_state(stage_state: dict[str, Any]) -> None:
+        if dist.is_main:
+            full = {**stage_state, "config": config.to_dict(), "class_names": class_names, **owned}
+            save_training_state(ckpt_path, full)
+        barrier(dist)
+
+    with StopSignal() as stop:
+        ctx = StageContext(run_dir=out_dir, config=config, dist=dist, stop=stop, save_state=save_state)
+        if state is not None and state["stage"] == "diffusion":
+            vae.load_state_dict(state["vae"])
+        elif vae_file is None:
+            if not train_vae(vae, train_set, ctx, state if state is not None and state["stage"] == "vae" else None):
+                return out_dir  # stopped by a signal, checkpoint written
+            if dist.is_main:
+                save_inference_file(out_dir / VAE_FILE, unet=None, vae=vae, run_config=config.to_dict(),
+                                    extra={"class_names": class_names, "step": config.vae.steps})
+                _save_vae_previews(out_dir, vae, val_set if val_set is not None else train_set)
+            barrier(dist)
+        vae.to(dist.device).eval().requires_grad_(False)
+        if config.stage == "vae":
+            say(f"VAE stage done: {out_dir / VAE_FILE}")
+            return out_dir
+
+        log = ctx.logger("latents", 0, 0, bar=False)
+        train_latents, val_latents = load_or_build_latents(
+            out_dir, vae, train_set, val_set, flip=config.flip, val_size=config.diffusion.val_size,
+            batch_size=max(1, config.vae.batch_size // dist.world_size), dist=dist,
+            num_workers=config.num_workers, log=log)
+        log.close()
+        owned["vae"] = vae.state_dict()  # the diffusion checkpoints carry their VAE
+        unet = _built_from_run_seed(lambda: UNet(UNetConfig.from_dict(config.diffusion.model)), config.seed)
+        trainer = DiffusionTrainer(unet, vae, train_latents, val_latents, ctx, class_names)
+        if state is not None and state["stage"] == "diffusion":
+            trainer.load_state_dict(state)
+        trainer.train()
+    return out_dir
+
+
+def _built_from_run_seed(build: Callable[[], T], seed: int) -> T:
+    """Build a model from the run's seed rather than the rank's, so every rank starts from
+    the same weights (DDP would broadcast rank 0's anyway, but the EMA copy is taken first)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _save_vae_previews(out_dir: Path, vae: AutoencoderKL, dataset: Any) -> None:
+    count = min(8, len(dataset))
+    images = torch.stack([dataset[i][0] for i in range(count)]).to(next(vae.parameters()).device)
+    was_training = vae.training
+    vae.eval()
+    save_reconstructions(out_dir / "samples" / "vae_reconstructions.png", vae, images)
+    vae.train(was_training)

@@ -1,0 +1,295 @@
+"""The VAE stage: train the KL autoencoder, then measure its latents' shift and scale.
+
+Loss (Rombach et al. 2022, sec. 3.1 and appendix G; Esser et al. 2021):
+
+    L = |x - D(z)|_1 (or squared) + w_p LPIPS(x, D(z)) + w_kl KL(q(z|x) || N(0, I))
+        + [after disc_start] lambda * disc_weight * (-mean D_patch(D(z)))
+
+with z ~ q(z|x), lambda the adaptive weight of Esser et al. eq. 7, and the patch
+discriminator trained with the hinge loss. Reconstruction terms are means over elements;
+the KL is summed over latent elements and divided by the image's element count, so
+`kl_weight = 1e-6` strikes Stable Diffusion's balance. After training, the latents of a few
+thousand training images give the per-channel mean and std, stored in the VAE as
+`set_latent_stats(shift=mean, scale=1/std)`, so the diffusion stage sees unit-variance latents.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ldmkit.models import AutoencoderKL
+from ldmkit.train.batches import IndexStream, per_rank_batch
+from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
+from ldmkit.train.discriminator import PatchDiscriminator, adaptive_gan_weight, generator_loss, hinge_d_loss
+from ldmkit.train.distributed import all_reduce_sum
+from ldmkit.train.image_batches import ordered_batches, training_batches
+from ldmkit.train.lr import lr_at
+from ldmkit.train.perceptual import load_perceptual_loss
+from ldmkit.train.rng import generator_state, make_generator
+from ldmkit.train.step_guard import Precision, StepGuard
+
+
+class _Reconstruct(nn.Module):
+    """VAE forward with the posterior noise passed in: (images, eps) -> (recon, kl per sample).
+
+    DDP wraps `forward`, and the eps must come from the global-batch generator (see
+    `global_draw`), so the sample is taken here rather than inside AutoencoderKL.forward.
+    """
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.posterior(images)  # q(z|x): mean, logvar [B, c, h, w]
+        z = posterior.mean + posterior.std * eps
+        return self.vae.decode_raw(z), posterior.kl()  # [B, C, H, W], [B]
+
+
+def _last_decoder_layer(vae: AutoencoderKL) -> torch.Tensor:
+    """G_L of Esser et al. eq. 7: the weight of the decoder's final convolution."""
+    convs = [m for m in vae.decoder.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].weight
+
+
+@torch.no_grad()
+def _init_posterior_width(vae: AutoencoderKL, logvar: float) -> None:
+    """Start q(z|x) narrow: set the bias of the log-variance half of `quant_conv` to `logvar`.
+
+    A fresh encoder outputs logvar ~ 0, i.e. posterior noise as large as the latents
+    themselves, and with a KL weight of 1e-6 it takes thousands of steps for the
+    reconstruction loss alone to shrink it. Starting at std = exp(logvar / 2) ~ 0.05 lets a
+    short run reconstruct from the first steps; the KL term still pulls logvar up if weighted.
+    """
+    if vae.config.double_z:
+        vae.quant_conv.bias[vae.config.latent_channels :] = logvar
+
+
+def _latent_shape(vae: AutoencoderKL, image_size: int) -> tuple[int, int, int]:
+    side = image_size // vae.config.downsample_factor
+    return vae.config.latent_channels, side, side
+
+
+class VAETrainer:
+    """Owns the VAE's optimizer, the optional discriminator and the data position."""
+
+    def __init__(self, vae: AutoencoderKL, dataset: Any, ctx: StageContext) -> None:
+        self.ctx, self.cfg, self.run, self.dist = ctx, ctx.config.vae, ctx.config, ctx.dist
+        device = self.device = self.dist.device
+        per_rank_batch(self.cfg.batch_size, self.dist.world_size)
+        self.vae, self.dataset = vae.to(device).train(), dataset
+        self.precision = Precision(self.run.precision, device)
+        fused = device.type == "cuda"
+        self.use_gan = self.cfg.disc_start >= 0
+        betas = (0.5, 0.9) if self.use_gan else (0.9, 0.999)  # GAN training wants a short Adam memory
+        self.opt = torch.optim.AdamW(vae.parameters(), lr=self.cfg.lr, betas=betas,
+                                     weight_decay=self.cfg.weight_decay, fused=fused)
+        self.disc = self.disc_opt = None
+        if self.use_gan:
+            self.disc = PatchDiscriminator(vae.config.out_channels, self.cfg.disc_channels, self.cfg.disc_layers).to(device)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=self.cfg.disc_lr, betas=(0.5, 0.9),
+                                              weight_decay=0.0, fused=fused)
+        self.model: nn.Module | None = None  # the DDP-wrapped forward, built in train()
+        self.disc_model: nn.Module | None = None
+        self.generator = make_generator(self.run.seed + 1, device)
+        self.guard = StepGuard(self.dist, ctx.stop)
+        self.step = self.offset = 0
+        self.last_saved: int | None = None
+        self.latent_shape = _latent_shape(vae, self.run.image_size)
+        self.last_layer = _last_decoder_layer(vae)
+        self.pixels = vae.config.in_channels * self.run.image_size**2
+        self.perceptual, self.perceptual_note = (
+            load_perceptual_loss(device) if self.cfg.perceptual_weight > 0 else (None, "perceptual loss off"))
+
+    def _wrap(self) -> None:
+        # DDP copies rank 0's weights to every rank when it is built: build it after any
+        # initialisation or loading, so there is one truth.
+        def ddp(module: nn.Module) -> nn.Module:
+            if not self.dist.distributed:
+                return module
+            return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self.model = ddp(_Reconstruct(self.vae))
+        self.disc_model = ddp(self.disc) if self.disc is not None else None
+
+    def fresh_start(self) -> None:
+        if self.cfg.logvar_init is not None:
+            _init_posterior_width(self.vae, self.cfg.logvar_init)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self, complete: bool = False) -> dict[str, Any]:
+        scaler = self.precision.scaler
+        return {
+            "stage": "vae", "step": self.step, "offset": self.offset, "complete": complete,
+            "vae": self.vae.state_dict(), "optimizer": self.opt.state_dict(),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "generator": generator_state(self.generator), "rng": rank_rng_states(self.dist),
+            "skipped_steps": self.guard.skipped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.offset = int(state["step"]), int(state["offset"])
+        self.vae.load_state_dict(state["vae"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.disc is not None and state.get("disc") is not None:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
+        if self.precision.scaler is not None and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.guard.skipped = int(state.get("skipped_steps", 0))
+        restore_rank_rng(state["rng"], self.dist)
+        self.last_saved = self.step
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """One step of the autoencoder (and of the discriminator once it has started)."""
+        cfg, B, gen, dev = self.cfg, self.cfg.batch_size, self.generator, self.device
+        if self.run.flip:
+            flip = global_draw(lambda: torch.rand(B, generator=gen, device=dev) < 0.5, self.dist)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        eps = global_draw(lambda: torch.randn((B, *self.latent_shape), generator=gen, device=dev), self.dist)
+        gan_on = self.use_gan and self.step >= cfg.disc_start
+        lr = lr_at(self.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=cfg.steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        scaler = self.precision.scaler
+        out: dict[str, torch.Tensor | float] = {"lr": lr}
+        with self.precision.autocast():
+            recon, kl = self.model(images, eps)  # [B, C, H, W], [B]
+            diff = recon.float() - images
+            out["rec"] = rec = diff.abs().mean() if cfg.recon_loss == "l1" else diff.pow(2).mean()
+            nll = rec
+            if self.perceptual is not None:
+                rgb = (lambda x: x.expand(-1, 3, -1, -1)) if images.shape[1] == 1 else (lambda x: x)
+                nll = nll + cfg.perceptual_weight * self.perceptual(rgb(recon.float()), rgb(images)).mean()
+            out["kl"] = kl_loss = kl.mean() / self.pixels
+            loss = nll + cfg.kl_weight * kl_loss
+            if gan_on:
+                self.disc.requires_grad_(False)  # the generator's GAN term must not train D
+                out["g"] = g_loss = generator_loss(self.disc(recon))
+                self.disc.requires_grad_(True)
+                out["gan_weight"] = weight = adaptive_gan_weight(nll, g_loss, self.last_layer) * cfg.disc_weight
+                loss = loss + weight * g_loss
+        self.opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(self.opt)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), clip)
+        out["loss"], ok, _ = self.guard.check(loss, None if scaler is not None else grad_norm)
+        if ok:
+            scaler.step(self.opt) if scaler is not None else self.opt.step()
+        if gan_on:
+            self.disc_opt.zero_grad(set_to_none=True)
+            with self.precision.autocast():
+                logits = self.disc_model(torch.cat([images, recon.detach().to(images.dtype)]))
+                out["d"] = d_loss = hinge_d_loss(*logits.chunk(2))  # (real, fake) halves
+            (scaler.scale(d_loss) if scaler is not None else d_loss).backward()
+            if ok:
+                scaler.step(self.disc_opt) if scaler is not None else self.disc_opt.step()
+        if scaler is not None:
+            scaler.update()
+        self.step += 1
+        self.offset += B
+        self.guard.record(ok, self.step, self.last_saved)
+        return out
+
+    def checkpoint(self, complete: bool = False) -> None:
+        self.ctx.save_state(self.state_dict(complete))
+        self.last_saved = self.step
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train(self) -> bool:
+        """Train to `cfg.steps` and measure the latent stats: True; or stop on a signal: False."""
+        cfg, run = self.cfg, self.run
+        self._wrap()
+        log = self.ctx.logger("vae", cfg.steps, self.step)
+        try:
+            log.message(self.perceptual_note)
+            stream = IndexStream(len(self.dataset), run.seed)
+            batches = training_batches(self.dataset, stream=stream, offset=self.offset, batch_size=cfg.batch_size,
+                                       dist=self.dist, num_workers=run.num_workers)
+            losses: list[float] = []
+            timer = time.perf_counter()
+            while self.step < cfg.steps and not self.guard.stop_agreed:
+                images, _ = next(batches)
+                out = self.train_step(images)
+                losses.append(float(out["loss"]))
+                log.advance()
+                if self.step % run.log_every == 0 or self.step == cfg.steps:
+                    rate = len(losses) * cfg.batch_size / max(time.perf_counter() - timer, 1e-9)
+                    metrics = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+                    metrics.update(loss=sum(losses) / len(losses), img_per_s=rate)
+                    if self.guard.skipped:
+                        metrics["skipped"] = self.guard.skipped
+                    log.metrics(self.step, metrics)
+                    losses, timer = [], time.perf_counter()
+                if self.step % run.checkpoint_every == 0 and self.step < cfg.steps and self.guard.bad_streak == 0:
+                    self.checkpoint()
+            if self.guard.stop_agreed:
+                self.checkpoint()
+                log.message(f"stopped by {self.ctx.stop.signal_name} at VAE step {self.step}; checkpoint saved, "
+                            "run the same command again to resume")
+                return False
+            self.vae.eval()
+            shift, scale = measure_latent_stats(self.vae, self.dataset, self.ctx)
+            self.vae.set_latent_stats(shift=shift, scale=scale)
+            log.message(f"latent stats: shift {[round(v, 4) for v in shift.tolist()]}, "
+                        f"scale {[round(v, 4) for v in scale.tolist()]}")
+            self.checkpoint(complete=True)
+            return True
+        finally:
+            log.close()
+
+
+def train_vae(vae: AutoencoderKL, dataset: Any, ctx: StageContext, state: dict[str, Any] | None) -> bool:
+    """Run the VAE stage on `vae` in place, from scratch or from a "vae" checkpoint `state`.
+
+    Returns True when the VAE is finished, False when a stop signal ended the stage early
+    (with a checkpoint written). A `state` marked complete only restores the finished VAE.
+    """
+    if state is not None and state.get("complete"):  # trained and measured: nothing left to do
+        vae.load_state_dict(state["vae"])
+        return True
+    trainer = VAETrainer(vae, dataset, ctx)
+    if state is not None:
+        trainer.load_state_dict(state)
+    else:
+        trainer.fresh_start()
+    return trainer.train()
+
+
+@torch.no_grad()
+def measure_latent_stats(vae: AutoencoderKL, dataset: Any, ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and 1/std of z ~ q(z|x) over up to `latent_stats_images` images.
+
+    Exact moments of the posterior mixture rather than of samples (E[z] = E[mean],
+    E[z^2] = E[mean^2] + E[std^2]), so the result depends on no generator and is the same on
+    1 or N processes. The images are the first ones of the run's seeded order (a random
+    subset); ranks encode disjoint shares and the float64 sums are all-reduced.
+    """
+    run, dist = ctx.config, ctx.dist
+    count = min(len(dataset), run.vae.latent_stats_images)
+    indices = IndexStream(len(dataset), run.seed).take(0, count).tolist()[dist.rank :: dist.world_size]
+    sums = torch.zeros(3, vae.config.latent_channels, dtype=torch.float64, device=dist.device)  # n, sum, sum sq
+    for images, _ in ordered_batches(dataset, indices, batch_size=max(1, run.vae.batch_size // dist.world_size),
+                                     device=dist.device, num_workers=run.num_workers):
+        posterior = vae.posterior(images)
+        mean, std = posterior.mean.double(), posterior.std.double()  # [B, c, h, w]
+        sums[0] += mean.shape[0] * mean.shape[2] * mean.shape[3]
+        sums[1] += mean.sum(dim=(0, 2, 3))
+        sums[2] += (mean.pow(2) + std.pow(2)).sum(dim=(0, 2, 3))
+    sums = all_reduce_sum(sums, dist)
+    mean = sums[1] / sums[0]
+    std = (sums[2] / sums[0] - mean.pow(2)).clamp(min=1e-12).sqrt()
+    return mean.float().cpu(), (1.0 / std).float().cpu()

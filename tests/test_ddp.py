@@ -1,0 +1,80 @@
+"""DistributedDataParallel on CPU (gloo): 2 processes equal 1 process with the same global batch.
+
+Each spawned rank runs the real `run_training` with torchrun's environment variables set by
+hand; a wrapper around `DiffusionTrainer.train` saves every rank's final UNet so the ranks
+can be compared with each other and with a single-process run.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from ldmkit.train import load_training_state, run_training
+from ldmkit.train.diffusion_stage import DiffusionTrainer
+from test_train_e2e import micro_config, write_color_dataset
+
+WORLD = 2
+VAE_STEPS, STEPS, BATCH = 3, 4, 8
+
+
+def _config(data: Path, steps: int = STEPS):
+    # A small LR: Adam divides by sqrt(v), which turns last-bit differences in the gradient
+    # (the order of the all-reduce sums) into differences of order lr x (relative grad noise).
+    config = micro_config(data, vae_steps=VAE_STEPS, steps=steps, batch_size=BATCH)
+    config.diffusion.lr = config.vae.lr = 2e-4
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _save_rank_weights(folder: Path, rank: int) -> None:
+    real_train = DiffusionTrainer.train
+
+    def train(self: DiffusionTrainer) -> None:
+        real_train(self)
+        torch.save({k: v.detach().clone() for k, v in self.unet.state_dict().items()}, folder / f"rank{rank}.pt")
+
+    DiffusionTrainer.train = train  # this spawned process only
+
+
+def _rank_main(rank: int, port: int, data: str, out: str, weights: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    _save_rank_weights(Path(weights), rank)
+    run_training(_config(Path(data)), out)
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    torch.set_num_threads(1)
+    data = write_color_dataset(tmp_path / "data", per_class=6, size=8)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    mp.spawn(_rank_main, args=(_free_port(), str(data), str(tmp_path / "ddp"), str(weights)), nprocs=WORLD, join=True)
+
+    ranks = [torch.load(weights / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for name, tensor in ranks[0].items():
+        assert torch.equal(tensor, ranks[1][name]), f"ranks disagree on {name}"
+
+    run_training(_config(data), tmp_path / "single")
+    single = load_training_state(tmp_path / "single" / "checkpoint.pt")
+    ddp = load_training_state(tmp_path / "ddp" / "checkpoint.pt")
+    assert ddp["step"] == single["step"] == STEPS
+    for name, tensor in single["unet"].items():
+        assert torch.allclose(ranks[0][name], tensor, rtol=0, atol=1e-6), name
+        assert torch.allclose(ddp["unet"][name], tensor, rtol=0, atol=1e-6), name
+    for name, tensor in single["vae"].items():
+        assert torch.allclose(ddp["vae"][name], tensor, rtol=0, atol=1e-6), name
+    # the comparison means something only if training moved the weights
+    run_training(_config(data, steps=0), tmp_path / "init")
+    start = load_training_state(tmp_path / "init" / "checkpoint.pt")["unet"]
+    moved = max((single["unet"][k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-4

@@ -1,0 +1,220 @@
+"""Trainer pieces: EMA math, LR schedule, batch order, config, signals, non-finite losses."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ldmkit.errors import UserError
+from ldmkit.models import UNET_PRESETS
+from ldmkit.train import (
+    TRAIN_PRESETS,
+    RunConfig,
+    apply_overrides,
+    diffusion_stage,
+    load_inference_file,
+    load_training_state,
+    preset_config,
+    run_training,
+    validate,
+)
+from ldmkit.train.batches import IndexStream, per_rank_batch, rank_slice
+from ldmkit.train.ema import EMA
+from ldmkit.train.lr import lr_at
+from ldmkit.train.step_guard import NonFiniteLossError
+from test_train_e2e import micro_config, write_color_dataset
+
+
+# -- EMA -----------------------------------------------------------------------------------------
+
+
+def test_ema_matches_closed_form():
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        model.bias.fill_(0.0)
+    ema = EMA(model, decay=0.9)
+    # the parameter jumps to 1 and stays: after n updates the average is 1 - 0.9**n
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(5):
+        ema.update(model)
+    assert torch.allclose(ema.module.weight, torch.full((2, 3), 1 - 0.9**5), atol=1e-6)
+    assert torch.equal(ema.module.bias, torch.zeros(2))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_warmup_decay_and_state_dict():
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999, warmup=True)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    ema.update(model)
+    assert ema.current_decay() == pytest.approx(2 / 11)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    restored = EMA(nn.Linear(2, 2), decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.num_updates == 2 and restored.warmup and restored.decay == 0.999
+    assert torch.equal(restored.module.weight, ema.module.weight)
+    many = EMA(model, decay=0.99, warmup=True)
+    many.num_updates = 10_000
+    assert many.current_decay() == 0.99
+
+
+# -- learning rate --------------------------------------------------------------------------------
+
+
+def test_lr_warmup_then_constant():
+    lrs = [lr_at(s, base_lr=1.0, warmup=4, total_steps=10) for s in range(8)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4:] == [1.0] * 4
+
+
+def test_lr_cosine_reaches_floor():
+    kw = dict(base_lr=2.0, warmup=10, total_steps=110, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(9, **kw) == pytest.approx(2.0)
+    assert lr_at(10, **kw) == pytest.approx(2.0)
+    assert lr_at(60, **kw) == pytest.approx(0.2 + 0.9 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(110, **kw) == pytest.approx(0.2)
+    assert lr_at(500, **kw) == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        lr_at(0, base_lr=1.0, warmup=0, total_steps=1, schedule="step")
+
+
+# -- batch order ----------------------------------------------------------------------------------
+
+
+def test_index_stream_is_a_sequence_of_permutations():
+    stream = IndexStream(10, seed=1)
+    first_two_epochs = stream.take(0, 20)
+    assert sorted(first_two_epochs[:10].tolist()) == list(range(10))
+    assert sorted(first_two_epochs[10:].tolist()) == list(range(10))
+    assert not torch.equal(first_two_epochs[:10], first_two_epochs[10:])
+    # any window of the stream is the same however it is reached (this is what resume needs)
+    assert torch.equal(IndexStream(10, seed=1).take(7, 6), first_two_epochs[7:13])
+    assert not torch.equal(IndexStream(10, seed=2).take(0, 10), first_two_epochs[:10])
+
+
+def test_rank_slices_cover_the_global_batch():
+    batch = torch.arange(12)
+    parts = [rank_slice(batch, r, 3) for r in range(3)]
+    assert torch.equal(torch.cat(parts), batch)
+    assert per_rank_batch(12, 3) == 4
+    with pytest.raises(UserError, match="divide evenly"):
+        per_rank_batch(10, 3)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def test_config_overrides_round_trip_and_errors():
+    config = preset_config("tiny")
+    apply_overrides(config, {"steps": 7, "vae_steps": 3, "vae.lr": 1, "seed": 5, "min_snr_gamma": 5.0,
+                             "batch_size": None})
+    assert (config.diffusion.steps, config.vae.steps, config.vae.lr, config.seed) == (7, 3, 1.0, 5)
+    assert config.diffusion.batch_size == preset_config("tiny").diffusion.batch_size  # None = not given
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    apply_overrides(config, {"unet_preset": "small"})
+    assert config.diffusion.model["base_channels"] == UNET_PRESETS["small"]().base_channels
+    with pytest.raises(UserError, match="unknown training option"):
+        apply_overrides(config, {"stepz": 1})
+    with pytest.raises(UserError, match="expects"):
+        apply_overrides(config, {"steps": "many"})
+    with pytest.raises(UserError, match="unknown training config field"):
+        RunConfig.from_dict({"vae": {"nope": 1}})
+    with pytest.raises(UserError, match="unknown training preset"):
+        preset_config("huge")
+    for bad, match in (({"precision": "fp8"}, "precision"), ({"cond_drop": 1.5}, "cond_drop"),
+                       ({"stage": "diffusion"}, "--vae"), ({"batch_size": 0}, "batch_size")):
+        with pytest.raises(UserError, match=match):
+            validate(apply_overrides(preset_config("tiny"), bad))
+    for name in TRAIN_PRESETS:
+        validate(preset_config(name))
+
+
+# -- stop signal and non-finite losses --------------------------------------------------------------
+
+_TRAIN_FOREVER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from test_train_e2e import micro_config
+from ldmkit.train import run_training
+config = micro_config(Path(sys.argv[1]), vae_steps=2, steps=1_000_000)
+config.checkpoint_every = 1_000_000
+run_training(config, sys.argv[2])
+print("returned normally")
+"""
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _TRAIN_FOREVER, str(data), str(run), str(Path(__file__).parent)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        log = run / "log.jsonl"
+        while not (log.is_file() and '"stage": "diffusion", "time"' in log.read_text() and '"loss"' in log.read_text().split('"stage": "diffusion"', 1)[-1]):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "training never reached the diffusion stage"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "stopped by SIGTERM" in output and "returned normally" in output
+    state = load_training_state(run / "checkpoint.pt")
+    assert state["stage"] == "diffusion" and 1 <= state["step"] < 1_000_000
+    assert load_inference_file(run)[2]["step"] == state["step"]
+
+
+def _nan_on_calls(monkeypatch, bad_calls):
+    real_loss = diffusion_stage.diffusion_loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        value = real_loss(*args, **kwargs)
+        return value * float("nan") if bad_calls(calls["n"]) else value
+
+    monkeypatch.setattr(diffusion_stage, "diffusion_loss", loss)
+
+
+def test_a_non_finite_loss_skips_the_update(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
+    _nan_on_calls(monkeypatch, lambda n: n == 3)
+    run_training(micro_config(data, vae_steps=1, steps=6), tmp_path / "run")
+    state = load_training_state(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 6 and state["skipped_steps"] == 1
+    adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert adam_steps == {5}  # 6 steps, one without an optimizer update
+    assert all(torch.isfinite(t).all() for t in state["unet"].values())
+    assert state["ema"]["num_updates"] == 5
+
+
+def test_repeated_non_finite_losses_stop_training(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
+    _nan_on_calls(monkeypatch, lambda n: n >= 3)
+    config = micro_config(data, vae_steps=1, steps=50)
+    config.checkpoint_every = 2
+    with pytest.raises(NonFiniteLossError, match="5 steps in a row.*step 2.*intact"):
+        run_training(config, tmp_path / "run")
+    state = load_training_state(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["unet"].values())
