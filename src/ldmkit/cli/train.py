@@ -41,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
     p.add_argument("--no-compile", action="store_true", help="do not torch.compile the UNet on CUDA")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop training after this many minutes of the whole run (saving the checkpoint and "
+                   "model.safetensors as at the end); rerunning the command resumes")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     p.set_defaults(run=run)
 
@@ -77,5 +80,6 @@ def config_from_args(args: argparse.Namespace):
         "seed": args.seed,
         "compile": not args.no_compile,
         "quiet": args.quiet,
+        "time_limit": args.time_limit,
     }
     return apply_overrides(config, overrides)

@@ -119,6 +119,7 @@ class RunConfig:
     num_workers: int = 2
     compile: bool = False
     quiet: bool = False
+    time_limit: float | None = None  # minutes for the whole run; training stops (and saves) then
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
 
@@ -224,6 +225,7 @@ def validate(config: RunConfig) -> None:
     need(config.stage in STAGES, f"stage must be one of {STAGES}, got {config.stage!r}")
     need(config.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     need(config.image_size > 0, "image_size must be positive")
+    need(config.time_limit is None or config.time_limit > 0, "time_limit must be a positive number of minutes")
     need(v.recon_loss in RECON_LOSSES, f"vae.recon_loss must be one of {RECON_LOSSES}")
     need(d.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {d.prediction!r}")
     need(d.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {d.schedule!r}")

@@ -15,6 +15,7 @@ runs on one process or under torchrun; rank 0 writes every file.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -98,16 +99,18 @@ def run_training(config: RunConfig, out_dir: str | Path, *, resume: bool | None 
     requires one; False starts over (the old checkpoint is replaced at the first save).
     Raises UserError for bad data, configs, or a resume into a run of another architecture.
     """
+    started = time.monotonic()
     out_dir = Path(out_dir)
     validate(config)
     dist = setup_distributed(config.device)
     try:
-        return _run(config, out_dir, resume, dist)
+        deadline = started + 60 * config.time_limit if config.time_limit else None
+        return _run(config, out_dir, resume, dist, deadline)
     finally:
         cleanup()
 
 
-def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo) -> Path:
+def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, deadline: float | None) -> Path:
     def say(text: str) -> None:
         if dist.is_main:
             print(text, flush=True)
@@ -158,7 +161,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo) 
             save_training_state(ckpt_path, full)
         barrier(dist)
 
-    with StopSignal() as stop:
+    with StopSignal(deadline) as stop:
         ctx = StageContext(run_dir=out_dir, config=config, dist=dist, stop=stop, save_state=save_state)
         if state is not None and state["stage"] == "diffusion":
             vae.load_state_dict(state["vae"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType, TracebackType
 
 
@@ -22,13 +23,22 @@ class StopSignal:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, deadline: float | None = None) -> None:
+        """`deadline`: a `time.monotonic()` value after which a stop counts as requested
+        (`ldm train --time-limit`); it ends training the same way a signal does."""
+        self._requested = False
+        self.deadline = deadline
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
 
+    @property
+    def requested(self) -> bool:
+        if not self._requested and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.request("the time limit")
+        return self._requested
+
     def request(self, name: str = "request") -> None:
-        self.requested = True
+        self._requested = True
         self.signal_name = self.signal_name or name
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
