@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from ldmkit.errors import UserError
 from ldmkit.train import load_training_state, run_training
 from ldmkit.train.step_guard import StepGuard
-from test_train_e2e import micro_config, write_color_dataset
+from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 VAE_STEPS, STEPS = 4, 6
 
@@ -50,7 +50,6 @@ def data(tmp_path_factory):
 
 
 def test_stop_and_resume_matches_uninterrupted_run(tmp_path, data, monkeypatch):
-    torch.set_num_threads(1)
     config = micro_config(data, vae_steps=VAE_STEPS, steps=STEPS)
     whole = run_training(config, tmp_path / "whole")
 
@@ -84,7 +83,6 @@ def test_stop_and_resume_matches_uninterrupted_run(tmp_path, data, monkeypatch):
 
 
 def test_resume_into_other_architecture_is_refused(tmp_path, data):
-    torch.set_num_threads(1)
     run_training(micro_config(data, vae_steps=2, steps=2), tmp_path / "run")
     other = micro_config(data, vae_steps=2, steps=4)
     other.diffusion.model["base_channels"] = 8

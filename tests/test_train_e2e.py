@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -19,6 +20,16 @@ from ldmkit.models import UNET_PRESETS, VAE_PRESETS
 from ldmkit.train import RunConfig, apply_overrides, load_inference_file, preset_config, run_training
 from ldmkit.train.diffusion_stage import make_schedule
 from ldmkit.train.previews import generate_latents
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread: on a shared CPU, OpenMP threads that wait for each other spin
+    and make a step several times slower. The previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -51,7 +62,6 @@ def micro_config(data: Path, *, vae_steps: int, steps: int, batch_size: int = 8)
 
 
 def test_tiny_preset_learns_class_colours(tmp_path):
-    torch.set_num_threads(2)
     data = write_color_dataset(tmp_path / "colors", per_class=24, size=16)
     config = preset_config("tiny")
     apply_overrides(config, dict(

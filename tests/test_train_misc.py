@@ -31,7 +31,7 @@ from ldmkit.train.batches import IndexStream, per_rank_batch, rank_slice
 from ldmkit.train.ema import EMA
 from ldmkit.train.lr import lr_at
 from ldmkit.train.step_guard import NonFiniteLossError
-from test_train_e2e import micro_config, write_color_dataset
+from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 
 # -- EMA -----------------------------------------------------------------------------------------
@@ -135,11 +135,13 @@ def test_config_overrides_round_trip_and_errors():
     with pytest.raises(UserError, match="unknown training preset"):
         preset_config("huge")
     for bad, match in (({"precision": "fp8"}, "precision"), ({"cond_drop": 1.5}, "cond_drop"),
-                       ({"stage": "diffusion"}, "--vae"), ({"batch_size": 0}, "batch_size")):
+                       ({"batch_size": 0}, "batch_size")):
         with pytest.raises(UserError, match=match):
             validate(apply_overrides(preset_config("tiny"), bad))
     for name in TRAIN_PRESETS:
-        validate(preset_config(name))
+        validate(apply_overrides(preset_config(name), {"data": "emoji"}))
+    with pytest.raises(UserError, match="--data"):
+        validate(preset_config("base"))  # base names no dataset of its own
 
 
 # -- stop signal and non-finite losses --------------------------------------------------------------
@@ -157,6 +159,13 @@ print("returned normally")
 """
 
 
+def _diffusion_has_stepped(log: Path) -> bool:
+    if not log.is_file():
+        return False
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+    return any(row["stage"] == "diffusion" and "loss" in row for row in rows)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
     run = tmp_path / "run"
@@ -165,8 +174,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
-        log = run / "log.jsonl"
-        while not (log.is_file() and '"stage": "diffusion", "time"' in log.read_text() and '"loss"' in log.read_text().split('"stage": "diffusion"', 1)[-1]):
+        while not _diffusion_has_stepped(run / "log.jsonl"):
             assert proc.poll() is None, proc.communicate()[0]
             assert time.monotonic() < deadline, "training never reached the diffusion stage"
             time.sleep(0.2)
@@ -195,7 +203,6 @@ def _nan_on_calls(monkeypatch, bad_calls):
 
 
 def test_a_non_finite_loss_skips_the_update(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
     _nan_on_calls(monkeypatch, lambda n: n == 3)
     run_training(micro_config(data, vae_steps=1, steps=6), tmp_path / "run")
@@ -208,7 +215,6 @@ def test_a_non_finite_loss_skips_the_update(tmp_path, monkeypatch):
 
 
 def test_repeated_non_finite_losses_stop_training(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
     _nan_on_calls(monkeypatch, lambda n: n >= 3)
     config = micro_config(data, vae_steps=1, steps=50)
@@ -218,3 +224,77 @@ def test_repeated_non_finite_losses_stop_training(tmp_path, monkeypatch):
     state = load_training_state(tmp_path / "run" / "checkpoint.pt")
     assert state["step"] == 2
     assert all(torch.isfinite(t).all() for t in state["unet"].values())
+
+
+def test_vae_stage_with_the_patch_gan(tmp_path):
+    data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
+    config = micro_config(data, vae_steps=3, steps=0)
+    apply_overrides(config, {"stage": "vae", "disc_start": 1, "vae.disc_layers": 1, "vae.disc_channels": 8})
+    run_training(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    gan_rows = [r for r in rows if "gan_weight" in r]
+    assert [r["step"] for r in gan_rows] == [2, 3]  # the GAN starts at step disc_start
+    assert all(math.isfinite(r["d"]) and math.isfinite(r["g"]) and r["gan_weight"] >= 0 for r in gan_rows)
+    state = load_training_state(tmp_path / "run" / "checkpoint.pt")
+    assert state["complete"] and state["disc"] is not None
+    assert not (tmp_path / "run" / "model.safetensors").exists()  # --stage vae stops after the VAE
+    _, vae, _ = load_inference_file(tmp_path / "run", require_unet=False)
+    assert not torch.equal(vae.latent_scale, torch.ones_like(vae.latent_scale))  # stats were measured
+    with pytest.raises(UserError, match="too small"):
+        validate(apply_overrides(micro_config(data, vae_steps=3, steps=0), {"disc_start": 0}))
+
+    # --stage diffusion continues a RUN whose VAE stage finished, or needs --vae
+    run_training(apply_overrides(micro_config(data, vae_steps=3, steps=2), {"stage": "diffusion"}), tmp_path / "run")
+    unet, vae2, meta = load_inference_file(tmp_path / "run")
+    assert meta["step"] == 2 and torch.equal(vae2.latent_scale, vae.latent_scale)
+    with pytest.raises(UserError, match="needs a trained VAE"):
+        run_training(apply_overrides(micro_config(data, vae_steps=3, steps=2), {"stage": "diffusion"}), tmp_path / "new")
+    run_training(apply_overrides(micro_config(data, vae_steps=3, steps=2), {"stage": "diffusion", "vae_path": str(tmp_path / "run")}),
+                 tmp_path / "new")  # another run's VAE
+    assert load_inference_file(tmp_path / "new")[2]["run_config"]["vae"]["model"] == meta["vae_config"]
+
+
+# -- latent cache -------------------------------------------------------------------------------
+
+
+def test_latent_cache_is_reused_only_while_it_matches(tmp_path):
+    from ldmkit.data import load_image_dataset
+    from ldmkit.models import VAE_PRESETS, AutoencoderKL
+    from ldmkit.train.distributed import DistInfo
+    from ldmkit.train.latent_cache import load_or_build_latents
+
+    data = write_color_dataset(tmp_path / "data", per_class=3, size=8)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(VAE_PRESETS["tiny"](block_channels=(8, 16), norm_groups=4, mid_attention=False)).eval()
+    single = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    def build(log):
+        dataset = load_image_dataset(str(data), "train", image_size=8, flip=False)
+        return load_or_build_latents(tmp_path / "run", vae, dataset, None, flip=True, val_size=0, batch_size=4,
+                                     dist=single, num_workers=0, log=log)
+
+    first, log = build(Log()), Log()
+    again = build(log)
+    assert log.lines == [f"using cached latents {tmp_path / 'run' / 'latents.safetensors'}"]
+    assert torch.equal(first[0].mean, again[0].mean) and torch.equal(first[0].std_flip, again[0].std_flip)
+    dataset = load_image_dataset(str(data), "train", image_size=8, flip=False)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        assert torch.allclose(first[0].mean, vae.encode(images), atol=1e-6)
+        assert torch.allclose(first[0].mean_flip, vae.encode(images.flip(-1)), atol=1e-6)
+    assert torch.equal(first[0].labels, dataset.as_label_tensor())
+
+    vae.set_latent_stats(shift=0.5, scale=2.0)  # another VAE (its stats are part of it): rebuilt
+    log = Log()
+    rebuilt = build(log)
+    assert log.lines[0].startswith("encoding") and not torch.equal(rebuilt[0].mean, first[0].mean)
+    (data / "red" / "extra.png").write_bytes((data / "red" / "000.png").read_bytes())  # the data changed
+    log = Log()
+    assert len(build(log)[0]) == len(dataset) + 1 and log.lines[0].startswith("encoding")

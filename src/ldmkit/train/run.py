@@ -119,6 +119,11 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
     if resume is True and not ckpt_path.is_file():
         raise UserError(f"nothing to resume: {ckpt_path} does not exist")
     state = load_training_state(ckpt_path) if resume is not False and ckpt_path.is_file() else None
+    if config.stage == "diffusion" and not config.vae_path and not (state and state["stage"] == "diffusion"):
+        if not (out_dir / VAE_FILE).is_file():
+            raise UserError("stage 'diffusion' needs a trained VAE: pass --vae PATH, or use a run folder "
+                            "whose VAE stage has finished")
+        config.vae_path = str(out_dir / VAE_FILE)  # this RUN's own VAE, from an earlier --stage vae
     seed_everything(config.seed, dist.rank)
     if dist.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed, no visible cost here
