@@ -58,10 +58,14 @@ class LatentDiffusionPipeline:
         device: torch.device | str = "cpu",
         text_encoder: torch.nn.Module | None = None,
         sampler_defaults: dict[str, Any] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.unet = unet.to(self.device).eval()
-        self.vae = vae.to(self.device).eval()
+        # Networks held in bf16 on CUDA (the fastest measured inference setting, see
+        # benchmarks/NOTES.md); fp32 on the CPU. The sampler state stays fp32 either way.
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.unet = unet.to(self.device, self.dtype).eval()
+        self.vae = vae.to(self.device, self.dtype).eval()
         self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval()
         self.schedule = schedule
         self.prediction = prediction
@@ -71,9 +75,11 @@ class LatentDiffusionPipeline:
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "auto", **options: Any) -> "LatentDiffusionPipeline":
+    def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: torch.dtype | None = None,
+                        **options: Any) -> "LatentDiffusionPipeline":
         """Load any model source `ldmkit.interop.load_bundle` reads; `options` go to it (e.g.
-        `tokenizer=DIR` for a CompVis checkpoint)."""
+        `tokenizer=DIR` for a CompVis checkpoint). `dtype` of the networks: default bf16 on
+        CUDA, fp32 on the CPU."""
         from ldmkit.interop import load_bundle
 
         bundle = load_bundle(path, **options)
@@ -84,7 +90,7 @@ class LatentDiffusionPipeline:
         return cls(
             bundle.unet, bundle.vae, bundle.schedule, prediction=bundle.prediction, class_names=bundle.class_names,
             image_size=int(bundle.resolved_image_size()), device=resolve_device(device),
-            text_encoder=bundle.text_encoder, sampler_defaults=bundle.sampler_defaults,
+            text_encoder=bundle.text_encoder, sampler_defaults=bundle.sampler_defaults, dtype=dtype,
         )
 
     # ----------------------------------------------------------------- helpers
@@ -142,7 +148,8 @@ class LatentDiffusionPipeline:
         """The guided denoiser `(x, t) -> prediction` for one batch."""
 
         def model_fn(x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
-            return self.unet(x, t, **kwargs).float()
+            kwargs = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in kwargs.items()}
+            return self.unet(x.to(self.dtype), t, **kwargs).float()
 
         if self.takes_text:
             if prompt is None:
@@ -208,7 +215,7 @@ class LatentDiffusionPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> uint8 images [B, C, H, W]."""
-        return to_uint8(self.vae.decode(latents).float().clamp(-1, 1))
+        return to_uint8(self.vae.decode(latents.to(self.dtype)).float().clamp(-1, 1))
 
     def generate(
         self,
@@ -285,7 +292,7 @@ class LatentDiffusionPipeline:
             raise UserError(f"image size {width}x{height} must be a multiple of {step} for this model; resize it")
         pixels = torch.from_numpy(np.asarray(pil.convert(mode), dtype=np.float32).copy())
         pixels = pixels.reshape(height, width, -1).permute(2, 0, 1)[None] / 127.5 - 1  # [1, C, H, W] in [-1, 1]
-        return self.vae.encode(pixels.to(self.device)).float()
+        return self.vae.encode(pixels.to(self.device, self.dtype)).float()
 
     def prepare_mask(self, mask: Image.Image | str | Path, size: tuple[int, int]) -> torch.Tensor:
         """A mask image (white = regenerate) -> [1, 1, h, w] in {0, 1} at latent resolution.

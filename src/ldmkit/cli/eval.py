@@ -78,7 +78,8 @@ def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batc
     with torch.no_grad():
         for start in range(0, real_test.shape[0], batch):
             x = real_test[start:start + batch].to(device).float() / 127.5 - 1
-            y = vae.decode(vae.encode(x)).float().clamp(-1, 1)
+            dtype = next(vae.parameters()).dtype  # bf16 when the pipeline holds it so on CUDA
+            y = vae.decode(vae.encode(x.to(dtype))).float().clamp(-1, 1)
             recons.append(((y + 1) * 127.5).round().to(torch.uint8).cpu())
     recon = torch.cat(recons)
     out = reconstruction_metrics(real_test, recon)
