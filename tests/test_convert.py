@@ -3,7 +3,6 @@ computes, and ldmkit -> diffusers -> ldmkit round trips that are exact."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ldmkit.atomic import atomic_write
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
@@ -81,23 +82,11 @@ def save_png(image: Image.Image | torch.Tensor, path: str | os.PathLike) -> Path
     """Write a PNG atomically: readers see the old file or the whole new one, never half.
 
     `image` is a PIL image or one `[C, H, W]` tensor in `[-1, 1]` / uint8. Parent folders are
-    created. The temporary file sits beside the target, as `os.replace` is only atomic
-    within one file system. Returns the path written.
+    created (see `ldmkit.atomic`). Returns the path written.
     """
     if isinstance(image, torch.Tensor):
         batch = _as_batch(image)
         if batch.shape[0] != 1:
             raise ValueError(f"save_png takes one image, got {batch.shape[0]}; use make_grid for a batch")
         image = to_pil(batch)[0]
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A name of our own (not mkstemp, which makes 0600 files) so the PNG gets the usual mode.
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG"))

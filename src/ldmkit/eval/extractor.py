@@ -12,16 +12,10 @@ import abc
 import torch
 import torch.nn.functional as F
 
+from ldmkit.device import resolve_device
 from ldmkit.errors import UserError
 
 __all__ = ["FeatureExtractor", "check_uint8_images", "resolve_device", "to_rgb", "resize"]
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """`None` or "auto" means the GPU when there is one, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def check_uint8_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ldmkit.atomic import atomic_save
 from ldmkit.errors import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
@@ -67,9 +68,6 @@ def read_sharded_safetensors(index_file: Path) -> dict[str, torch.Tensor]:
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write `tensors` to `path` through a temporary file in the same folder, then rename, so a
     crash never leaves half a file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # safetensors refuses tensors that share storage: copy only those (a 4 GB model is not
     # copied whole just for the few that might).
     flat: dict[str, torch.Tensor] = {}
@@ -79,9 +77,4 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tenso
         ptr = value.untyped_storage().data_ptr()
         flat[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
-    try:
-        save_file(flat, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_save(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))

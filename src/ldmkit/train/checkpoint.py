@@ -1,10 +1,8 @@
 """Atomic, code-free training checkpoints.
 
-A checkpoint is replaced, never rewritten in place: the new bytes go to a temporary file in
-the same folder, are flushed and fsync'ed, and only then `os.replace` swaps the name over
-(an atomic rename on POSIX and Windows). A crash at any point leaves either the previous
-checkpoint or the new one, never half of one. The folder is fsync'ed afterwards so that the
-rename itself survives a power cut.
+A checkpoint is replaced, never rewritten in place (`ldmkit.atomic.atomic_write`: temporary
+file, fsync, `os.replace`, folder fsync). A crash at any point leaves either the previous
+checkpoint or the new one, never half of one.
 
 The state is saved with `torch.save` and loaded with `torch.load(weights_only=True)`, so it
 may hold only tensors, dicts, lists, tuples, ints, floats, strings, bools and None: loading a
@@ -14,10 +12,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import torch
 
+from ldmkit.atomic import atomic_write
 from ldmkit.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -25,39 +24,6 @@ FORMAT = "ldmkit-train-state"
 FORMAT_VERSION = 1
 
 
-def _fsync_directory(folder: Path) -> None:
-    """Make a rename inside `folder` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories; its rename is durable enough
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file through `write(file)` so that `path` is always either old or new, whole.
-
-    The temporary file lives in the same folder (a rename across file systems is a copy,
-    not atomic) and is removed if anything fails before the swap.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ldmkit.errors import UserError
+from ldmkit.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """Turn "auto" / "cpu" / "cuda" / "cuda:1" / "mps" into a device, checking it exists."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} asked for, but CUDA is not available here")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise UserError(f"device {device} does not exist ({torch.cuda.device_count()} GPUs visible)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' asked for, but MPS is not available here")
-    return device
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:

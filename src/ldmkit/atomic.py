@@ -1,0 +1,58 @@
+"""Atomic file replacement: a reader (or a crash) sees the old file or the whole new one.
+
+The new bytes go to a temporary file in the same folder (a rename across file systems is a
+copy, not atomic), are flushed and fsync'ed, and only then `os.replace` swaps the name over
+(atomic on POSIX and Windows). The folder is fsync'ed afterwards so the rename survives a
+power cut. Used for checkpoints, model files and images alike.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import IO, Callable
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open directories; its rename is durable enough
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> Path:
+    """Replace `path` by what `write_path(tmp)` writes to a temporary path beside it.
+
+    For writers that want a file name (e.g. `safetensors.torch.save_file`). The temporary file
+    is removed if anything fails before the swap. Returns the final path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of our own (not mkstemp, which makes 0600 files) so the file gets the usual mode.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write_path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Replace `path` by what `write(file)` writes to an open binary file."""
+    def write_path(tmp: Path) -> None:
+        with open(tmp, "xb") as f:
+            write(f)
+
+    return atomic_save(path, write_path)
