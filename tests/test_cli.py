@@ -123,3 +123,16 @@ def test_eval_reads_an_npz_of_samples(tmp_path, capsys):
     result = json.loads(report.read_text())["results"][0]
     # Uniform noise images are far from the two colour clusters: worse than the real baseline.
     assert result["metrics"]["FD_classifier"]["model"] > result["metrics"]["FD_classifier"]["real"]
+
+
+def test_train_set_reaches_any_config_field_with_type_checks():
+    from ldmkit.cli.train import config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--set", "ema_decay=0.9", "--set",
+                              "vae.lr=1e-4", "--set", "diffusion.prediction=v", "--set", "checkpoint_every=7"])
+    config = config_from_args(args)
+    assert config.diffusion.ema_decay == 0.9 and config.vae.lr == 1e-4
+    assert config.diffusion.prediction == "v" and config.checkpoint_every == 7
+    for bad in (["--set", "no_such_field=1"], ["--set", "checkpoint_every=often"], ["--set", "novalue"]):
+        assert main(["train", "--data", "emoji", "--out", "RUN", *bad]) == 2

@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="stop training after this many minutes of the whole run (saving the checkpoint and "
                    "model.safetensors as at the end); rerunning the command resumes")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any training config field (repeatable), e.g. --set ema_decay=0.9999 --set vae.lr=1e-4 "
+                   "--set checkpoint_every=500; keys are fields of config.json, 'vae.'/'diffusion.' for the stages")
     p.set_defaults(run=run)
 
 
@@ -82,4 +85,20 @@ def config_from_args(args: argparse.Namespace):
         "quiet": args.quiet,
         "time_limit": args.time_limit,
     }
-    return apply_overrides(config, overrides)
+    apply_overrides(config, overrides)
+    return apply_overrides(config, dict(parse_setting(text) for text in args.overrides))
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` -> (key, value): VALUE is read as JSON when it can be (numbers, true/false,
+    null), else kept as a string."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value

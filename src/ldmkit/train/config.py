@@ -182,9 +182,9 @@ def _check_type(owner: Any, name: str, value: Any) -> Any:
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if bool not in allowed and isinstance(value, bool):
-        raise UserError(f"config field {name!r} expects {hint}, got a bool")
+        raise UserError(f"config field {name!r} expects {getattr(hint, '__name__', hint)}, got a bool")
     if not isinstance(value, tuple(a for a in allowed if a is not type(None))):
-        raise UserError(f"config field {name!r} expects {hint}, got {value!r}")
+        raise UserError(f"config field {name!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
     return value
 
 
