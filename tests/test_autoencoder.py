@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,14 +11,6 @@ import torch
 from ldmkit.errors import UserError
 from ldmkit.models.autoencoder import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
 from ldmkit.models.presets import VAE_PRESETS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides: object) -> AutoencoderKLConfig:

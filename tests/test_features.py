@@ -14,16 +14,6 @@ from ldmkit.eval.features import resolve_features
 from ldmkit.eval.inception import FIDInceptionV3, InceptionFeatures, find_inception_weights, resize_like_tf1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convolutions on a shared, busy CPU run far faster single-threaded (no
-    # OpenMP spin-waiting); restored afterwards so other test modules are unaffected.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _bars_dataset(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 16x16 images of 3 trivially separable classes: horizontal bar, vertical bar, blank."""
     g = torch.Generator().manual_seed(seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,15 +10,6 @@ import torch
 from ldmkit.errors import UserError
 from ldmkit.models.presets import UNET_PRESETS
 from ldmkit.models.unet import UNet, UNetConfig
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Two threads on a shared two-core machine run ~5x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides: object) -> UNetConfig:

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ldmkit.data.images import to_pil, to_uint8
 from ldmkit.device import resolve_device
-from ldmkit.diffusion import NoiseSchedule, SeededNoise, classifier_free_guidance, sample
+from ldmkit.diffusion import NoiseSchedule, SeededNoise, class_guidance, classifier_free_guidance, sample
 from ldmkit.diffusion.samplers import sampler_options
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
@@ -167,10 +167,8 @@ class LatentDiffusionPipeline:
             raise UserError("this model takes no prompt: it has no cross-attention (it is not text-conditioned)")
         if self.num_classes:
             class_labels = torch.tensor(list(labels), device=self.device)
-            null = torch.full_like(class_labels, self.num_classes)  # the CFG null class
             scale = DEFAULT_CFG if cfg is None else cfg
-            return classifier_free_guidance(model_fn, scale, cond={"class_labels": class_labels},
-                                            uncond={"class_labels": null}, rescale=cfg_rescale)
+            return class_guidance(model_fn, class_labels, self.num_classes, scale, rescale=cfg_rescale)
         return lambda x, t: model_fn(x, t)  # no guidance without a condition
 
     # -------------------------------------------------------------- generation

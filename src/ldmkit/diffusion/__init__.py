@@ -3,7 +3,7 @@ per-seed noise, samplers and classifier-free guidance. No nn.Module lives here: 
 is any callable `denoiser(x_t, t) -> raw prediction`.
 """
 
-from ldmkit.diffusion.guidance import classifier_free_guidance, rescale_guidance
+from ldmkit.diffusion.guidance import class_guidance, classifier_free_guidance, rescale_guidance
 from ldmkit.diffusion.losses import diffusion_loss, min_snr_weight
 from ldmkit.diffusion.noise import SeededNoise
 from ldmkit.diffusion.parameterization import (
@@ -29,6 +29,7 @@ __all__ = [
     "SeededNoise",
     "StepGrid",
     "check_prediction",
+    "class_guidance",
     "classifier_free_guidance",
     "convert",
     "diffusion_loss",

@@ -86,3 +86,12 @@ def classifier_free_guidance(
         return rescale_guidance(guided, pred_cond, rescale) if rescale > 0 else guided
 
     return denoiser
+
+
+def class_guidance(model_fn: ModelFn, labels: Tensor, null_class: int, scale: float, *,
+                   rescale: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """Classifier-free guidance towards class `labels` ([B] ids); the unconditional half uses
+    the null class id `null_class` (ldmkit's UNet reserves id `num_classes` for it)."""
+    null = torch.full_like(labels, null_class)
+    return classifier_free_guidance(model_fn, scale, cond={"class_labels": labels},
+                                    uncond={"class_labels": null}, rescale=rescale)

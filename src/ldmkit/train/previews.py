@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ldmkit.data.images import make_grid, save_png
-from ldmkit.diffusion import NoiseSchedule, SeededNoise, classifier_free_guidance, sample
+from ldmkit.diffusion import NoiseSchedule, SeededNoise, class_guidance, sample
 
 MAX_ROWS = 10
 
@@ -36,8 +36,7 @@ def generate_latents(
     noise = SeededNoise(seeds, latent_shape, device=device)
     num_classes = getattr(unet.config, "num_classes", None)
     if labels is not None and num_classes:
-        null = torch.full_like(labels, num_classes)
-        denoiser = classifier_free_guidance(unet, guidance, cond={"class_labels": labels}, uncond={"class_labels": null})
+        denoiser = class_guidance(unet, labels, num_classes, guidance)
     else:
         denoiser = lambda x, t: unet(x, t)  # noqa: E731
     return sample(denoiser, None, schedule, sampler=sampler, steps=steps, prediction=prediction, noise=noise)
