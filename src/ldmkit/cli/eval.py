@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ldmkit.errors import UserError
+from ldmkit.pretrained import bundled_names
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "distance is called FID; others are named after their extractor (FD_classifier, FD_efficientnet_lite0).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="run folder or inference file to sample from (or to take the VAE from)")
+    p.add_argument("--model", default=None,
+                   help=f"run folder, inference file or bundled model ({', '.join(bundled_names())}) to sample "
+                   "from (or to take the VAE from)")
     p.add_argument("--data", required=True, help="the real data: a folder, 'emoji' or 'fashion-mnist[:DIR]'")
     p.add_argument("--samples", default=None,
                    help="read generated images instead of sampling: a folder of PNGs named like "

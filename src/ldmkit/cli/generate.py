@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ldmkit.errors import UserError
+from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
 
 SAMPLERS = ["dpmpp-2m", "ddim", "ddpm", "euler", "heun"]
 
@@ -16,14 +17,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
         help="generate images from a trained model",
-        description="Generate images from a run folder, an inference .safetensors file, a diffusers pipeline "
-        "folder or a Stable Diffusion checkpoint: text-to-image (--prompt), class-conditional (--class), "
-        "img2img (--init-image, --strength) and inpainting (--init-image, --mask). "
-        "Image k uses seed SEED+k, so the same seed gives the same image whatever --batch-size.",
+        description="Generate images from a bundled model (the emoji model unless --model says otherwise), a run "
+        "folder, an inference .safetensors file, a diffusers pipeline folder or a Stable Diffusion checkpoint: "
+        "text-to-image (--prompt), class-conditional (--class), img2img (--init-image, --strength) and inpainting "
+        "(--init-image, --mask). Image k uses seed SEED+k, so the same seed gives the same image whatever "
+        "--batch-size.",
     )
-    p.add_argument("--model", required=True,
-                   help="a run folder (from `ldm train`), an inference .safetensors file (from `ldm train` or "
-                   "`ldm convert`), a diffusers pipeline folder, or a CompVis/SD .safetensors/.ckpt file")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a bundled model ({', '.join(bundled_names())}; default: {DEFAULT_MODEL}), a run folder "
+                   "(from `ldm train`), an inference .safetensors file (from `ldm train` or `ldm convert`), a "
+                   "diffusers pipeline folder, or a CompVis/SD .safetensors/.ckpt file")
     p.add_argument("--n", type=int, default=None,
                    help="images per listed --class; without --class, the total, spread evenly over the classes "
                    "(default: one per class, or 16 for an unconditional model)")
@@ -94,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _grid_columns(labels: list[int]) -> int:
-    """One row per class when images are grouped by class, else a near-square grid."""
-    if labels and labels[0] >= 0 and len(set(labels)) > 1:
+    """One row per class when images are grouped by class, else a near-square grid (also for the
+    default one image per class, which as one row per class would be a single tall column)."""
+    if labels and labels[0] >= 0 and 1 < len(set(labels)) < len(labels):
         runs = len(labels) // len(set(labels))
         if labels[:runs] == [labels[0]] * runs:  # grouped: class A x n, class B x n, ...
             return runs

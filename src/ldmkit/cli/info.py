@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from ldmkit.pretrained import bundled_names
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "info",
         help="print a model's config, parameter counts, step, dataset and classes",
-        description="Print what a model holds: a run folder, an ldmkit inference .safetensors file, a diffusers "
-        "model or pipeline folder, or a Stable Diffusion single-file checkpoint.",
+        description="Print what a model holds: a bundled model, a run folder, an ldmkit inference .safetensors file, "
+        "a diffusers model or pipeline folder, or a Stable Diffusion single-file checkpoint.",
     )
-    p.add_argument("model", metavar="RUN_OR_FILE", help="the model to describe")
+    p.add_argument("model", metavar="RUN_OR_FILE",
+                   help=f"the model to describe (a path, or a bundled model: {', '.join(bundled_names())})")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON instead of a summary")
     p.set_defaults(run=run)
 

@@ -22,6 +22,7 @@ from torch import nn
 from ldmkit.diffusion import NoiseSchedule
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
+from ldmkit.pretrained import resolve_model_source
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -79,13 +80,14 @@ def _is_ldmkit_file(path: Path) -> bool:
 def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
     """Read any supported model file or folder into a `ModelBundle`.
 
-    `options` go to the CompVis reader (`use_ema`, `tokenizer`, `num_heads`, `head_dim`,
-    `prediction`, `scaling_factor`, `image_size`, `norm_groups`); other sources take only `image_size` and
-    `prediction`, which override what the source says.
+    `path` may also name a bundled model ("emoji", "fashion-mnist": `ldmkit.pretrained`) when no
+    file or folder of that name exists. `options` go to the CompVis reader (`use_ema`, `tokenizer`,
+    `num_heads`, `head_dim`, `prediction`, `scaling_factor`, `image_size`, `norm_groups`); other
+    sources take only `image_size` and `prediction`, which override what the source says.
     """
     from ldmkit.interop import compvis_checkpoint, diffusers_folder, ldmkit_file
 
-    path = Path(path)
+    path = Path(resolve_model_source(path))
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / diffusers_folder.EXPORT_INFO).is_file():
             bundle = diffusers_folder.read_pipeline_folder(path)

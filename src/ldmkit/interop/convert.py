@@ -9,6 +9,7 @@ from typing import Any
 
 from ldmkit.errors import UserError
 from ldmkit.interop.bundle import ModelBundle, load_bundle
+from ldmkit.pretrained import resolve_model_source
 
 TARGETS = ("ldmkit", "diffusers")
 
@@ -25,6 +26,7 @@ def convert(
     if to not in TARGETS:
         raise UserError(f"unknown conversion target {to!r}; choose one of {', '.join(TARGETS)}")
     out = Path(out)
+    src = resolve_model_source(src)  # a bundled name: compare its file with `out` below
     if Path(src).resolve() == out.resolve():
         raise UserError(f"the output {out} is the source itself")
     bundle = load_bundle(src, **options)
