@@ -22,6 +22,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 RECON_LOSSES = ("l1", "l2")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 def vae_model_dict(preset: str) -> dict[str, Any]:
@@ -118,6 +119,10 @@ class RunConfig:
     log_every: int = 50
     num_workers: int = 2
     compile: bool = False
+    # torch.compile mode of the UNet's training step when `compile` is on (CUDA only):
+    # "reduce-overhead" adds CUDA graphs, which small UNets need (their steps are launch-bound,
+    # see benchmarks/NOTES.md); "default" is plain inductor. DDP runs always use "default".
+    compile_mode: str = "default"
     quiet: bool = False
     time_limit: float | None = None  # minutes for the whole run; training stops (and saves) then
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
@@ -226,6 +231,7 @@ def validate(config: RunConfig) -> None:
     need(config.stage in STAGES, f"stage must be one of {STAGES}, got {config.stage!r}")
     need(config.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     need(config.image_size > 0, "image_size must be positive")
+    need(config.compile_mode in COMPILE_MODES, f"compile_mode must be one of {COMPILE_MODES}, got {config.compile_mode!r}")
     need(config.time_limit is None or config.time_limit > 0, "time_limit must be a positive number of minutes")
     need(v.recon_loss in RECON_LOSSES, f"vae.recon_loss must be one of {RECON_LOSSES}")
     need(d.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {d.prediction!r}")
@@ -291,7 +297,49 @@ def base() -> RunConfig:
     )
 
 
-TRAIN_PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small, "base": base}
+# The bundled models' architecture (ldmkit/pretrained): sized to fit 15 MB as fp16 safetensors
+# (6.2M UNet + 1.0M VAE parameters) and to sample a class grid in seconds on a laptop CPU.
+_BUNDLE_VAE = dict(block_channels=(32, 64, 64), num_res_blocks=1, norm_groups=32)
+_BUNDLE_UNET = dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(2,),
+                    head_dim=32, norm_groups=32, time_embed_dim=128)
+
+
+def _bundle_preset(name: str, data: str, image_size: int, latent_channels: int, *,
+                   vae: dict[str, Any], diffusion: dict[str, Any]) -> RunConfig:
+    config = _preset(
+        name=name, data=data, image_size=image_size, vae_preset="small", unet_preset="small",
+        run=dict(precision="bf16", checkpoint_every=5000, log_every=500, num_workers=4, compile_mode="reduce-overhead"),
+        vae=vae, diffusion=diffusion,
+    )
+    config.vae.model = {**config.vae.model, **_BUNDLE_VAE, "latent_channels": latent_channels}
+    config.diffusion.model = {**config.diffusion.model, **_BUNDLE_UNET}
+    return config
+
+
+def fashion_mnist() -> RunConfig:
+    """Benchmark Q1 and the bundled `fashion-mnist` model: 32 px, f4 VAE with 8 latent channels
+    (8x8x8 latents: the blur of 4 channels cost recall, see benchmarks/quality), one GPU, minutes."""
+    return _bundle_preset(
+        "fashion-mnist", "fashion-mnist", 32, 8,
+        vae=dict(steps=6000, batch_size=128, lr=5e-4, warmup=200),
+        diffusion=dict(steps=200000, batch_size=256, lr=3e-4, warmup=500, ema_decay=0.9995, min_snr_gamma=5.0,
+                       sample_every=10000, val_every=5000),
+    )
+
+
+def emoji() -> RunConfig:
+    """The bundled `emoji` model: 64 px, f4 VAE with 4 latent channels (16x16x4), one GPU, minutes."""
+    return _bundle_preset(
+        "emoji", "emoji", 64, 4,
+        vae=dict(steps=6000, batch_size=64, lr=4e-4, warmup=200),
+        diffusion=dict(steps=30000, batch_size=128, lr=2e-4, warmup=500, ema_decay=0.9995, min_snr_gamma=5.0,
+                       sample_every=5000, val_every=2500, val_size=64),
+    )
+
+
+TRAIN_PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "tiny": tiny, "small": small, "base": base, "fashion-mnist": fashion_mnist, "emoji": emoji,
+}
 
 
 def preset_config(name: str) -> RunConfig:

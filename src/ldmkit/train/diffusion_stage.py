@@ -58,8 +58,13 @@ class DiffusionTrainer:
         self.unet = unet.to(device).train()
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
         model: nn.Module = self.unet
+        # CUDA graphs ("reduce-overhead") replay the whole forward and backward as one launch each,
+        # which is what a small UNet's step needs; DDP's hooks need the plain mode.
+        self.graphs = False
         if self.run.compile and device.type == "cuda":
-            model = torch.compile(model)  # before DDP, as nanoGPT does
+            mode = "default" if self.dist.distributed else self.run.compile_mode
+            self.graphs = mode == "reduce-overhead"
+            model = torch.compile(model, mode=mode)  # before DDP, as nanoGPT does
         if self.dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = model
@@ -126,10 +131,14 @@ class DiffusionTrainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         scaler = self.precision.scaler
+        # Gradients are released before the forward: under CUDA graphs the last step's
+        # gradients live in the graph's memory pool, which the next replay reuses.
+        self.opt.zero_grad(set_to_none=True)
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with self.precision.autocast():
             loss = diffusion_loss(lambda x, tt: self.model(x, tt, class_labels=labels), x0, self.schedule,
                                   prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma, t=t, noise=noise)
-        self.opt.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
             scaler.unscale_(self.opt)

@@ -113,7 +113,10 @@ class VAETrainer:
                 return module
             return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        self.model = ddp(_Reconstruct(self.vae))
+        forward: nn.Module = _Reconstruct(self.vae)
+        if self.run.compile and self.device.type == "cuda":
+            forward = torch.compile(forward)  # before DDP, as in the diffusion stage
+        self.model = ddp(forward)
         self.disc_model = ddp(self.disc) if self.disc is not None else None
 
     def fresh_start(self) -> None:

@@ -1,0 +1,162 @@
+"""Training-step speed of ldmkit's own trainers (not a peer comparison): how many images per
+second `DiffusionTrainer.train_step` and `VAETrainer.train_step` reach for a training preset,
+eager against torch.compile modes, on synthetic data already on the device.
+
+This is the measurement behind the `compile_mode` default of the GPU presets: a small UNet on
+8x8 latents is launch-bound (the CPU issues kernels slower than the GPU runs them), so CUDA
+graphs ("reduce-overhead") are expected to matter more than any kernel.
+
+    python3 benchmarks/train_speed.py --preset fashion-mnist --out result.json
+    python3 benchmarks/train_speed.py --smoke          # CPU, a few steps, checks the script runs
+
+Each configuration: `--warmup` steps (compilation, graph recording) then `--steps` timed steps;
+every step ends with the trainer's own host sync, so wall time is GPU time or CPU time,
+whichever is longer. Prints a table last and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig  # noqa: E402
+from ldmkit.train.config import preset_config  # noqa: E402
+from ldmkit.train.context import StageContext  # noqa: E402
+from ldmkit.train.diffusion_stage import DiffusionTrainer  # noqa: E402
+from ldmkit.train.distributed import DistInfo  # noqa: E402
+from ldmkit.train.latent_cache import LatentSet  # noqa: E402
+from ldmkit.train.signals import StopSignal  # noqa: E402
+from ldmkit.train.vae_stage import VAETrainer  # noqa: E402
+
+
+def _models(config, channels: int, num_classes: int) -> tuple[AutoencoderKL, UNet]:
+    vae_cfg = AutoencoderKLConfig.from_dict({**config.vae.model, "in_channels": channels, "out_channels": channels})
+    latent = vae_cfg.latent_channels
+    unet_cfg = UNetConfig.from_dict({**config.diffusion.model, "in_channels": latent, "out_channels": latent,
+                                     "num_classes": num_classes})
+    return AutoencoderKL(vae_cfg), UNet(unet_cfg)
+
+
+def _context(config, device: torch.device, run_dir: Path) -> StageContext:
+    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+    return StageContext(run_dir=run_dir, config=config, dist=dist, stop=StopSignal(), save_state=lambda state: None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, warmup: int, steps: int, device: torch.device) -> dict[str, float]:
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warm_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return {"ms_per_step": 1e3 * seconds / steps, "warmup_s": warm_s}
+
+
+def unet_speed(args, mode: str, batch: int, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    config = preset_config(args.preset)
+    config.compile = mode != "eager"
+    config.compile_mode = mode if mode != "eager" else "default"
+    config.diffusion.batch_size = batch
+    channels, num_classes = args.channels, 10
+    vae, unet = _models(config, channels, num_classes)
+    side = config.image_size // vae.config.downsample_factor
+    shape = (vae.config.latent_channels, side, side)
+    n = 4096
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    latents = LatentSet(mean=torch.randn((n, *shape), generator=gen), labels=torch.randint(0, num_classes, (n,), generator=gen),
+                        std=0.1 * torch.ones((n, *shape))).to(device)
+    trainer = DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = time_steps(trainer.train_step, args.warmup, args.steps, device)
+    result.update(stage="unet", mode=mode, batch=batch, img_per_s=batch * 1e3 / result["ms_per_step"],
+                  params=sum(p.numel() for p in unet.parameters()), latent_shape=list(shape),
+                  peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+    return result
+
+
+def vae_speed(args, compiled: bool, batch: int, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    config = preset_config(args.preset)
+    config.compile = compiled
+    config.vae.batch_size = batch
+    vae, _ = _models(config, args.channels, 10)
+    trainer = VAETrainer(vae, None, _context(config, device, run_dir))
+    trainer._wrap()
+    images = torch.rand((batch, args.channels, config.image_size, config.image_size), device=device) * 2 - 1
+    result = time_steps(lambda: trainer.train_step(images), args.warmup, args.steps, device)
+    result.update(stage="vae", mode="default" if compiled else "eager", batch=batch,
+                  img_per_s=batch * 1e3 / result["ms_per_step"], params=sum(p.numel() for p in vae.parameters()))
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="fashion-mnist", help="training preset whose models and settings are timed")
+    p.add_argument("--channels", type=int, default=1, help="image channels (1 for Fashion-MNIST, 3 for emoji)")
+    p.add_argument("--modes", default="eager,default,reduce-overhead", help="UNet modes to time")
+    p.add_argument("--batches", default="256,512", help="UNet batch sizes to time")
+    p.add_argument("--vae-batches", default="128,256", help="VAE batch sizes to time (eager and compiled)")
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--out", default=None, help="JSON file for the results")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny step counts: check that the script runs")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if args.smoke:
+        args.modes, args.batches, args.vae_batches, args.warmup, args.steps = "eager", "8", "4", 1, 2
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in [int(b) for b in args.batches.split(",") if b]:
+            for mode in args.modes.split(","):
+                try:
+                    rows.append(unet_speed(args, mode, batch, device, Path(tmp)))
+                except Exception as err:  # one failing mode must not lose the others
+                    rows.append({"stage": "unet", "mode": mode, "batch": batch, "error": repr(err)[:300]})
+                print(json.dumps(rows[-1]), flush=True)
+                torch._dynamo.reset()
+        for batch in [int(b) for b in args.vae_batches.split(",") if b]:
+            for compiled in ([False] if args.smoke else [False, True]):
+                try:
+                    rows.append(vae_speed(args, compiled, batch, device, Path(tmp)))
+                except Exception as err:
+                    rows.append({"stage": "vae", "mode": "default" if compiled else "eager", "batch": batch,
+                                 "error": repr(err)[:300]})
+                print(json.dumps(rows[-1]), flush=True)
+                torch._dynamo.reset()
+    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+            "preset": args.preset, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+    print(f"\n{'stage':6} {'mode':18} {'batch':>6} {'ms/step':>9} {'img/s':>10} {'warmup s':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['stage']:6} {r['mode']:18} {r['batch']:>6}  ERROR {r['error'][:80]}")
+        else:
+            print(f"{r['stage']:6} {r['mode']:18} {r['batch']:>6} {r['ms_per_step']:>9.2f} {r['img_per_s']:>10.0f} "
+                  f"{r['warmup_s']:>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
