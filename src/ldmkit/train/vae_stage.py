@@ -94,6 +94,7 @@ class VAETrainer:
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=self.cfg.disc_lr, betas=(0.5, 0.9),
                                               weight_decay=0.0, fused=fused)
         self.model: nn.Module | None = None  # the DDP-wrapped forward, built in train()
+        self.graphs = False  # whether self.model replays CUDA graphs (set in _wrap)
         self.disc_model: nn.Module | None = None
         self.generator = make_generator(self.run.seed + 1, device)
         self.guard = StepGuard(self.dist, ctx.stop)
@@ -115,7 +116,12 @@ class VAETrainer:
 
         forward: nn.Module = _Reconstruct(self.vae)
         if self.run.compile and self.device.type == "cuda":
-            forward = torch.compile(forward)  # before DDP, as in the diffusion stage
+            # CUDA graphs only for the plain loss: the GAN's adaptive weight differentiates the
+            # decoder twice per step, and DDP needs its hooks.
+            plain = not self.use_gan and not self.dist.distributed
+            mode = self.run.compile_mode if plain else "default"
+            self.graphs = mode == "reduce-overhead"
+            forward = torch.compile(forward, mode=mode)  # before DDP, as in the diffusion stage
         self.model = ddp(forward)
         self.disc_model = ddp(self.disc) if self.disc is not None else None
 
@@ -166,6 +172,11 @@ class VAETrainer:
             group["lr"] = lr
         scaler = self.precision.scaler
         out: dict[str, torch.Tensor | float] = {"lr": lr}
+        # Released before the forward: under CUDA graphs the last step's gradients live in the
+        # graph's memory pool, which this replay reuses.
+        self.opt.zero_grad(set_to_none=True)
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with self.precision.autocast():
             recon, kl = self.model(images, eps)  # [B, C, H, W], [B]
             diff = recon.float() - images
@@ -182,7 +193,6 @@ class VAETrainer:
                 self.disc.requires_grad_(True)
                 out["gan_weight"] = weight = adaptive_gan_weight(nll, g_loss, self.last_layer) * cfg.disc_weight
                 loss = loss + weight * g_loss
-        self.opt.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
             scaler.unscale_(self.opt)
