@@ -93,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile mode for ldmkit training steps")
     g.add_argument("--ldm-infer-compile", default="default", choices=COMPILE_MODES,
                    help="mode for ldmkit forward / VAE measurements")
-    g.add_argument("--ldm-e1-compile", default="default", choices=COMPILE_MODES, help="mode for ldmkit in E1")
+    g.add_argument("--ldm-e1-compile", default="reduce-overhead", choices=COMPILE_MODES,
+                   help="mode for ldmkit in E1 (reduce-overhead = CUDA graphs, what `ldm generate` uses on CUDA)")
     g.add_argument("--ldm-e2-compile", default="reduce-overhead", choices=COMPILE_MODES,
                    help="mode for ldmkit in E2 (reduce-overhead = CUDA graphs)")
     g.add_argument("--ldm-fullgraph", action="store_true", help="compile ldmkit with fullgraph=True")

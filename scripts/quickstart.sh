@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's first command: train the `tiny` preset on the built-in emoji dataset (a few
-# minutes on a laptop CPU) and write a class grid. `--smoke` runs a few steps only (CI).
+# Train your own model on the CPU: the `tiny` preset on the built-in emoji dataset (5-10 minutes
+# on a laptop), then a class grid from it. `--smoke` runs a few steps only (CI).
 set -euo pipefail
 run=runs/emoji-tiny
 extra=()
@@ -10,5 +10,5 @@ if [ "${1:-}" = "--smoke" ]; then
     extra=(--vae-steps 10 --steps 10 --quiet)
 fi
 ldm train --data emoji --preset tiny --out "$run" "${extra[@]}"
-ldm generate --model "$run" --n 36 --steps 25 --out samples/emoji
-echo "class grid: samples/emoji/grid.png (one column per emoji category, 4 seeds each)"
+ldm generate --model "$run" --n 36 --steps 25 --out samples/emoji-tiny
+echo "class grid: samples/emoji-tiny/grid.png (one column per emoji category, 4 seeds each)"

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import save_tiny_class_model
 
 from ldmkit.cli import VERBS, build_parser, main
-from ldmkit.diffusion import NoiseSchedule
-from ldmkit.models import AutoencoderKL, UNet
-from ldmkit.models.presets import UNET_PRESETS, VAE_PRESETS
-from ldmkit.train.inference_file import save_inference_file
+from ldmkit.errors import UserError
 
 CLASSES = ["red", "green", "blue"]
 
@@ -25,15 +23,7 @@ CLASSES = ["red", "green", "blue"]
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A random tiny class-conditional model at 16 px (f4 VAE -> 4x4 latents)."""
-    torch.manual_seed(0)
-    vae = AutoencoderKL(VAE_PRESETS["tiny"]())
-    unet = UNet(UNET_PRESETS["tiny"](num_classes=len(CLASSES), channel_mult=(1, 2), attention_levels=(1,),
-                                     zero_init_output=False))
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_inference_file(path, unet=unet, vae=vae, run_config={"image_size": 16, "data": "synthetic"},
-                        extra={"class_names": CLASSES, "schedule": NoiseSchedule.create("scaled_linear").to_dict(),
-                               "step": 7})
-    return path
+    return save_tiny_class_model(tmp_path_factory.mktemp("model") / "model.safetensors", CLASSES, step=7)
 
 
 def test_every_verb_has_help_for_every_flag(capsys):
@@ -136,3 +126,18 @@ def test_train_set_reaches_any_config_field_with_type_checks():
     assert config.diffusion.prediction == "v" and config.checkpoint_every == 7
     for bad in (["--set", "no_such_field=1"], ["--set", "checkpoint_every=often"], ["--set", "novalue"]):
         assert main(["train", "--data", "emoji", "--out", "RUN", *bad]) == 2
+
+
+def test_train_compile_mode_comes_from_the_preset_and_the_flag():
+    from ldmkit.cli.train import config_from_args
+    from ldmkit.train.config import validate
+
+    parser = build_parser()
+    small = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--preset", "small"]))
+    base = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--preset", "base"]))
+    assert small.compile_mode == "reduce-overhead" and base.compile_mode == "default"
+    flag = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--compile-mode", "default"]))
+    assert flag.compile_mode == "default"
+    bad = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--set", "compile_mode=fast"]))
+    with pytest.raises(UserError, match="compile_mode must be one of"):
+        validate(bad)

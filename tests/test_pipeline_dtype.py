@@ -3,18 +3,14 @@ tolerance of the fp32 path; checked on the CPU, where both exist."""
 from __future__ import annotations
 
 import torch
+from tiny_models import tiny_class_models
 
 from ldmkit.diffusion import NoiseSchedule
-from ldmkit.models import AutoencoderKL, UNet
-from ldmkit.models.presets import UNET_PRESETS, VAE_PRESETS
 from ldmkit.pipeline import LatentDiffusionPipeline
 
 
 def _pipeline(dtype: torch.dtype) -> LatentDiffusionPipeline:
-    torch.manual_seed(0)
-    vae = AutoencoderKL(VAE_PRESETS["tiny"]())
-    unet = UNet(UNET_PRESETS["tiny"](num_classes=3, channel_mult=(1, 2), attention_levels=(1,),
-                                     zero_init_output=False))
+    vae, unet = tiny_class_models(3)
     return LatentDiffusionPipeline(unet, vae, NoiseSchedule.create("scaled_linear"), class_names=["a", "b", "c"],
                                    image_size=16, device="cpu", dtype=dtype)
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from tiny_models import save_tiny_class_model
 
 from ldmkit import pretrained
 from ldmkit.cli import build_parser, main
-from ldmkit.diffusion import NoiseSchedule
 from ldmkit.errors import UserError
 from ldmkit.interop import convert, load_bundle
-from ldmkit.models import AutoencoderKL, UNet
-from ldmkit.models.presets import UNET_PRESETS, VAE_PRESETS
+from ldmkit.models import AutoencoderKL
+from ldmkit.models.presets import VAE_PRESETS
 from ldmkit.pipeline import LatentDiffusionPipeline
 from ldmkit.train.inference_file import save_inference_file
 
@@ -32,14 +32,7 @@ REAL_DIR = pretrained.bundled_dir()  # read before any test points the registry 
 @pytest.fixture(scope="module")
 def fp32_file(tmp_path_factory) -> Path:
     """A random tiny class-conditional model at 16 px, as `ldm train` writes it (fp32)."""
-    torch.manual_seed(0)
-    vae = AutoencoderKL(VAE_PRESETS["tiny"]())
-    unet = UNet(UNET_PRESETS["tiny"](num_classes=len(CLASSES), channel_mult=(1, 2), attention_levels=(1,),
-                                     zero_init_output=False))
-    path = tmp_path_factory.mktemp("run") / "model.safetensors"
-    save_inference_file(path, unet=unet, vae=vae, run_config={"image_size": 16, "data": "synthetic"},
-                        extra={"class_names": CLASSES, "schedule": NoiseSchedule.create("scaled_linear").to_dict()})
-    return path
+    return save_tiny_class_model(tmp_path_factory.mktemp("run") / "model.safetensors", CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ldmkit.compiled_unet import CompiledUNet, wants_compile
 from ldmkit.data.images import to_pil, to_uint8
 from ldmkit.device import resolve_device
-from ldmkit.diffusion import NoiseSchedule, SeededNoise, class_guidance, classifier_free_guidance, sample
+from ldmkit.diffusion import (
+    NoiseSchedule,
+    SeededNoise,
+    class_guidance,
+    classifier_free_guidance,
+    sample,
+)
 from ldmkit.diffusion.samplers import sampler_options
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
@@ -59,6 +66,7 @@ class LatentDiffusionPipeline:
         text_encoder: torch.nn.Module | None = None,
         sampler_defaults: dict[str, Any] | None = None,
         dtype: torch.dtype | None = None,
+        compile: str = "auto",
     ) -> None:
         self.device = torch.device(device)
         # Networks held in bf16 on CUDA (the fastest measured inference setting, see
@@ -72,14 +80,20 @@ class LatentDiffusionPipeline:
         self.class_names = list(class_names)
         self.image_size = image_size
         self.sampler_defaults = dict(sampler_defaults or {})
+        # "auto": torch.compile with CUDA graphs for jobs large enough to repay the compilation
+        # (see compiled_unet); "on" / "off" force it.
+        wants_compile(compile, self.device, 0)  # validates the setting now, not mid-job
+        self.compile = compile
+        self._compiled: CompiledUNet | None = None
+        self._job_images: int | None = None  # size of the generate_uint8 job in progress
 
     # ----------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: torch.dtype | None = None,
-                        **options: Any) -> "LatentDiffusionPipeline":
+                        compile: str = "auto", **options: Any) -> "LatentDiffusionPipeline":
         """Load any model source `ldmkit.interop.load_bundle` reads; `options` go to it (e.g.
         `tokenizer=DIR` for a CompVis checkpoint). `dtype` of the networks: default bf16 on
-        CUDA, fp32 on the CPU."""
+        CUDA, fp32 on the CPU. `compile`: "auto", "on" or "off" (see `ldmkit.compiled_unet`)."""
         from ldmkit.interop import load_bundle
 
         bundle = load_bundle(path, **options)
@@ -91,6 +105,7 @@ class LatentDiffusionPipeline:
             bundle.unet, bundle.vae, bundle.schedule, prediction=bundle.prediction, class_names=bundle.class_names,
             image_size=int(bundle.resolved_image_size()), device=resolve_device(device),
             text_encoder=bundle.text_encoder, sampler_defaults=bundle.sampler_defaults, dtype=dtype,
+            compile=compile,
         )
 
     # ----------------------------------------------------------------- helpers
@@ -147,9 +162,11 @@ class LatentDiffusionPipeline:
                   cfg_rescale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The guided denoiser `(x, t) -> prediction` for one batch."""
 
+        unet = self._unet_for(self._job_images or len(labels))
+
         def model_fn(x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
             kwargs = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in kwargs.items()}
-            return self.unet(x.to(self.dtype), t, **kwargs).float()
+            return unet(x.to(self.dtype), t, **kwargs).float()
 
         if self.takes_text:
             if prompt is None:
@@ -270,13 +287,25 @@ class LatentDiffusionPipeline:
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
         out = []
-        for start in range(0, len(seeds), batch_size):
-            chunk = slice(start, start + batch_size)
-            latents = self.generate_latents(seeds[chunk], labels[chunk], **sampling)
-            out.append(self.decode(latents).cpu())
-            if progress is not None:
-                progress(len(seeds[chunk]))
+        self._job_images = len(seeds)  # "auto" compilation looks at the whole job, not one batch
+        try:
+            for start in range(0, len(seeds), batch_size):
+                chunk = slice(start, start + batch_size)
+                latents = self.generate_latents(seeds[chunk], labels[chunk], **sampling)
+                out.append(self.decode(latents).cpu())
+                if progress is not None:
+                    progress(len(seeds[chunk]))
+        finally:
+            self._job_images = None
         return torch.cat(out)
+
+    def _unet_for(self, num_images: int) -> Callable[..., torch.Tensor]:
+        """The UNet a job of `num_images` runs: the compiled one (built once) or the module."""
+        if not wants_compile(self.compile, self.device, num_images):
+            return self.unet
+        if self._compiled is None:
+            self._compiled = CompiledUNet(self.unet, self.device)
+        return self._compiled
 
     # ------------------------------------------------------------ image inputs
     @torch.no_grad()

@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default=None, help="also write all images as one grid PNG here (default: OUT/grid.png)")
     p.add_argument("--batch-size", type=int, default=64, help="images per sampler batch (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the UNet (with CUDA graphs on a GPU); auto does so on CUDA for jobs of "
+                   "256 images or more, where it repays the tens of seconds it takes (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init_image is None and (args.mask is not None or args.strength is not None):
         raise UserError("--mask and --strength need --init-image")
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
-    pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, **options)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
     seeds, labels = pipe.plan(args.n, args.classes, args.seed)
     sampling = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
                     prompt=args.prompt, negative_prompt=args.negative_prompt)

@@ -40,7 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="continue from RUN/checkpoint.pt (also happens when RUN has a checkpoint)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
-    p.add_argument("--no-compile", action="store_true", help="do not torch.compile the UNet on CUDA")
+    p.add_argument("--no-compile", action="store_true", help="do not torch.compile the models on CUDA")
+    p.add_argument("--compile-mode", choices=["reduce-overhead", "default", "max-autotune-no-cudagraphs"], default=None,
+                   help="torch.compile mode on CUDA (default: the preset's; reduce-overhead = CUDA graphs, the "
+                   "fastest for small models, which are launch-bound)")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes of the whole run (saving the checkpoint and "
                    "model.safetensors as at the end); rerunning the command resumes")
@@ -82,6 +85,7 @@ def config_from_args(args: argparse.Namespace):
         "device": args.device,
         "seed": args.seed,
         "compile": not args.no_compile,
+        "compile_mode": args.compile_mode,
         "quiet": args.quiet,
         "time_limit": args.time_limit,
     }

@@ -119,10 +119,11 @@ class RunConfig:
     log_every: int = 50
     num_workers: int = 2
     compile: bool = False
-    # torch.compile mode of the UNet's training step when `compile` is on (CUDA only):
-    # "reduce-overhead" adds CUDA graphs, which small UNets need (their steps are launch-bound,
-    # see benchmarks/NOTES.md); "default" is plain inductor. DDP runs always use "default".
-    compile_mode: str = "default"
+    # torch.compile mode of the training steps when `compile` is on (CUDA only):
+    # "reduce-overhead" adds CUDA graphs, which small models need (their steps are launch-bound:
+    # 3.8x faster for the fashion-mnist UNet, see benchmarks/NOTES.md); "default" is plain
+    # inductor. DDP runs and the VAE's GAN phase always use "default".
+    compile_mode: str = "reduce-overhead"
     quiet: bool = False
     time_limit: float | None = None  # minutes for the whole run; training stops (and saves) then
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
@@ -290,7 +291,7 @@ def base() -> RunConfig:
     """C1-sized class-conditional UNet (~90M) on f8 latents of 256 px images, GPUs."""
     return _preset(
         name="base", data="", image_size=256, vae_preset="sd", unet_preset="base",
-        run=dict(precision="bf16", checkpoint_every=5000, log_every=100, num_workers=8),
+        run=dict(precision="bf16", checkpoint_every=5000, log_every=100, num_workers=8, compile_mode="default"),
         vae=dict(steps=50000, batch_size=32, lr=1e-4, warmup=1000, disc_start=20000),
         diffusion=dict(steps=400000, batch_size=256, lr=1e-4, warmup=5000, ema_decay=0.9999,
                        sample_every=10000, val_every=5000),
@@ -308,7 +309,7 @@ def _bundle_preset(name: str, data: str, image_size: int, latent_channels: int, 
                    vae: dict[str, Any], diffusion: dict[str, Any]) -> RunConfig:
     config = _preset(
         name=name, data=data, image_size=image_size, vae_preset="small", unet_preset="small",
-        run=dict(precision="bf16", checkpoint_every=5000, log_every=500, num_workers=4, compile_mode="reduce-overhead"),
+        run=dict(precision="bf16", checkpoint_every=5000, log_every=500, num_workers=4),
         vae=vae, diffusion=diffusion,
     )
     config.vae.model = {**config.vae.model, **_BUNDLE_VAE, "latent_channels": latent_channels}

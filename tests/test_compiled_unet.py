@@ -1,0 +1,76 @@
+"""Generation through the compiled UNet (`ldmkit.compiled_unet`): when it is used, and that it
+computes what the plain module computes. On the CPU the path is torch.compile with inductor
+(no CUDA graphs); the GPU path adds `mode="reduce-overhead"`, measured in benchmarks/."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import tiny_class_models
+
+from ldmkit import compiled_unet
+from ldmkit.compiled_unet import (
+    AUTO_MIN_IMAGES,
+    CompiledUNet,
+    compile_options,
+    wants_compile,
+)
+from ldmkit.diffusion import NoiseSchedule
+from ldmkit.errors import UserError
+from ldmkit.pipeline import LatentDiffusionPipeline
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # device objects need no GPU
+
+
+def _pipeline(compile: str) -> LatentDiffusionPipeline:
+    vae, unet = tiny_class_models(3)
+    return LatentDiffusionPipeline(unet, vae, NoiseSchedule.create("scaled_linear"), class_names=["a", "b", "c"],
+                                   image_size=16, device="cpu", compile=compile)
+
+
+def test_auto_compiles_only_large_jobs_on_cuda():
+    assert wants_compile("auto", CUDA, AUTO_MIN_IMAGES)
+    assert not wants_compile("auto", CUDA, AUTO_MIN_IMAGES - 1)
+    assert not wants_compile("auto", CPU, 10**6)
+    assert wants_compile("on", CPU, 1) and not wants_compile("off", CUDA, 10**6)
+
+
+def test_cuda_graphs_on_cuda_only():
+    assert compile_options(CUDA)["mode"] == "reduce-overhead"
+    assert "mode" not in compile_options(CPU)
+
+
+def test_bad_setting_is_a_user_error_at_construction():
+    with pytest.raises(UserError, match="compile must be one of"):
+        _pipeline("sometimes")
+
+
+def test_off_and_auto_on_cpu_never_build_the_compiled_unet():
+    for setting in ("off", "auto"):
+        pipe = _pipeline(setting)
+        pipe.generate_uint8([0, 1], [0, 1], steps=2, cfg=2.0)
+        assert pipe._compiled is None
+
+
+def test_compiled_generation_equals_plain_generation(monkeypatch):
+    """Dynamo's capture of the whole guided sampling call, checked exactly (backend "eager" runs
+    the captured graph op for op, so any difference is a capture bug, not rounding)."""
+    monkeypatch.setattr(compiled_unet, "compile_options", lambda device: {"backend": "eager", "dynamic": False})
+    plain, fast = _pipeline("off"), _pipeline("on")
+    seeds, labels = [3, 4, 5], [0, 1, 2]
+    expected = plain.generate_uint8(seeds, labels, steps=4, cfg=2.0)
+    got = fast.generate_uint8(seeds, labels, steps=4, cfg=2.0)
+    assert isinstance(fast._compiled, CompiledUNet)
+    assert torch.equal(got, expected)
+
+
+def test_inductor_compiled_unet_matches_the_module():
+    """The real CPU path (inductor kernels): fused float arithmetic may round differently, so the
+    check is a tolerance far below bf16's (2**-8), the precision the GPU path runs at."""
+    pipe = _pipeline("on")
+    fn = CompiledUNet(pipe.unet, CPU)
+    torch.manual_seed(1)
+    x, t = torch.randn(2, 4, 4, 4), torch.tensor([10.0, 900.0])
+    labels = torch.tensor([0, 3])  # 3 = the null class
+    with torch.no_grad():
+        expected, got = pipe.unet(x, t, class_labels=labels), fn(x, t, class_labels=labels)
+    assert float((got - expected).norm() / expected.norm()) < 1e-4
