@@ -33,16 +33,16 @@ from ldmkit.train.context import StageContext  # noqa: E402
 from ldmkit.train.diffusion_stage import DiffusionTrainer  # noqa: E402
 from ldmkit.train.distributed import DistInfo  # noqa: E402
 from ldmkit.train.latent_cache import LatentSet  # noqa: E402
+from ldmkit.train.run import _resolve_models  # noqa: E402
 from ldmkit.train.signals import StopSignal  # noqa: E402
 from ldmkit.train.vae_stage import VAETrainer  # noqa: E402
 
 
 def _models(config, channels: int, num_classes: int) -> tuple[AutoencoderKL, UNet]:
-    vae_cfg = AutoencoderKLConfig.from_dict({**config.vae.model, "in_channels": channels, "out_channels": channels})
-    latent = vae_cfg.latent_channels
-    unet_cfg = UNetConfig.from_dict({**config.diffusion.model, "in_channels": latent, "out_channels": latent,
-                                     "num_classes": num_classes})
-    return AutoencoderKL(vae_cfg), UNet(unet_cfg)
+    """The preset's models fitted to the data, as `ldm train` builds them."""
+    _resolve_models(config, channels, num_classes)
+    return (AutoencoderKL(AutoencoderKLConfig.from_dict(config.vae.model)),
+            UNet(UNetConfig.from_dict(config.diffusion.model)))
 
 
 def _context(config, device: torch.device, run_dir: Path) -> StageContext:

@@ -32,6 +32,7 @@ from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
+from ldmkit.train.step_compile import begin_step, compile_for_training
 from ldmkit.train.step_guard import Precision, StepGuard
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
@@ -57,14 +58,7 @@ class DiffusionTrainer:
         self.num_classes = unet.config.num_classes
         self.unet = unet.to(device).train()
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
-        model: nn.Module = self.unet
-        # CUDA graphs ("reduce-overhead") replay the whole forward and backward as one launch each,
-        # which is what a small UNet's step needs; DDP's hooks need the plain mode.
-        self.graphs = False
-        if self.run.compile and device.type == "cuda":
-            mode = "default" if self.dist.distributed else self.run.compile_mode
-            self.graphs = mode == "reduce-overhead"
-            model = torch.compile(model, mode=mode)  # before DDP, as nanoGPT does
+        model, self.graphs = compile_for_training(self.unet, self.run, self.dist)
         if self.dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = model
@@ -131,11 +125,7 @@ class DiffusionTrainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         scaler = self.precision.scaler
-        # Gradients are released before the forward: under CUDA graphs the last step's
-        # gradients live in the graph's memory pool, which the next replay reuses.
-        self.opt.zero_grad(set_to_none=True)
-        if self.graphs:
-            torch.compiler.cudagraph_mark_step_begin()
+        begin_step(self.opt, self.graphs)
         with self.precision.autocast():
             loss = diffusion_loss(lambda x, tt: self.model(x, tt, class_labels=labels), x0, self.schedule,
                                   prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma, t=t, noise=noise)

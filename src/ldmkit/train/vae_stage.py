@@ -30,6 +30,7 @@ from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
+from ldmkit.train.step_compile import begin_step, compile_for_training
 from ldmkit.train.step_guard import Precision, StepGuard
 
 
@@ -114,14 +115,10 @@ class VAETrainer:
                 return module
             return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        forward: nn.Module = _Reconstruct(self.vae)
-        if self.run.compile and self.device.type == "cuda":
-            # CUDA graphs only for the plain loss: the GAN's adaptive weight differentiates the
-            # decoder twice per step, and DDP needs its hooks.
-            plain = not self.use_gan and not self.dist.distributed
-            mode = self.run.compile_mode if plain else "default"
-            self.graphs = mode == "reduce-overhead"
-            forward = torch.compile(forward, mode=mode)  # before DDP, as in the diffusion stage
+        # CUDA graphs only for the plain loss: the GAN's adaptive weight differentiates the
+        # decoder twice per step.
+        forward, self.graphs = compile_for_training(_Reconstruct(self.vae), self.run, self.dist,
+                                                    graphs_allowed=not self.use_gan)
         self.model = ddp(forward)
         self.disc_model = ddp(self.disc) if self.disc is not None else None
 
@@ -172,11 +169,7 @@ class VAETrainer:
             group["lr"] = lr
         scaler = self.precision.scaler
         out: dict[str, torch.Tensor | float] = {"lr": lr}
-        # Released before the forward: under CUDA graphs the last step's gradients live in the
-        # graph's memory pool, which this replay reuses.
-        self.opt.zero_grad(set_to_none=True)
-        if self.graphs:
-            torch.compiler.cudagraph_mark_step_begin()
+        begin_step(self.opt, self.graphs)
         with self.precision.autocast():
             recon, kl = self.model(images, eps)  # [B, C, H, W], [B]
             diff = recon.float() - images
