@@ -128,6 +128,23 @@ def test_train_set_reaches_any_config_field_with_type_checks():
         assert main(["train", "--data", "emoji", "--out", "RUN", *bad]) == 2
 
 
+def test_train_set_reaches_model_fields_and_writes_null():
+    from ldmkit.cli.train import config_from_args
+    from ldmkit.train.run import _resolve_models
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--preset", "fashion-mnist",
+                              "--set", "min_snr_gamma=null", "--set", "diffusion.model.attention_levels=[1,2]",
+                              "--set", "vae.model.block_channels=[32,64]", "--set", "vae.model.latent_channels=4"])
+    config = config_from_args(args)
+    assert config.diffusion.min_snr_gamma is None  # the preset's 5.0, turned off
+    assert config.diffusion.model["attention_levels"] == [1, 2] and config.diffusion.model["base_channels"] == 64
+    _resolve_models(config, channels=1, num_classes=10)
+    assert list(config.vae.model["block_channels"]) == [32, 64] and config.diffusion.model["in_channels"] == 4
+    for bad in (["--set", "diffusion.model.no_such_field=1"], ["--set", "steps=null"]):
+        assert main(["train", "--data", "emoji", "--out", "RUN", *bad]) == 2
+
+
 def test_train_compile_mode_comes_from_the_preset_and_the_flag():
     from ldmkit.cli.train import config_from_args
     from ldmkit.train.config import validate

@@ -50,7 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any training config field (repeatable), e.g. --set ema_decay=0.9999 --set vae.lr=1e-4 "
-                   "--set checkpoint_every=500; keys are fields of config.json, 'vae.'/'diffusion.' for the stages")
+                   "--set checkpoint_every=500 --set min_snr_gamma=null --set diffusion.model.attention_levels=[1,2]; keys "
+                   "are fields of config.json, 'vae.'/'diffusion.' for the stages, 'vae.model.'/'diffusion.model.' "
+                   "for their architectures; VALUE is JSON when it parses as JSON, else a string")
     p.set_defaults(run=run)
 
 
@@ -90,7 +92,7 @@ def config_from_args(args: argparse.Namespace):
         "time_limit": args.time_limit,
     }
     apply_overrides(config, overrides)
-    return apply_overrides(config, dict(parse_setting(text) for text in args.overrides))
+    return apply_overrides(config, dict(parse_setting(text) for text in args.overrides), none_means_unset=False)
 
 
 def parse_setting(text: str) -> tuple[str, object]:

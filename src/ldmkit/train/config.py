@@ -194,15 +194,20 @@ def _check_type(owner: Any, name: str, value: Any) -> Any:
     return value
 
 
-def apply_overrides(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
-    """Set fields from `overrides` (flag name -> value; None means "not given").
+def apply_overrides(config: RunConfig, overrides: Mapping[str, Any], *, none_means_unset: bool = True) -> RunConfig:
+    """Set fields from `overrides` (flag name -> value).
 
-    Keys are top-level fields (`seed`), `section.field` (`vae.lr`) or an alias from
-    `ALIASES` (`vae_steps`). Changing a preset name re-resolves that model's dict.
-    Returns `config`, changed in place.
+    Keys are top-level fields (`seed`), `section.field` (`vae.lr`), an alias from `ALIASES`
+    (`vae_steps`) or one field of a stage's architecture (`diffusion.model.attention_levels`,
+    `vae.model.latent_channels`). Changing a preset name re-resolves that model's dict. With
+    `none_means_unset` (command-line flags) a None value means "not given"; without it (`--set
+    KEY=null`) None is written, e.g. to turn `min_snr_gamma` off. Returns `config`, changed in place.
     """
     for key, value in overrides.items():
-        if value is None:
+        if value is None and none_means_unset:
+            continue
+        if key.startswith(("vae.model.", "diffusion.model.")):
+            _set_model_field(config, key, value)
             continue
         if key in ALIASES:
             section, name = ALIASES[key]
@@ -219,6 +224,22 @@ def apply_overrides(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfi
         elif section == "diffusion" and name == "preset":
             config.diffusion.model = unet_model_dict(value)
     return config
+
+
+def _set_model_field(config: RunConfig, key: str, value: Any) -> None:
+    """`vae.model.FIELD=VALUE` / `diffusion.model.FIELD=VALUE`: one architecture field, checked
+    against the model's config class (lists become tuples there; the run validates the whole)."""
+    from ldmkit.models.autoencoder import AutoencoderKLConfig
+    from ldmkit.models.unet_config import UNetConfig
+
+    section, _, name = key.split(".", 2)
+    stage = getattr(config, section)
+    model_cls = AutoencoderKLConfig if section == "vae" else UNetConfig
+    if name not in {f.name for f in dataclasses.fields(model_cls)}:
+        raise UserError(f"unknown training option {key!r}: {model_cls.__name__} has no field {name!r}")
+    if not stage.model:
+        stage.model = (vae_model_dict if section == "vae" else unet_model_dict)(stage.preset)
+    stage.model = {**stage.model, name: value}
 
 
 def validate(config: RunConfig) -> None:
