@@ -20,9 +20,13 @@ def test_time_limit_ends_the_diffusion_stage_early_with_a_model(tmp_path):
     data = write_color_dataset(tmp_path / "colors", per_class=4, size=8)
     config = micro_config(data, vae_steps=2, steps=10**6)
     config.time_limit = 0.25  # minutes: the VAE's 2 steps fit, a million UNet steps do not
+    config.diffusion.sample_every = 10**9  # no periodic grid: only the last step's
+    config.diffusion.sample_per_class = 1
     started = time.monotonic()
     run = run_training(config, tmp_path / "run")
     assert time.monotonic() - started < 120
     _, _, meta = load_inference_file(run, "cpu")
     assert 0 < meta["step"] < 10**6
     assert "time limit" in (run / "log.jsonl").read_text()
+    # The stop is the run's last step: it gets its sample grid like a finished run.
+    assert (run / "samples" / f"step_{meta['step']:06d}.png").is_file()

@@ -207,7 +207,9 @@ class DiffusionTrainer:
                 interval_seconds += time.perf_counter() - started
                 losses.append(loss)
                 log.advance()
-                step, last = self.step, self.step == cfg.steps
+                # The last step of the run: the step count reached, or a stop (signal, time
+                # limit) agreed on; either way it gets its log line, val loss and sample grid.
+                step, last = self.step, self.step == cfg.steps or self.guard.stop_agreed
                 if step % run.log_every == 0 or last:
                     finite = [v for v in losses if math.isfinite(v)]
                     metrics = {"loss": sum(finite) / len(finite) if finite else float("nan"),
