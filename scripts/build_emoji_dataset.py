@@ -10,7 +10,7 @@ Writes `src/ldmkit/data/assets/emoji64.npz` (np.savez_compressed) with
 
 - `images`      uint8 [N, 64, 64, 3], each 64 px Noto Emoji PNG composited on white;
 - `labels`      int64 [N], index into `class_names`;
-- `class_names` str [K], the emoji.json `category` values, sorted, "Component" left out;
+- `class_names` str [K], the 10 emoji.json `category` values (Unicode's emoji categories), sorted;
 - `is_val`      bool [N], a fixed held-out split: round(5%) of each class, seeded;
 - `unified`     str [N], the emoji's code points, so every image can be traced back;
 
@@ -33,8 +33,9 @@ PACKAGE_SPEC = "emoji-datasource-google@16.0.0"
 IMAGE_SIZE = 64
 VAL_FRACTION = 0.05
 VAL_SEED = 0
-# Skin-tone swatches and hair pieces: building blocks of other emoji, not pictures of their own.
-SKIPPED_CATEGORIES = {"Component"}
+# None: "Component" (skin-tone swatches and hair pieces, 9 images) is one of Unicode's 10 emoji
+# categories, and the bundled emoji model is conditioned on all 10.
+SKIPPED_CATEGORIES: set[str] = set()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "src" / "ldmkit" / "data" / "assets"
 DEFAULT_LICENSE = Path("/usr/share/common-licenses/Apache-2.0")
@@ -54,7 +55,7 @@ Noto Emoji's flag images (from its third_party/region-flags directory) are in th
 domain or otherwise exempt from copyright.
 
 Changes made: each image was alpha-composited onto an opaque white background and
-converted to 8-bit RGB; skin-tone variants and the "Component" category were left out.
+converted to 8-bit RGB; skin-tone variants were left out.
 
 ------------------------------------------------------------------------------------------
 

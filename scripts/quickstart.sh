@@ -10,5 +10,5 @@ if [ "${1:-}" = "--smoke" ]; then
     extra=(--vae-steps 10 --steps 10 --quiet)
 fi
 ldm train --data emoji --preset tiny --out "$run" "${extra[@]}"
-ldm generate --model "$run" --n 36 --steps 25 --out samples/emoji-tiny
+ldm generate --model "$run" --n 40 --steps 25 --out samples/emoji-tiny
 echo "class grid: samples/emoji-tiny/grid.png (one column per emoji category, 4 seeds each)"

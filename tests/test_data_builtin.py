@@ -13,7 +13,8 @@ import torch
 from ldmkit.data import load_image_dataset
 from ldmkit.errors import UserError
 
-EMOJI_CLASSES = ["Activities", "Animals & Nature", "Flags", "Food & Drink", "Objects",
+# Unicode's 10 emoji categories; "Component" holds the 5 skin-tone swatches.
+EMOJI_CLASSES = ["Activities", "Animals & Nature", "Component", "Flags", "Food & Drink", "Objects",
                  "People & Body", "Smileys & Emotion", "Symbols", "Travel & Places"]
 
 
@@ -22,19 +23,21 @@ EMOJI_CLASSES = ["Activities", "Animals & Nature", "Flags", "Food & Drink", "Obj
 def test_emoji_loads_with_fixed_split_and_classes() -> None:
     train = load_image_dataset("emoji", image_size=64)
     val = load_image_dataset("emoji", "val", image_size=64)
-    assert len(train) + len(val) == 1906 and len(val) == 95
-    assert train.class_names == EMOJI_CLASSES == val.class_names and train.num_classes == 9
+    assert len(train) + len(val) == 1911 and len(val) == 96
+    assert train.class_names == EMOJI_CLASSES == val.class_names and train.num_classes == 10
     assert train.channels == 3 and train.flip and not val.flip
     image, label = train[0]
-    assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and 0 <= label < 9
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and 0 <= label < 10
     assert image.min() >= -1 and image.max() <= 1
     labels = train.as_label_tensor()
-    assert labels.bincount(minlength=9).min() > 50 and val.as_label_tensor().unique().numel() == 9
+    counts = labels.bincount(minlength=10)
+    assert counts[2] == 4 and counts[torch.arange(10) != 2].min() > 50  # Component: 5 swatches, 1 in val
+    assert val.as_label_tensor().unique().numel() == 10  # every class has at least one val image
 
 
 def test_emoji_backgrounds_are_white() -> None:
     images = load_image_dataset("emoji", image_size=64).as_uint8_tensor()
-    assert images.shape == (1811, 3, 64, 64) and images.dtype == torch.uint8
+    assert images.shape == (1815, 3, 64, 64) and images.dtype == torch.uint8
     corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # [N, 3, 4]
     white_corners = (corners == 255).all(dim=1).all(dim=1)
     assert white_corners.float().mean() > 0.8, "transparent pixels must be composited on white"
@@ -42,7 +45,7 @@ def test_emoji_backgrounds_are_white() -> None:
 
 def test_emoji_resizes_and_converts_channels() -> None:
     small = load_image_dataset("emoji", "val", image_size=32, channels=1)
-    assert small.as_uint8_tensor().shape == (95, 1, 32, 32) and small[0][0].shape == (1, 32, 32)
+    assert small.as_uint8_tensor().shape == (96, 1, 32, 32) and small[0][0].shape == (1, 32, 32)
 
 
 # -- Fashion-MNIST ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Measured on one H100 (benchmarks/NOTES.md, E1/E2): compiled with CUDA graphs
 compiled without graphs, and the SD-sized UNet at batch 2 at 145 it/s: the sampler's tiny
 per-step kernels and the UNet's launches stop costing CPU time. Compilation itself takes tens
 of seconds, so "auto" compiles only on CUDA and only for jobs of at least
-`AUTO_MIN_IMAGES` images (`ldm eval`'s 10,000 samples, not `ldm generate`'s grid of nine).
+`AUTO_MIN_IMAGES` images (`ldm eval`'s 10,000 samples, not `ldm generate`'s grid of ten).
 
 Under CUDA graphs each call's output lives in the graph's memory pool and is overwritten by
 the next replay; `CompiledUNet.__call__` therefore marks a new step before every call and

@@ -78,7 +78,7 @@ class ImageDataset(Dataset):
         return torch.tensor([self.load_uint8(index)[1] for index in range(len(self))], dtype=torch.int64)
 
     def describe(self) -> str:
-        """One line for logs, e.g. `emoji [train]: 1811 images, 3x64x64, 9 classes, random flip`."""
+        """One line for logs, e.g. `emoji [train]: 1815 images, 3x64x64, 10 classes, random flip`."""
         classes = f"{self.num_classes} classes" if self.num_classes else "unconditional"
         flip = ", random flip" if self.flip else ""
         size = f"{self.channels}x{self.image_size}x{self.image_size}"

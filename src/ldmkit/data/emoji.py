@@ -1,4 +1,4 @@
-"""The embedded "emoji" dataset: 1,906 Noto Emoji images, 64 px RGB on white, 9 classes.
+"""The embedded "emoji" dataset: 1,911 Noto Emoji images, 64 px RGB on white, 10 classes.
 
 Built once by `scripts/build_emoji_dataset.py` from the npm package
 emoji-datasource-google@16.0.0 into `assets/emoji64.npz`; the classes are the Unicode emoji

@@ -40,7 +40,7 @@ def load_image_dataset(
 
     `source` is one of
 
-    - `"emoji"`: the embedded Noto Emoji set (1,906 images, 64 px RGB, 9 classes);
+    - `"emoji"`: the embedded Noto Emoji set (1,911 images, 64 px RGB, 10 classes);
     - `"fashion-mnist"` or `"fashion-mnist:DIR"`: the four IDX files (optionally .gz) from DIR
       or Debian's `/usr/share/datasets/fashion-mnist/`; 1 channel, 10 classes; val = t10k;
     - a folder: `DIR/train` and `DIR/val`, or DIR alone (then `val_fraction` of each class is
