@@ -11,6 +11,11 @@ the script (compilation included), then sampled with `DPMSolverMultistepSchedule
 --samples FILE.npz` reads.
 
     python benchmarks/quality/peer_train.py --data fashion-mnist:DIR --seconds 420 --out OUT
+
+To sample the guidance scales in parallel on several GPUs, train with `--cfg` (no scales) and
+`--save-weights OUT/peer_ema.safetensors`, then run one `--sample-from` process per scale:
+
+    CUDA_VISIBLE_DEVICES=1 python benchmarks/quality/peer_train.py --sample-from OUT/peer_ema.safetensors --cfg 2.0 --out OUT
 """
 
 from __future__ import annotations
@@ -114,13 +119,18 @@ def sample(model, cfg: float, n: int, device: torch.device, batch: int = 1000, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="fashion-mnist", help="ldmkit data source of Fashion-MNIST")
-    parser.add_argument("--seconds", type=float, required=True, help="wall-clock training budget, compilation included")
+    parser.add_argument("--seconds", type=float, help="wall-clock training budget, compilation included")
+    parser.add_argument("--save-weights", help="also write the trained EMA weights here (.safetensors)")
+    parser.add_argument("--sample-from", help="skip training: sample from EMA weights written by --save-weights")
     parser.add_argument("--out", required=True, help="output folder for samples_cfg*.npz and peer.json")
-    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    parser.add_argument("--cfg", type=float, nargs="*", default=[1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--sample-until", type=float,
+                        help="skip a guidance scale whose sampling would end later than this many seconds "
+                        "after the start (the previous scale's time is the estimate)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,14 +138,32 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ema, info = train(args, device)
-    print(f"peer trained: {info}", flush=True)
+    if args.sample_from:
+        from safetensors.torch import load_file
+
+        ema = build_peer().to(device).to(memory_format=torch.channels_last).eval()
+        ema.load_state_dict(load_file(args.sample_from))
+        info = {}
+    else:
+        if args.seconds is None:
+            parser.error("--seconds is required for training")
+        ema, info = train(args, device)
+        print(f"peer trained: {info}", flush=True)
+        if args.save_weights:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, args.save_weights)
+    last_seconds = 0.0
     for cfg in args.cfg:
+        if args.sample_until and time.time() - START + last_seconds > args.sample_until:
+            print(f"skipping CFG {cfg}: it would end past {args.sample_until:.0f} s", flush=True)
+            continue
         t0 = time.time()
         images, labels = sample(ema, cfg, args.n, device)
         np.savez_compressed(out / f"peer_samples_cfg{cfg}.npz", images=images, labels=labels)
-        info[f"sample_seconds_cfg{cfg}"] = time.time() - t0
-    (out / "peer.json").write_text(json.dumps(info, indent=2))
+        last_seconds = info[f"sample_seconds_cfg{cfg}"] = time.time() - t0
+    name = f"peer_sampling_cfg{args.cfg[0]}.json" if args.sample_from and len(args.cfg) == 1 else "peer.json"
+    (out / name).write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
 
