@@ -350,7 +350,7 @@ def fashion_mnist() -> RunConfig:
     0.055 (PSNR 35.0 -> 42.5 dB) and the samples' distance at CFG 2.0 from 0.333 to 0.222
     (benchmarks/quality/README.md). The same UNet weights do 4x the arithmetic on 16x16
     latents: 32 ms per batch-1024 step instead of 17.5 ms, so 446 s holds ~7,900 of the
-    13,000 steps; a whole run is about 9 minutes.
+    13,000 steps; a whole run would take about 9 minutes (estimated from those step times).
     """
     config = _bundle_preset(
         "fashion-mnist", "fashion-mnist", 32, 4,
