@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import bundled_names
 
@@ -52,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size")
     p.add_argument("--image-size", type=int, default=None, help="real image size when no --model gives it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                    help="torch.compile the UNet for generation (CUDA graphs on a GPU); auto: on CUDA for 256+ samples")
     p.add_argument("--out", default="report.json", help="write the JSON report here")
     p.set_defaults(run=run)

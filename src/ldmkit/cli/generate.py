@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
 
@@ -56,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default=None, help="also write all images as one grid PNG here (default: OUT/grid.png)")
     p.add_argument("--batch-size", type=int, default=64, help="images per sampler batch (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                    help="torch.compile the UNet (with CUDA graphs on a GPU); auto does so on CUDA for jobs of "
                    "256 images or more, where it repays the tens of seconds it takes (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

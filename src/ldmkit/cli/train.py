@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ldmkit.errors import UserError
+from ldmkit.train.config import COMPILE_MODES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
     p.add_argument("--no-compile", action="store_true", help="do not torch.compile the models on CUDA")
-    p.add_argument("--compile-mode", choices=["reduce-overhead", "default", "max-autotune-no-cudagraphs"], default=None,
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode on CUDA (default: the preset's; reduce-overhead = CUDA graphs, the "
                    "fastest for small models, which are launch-bound)")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
