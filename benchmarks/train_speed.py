@@ -10,8 +10,8 @@ graphs ("reduce-overhead") are expected to matter more than any kernel.
     python3 benchmarks/train_speed.py --smoke          # CPU, a few steps, checks the script runs
 
 Each configuration: `--warmup` steps (compilation, graph recording) then `--steps` timed steps;
-every step ends with the trainer's own host sync, so wall time is GPU time or CPU time,
-whichever is longer. Prints a table last and writes JSON.
+the host reads the queued losses every SETTLE_EVERY steps as training does, and the timing
+ends with a device sync, so wall time is GPU time or CPU time, whichever is longer. Prints a table last and writes JSON.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from ldmkit.train.distributed import DistInfo  # noqa: E402
 from ldmkit.train.latent_cache import LatentSet  # noqa: E402
 from ldmkit.train.run import _resolve_models  # noqa: E402
 from ldmkit.train.signals import StopSignal  # noqa: E402
+from ldmkit.train.step_guard import SETTLE_EVERY  # noqa: E402
 from ldmkit.train.vae_stage import VAETrainer  # noqa: E402
 
 
@@ -85,7 +86,12 @@ def unet_speed(args, mode: str, batch: int, device: torch.device, run_dir: Path)
     trainer = DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = time_steps(trainer.train_step, args.warmup, args.steps, device)
+    def step() -> None:  # the host reads the queued losses every SETTLE_EVERY steps, as in training
+        trainer.train_step()
+        if trainer.step % SETTLE_EVERY == 0:
+            trainer.guard.settle(trainer.step, None)
+
+    result = time_steps(step, args.warmup, args.steps, device)
     result.update(stage="unet", mode=mode, batch=batch, img_per_s=batch * 1e3 / result["ms_per_step"],
                   params=sum(p.numel() for p in unet.parameters()), latent_shape=list(shape),
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
@@ -100,7 +106,12 @@ def vae_speed(args, compiled: bool, batch: int, device: torch.device, run_dir: P
     trainer = VAETrainer(vae, None, _context(config, device, run_dir))
     trainer._wrap()
     images = torch.rand((batch, args.channels, config.image_size, config.image_size), device=device) * 2 - 1
-    result = time_steps(lambda: trainer.train_step(images), args.warmup, args.steps, device)
+    def step() -> None:
+        trainer.train_step(images)
+        if trainer.step % SETTLE_EVERY == 0:
+            trainer.guard.settle(trainer.step, None)
+
+    result = time_steps(step, args.warmup, args.steps, device)
     result.update(stage="vae", mode="default" if compiled else "eager", batch=batch,
                   img_per_s=batch * 1e3 / result["ms_per_step"], params=sum(p.numel() for p in vae.parameters()))
     return result

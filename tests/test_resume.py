@@ -31,17 +31,17 @@ def _losses(run_dir):
 
 
 def _stop_after(monkeypatch, steps: int) -> None:
-    """Raise the stop flag after `steps` optimizer steps (StepGuard.check runs once per step)."""
-    real_check = StepGuard.check
+    """Raise the stop flag after `steps` optimizer steps (StepGuard.gate runs once per step)."""
+    real_gate = StepGuard.gate
     calls = {"n": 0}
 
-    def check(self, loss, grad_norm):
+    def gate(self, loss, grad_norm, **kwargs):
         calls["n"] += 1
         if calls["n"] == steps:
             self.stop.request("test")
-        return real_check(self, loss, grad_norm)
+        return real_gate(self, loss, grad_norm, **kwargs)
 
-    monkeypatch.setattr(StepGuard, "check", check)
+    monkeypatch.setattr(StepGuard, "gate", gate)
 
 
 @pytest.fixture(scope="module")

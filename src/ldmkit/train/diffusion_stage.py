@@ -7,8 +7,9 @@ guidance, Ho & Salimans 2022). All of those draws are made for the whole global 
 generator that is identical on every rank, and each rank keeps its slice: the run is the
 same on 1 or N processes, and resuming needs only the generator state and the stream offset.
 
-Per step: AdamW (fused on CUDA) at the warm-up/cosine LR, gradient clipping, a skip if the
-loss or gradient is not finite (StepGuard), the EMA update. Periodically: validation loss on
+Per step: fused AdamW at the warm-up/cosine LR, gradient clipping, a skip if the loss or
+gradient is not finite and the EMA update, all queued with no host sync (StepGuard.gate); the
+host reads the losses every SETTLE_EVERY steps. Periodically: validation loss on
 fixed t and noise, a sample grid from the EMA model, a checkpoint plus the inference file.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import begin_step, compile_for_training
-from ldmkit.train.step_guard import Precision, StepGuard
+from ldmkit.train.step_guard import SETTLE_EVERY, Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
 
@@ -63,7 +64,7 @@ class DiffusionTrainer:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = model
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999),
-                                     weight_decay=self.cfg.weight_decay, fused=device.type == "cuda")
+                                     weight_decay=self.cfg.weight_decay, fused=fused_adamw_supported(device))
         self.precision = Precision(self.run.precision, device)
         self.generator = make_generator(self.run.seed + 3, device)
         self.stream = IndexStream(len(train), self.run.seed, device)
@@ -117,8 +118,12 @@ class DiffusionTrainer:
             labels = torch.where(drop, torch.full_like(data.labels[idx], self.num_classes), data.labels[idx])
         return x0, labels, t, noise
 
-    def train_step(self) -> tuple[float, torch.Tensor]:
-        """One optimizer step (or a skipped one); returns (mean loss over ranks, grad norm)."""
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step, skipped on the device if the loss or gradient is not finite.
+
+        Returns the gradient norm. No host sync: the step's loss reaches the host at the next
+        `guard.settle` (see step_guard's module doc).
+        """
         x0, labels, t, noise = self._batch()
         lr = lr_at(self.step, base_lr=self.cfg.lr, warmup=self.cfg.warmup, total_steps=self.cfg.steps,
                    schedule=self.cfg.lr_schedule)
@@ -134,19 +139,14 @@ class DiffusionTrainer:
             scaler.unscale_(self.opt)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), clip)
-        loss_value, ok, _ = self.guard.check(loss, None if scaler is not None else grad_norm)
-        if ok:
-            if scaler is not None:
-                scaler.step(self.opt)
-            else:
-                self.opt.step()
-            self.ema.update(self.unet)
+        applied = self.guard.gate(loss, grad_norm, scaled=scaler is not None)
+        apply_update(self.opt, applied, scaler)
+        self.ema.update(self.unet, gate=applied)
         if scaler is not None:
             scaler.update()
         self.step += 1
         self.offset += self.cfg.batch_size
-        self.guard.record(ok, self.step, self.last_saved)
-        return loss_value, grad_norm
+        return grad_norm
 
     # -- periodic work (rank 0 unless noted) -------------------------------------------------
 
@@ -193,33 +193,48 @@ class DiffusionTrainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def _periodic(self, step: int) -> bool:
+        """Whether `step` has periodic work (a log line, val loss, grid, checkpoint)."""
+        cfg, run = self.cfg, self.run
+        return (step % run.log_every == 0 or step % run.checkpoint_every == 0
+                or (cfg.val_every > 0 and step % cfg.val_every == 0)
+                or (cfg.sample_every > 0 and step % cfg.sample_every == 0))
+
     def train(self) -> None:
         """Train to `cfg.steps` (or until a stop signal), then checkpoint."""
         cfg, run, main = self.cfg, self.run, self.dist.is_main
         log = self.ctx.logger("diffusion", cfg.steps, self.step)
         try:
             losses: list[float] = []
-            train_seconds = interval_seconds = 0.0  # time in train_step only, for img/s
+            train_seconds = interval_seconds = 0.0  # time in training steps only, for img/s
+            interval_steps = 0
             first_step = self.step
+            mark = time.perf_counter()
             while self.step < cfg.steps and not self.guard.stop_agreed:
-                started = time.perf_counter()
-                loss, grad_norm = self.train_step()  # ends with a host sync, so the timing is real
-                interval_seconds += time.perf_counter() - started
-                losses.append(loss)
+                grad_norm = self.train_step()
+                interval_steps += 1
                 log.advance()
+                step = self.step
+                # The host reads the queued steps (a sync) every SETTLE_EVERY steps, before
+                # periodic work, at the end, and at once when a stop is asked for here.
+                if not (step % SETTLE_EVERY == 0 or self._periodic(step) or step == cfg.steps
+                        or self.guard.stop_requested_here()):
+                    continue
+                losses += self.guard.settle(step, self.last_saved)
+                interval_seconds += time.perf_counter() - mark  # settled: the GPU has caught up
                 # The last step of the run: the step count reached, or a stop (signal, time
                 # limit) agreed on; either way it gets its log line, val loss and sample grid.
-                step, last = self.step, self.step == cfg.steps or self.guard.stop_agreed
+                last = step == cfg.steps or self.guard.stop_agreed
                 if step % run.log_every == 0 or last:
                     finite = [v for v in losses if math.isfinite(v)]
                     metrics = {"loss": sum(finite) / len(finite) if finite else float("nan"),
                                "grad_norm": grad_norm.item(), "lr": self.opt.param_groups[0]["lr"],
-                               "img_per_s": len(losses) * cfg.batch_size / max(interval_seconds, 1e-9)}
+                               "img_per_s": interval_steps * cfg.batch_size / max(interval_seconds, 1e-9)}
                     if self.guard.skipped:
                         metrics["skipped"] = self.guard.skipped
                     log.metrics(step, metrics)
                     train_seconds += interval_seconds
-                    losses, interval_seconds = [], 0.0
+                    losses, interval_seconds, interval_steps = [], 0.0, 0
                 if main and self.val_set is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last):
                     log.metrics(step, {"val_loss": self.validation_loss(self.unet),
                                        "val_loss_ema": self.validation_loss(self.ema.module)})
@@ -229,6 +244,7 @@ class DiffusionTrainer:
                 # stays the one from before the trouble started.
                 if step % run.checkpoint_every == 0 and not last and self.guard.bad_streak == 0:
                     self.checkpoint()
+                mark = time.perf_counter()
             self.checkpoint()
             train_seconds += interval_seconds
             rate = (self.step - first_step) * cfg.batch_size / max(train_seconds, 1e-9)

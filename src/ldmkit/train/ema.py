@@ -8,6 +8,10 @@ With `warmup=True` the decay ramps up as `min(decay, (1 + n) / (10 + n))` after 
 (the schedule of TensorFlow's ExponentialMovingAverage with num_updates): early on the
 average follows the fast-moving weights instead of remembering the random initialisation,
 which matters for short runs.
+
+`update(model, gate)` takes the training step's 0/1 "update applied" tensor (StepGuard.gate):
+a skipped step leaves the average and the update count alone, decided on the device with no
+host sync. The count then lives in a device tensor, and the warm-up decay is computed there.
 """
 from __future__ import annotations
 
@@ -26,8 +30,17 @@ class EMA:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
         self.warmup = bool(warmup)
-        self.num_updates = 0
+        self._count = 0  # an int, or a float32 device tensor once gated updates have begun
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @property
+    def num_updates(self) -> int:
+        """Updates applied so far (a host sync when they are counted on the device)."""
+        return int(self._count.item()) if isinstance(self._count, torch.Tensor) else self._count
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        self._count = int(value)
 
     def current_decay(self) -> float:
         """The decay the next update will use."""
@@ -37,18 +50,34 @@ class EMA:
         return min(self.decay, (1.0 + n) / (10.0 + n))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average one step towards `model` (the unwrapped module, not DDP)."""
-        decay = self.current_decay()
+    def update(self, model: nn.Module, gate: torch.Tensor | None = None) -> None:
+        """Move the average one step towards `model` (the unwrapped module, not DDP); with a
+        `gate` tensor, only where it is 1 (see the module doc)."""
         ema_params = [p for p in self.module.parameters() if p.dtype.is_floating_point]
         params = [p.detach() for p in model.parameters() if p.dtype.is_floating_point]
         if len(ema_params) != len(params):
             raise ValueError("EMA.update was given a model of a different architecture")
-        # lerp(ema, p, 1 - decay) == decay * ema + (1 - decay) * p
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        if gate is None:
+            # lerp(ema, p, 1 - decay) == decay * ema + (1 - decay) * p
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.current_decay())
+            self.num_updates += 1
+        else:
+            count = self._device_count(gate.device)
+            decay = torch.full_like(count, self.decay)
+            if self.warmup:
+                decay = torch.minimum(decay, (1.0 + count) / (10.0 + count))
+            # ema + w * (p - ema), w = (1 - decay) * gate: the lerp above with a tensor weight
+            step = torch._foreach_sub(params, ema_params)
+            torch._foreach_mul_(step, (1.0 - decay) * gate)
+            torch._foreach_add_(ema_params, step)
+            count.add_(gate)
         for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
             ema_buffer.copy_(buffer)
-        self.num_updates += 1
+
+    def _device_count(self, device: torch.device) -> torch.Tensor:
+        if not isinstance(self._count, torch.Tensor):
+            self._count = torch.tensor(float(self._count), device=device)
+        return self._count
 
     def state_dict(self) -> dict[str, Any]:
         return {

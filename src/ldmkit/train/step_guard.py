@@ -5,13 +5,16 @@ GradScaler (fp16's narrow range needs loss scaling; bf16 has fp32's range and do
 
 `StepGuard` makes the decisions that every rank must make identically or DDP deadlocks: is
 this step's loss finite (apply the update or skip it), and has a stop signal arrived on any
-rank. Both go through one small all-reduce per step, and one host sync reads the result;
-the mean loss for logging comes with it for free.
+rank. The skip is decided on the device, with no host sync: `gate` returns a 0/1 tensor that
+the fused AdamW takes as its `found_inf` and the EMA as its weight, so the CPU can queue the
+next steps while the GPU runs this one. The host learns about the steps only at `settle`
+(every few steps, and before anything that reads the model): one read of the queued losses
+and flags, the streak check, and the all-reduced stop flag. On one small UNet a host read
+every step cost a fifth of the step time (benchmarks/NOTES.md, v3).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import ContextManager
 
 import torch
@@ -19,6 +22,10 @@ import torch
 from ldmkit.errors import UserError
 from ldmkit.train.distributed import DistInfo, all_reduce_sum
 from ldmkit.train.signals import StopSignal
+
+# Steps between host reads of the queued losses and skip flags (StepGuard.settle). The CPU may
+# run this many steps ahead of the GPU; a stop or a streak of bad steps is seen this late.
+SETTLE_EVERY = 25
 
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,7 +54,10 @@ class NonFiniteLossError(UserError):
 
 
 class StepGuard:
-    """Skip updates on non-finite losses, stop after `max_bad_steps` in a row, agree on stops."""
+    """Skip updates on non-finite losses, stop after `max_bad_steps` in a row, agree on stops.
+
+    Per step: `gate(loss, grad_norm)` (device-side, no sync). Every few steps: `settle()`.
+    """
 
     def __init__(self, dist: DistInfo, stop: StopSignal, *, max_bad_steps: int = 5) -> None:
         self.dist = dist
@@ -55,38 +65,86 @@ class StepGuard:
         self.max_bad_steps = max_bad_steps
         self.bad_streak = 0
         self.skipped = 0
-        # Set by check() from the all-reduced flag: the same on every rank at the same step.
+        # Set by settle() from the all-reduced flag: the same on every rank at the same step.
         # Loops must break on this, never on the local signal flag, or ranks part ways.
         self.stop_agreed = False
+        self._pending: list[torch.Tensor] = []  # per step: [mean loss over ranks, bad]
 
-    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> tuple[float, bool, bool]:
-        """(mean loss over ranks, whether the update may be applied, whether to stop now).
+    def gate(self, loss: torch.Tensor, grad_norm: torch.Tensor, *, scaled: bool = False) -> torch.Tensor:
+        """1.0 if this step's update may be applied, else 0.0: a device tensor, no host sync.
 
-        `grad_norm` (the norm after DDP's all-reduce, hence equal on every rank) is checked
-        too: a finite loss can still give inf gradients. Pass None when a GradScaler decides
-        about inf gradients itself.
+        `grad_norm` is the norm after DDP's all-reduce (equal on every rank) and after the
+        GradScaler's unscale: a finite loss can still give inf gradients, and the update is
+        applied only if both are finite. With `scaled` (fp16 and a GradScaler), inf gradients
+        are the scaler's routine and do not count towards the stop after `max_bad_steps`.
         """
-        norm = grad_norm.detach().float() if grad_norm is not None else torch.zeros((), device=loss.device)
-        flag = torch.tensor(float(self.stop.requested), device=loss.device)
-        stats = all_reduce_sum(torch.stack([loss.detach().float(), norm.to(loss.device), flag]), self.dist)
-        loss_sum, norm_sum, stops = stats.tolist()  # the one host sync of the step
-        ok = math.isfinite(loss_sum) and math.isfinite(norm_sum)
-        if stops > 0:
+        stats = all_reduce_sum(torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)]),
+                               self.dist)
+        finite_loss = torch.isfinite(stats[0])
+        applied = (finite_loss & torch.isfinite(stats[1])).float()
+        bad = (~finite_loss).float() if scaled else 1.0 - applied
+        self._pending.append(torch.stack([stats[0] / self.dist.world_size, bad]))
+        return applied
+
+    def stop_requested_here(self) -> bool:
+        """Whether to settle now because of a stop: a host check, no device sync. One process
+        settles at once; under DDP the ranks learn of a stop at their next regular settle."""
+        return not self.dist.distributed and self.stop.requested
+
+    def settle(self, step: int, last_saved: int | None) -> list[float]:
+        """The mean losses of the steps since the last settle (one host sync); `step` is the
+        stage's step count now, `last_saved` the step of its last checkpoint (for the error).
+
+        Counts skipped steps, raises `NonFiniteLossError` after too many in a row, and sets
+        `stop_agreed` if a stop was requested on any rank.
+        """
+        flag = torch.tensor([float(self.stop.requested)], device=self._device())
+        stops = all_reduce_sum(flag, self.dist)
+        rows = torch.cat([torch.stack(self._pending).flatten(), stops]) if self._pending else stops
+        values = rows.tolist()
+        first_step = step - len(self._pending) + 1
+        self._pending.clear()
+        losses = values[:-1:2]
+        for i, bad in enumerate(values[1:-1:2]):
+            self._record(not bad, first_step + i, last_saved)
+        if values[-1] > 0:
             self.stop.request("a signal on another rank")
             self.stop_agreed = True
-        return loss_sum / self.dist.world_size, ok, stops > 0
+        return losses
 
-    def record(self, ok: bool, step: int, last_good_step: int | None) -> None:
-        """Count a skipped step; raise `NonFiniteLossError` after too many in a row."""
+    def _device(self) -> torch.device:
+        return self._pending[0].device if self._pending else self.dist.device
+
+    def _record(self, ok: bool, step: int, last_saved: int | None) -> None:
         if ok:
             self.bad_streak = 0
             return
         self.bad_streak += 1
         self.skipped += 1
         if self.bad_streak >= self.max_bad_steps:
-            where = f"the last checkpoint (step {last_good_step}) is intact" if last_good_step else "no checkpoint was written"
+            where = f"the last checkpoint (step {last_saved}) is intact" if last_saved else "no checkpoint was written"
             raise NonFiniteLossError(
                 f"the loss was not finite for {self.bad_streak} steps in a row (at step {step}); "
                 f"training stopped and {where}. Try a lower learning rate, bf16 instead of fp16, "
                 "or a smaller grad_clip."
             )
+
+
+def fused_adamw_supported(device: torch.device) -> bool:
+    """Whether AdamW(fused=True) runs on `device`: it takes `gate`'s skip as its found_inf."""
+    return device.type in ("cuda", "cpu")
+
+
+def apply_update(optimizer: torch.optim.Optimizer, applied: torch.Tensor, scaler=None) -> None:
+    """`optimizer.step()` where `applied` (from `StepGuard.gate`) is 1, a no-op where it is 0.
+
+    A fused AdamW skips on the device (its `found_inf`, the hook GradScaler uses); other
+    optimizers need the host to read the flag. With a GradScaler, the scaler decides.
+    """
+    if scaler is not None:
+        scaler.step(optimizer)
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = 1.0 - applied
+        optimizer.step()
+    elif applied.item():
+        optimizer.step()

@@ -31,7 +31,7 @@ from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import begin_step, compile_for_training
-from ldmkit.train.step_guard import Precision, StepGuard
+from ldmkit.train.step_guard import SETTLE_EVERY, Precision, StepGuard, apply_update, fused_adamw_supported
 
 
 class _Reconstruct(nn.Module):
@@ -84,7 +84,7 @@ class VAETrainer:
         per_rank_batch(self.cfg.batch_size, self.dist.world_size)
         self.vae, self.dataset = vae.to(device).train(), dataset
         self.precision = Precision(self.run.precision, device)
-        fused = device.type == "cuda"
+        fused = fused_adamw_supported(device)
         self.use_gan = self.cfg.disc_start >= 0
         betas = (0.5, 0.9) if self.use_gan else (0.9, 0.999)  # GAN training wants a short Adam memory
         self.opt = torch.optim.AdamW(vae.parameters(), lr=self.cfg.lr, betas=betas,
@@ -157,7 +157,8 @@ class VAETrainer:
     # -- one step ----------------------------------------------------------------------------
 
     def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor | float]:
-        """One step of the autoencoder (and of the discriminator once it has started)."""
+        """One step of the autoencoder (and of the discriminator once it has started), skipped
+        on the device if the loss or gradient is not finite; no host sync (see StepGuard)."""
         cfg, B, gen, dev = self.cfg, self.cfg.batch_size, self.generator, self.device
         if self.run.flip:
             flip = global_draw(lambda: torch.rand(B, generator=gen, device=dev) < 0.5, self.dist)
@@ -191,22 +192,20 @@ class VAETrainer:
             scaler.unscale_(self.opt)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), clip)
-        out["loss"], ok, _ = self.guard.check(loss, None if scaler is not None else grad_norm)
-        if ok:
-            scaler.step(self.opt) if scaler is not None else self.opt.step()
+        out["loss"] = loss.detach()
+        applied = self.guard.gate(loss, grad_norm, scaled=scaler is not None)
+        apply_update(self.opt, applied, scaler)
         if gan_on:
             self.disc_opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 logits = self.disc_model(torch.cat([images, recon.detach().to(images.dtype)]))
                 out["d"] = d_loss = hinge_d_loss(*logits.chunk(2))  # (real, fake) halves
             (scaler.scale(d_loss) if scaler is not None else d_loss).backward()
-            if ok:
-                scaler.step(self.disc_opt) if scaler is not None else self.disc_opt.step()
+            apply_update(self.disc_opt, applied, scaler)
         if scaler is not None:
             scaler.update()
         self.step += 1
         self.offset += B
-        self.guard.record(ok, self.step, self.last_saved)
         return out
 
     def checkpoint(self, complete: bool = False) -> None:
@@ -230,8 +229,12 @@ class VAETrainer:
             while self.step < cfg.steps and not self.guard.stop_agreed:
                 images, _ = next(batches)
                 out = self.train_step(images)
-                losses.append(float(out["loss"]))
                 log.advance()
+                periodic = self.step % run.log_every == 0 or self.step % run.checkpoint_every == 0
+                if not (periodic or self.step % SETTLE_EVERY == 0 or self.step == cfg.steps
+                        or self.guard.stop_requested_here()):
+                    continue
+                losses += self.guard.settle(self.step, self.last_saved)
                 if self.step % run.log_every == 0 or self.step == cfg.steps:
                     rate = len(losses) * cfg.batch_size / max(time.perf_counter() - timer, 1e-9)
                     metrics = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
