@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import sys
 from typing import Any, Callable
@@ -32,105 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 import ldmkit_side as L  # noqa: E402
 import peers as P  # noqa: E402
-
-GROUPS = {
-    "C1": ("C1.train", "C1.fwd"),
-    "C2": ("C2.train", "C2.fwd"),
-    "C3": ("C3.encode", "C3.decode"),
-    "E1": ("E1.gen",),
-    "E2": ("E2.gen",),
-}
-SIDES = ("peer-eager", "peer-compiled", "peer-graphs", "ldmkit-eager", "ldmkit")
-BATCH = {"C1.train": 256, "C1.fwd": 256, "C2.train": 32, "C2.fwd": 16, "C3.encode": 32,
-         "C3.decode": 32, "E1.gen": 64, "E2.gen": 1}
-SMOKE_BATCH = {"C1.train": 2, "C1.fwd": 2, "C2.train": 2, "C2.fwd": 2, "C3.encode": 2,
-               "C3.decode": 2, "E1.gen": 2, "E2.gen": 1}
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
-
-# The final table: the issue's targets (ratio >= target, against the peer's best mode).
-ROWS = [
-    H.Row("C1 train step, b256", "C1", "train", "img_per_s", "img/s", True, 1.5, ">=1.5x"),
-    H.Row("C1 train TFLOP/s", "C1", "train", "tflops", "TFLOP/s"),
-    H.Row("C1 train peak memory", "C1", "train", "peak_mem_gib", "GiB", False, 1.0, "<=peer"),
-    H.Row("C1 forward, b256", "C1", "fwd", "img_per_s", "img/s", True, 1.3, ">=1.3x"),
-    H.Row("C2 train step, b32", "C2", "train", "img_per_s", "img/s", True, 1.3, ">=1.3x"),
-    H.Row("C2 train TFLOP/s", "C2", "train", "tflops", "TFLOP/s"),
-    H.Row("C2 train peak memory", "C2", "train", "peak_mem_gib", "GiB", False, 1.0, "<=peer"),
-    H.Row("C2 forward, b16", "C2", "fwd", "img_per_s", "img/s", True, 1.3, ">=1.3x"),
-    H.Row("C3 encode, b32", "C3", "encode", "img_per_s", "img/s"),
-    H.Row("C3 decode, b32", "C3", "decode", "img_per_s", "img/s", True, 1.2, ">=1.2x"),
-    H.Row("E1 64 images end to end", "E1", "gen", "img_per_s", "img/s", True, 1.5, ">=1.5x"),
-    H.Row("E1 UNet loop", "E1", "gen", "unet_it_s", "it/s"),
-    H.Row("E2 1 image, 25 steps + decode", "E2", "gen", "s_per_image", "s", False, 1.3, ">=1.3x"),
-    H.Row("E2 UNet loop", "E2", "gen", "unet_it_s", "it/s"),
-]
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="C1,C2,C3,E1,E2",
-                   help="comma list of configs or measurements (C1, C2.train, E2, ...)")
-    p.add_argument("--sides", default=",".join(SIDES), help="comma list of sides to run")
-    p.add_argument("--out", default=None, help="JSON file for every raw number (rewritten after each one)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny configs on the CPU, 1 thread, 1 iteration, fp32, no compile: checks every code path")
-    p.add_argument("--smoke-bf16", action="store_true",
-                   help="with --smoke: bf16 autocast and bf16 weights as on the GPU (checks those paths)")
-    p.add_argument("--smoke-compile", action="store_true",
-                   help="with --smoke: really torch.compile (CPU inductor, minutes): checks that both sides trace")
-    p.add_argument("--device", default=None, help="default: cuda if present (cpu with --smoke)")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations (median; default 10, smoke 2)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls, compilation included (default 3)")
-    p.add_argument("--batch", action="append", default=[], metavar="ID=N",
-                   help="override a batch size, e.g. --batch C2.train=16 (repeatable)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps for E1/E2 (default 25)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", action="store_true",
-                   help="after timing, profile 3 iterations and record the top kernels of each run")
-    # ldmkit levers
-    g = p.add_argument_group("ldmkit levers (A/B them)")
-    g.add_argument("--ldm-train-compile", default="default", choices=COMPILE_MODES,
-                   help="torch.compile mode for ldmkit training steps")
-    g.add_argument("--ldm-infer-compile", default="default", choices=COMPILE_MODES,
-                   help="mode for ldmkit forward / VAE measurements")
-    g.add_argument("--ldm-e1-compile", default="reduce-overhead", choices=COMPILE_MODES,
-                   help="mode for ldmkit in E1 (reduce-overhead = CUDA graphs, what `ldm generate` uses on CUDA)")
-    g.add_argument("--ldm-e2-compile", default="reduce-overhead", choices=COMPILE_MODES,
-                   help="mode for ldmkit in E2 (reduce-overhead = CUDA graphs)")
-    g.add_argument("--ldm-fullgraph", action="store_true", help="compile ldmkit with fullgraph=True")
-    g.add_argument("--no-channels-last", action="store_true", help="ldmkit in NCHW-contiguous layout")
-    g.add_argument("--no-fused-adam", action="store_true", help="ldmkit with the default (foreach) AdamW")
-    # levers applied to both sides
-    b = p.add_argument_group("settings of both sides")
-    b.add_argument("--fwd-precision", default="autocast", choices=("autocast", "bf16"),
-                   help="C1/C2 forward and C3: bf16 autocast over fp32 weights (protocol), or bf16 weights")
-    b.add_argument("--gen-precision", default="bf16", choices=("bf16", "autocast"),
-                   help="E1/E2: bf16 weights (diffusers' torch_dtype=bfloat16), or autocast")
-    b.add_argument("--no-compile-vae", action="store_true",
-                   help="E1/E2: leave vae.decode eager on the compiled sides")
-    b.add_argument("--inductor-tuning", action="store_true",
-                   help="diffusers' tutorial inductor flags (conv_1x1_as_mm, coordinate descent, no "
-                        "epilogue fusion); slower compiles")
-    b.add_argument("--peer-no-channels-last", action="store_true")
-    b.add_argument("--peer-graphs-in", default="E2", help="configs where the peer-graphs side runs")
-    b.add_argument("--cfg-e1", type=float, default=4.0, help="guidance scale in E1")
-    b.add_argument("--cfg-e2", type=float, default=7.5, help="guidance scale in E2")
-    p.add_argument("--table", nargs="+", metavar="JSON", help="merge result files, print the table, exit")
-    return p.parse_args(argv)
-
-
-def selected_measures(only: str) -> list[str]:
-    chosen: list[str] = []
-    for item in filter(None, (s.strip() for s in only.split(","))):
-        if item in GROUPS:
-            chosen.extend(GROUPS[item])
-        elif item in BATCH:
-            chosen.append(item)
-        elif item + ".gen" in BATCH:
-            chosen.append(item + ".gen")
-        else:
-            raise SystemExit(f"--only: unknown id {item!r}; use {', '.join(list(GROUPS) + list(BATCH))}")
-    return list(dict.fromkeys(chosen))
+from bench_options import BATCH, GROUPS, SIDES, SMOKE_BATCH, parse_args, selected_measures  # noqa: E402
+from bench_report import merge_tables, print_summary  # noqa: E402
 
 
 class Bench:
@@ -567,57 +469,8 @@ class Bench:
                 H.free_memory()
 
 
-def print_summary(rec: H.Recorder) -> None:
-    for config, info in rec.data["configs"].items():
-        models = info.get("models", {})
-        if models:
-            print(f"{config}: params diffusers {models.get('params_peer', 0):,} / ldmkit "
-                  f"{models.get('params_ldmkit', 0):,}; same weights {models.get('same_weights')}"
-                  + (f" ({models.get('why')})" if models.get("why") else "")
-                  + (f"; preset differs: {models['preset_diff']}" if models.get("preset_diff") else ""))
-        for key, value in info.items():
-            if key.startswith("agreement_") and isinstance(value, dict):
-                parts = [f"{k} max|diff|/std {v['max_abs_diff_rel_std']:.2e}" for k, v in value.items()
-                         if isinstance(v, dict)]
-                print(f"  {key[10:]}: {'; '.join(parts)} -> {'OK' if value.get('agree') else 'DIFFERENT'}")
-    for r in rec.data["records"]:
-        if "images_vs_peer" in r:
-            a = r["images_vs_peer"]
-            print(f"  {r['config']} [{r['side']}] images vs peer: max|diff|/std {a['max_abs_diff_rel_std']:.2e}, "
-                  f"relL2 {a['rel_l2']:.2e}")
-        if r.get("graph_breaks"):
-            print(f"  {r['config']}.{r['measure']} [{r['side']}] graph breaks: {r['graph_breaks']}")
-        if r.get("syncs_in_loop") is not None:
-            print(f"  {r['config']} [{r['side']}] host-device syncs in the sampling loop: {r['syncs_in_loop']}")
-    for r in rec.data["records"]:
-        if r.get("profile_top"):
-            print(f"  profile {r['config']}.{r['measure']} [{r['side']}]: " + "; ".join(
-                f"{p['name'][:48]} {p['ms_per_iter']:.2f}ms ({p['share']:.0%})" for p in r["profile_top"][:6]))
-    for e in rec.data["errors"]:
-        print(f"ERROR {e['config']}.{e['measure']} [{e['side']}]: {e['error'][:300]}")
-    meta = rec.data["meta"]
-    print(f"\n{meta.get('gpu', meta.get('device'))}, torch {meta.get('torch')}, diffusers "
-          f"{meta.get('diffusers')}, {meta.get('date')}")
-    print(H.render_table(rec, ROWS), flush=True)
-
-
-def merge_tables(paths: list[str], out: str | None) -> H.Recorder:
-    rec = H.Recorder(out, {})
-    for path in paths:
-        with open(path) as f:
-            data = json.load(f)
-        rec.data["meta"] = rec.data["meta"] or data["meta"]
-        rec.data.setdefault("runs", []).append({"file": path, "meta": data["meta"]})
-        for config, info in data["configs"].items():
-            rec.data["configs"].setdefault(config, {}).update(info)
-        rec.data["records"].extend(data["records"])
-        rec.data["errors"].extend(data["errors"])
-    rec.save()
-    return rec
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, description=__doc__)
     if args.table:
         print_summary(merge_tables(args.table, args.out))
         return 0

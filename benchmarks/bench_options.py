@@ -1,0 +1,89 @@
+"""The command line of bench_gpu.py: measurement ids, sides, batch sizes and every flag.
+
+The options' description is bench_gpu.py's own docstring (passed in), so `--help` explains
+the configurations and sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+GROUPS = {
+    "C1": ("C1.train", "C1.fwd"),
+    "C2": ("C2.train", "C2.fwd"),
+    "C3": ("C3.encode", "C3.decode"),
+    "E1": ("E1.gen",),
+    "E2": ("E2.gen",),
+}
+SIDES = ("peer-eager", "peer-compiled", "peer-graphs", "ldmkit-eager", "ldmkit")
+BATCH = {"C1.train": 256, "C1.fwd": 256, "C2.train": 32, "C2.fwd": 16, "C3.encode": 32,
+         "C3.decode": 32, "E1.gen": 64, "E2.gen": 1}
+SMOKE_BATCH = {"C1.train": 2, "C1.fwd": 2, "C2.train": 2, "C2.fwd": 2, "C3.encode": 2,
+               "C3.decode": 2, "E1.gen": 2, "E2.gen": 1}
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="C1,C2,C3,E1,E2",
+                   help="comma list of configs or measurements (C1, C2.train, E2, ...)")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma list of sides to run")
+    p.add_argument("--out", default=None, help="JSON file for every raw number (rewritten after each one)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny configs on the CPU, 1 thread, 1 iteration, fp32, no compile: checks every code path")
+    p.add_argument("--smoke-bf16", action="store_true",
+                   help="with --smoke: bf16 autocast and bf16 weights as on the GPU (checks those paths)")
+    p.add_argument("--smoke-compile", action="store_true",
+                   help="with --smoke: really torch.compile (CPU inductor, minutes): checks that both sides trace")
+    p.add_argument("--device", default=None, help="default: cuda if present (cpu with --smoke)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (median; default 10, smoke 2)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls, compilation included (default 3)")
+    p.add_argument("--batch", action="append", default=[], metavar="ID=N",
+                   help="override a batch size, e.g. --batch C2.train=16 (repeatable)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps for E1/E2 (default 25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile 3 iterations and record the top kernels of each run")
+    # ldmkit levers
+    g = p.add_argument_group("ldmkit levers (A/B them)")
+    g.add_argument("--ldm-train-compile", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode for ldmkit training steps")
+    g.add_argument("--ldm-infer-compile", default="default", choices=COMPILE_MODES,
+                   help="mode for ldmkit forward / VAE measurements")
+    g.add_argument("--ldm-e1-compile", default="reduce-overhead", choices=COMPILE_MODES,
+                   help="mode for ldmkit in E1 (reduce-overhead = CUDA graphs, what `ldm generate` uses on CUDA)")
+    g.add_argument("--ldm-e2-compile", default="reduce-overhead", choices=COMPILE_MODES,
+                   help="mode for ldmkit in E2 (reduce-overhead = CUDA graphs)")
+    g.add_argument("--ldm-fullgraph", action="store_true", help="compile ldmkit with fullgraph=True")
+    g.add_argument("--no-channels-last", action="store_true", help="ldmkit in NCHW-contiguous layout")
+    g.add_argument("--no-fused-adam", action="store_true", help="ldmkit with the default (foreach) AdamW")
+    # levers applied to both sides
+    b = p.add_argument_group("settings of both sides")
+    b.add_argument("--fwd-precision", default="autocast", choices=("autocast", "bf16"),
+                   help="C1/C2 forward and C3: bf16 autocast over fp32 weights (protocol), or bf16 weights")
+    b.add_argument("--gen-precision", default="bf16", choices=("bf16", "autocast"),
+                   help="E1/E2: bf16 weights (diffusers' torch_dtype=bfloat16), or autocast")
+    b.add_argument("--no-compile-vae", action="store_true",
+                   help="E1/E2: leave vae.decode eager on the compiled sides")
+    b.add_argument("--inductor-tuning", action="store_true",
+                   help="diffusers' tutorial inductor flags (conv_1x1_as_mm, coordinate descent, no "
+                        "epilogue fusion); slower compiles")
+    b.add_argument("--peer-no-channels-last", action="store_true")
+    b.add_argument("--peer-graphs-in", default="E2", help="configs where the peer-graphs side runs")
+    b.add_argument("--cfg-e1", type=float, default=4.0, help="guidance scale in E1")
+    b.add_argument("--cfg-e2", type=float, default=7.5, help="guidance scale in E2")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="merge result files, print the table, exit")
+    return p.parse_args(argv)
+
+
+def selected_measures(only: str) -> list[str]:
+    chosen: list[str] = []
+    for item in filter(None, (s.strip() for s in only.split(","))):
+        if item in GROUPS:
+            chosen.extend(GROUPS[item])
+        elif item in BATCH:
+            chosen.append(item)
+        elif item + ".gen" in BATCH:
+            chosen.append(item + ".gen")
+        else:
+            raise SystemExit(f"--only: unknown id {item!r}; use {', '.join(list(GROUPS) + list(BATCH))}")
+    return list(dict.fromkeys(chosen))
