@@ -344,18 +344,21 @@ def fashion_mnist() -> RunConfig:
 
     An f2 VAE with 4 latent channels (16x16x4 latents, as many numbers as pixels) and the bundle
     UNet with self-attention at 8x8 and 4x4, trained with the plain eps loss on linear betas
-    (DDPM's, as the pixel-space peer) and a cosine LR decay over 13,000 steps. This replaced
+    (DDPM's, as the pixel-space peer) and a cosine LR decay over 14,000 steps. This replaced
     an f4 design (8x8x16 latents, attention at 2x2 only, scaled-linear betas with min-SNR-5):
     at the same 446 s Q1 budget on an H100 the VAE's reconstruction floor fell from FD 0.156 to
     0.055 (PSNR 35.0 -> 42.5 dB) and the samples' distance at CFG 2.0 from 0.333 to 0.222
     (benchmarks/quality/README.md). The same UNet weights do 4x the arithmetic on 16x16
-    latents: 32 ms per batch-1024 step instead of 17.5 ms, so 446 s holds ~7,900 of the
-    13,000 steps; a whole run would take about 9 minutes (estimated from those step times).
+    latents: 26 ms per batch-1024 step on an H100 (benchmarks/NOTES.md, v3). In the fourth
+    session's 565 s Q1 run, `--time-limit 9.2` stopped at 12,149 of the 14,000 steps (the
+    LR at 5% of its peak). 14,000 was an estimate made before that run; compilation took
+    about 2 of the 9.4 minutes (both stages), more than estimated. What a stop by the time
+    limit loses is the last, low-LR part of the cosine.
     """
     config = _bundle_preset(
         "fashion-mnist", "fashion-mnist", 32, 4,
         vae=dict(steps=8000, batch_size=256, lr=5e-4, warmup=200),
-        diffusion=dict(steps=13000, batch_size=1024, lr=4e-4, lr_schedule="cosine", warmup=500, ema_decay=0.9995,
+        diffusion=dict(steps=14000, batch_size=1024, lr=4e-4, lr_schedule="cosine", warmup=500, ema_decay=0.9995,
                        schedule="linear", min_snr_gamma=None, sample_every=10000, val_every=5000),
     )
     config.vae.model["block_channels"] = (32, 64)  # f2
