@@ -251,7 +251,6 @@ class Bench:
                     model.zero_grad(set_to_none=True)
                     model.eval()
                     H.free_memory()
-        del peer, ldm
         H.free_memory()
 
     def measure_train(self, group, side, impl, model, call, batch, target, cl) -> None:
@@ -279,7 +278,6 @@ class Bench:
         timing = H.time_fn(step, self.device, warmup=self.warmup_for(mode), iters=self.iters, track_memory=True)
         self.record(group, "train", side, timing, batch["x"].shape[0], flops, compile_mode=mode,
                     channels_last=cl, fused_adam=fused, **self.profile(step))
-        del opt, net
 
     @torch.no_grad()
     def measure_forward(self, group, side, impl, model, call, batch, cl, measure="fwd") -> None:
@@ -307,7 +305,6 @@ class Bench:
         self.record(group, measure, side, timing, n, flops, compile_mode=mode, channels_last=cl,
                     precision="bf16 weights" if bf16_weights else "autocast" if self.amp else "fp32",
                     **self.profile(fwd))
-        del net, m
 
     def warmup_for(self, mode: str) -> int:
         # CUDA graphs: call 1 compiles, call 2 warms up, call 3 records; replay after that.
@@ -355,7 +352,6 @@ class Bench:
                     self.rec.error(group, measure, side, err)
                 finally:
                     H.free_memory()
-        del peer, ldm
         H.free_memory()
 
     # ------------------------------------------------------------------ E1 / E2: generation
@@ -405,7 +401,8 @@ class Bench:
             try:
                 unet_c = self.compile(unet, mode, side)
                 if is_peer:
-                    dec = self.compile(lambda z: P.vae_decode(peer_vae, z), "none" if self.args.no_compile_vae else mode, side)
+                    dec = self.compile(lambda z: P.vae_decode(peer_vae, z),
+                                       "none" if self.args.no_compile_vae else mode, side)
                     gen = P.PeerGenerator(unet_c, dec, P.make_scheduler(schedule),
                                           scaling_factor=peer_vae.config.scaling_factor, guidance_scale=scale,
                                           steps=self.steps, dtype=dtype, mark_step=graphs)
@@ -446,7 +443,6 @@ class Bench:
             finally:
                 H.free_memory()
         self.reference.clear()
-        del peer_unet, peer_vae, ldm_unet, ldm_vae
         H.free_memory()
 
     # ------------------------------------------------------------------ driver

@@ -154,7 +154,8 @@ def kernel_profile(step: Callable[[], Any], steps: int, top: int) -> dict[str, A
     busy = sum(v[0] for v in per_kernel.values())
     ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]
     return {"wall_ms_per_step": 1e3 * wall / steps, "gpu_busy_ms_per_step": busy / steps,
-            "top": [{"kernel": k[:110], "ms_per_step": v[0] / steps, "calls_per_step": v[1] / steps} for k, v in ranked]}
+            "top": [{"kernel": k[:110], "ms_per_step": v[0] / steps, "calls_per_step": v[1] / steps}
+                    for k, v in ranked]}
 
 
 def main() -> int:
@@ -193,7 +194,9 @@ def main() -> int:
                 if variant == "graphs-cl":
                     trainer.unet.to(memory_format=torch.channels_last)
                     plain_batch = trainer._batch
-                    trainer._batch = lambda: (lambda b: (b[0].contiguous(memory_format=torch.channels_last), *b[1:]))(plain_batch())
+                    trainer._batch = lambda: (
+                        lambda b: (b[0].contiguous(memory_format=torch.channels_last), *b[1:])
+                    )(plain_batch())
                 step = shipped_step(trainer, 1 if variant == "graphs-sync" else SETTLE_EVERY)
                 if variant.startswith("whole-graph"):
                     step = whole_graph_step(trainer)
@@ -217,11 +220,13 @@ def main() -> int:
         if "error" in r:
             print(f"{r['variant']:14} ERROR {r['error'][:100]}")
         elif "top" in r:
-            print(f"{r['variant']:14} {r['batch']:>6} {r['wall_ms_per_step']:>9.2f}   GPU busy {r['gpu_busy_ms_per_step']:.2f} ms/step")
+            print(f"{r['variant']:14} {r['batch']:>6} {r['wall_ms_per_step']:>9.2f}   "
+                  f"GPU busy {r['gpu_busy_ms_per_step']:.2f} ms/step")
             for k in r["top"]:
                 print(f"    {k['ms_per_step']:7.3f} ms  x{k['calls_per_step']:<5.1f} {k['kernel']}")
         else:
-            print(f"{r['variant']:14} {r['batch']:>6} {r['ms_per_step']:>9.2f} {r['img_per_s']:>9.0f} {r['warmup_s']:>9.1f}")
+            print(f"{r['variant']:14} {r['batch']:>6} {r['ms_per_step']:>9.2f} {r['img_per_s']:>9.0f} "
+                  f"{r['warmup_s']:>9.1f}")
     return 0
 
 

@@ -81,7 +81,8 @@ def unet_speed(args, mode: str, batch: int, device: torch.device, run_dir: Path)
     shape = (vae.config.latent_channels, side, side)
     n = 4096
     gen = torch.Generator(device="cpu").manual_seed(0)
-    latents = LatentSet(mean=torch.randn((n, *shape), generator=gen), labels=torch.randint(0, num_classes, (n,), generator=gen),
+    latents = LatentSet(mean=torch.randn((n, *shape), generator=gen),
+                        labels=torch.randint(0, num_classes, (n,), generator=gen),
                         std=0.1 * torch.ones((n, *shape))).to(device)
     trainer = DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
     if device.type == "cuda":

@@ -153,8 +153,12 @@ def test_train_compile_mode_comes_from_the_preset_and_the_flag():
     small = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--preset", "small"]))
     base = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--preset", "base"]))
     assert small.compile_mode == "reduce-overhead" and base.compile_mode == "default"
-    flag = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--compile-mode", "default"]))
+    flag = config_from_args(
+        parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--compile-mode", "default"])
+    )
     assert flag.compile_mode == "default"
-    bad = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--set", "compile_mode=fast"]))
+    bad = config_from_args(
+        parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--set", "compile_mode=fast"])
+    )
     with pytest.raises(UserError, match="compile_mode must be one of"):
         validate(bad)

@@ -51,7 +51,8 @@ def models():
     ours_vae = autoencoder_from_diffusers(vae.config, vae.state_dict())
     state = {**unet_state_dict_to_compvis(ours_unet.state_dict(), ours_unet.config),
              **vae_state_dict_to_compvis(ours_vae.state_dict(), ours_vae.config)}
-    state.update({"cond_stage_model.transformer." + k.removeprefix("text_model."): v for k, v in text.state_dict().items()})
+    state.update({"cond_stage_model.transformer." + k.removeprefix("text_model."): v
+                  for k, v in text.state_dict().items()})
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     state["betas"] = betas.float()  # CompVis keeps float32 buffers
     state["alphas_cumprod"] = torch.cumprod(1 - betas, 0).float()
@@ -75,7 +76,8 @@ def test_diffusers_single_file_loader_accepts_the_layout(models, tmp_path) -> No
     x, t, context = _inputs()
     images = torch.rand(1, 3, 16, 16) * 2 - 1
     with torch.no_grad():
-        _close(theirs_unet(x, t, encoder_hidden_states=context).sample, unet(x, t, encoder_hidden_states=context).sample)
+        _close(theirs_unet(x, t, encoder_hidden_states=context).sample,
+               unet(x, t, encoder_hidden_states=context).sample)
         _close(theirs_vae.encode(images).latent_dist.mean, vae.encode(images).latent_dist.mean)
 
 
@@ -112,7 +114,8 @@ def test_ema_weights_are_preferred_and_selectable(models, tmp_path) -> None:
               str(path))
     key = "model.diffusion_model.out.2.bias"
     assert torch.equal(load_model(path, "unet", num_heads=4, norm_groups=NORM_GROUPS).conv_out.bias, state[key] + 1.0)
-    assert torch.equal(load_model(path, "unet", num_heads=4, norm_groups=NORM_GROUPS, use_ema=False).conv_out.bias, state[key])
+    assert torch.equal(load_model(path, "unet", num_heads=4, norm_groups=NORM_GROUPS, use_ema=False).conv_out.bias,
+                       state[key])
     missing = dict(ema)
     missing.pop("model_ema.diffusion_modelout2bias")
     save_file({**state, **missing}, str(path))

@@ -37,7 +37,8 @@ def _class_unet() -> torch.nn.Module:
 
 @pytest.mark.parametrize("kind", ["UNet2DConditionModel", "UNet2DModel.bin", "AutoencoderKL"])
 def test_diffusers_model_folder_converts_and_agrees(kind, tmp_path) -> None:
-    reference = {"UNet2DConditionModel": unet_condition, "UNet2DModel.bin": _class_unet, "AutoencoderKL": autoencoder}[kind]()
+    builders = {"UNet2DConditionModel": unet_condition, "UNet2DModel.bin": _class_unet, "AutoencoderKL": autoencoder}
+    reference = builders[kind]()
     folder = tmp_path / "model"
     reference.save_pretrained(str(folder), safe_serialization=not kind.endswith(".bin"))
     assert any(folder.glob("*.bin")) == kind.endswith(".bin")
@@ -113,8 +114,10 @@ def test_cli_convert_and_its_errors(tmp_path, capsys) -> None:
     autoencoder().save_pretrained(str(folder))
     assert main(["convert", str(folder), str(tmp_path / "vae.safetensors")]) == 0
     assert "wrote vae" in capsys.readouterr().out
-    assert main(["convert", str(tmp_path / "vae.safetensors"), str(tmp_path / "vae_diffusers"), "--to", "diffusers"]) == 0
-    assert diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "vae_diffusers")).config.scaling_factor == pytest.approx(0.18215)
+    assert main(["convert", str(tmp_path / "vae.safetensors"), str(tmp_path / "vae_diffusers"),
+                 "--to", "diffusers"]) == 0
+    reloaded = diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "vae_diffusers"))
+    assert reloaded.config.scaling_factor == pytest.approx(0.18215)
     assert main(["convert", str(folder), str(tmp_path / "vae.pt")]) == 2  # an ldmkit file is .safetensors
     assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "x.safetensors")]) == 2
     assert main(["convert", str(folder), str(tmp_path / "y.safetensors"), "--no-ema"]) == 2  # CompVis-only option

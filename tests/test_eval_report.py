@@ -145,7 +145,8 @@ def _ssim_reference(x: np.ndarray, y: np.ndarray, size=11, sigma=1.5) -> float:
 
 def test_ssim_matches_window_by_window_reference():
     x = _images(1, 20, (1, 16, 14))
-    y = (x.int() + torch.randint(-120, 120, x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255).to(torch.uint8)
+    noise = torch.randint(-120, 120, x.shape, generator=torch.Generator().manual_seed(0))
+    y = (x.int() + noise).clamp(0, 255).to(torch.uint8)
     expected = _ssim_reference(x[0, 0].double().numpy() / 255, y[0, 0].double().numpy() / 255)
     assert ssim(x, y) == pytest.approx(expected, rel=1e-9)
     assert 0.1 < expected < 0.95  # a real difference, not a trivial 1.0

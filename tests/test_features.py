@@ -64,7 +64,8 @@ def test_train_classifier_learns_separable_data(trained):
 def test_train_classifier_is_deterministic_per_seed(trained):
     model, _, _ = trained
     again, _ = train_classifier(
-        _bars_dataset(240, seed=0), _bars_dataset(60, seed=1), epochs=4, device="cpu", seed=0, batch_size=32, widths=(8, 16)
+        _bars_dataset(240, seed=0), _bars_dataset(60, seed=1),
+        epochs=4, device="cpu", seed=0, batch_size=32, widths=(8, 16),
     )
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
@@ -113,7 +114,9 @@ def test_labelled_tensors_from_dataset_items():
     items = [(torch.full((1, 4, 4), v), i) for i, v in enumerate((-1.0, 0.0, 1.0))]
     images, labels = labelled_tensors(items)
     assert images.shape == (3, 1, 4, 4) and labels.tolist() == [0, 1, 2]
-    uint8_images, _ = labelled_tensors((torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1), torch.tensor([0, 1])))
+    uint8_images, _ = labelled_tensors(
+        (torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1), torch.tensor([0, 1]))
+    )
     assert uint8_images.flatten().tolist() == [-1.0, 1.0]
 
 

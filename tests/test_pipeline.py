@@ -33,7 +33,9 @@ def pipe(run_folder: Path) -> LatentDiffusionPipeline:
 
 
 def test_run_folder_and_file_load_the_same_model(pipe, run_folder) -> None:
-    assert (pipe.class_names, pipe.image_size, pipe.prediction, pipe.takes_text) == (["red", "green", "blue"], 16, "v", False)
+    assert (pipe.class_names, pipe.image_size, pipe.prediction, pipe.takes_text) == (
+        ["red", "green", "blue"], 16, "v", False
+    )
     assert pipe.latent_shape == (4, 8, 8)
     other = LatentDiffusionPipeline.from_pretrained(run_folder / "model.safetensors", device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), other.unet.state_dict().values()))

@@ -62,7 +62,8 @@ def test_stop_and_resume_matches_uninterrupted_run(tmp_path, data, monkeypatch):
 
     _stop_after(monkeypatch, (VAE_STEPS - 2) + 3)  # finish the VAE, 3 diffusion steps
     run_training(micro_config(data, vae_steps=VAE_STEPS, steps=STEPS), parts)
-    assert (load_training_state(parts / "checkpoint.pt")["stage"], load_training_state(parts / "checkpoint.pt")["step"]) == ("diffusion", 3)
+    assert (load_training_state(parts / "checkpoint.pt")["stage"],
+            load_training_state(parts / "checkpoint.pt")["step"]) == ("diffusion", 3)
     monkeypatch.undo()
     run_training(micro_config(data, vae_steps=VAE_STEPS, steps=STEPS), parts)
 

@@ -83,7 +83,8 @@ def test_img2img_matches_stable_diffusion_img2img_pipeline(pipe, reference) -> N
     with torch.no_grad():
         # 4-channel input is taken as latents; the generator draws the same noise as seed SEED's stream.
         expected = img2img(PROMPT, image=init, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=10,
-                           guidance_scale=5.0, generator=torch.Generator().manual_seed(SEED), output_type="latent").images
+                           guidance_scale=5.0, generator=torch.Generator().manual_seed(SEED),
+                           output_type="latent").images
         _close(_ours(pipe, init=init, strength=0.6), expected)
 
 

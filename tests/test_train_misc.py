@@ -248,8 +248,10 @@ def test_vae_stage_with_the_patch_gan(tmp_path):
     unet, vae2, meta = load_inference_file(tmp_path / "run")
     assert meta["step"] == 2 and torch.equal(vae2.latent_scale, vae.latent_scale)
     with pytest.raises(UserError, match="needs a trained VAE"):
-        run_training(apply_overrides(micro_config(data, vae_steps=3, steps=2), {"stage": "diffusion"}), tmp_path / "new")
-    run_training(apply_overrides(micro_config(data, vae_steps=3, steps=2), {"stage": "diffusion", "vae_path": str(tmp_path / "run")}),
+        run_training(apply_overrides(micro_config(data, vae_steps=3, steps=2), {"stage": "diffusion"}),
+                     tmp_path / "new")
+    run_training(apply_overrides(micro_config(data, vae_steps=3, steps=2),
+                                 {"stage": "diffusion", "vae_path": str(tmp_path / "run")}),
                  tmp_path / "new")  # another run's VAE
     assert load_inference_file(tmp_path / "new")[2]["run_config"]["vae"]["model"] == meta["vae_config"]
 

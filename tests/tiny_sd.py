@@ -21,7 +21,8 @@ LATENT_SIDE = 8  # the UNet's sample_size; images are 16x16 (the VAE halves once
 
 def _byte_symbols() -> list[str]:
     """GPT-2 / CLIP byte-level BPE symbols: printable bytes as themselves, the rest shifted."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
     codes = printable[:]
     shifted = [b for b in range(256) if b not in printable]
     return [chr(c) for c in codes + [256 + i for i in range(len(shifted))]]
@@ -85,7 +86,8 @@ def save_sd_pipeline(folder: Path, *, text_encoder: bool = True) -> Path:
     import diffusers
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer(folder.parent / f"{folder.name}_tokenizer")), local_files_only=True)
+    tokenizer_dir = write_tokenizer(folder.parent / f"{folder.name}_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     pipe = diffusers.StableDiffusionPipeline(
         vae=autoencoder(), text_encoder=clip_text_model(), tokenizer=tokenizer, unet=unet_condition(),
         scheduler=diffusers.DDIMScheduler(**SD_DDIM), safety_checker=None, feature_extractor=None,

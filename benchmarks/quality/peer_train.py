@@ -16,7 +16,7 @@ To sample the guidance scales in parallel on several GPUs, train with `--cfg` (n
 `--save-weights OUT/peer_ema.safetensors`, then run one `--sample-from` process per scale:
 
     CUDA_VISIBLE_DEVICES=1 python benchmarks/quality/peer_train.py --sample-from OUT/peer_ema.safetensors --cfg 2.0 --out OUT
-"""
+"""  # noqa: E501 (a copy-pastable command in the --help text)
 
 from __future__ import annotations
 

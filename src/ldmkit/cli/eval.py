@@ -35,11 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=10000, help="samples to generate (balanced over classes)")
     p.add_argument("--features", default="auto", choices=["auto", "inception", "efficientnet", "classifier"],
                    help="feature space; auto = the dataset classifier when one is given, else EfficientNet-Lite0")
-    p.add_argument("--classifier", default=None, help="a dataset classifier (.safetensors) for features and class accuracy")
+    p.add_argument("--classifier", default=None,
+                   help="a dataset classifier (.safetensors) for features and class accuracy")
     p.add_argument("--train-classifier", action="store_true",
                    help="train the dataset classifier first and save it to --classifier (default: OUT's folder)")
     p.add_argument("--classifier-epochs", type=int, default=30, help="epochs for --train-classifier")
-    p.add_argument("--inception-weights", default=None, help="local pt_inception / torch-fidelity weights file (never downloaded)")
+    p.add_argument("--inception-weights", default=None,
+                   help="local pt_inception / torch-fidelity weights file (never downloaded)")
     p.add_argument("--vae", action="store_true",
                    help="also report the VAE's reconstruction PSNR/SSIM on the val split and the distance of its "
                    "reconstructions (the floor a latent model can reach)")
@@ -122,7 +124,14 @@ def _read_samples(path: str, class_names: list[str], channels: int, limit: int):
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.device import resolve_device
-    from ldmkit.eval import evaluate, format_report, load_classifier, resolve_features, save_classifier, train_classifier
+    from ldmkit.eval import (
+        evaluate,
+        format_report,
+        load_classifier,
+        resolve_features,
+        save_classifier,
+        train_classifier,
+    )
 
     if args.model is None and args.samples is None:
         raise UserError("give --model (to generate samples) or --samples DIR (already generated)")
@@ -145,8 +154,9 @@ def run(args: argparse.Namespace) -> int:
     classifier_path = _classifier_path(args)
     if args.train_classifier:
         t0 = time.time()
-        model, acc = train_classifier((real_train, train_labels), (real_test, test_labels), epochs=args.classifier_epochs,
-                                      device=device, class_names=train.class_names, log=print)
+        model, acc = train_classifier((real_train, train_labels), (real_test, test_labels),
+                                      epochs=args.classifier_epochs, device=device, class_names=train.class_names,
+                                      log=print)
         classifier_path.parent.mkdir(parents=True, exist_ok=True)
         save_classifier(model, classifier_path, val_accuracy=acc)
         print(f"classifier: test accuracy {acc:.4f} ({time.time() - t0:.0f} s), saved to {classifier_path}")

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"UNet:         {_millions(bundle.unet)}")
     if bundle.vae is not None:
         c = bundle.vae.config
-        lines.append(f"VAE:          {_millions(bundle.vae)} (f{c.downsample_factor}, {c.latent_channels} latent channels)")
+        lines.append(f"VAE:          {_millions(bundle.vae)} "
+                     f"(f{c.downsample_factor}, {c.latent_channels} latent channels)")
     if bundle.text_encoder is not None:
         lines.append(f"text encoder: {_millions(bundle.text_encoder)}")
     lines += [

@@ -23,12 +23,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="a folder (DIR/train and DIR/val, one subfolder per class, or a flat folder), "
                    "'emoji' (built in), or 'fashion-mnist[:DIR]' (Debian's dataset-fashion-mnist IDX files)")
     p.add_argument("--out", required=True, help="run folder to create (or to resume from)")
-    p.add_argument("--preset", default="tiny", help="training preset: tiny (CPU, minutes), small (one GPU), base (C1-sized UNet)")
+    p.add_argument("--preset", default="tiny",
+                   help="training preset: tiny (CPU, minutes), small (one GPU), base (C1-sized UNet)")
     p.add_argument("--image-size", type=int, default=None, help="train at this square size (default: the preset's)")
     p.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     p.add_argument("--stage", choices=["all", "vae", "diffusion"], default="all",
                    help="all trains both; diffusion needs --vae or a RUN that already has a VAE")
-    p.add_argument("--vae", default=None, help="reuse this VAE (a run folder or inference file) instead of training one")
+    p.add_argument("--vae", default=None,
+                   help="reuse this VAE (a run folder or inference file) instead of training one")
     p.add_argument("--vae-steps", type=int, default=None, help="VAE optimisation steps (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="UNet optimisation steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")
@@ -51,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any training config field (repeatable), e.g. --set ema_decay=0.9999 --set vae.lr=1e-4 "
-                   "--set checkpoint_every=500 --set min_snr_gamma=null --set diffusion.model.attention_levels=[1,2]; keys "
+                   "--set checkpoint_every=500 --set min_snr_gamma=null "
+                   "--set diffusion.model.attention_levels=[1,2]; keys "
                    "are fields of config.json, 'vae.'/'diffusion.' for the stages, 'vae.model.'/'diffusion.model.' "
                    "for their architectures; VALUE is JSON when it parses as JSON, else a string")
     p.set_defaults(run=run)

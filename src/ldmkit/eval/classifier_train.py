@@ -45,7 +45,8 @@ def labelled_tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if images.dtype == torch.uint8:
         images = uint8_to_unit(images)
     if images.ndim != 4 or images.shape[0] != labels.shape[0]:
-        raise UserError(f"expected images [N, C, H, W] and labels [N], got {tuple(images.shape)} and {tuple(labels.shape)}")
+        raise UserError("expected images [N, C, H, W] and labels [N], "
+                        f"got {tuple(images.shape)} and {tuple(labels.shape)}")
     if (labels < 0).any():
         raise UserError("the dataset has no class labels; a classifier needs a labelled (class-conditional) dataset")
     return images.float(), labels
@@ -74,7 +75,9 @@ def _augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) 
 
 
 @torch.inference_mode()
-def classifier_accuracy(model: ClassifierNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def classifier_accuracy(
+    model: ClassifierNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> float:
     """Top-1 accuracy of `model` on float images in [-1, 1] (on the model's device)."""
     model.eval()
     device = next(model.parameters()).device

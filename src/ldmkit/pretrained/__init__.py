@@ -49,7 +49,8 @@ def bundled_model_path(name: str) -> Path:
         present = ", ".join(available_names()) or "none"
         raise UserError(
             f"the bundled model {key!r} is not in this install ({path} is missing; bundled models present: "
-            f"{present}). Train one with `ldm train --data {TRAIN_DATA[key]} --preset {key} --out RUN` (on a GPU) and pass --model RUN"
+            f"{present}). Train one with `ldm train --data {TRAIN_DATA[key]} --preset {key} --out RUN` "
+            "(on a GPU) and pass --model RUN"
         )
     return path
 

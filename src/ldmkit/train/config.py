@@ -253,7 +253,8 @@ def validate(config: RunConfig) -> None:
     need(config.stage in STAGES, f"stage must be one of {STAGES}, got {config.stage!r}")
     need(config.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     need(config.image_size > 0, "image_size must be positive")
-    need(config.compile_mode in COMPILE_MODES, f"compile_mode must be one of {COMPILE_MODES}, got {config.compile_mode!r}")
+    need(config.compile_mode in COMPILE_MODES,
+         f"compile_mode must be one of {COMPILE_MODES}, got {config.compile_mode!r}")
     need(config.time_limit is None or config.time_limit > 0, "time_limit must be a positive number of minutes")
     need(v.recon_loss in RECON_LOSSES, f"vae.recon_loss must be one of {RECON_LOSSES}")
     need(d.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {d.prediction!r}")
@@ -268,7 +269,8 @@ def validate(config: RunConfig) -> None:
                         ("checkpoint_every", config.checkpoint_every), ("log_every", config.log_every)):
         need(value > 0, f"{name} must be > 0")
     need(v.disc_start < 0 or config.image_size // 2**v.disc_layers >= 4,
-         f"{config.image_size} px images are too small for a {v.disc_layers}-layer discriminator; lower vae.disc_layers")
+         f"{config.image_size} px images are too small for a {v.disc_layers}-layer discriminator; "
+         "lower vae.disc_layers")
 
 
 def _preset(

@@ -133,7 +133,8 @@ class DiffusionTrainer:
         begin_step(self.opt, self.graphs)
         with self.precision.autocast():
             loss = diffusion_loss(lambda x, tt: self.model(x, tt, class_labels=labels), x0, self.schedule,
-                                  prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma, t=t, noise=noise)
+                                  prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma,
+                                  t=t, noise=noise)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
             scaler.unscale_(self.opt)

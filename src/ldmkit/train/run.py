@@ -73,12 +73,14 @@ def _resolve_models(config: RunConfig, channels: int, num_classes: int) -> None:
 
 def _check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
     """A UserError naming every architectural difference between a run and its resume."""
-    diffs = [f"{k}: {getattr(saved, k)} -> {getattr(new, k)}" for k in _FROZEN_TOP if getattr(saved, k) != getattr(new, k)]
+    diffs = [f"{k}: {getattr(saved, k)} -> {getattr(new, k)}"
+             for k in _FROZEN_TOP if getattr(saved, k) != getattr(new, k)]
     diffs += [f"diffusion.{k}: {getattr(saved.diffusion, k)} -> {getattr(new.diffusion, k)}"
               for k in _FROZEN_DIFFUSION if getattr(saved.diffusion, k) != getattr(new.diffusion, k)]
     for section in ("vae", "diffusion"):
         old, cur = getattr(saved, section).model, getattr(new, section).model
-        diffs += [f"{section}.model.{k}: {old.get(k)} -> {cur.get(k)}" for k in sorted(set(old) | set(cur)) if old.get(k) != cur.get(k)]
+        diffs += [f"{section}.model.{k}: {old.get(k)} -> {cur.get(k)}"
+                  for k in sorted(set(old) | set(cur)) if old.get(k) != cur.get(k)]
     if diffs:
         raise UserError(f"{run_dir} holds a run of a different architecture ({'; '.join(diffs[:6])}); "
                         "use a new output folder, or resume with the original settings")

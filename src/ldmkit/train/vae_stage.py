@@ -91,7 +91,8 @@ class VAETrainer:
                                      weight_decay=self.cfg.weight_decay, fused=fused)
         self.disc = self.disc_opt = None
         if self.use_gan:
-            self.disc = PatchDiscriminator(vae.config.out_channels, self.cfg.disc_channels, self.cfg.disc_layers).to(device)
+            self.disc = PatchDiscriminator(vae.config.out_channels, self.cfg.disc_channels,
+                                           self.cfg.disc_layers).to(device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=self.cfg.disc_lr, betas=(0.5, 0.9),
                                               weight_decay=0.0, fused=fused)
         self.model: nn.Module | None = None  # the DDP-wrapped forward, built in train()
