@@ -7,18 +7,22 @@
 # CLASSIFIER: a classifier file from an earlier `ldm eval --train-classifier` (the peer must be
 # judged by the same one); without it ('' or absent), one is trained and written to
 # OUT/classifier.safetensors. TRAIN FLAGS go to `ldm train` after the preset (e.g. --set ...).
+# STAGES=train (train and convert only) or STAGES=eval (judge OUT/fashion-mnist.safetensors from an
+# earlier train) split the work over two device calls; the default does both.
 set -euo pipefail
 data="fashion-mnist:$1"; out=$2; minutes=${3:-10}; n=${4:-10000}; classifier=${5:-}
 shift $(( $# < 5 ? $# : 5 )); extra=("$@")
 run=${RUN:-/tmp/q1-ldmkit}
+stages=${STAGES:-train,eval}
+command -v ldm >/dev/null || ldm() { python3 -m ldmkit.cli "$@"; }  # a checkout without pip install
+mkdir -p "$out"
+if [[ $stages == *train* ]]; then
 if [ -e "$run" ]; then
     # ldm train resumes a run folder that has a checkpoint, and a resumed run is not a Q1 run of
     # the budget: it keeps whatever the folder's earlier runs trained.
     echo "run folder $run exists; Q1 trains from scratch: remove it or set RUN to a new folder" >&2
     exit 2
 fi
-mkdir -p "$out"
-command -v ldm >/dev/null || ldm() { python3 -m ldmkit.cli "$@"; }  # a checkout without pip install
 start=$(date +%s.%N)
 train() { ldm train --data "$data" --preset fashion-mnist --out "$run" --quiet "${extra[@]}" "$@" 2>&1 | tee -a "$out/train.log"; }
 if ! train --time-limit "$minutes"; then
@@ -33,6 +37,8 @@ cp "$run/config.json" "$out/config.json"
 last=$(ls "$run/samples" 2>/dev/null | grep step_ | tail -1 || true)  # none if stopped before the first grid
 [ -n "$last" ] && cp "$run/samples/$last" "$out/last_samples.png"
 ldm convert "$run" "$out/fashion-mnist.safetensors" --dtype fp16
+fi
+[[ $stages == *eval* ]] || exit 0
 judge=(--train-classifier --classifier "$out/classifier.safetensors")
 [ -n "$classifier" ] && judge=(--classifier "$classifier")
 ldm eval --model "$out/fashion-mnist.safetensors" --data "$data" "${judge[@]}" --features classifier \
