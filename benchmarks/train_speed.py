@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -113,7 +114,7 @@ def vae_speed(args, compiled: bool, batch: int, device: torch.device, run_dir: P
             trainer.guard.settle(trainer.step, None)
 
     result = time_steps(step, args.warmup, args.steps, device)
-    result.update(stage="vae", mode="default" if compiled else "eager", batch=batch,
+    result.update(stage="vae", mode=config.compile_mode if compiled else "eager", batch=batch,
                   img_per_s=batch * 1e3 / result["ms_per_step"], params=sum(p.numel() for p in vae.parameters()))
     return result
 
@@ -123,8 +124,13 @@ def main() -> int:
     p.add_argument("--preset", default="fashion-mnist", help="training preset whose models and settings are timed")
     p.add_argument("--channels", type=int, default=1, help="image channels (1 for Fashion-MNIST, 3 for emoji)")
     p.add_argument("--modes", default="eager,default,reduce-overhead", help="UNet modes to time")
-    p.add_argument("--batches", default="256,512", help="UNet batch sizes to time")
-    p.add_argument("--vae-batches", default="128,256", help="VAE batch sizes to time (eager and compiled)")
+    p.add_argument("--batches", default="preset", help="UNet batch sizes to time ('preset': the preset's own)")
+    p.add_argument("--vae-batches", default="preset", help="VAE batch sizes to time ('preset': the preset's own)")
+    p.add_argument("--vae-modes", default="eager,compiled",
+                   help="VAE: eager, and/or compiled in the preset's compile_mode")
+    p.add_argument("--layouts", default="plain",
+                   help="'plain' and/or 'forced': inductor's layout optimisation (channels_last convolutions "
+                        "inside the compiled graph) left to its heuristics, or forced on")
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", default=None, help="JSON file for the results")
@@ -133,40 +139,51 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
         args.modes, args.batches, args.vae_batches, args.warmup, args.steps = "eager", "8", "4", 1, 2
+        args.vae_modes, args.layouts = "eager", "plain"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    preset = preset_config(args.preset)
+
+    def batch_sizes(text: str, own: int) -> list[int]:
+        return [own] if text == "preset" else [int(b) for b in text.split(",")]
+
+    unet_batches = batch_sizes(args.batches, preset.diffusion.batch_size)
+    vae_batches = batch_sizes(args.vae_batches, preset.vae.batch_size)
     rows: list[dict[str, Any]] = []
+
+    def attempt(row_of, stage: str, mode: str, batch: int, layout: str) -> None:
+        torch._inductor.config.force_layout_optimization = layout == "forced"
+        try:
+            row = row_of()
+        except Exception as err:  # one failing configuration must not lose the others
+            row = {"stage": stage, "mode": mode, "batch": batch, "error": repr(err)[:300]}
+        row["layout"] = layout
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        torch._dynamo.reset()
+
     with tempfile.TemporaryDirectory() as tmp:
-        for batch in [int(b) for b in args.batches.split(",") if b]:
-            for mode in args.modes.split(","):
-                try:
-                    rows.append(unet_speed(args, mode, batch, device, Path(tmp)))
-                except Exception as err:  # one failing mode must not lose the others
-                    rows.append({"stage": "unet", "mode": mode, "batch": batch, "error": repr(err)[:300]})
-                print(json.dumps(rows[-1]), flush=True)
-                torch._dynamo.reset()
-        for batch in [int(b) for b in args.vae_batches.split(",") if b]:
-            for compiled in ([False] if args.smoke else [False, True]):
-                try:
-                    rows.append(vae_speed(args, compiled, batch, device, Path(tmp)))
-                except Exception as err:
-                    rows.append({"stage": "vae", "mode": "default" if compiled else "eager", "batch": batch,
-                                 "error": repr(err)[:300]})
-                print(json.dumps(rows[-1]), flush=True)
-                torch._dynamo.reset()
+        for layout in args.layouts.split(","):
+            for batch in unet_batches:
+                for mode in args.modes.split(","):
+                    attempt(lambda: unet_speed(args, mode, batch, device, Path(tmp)), "unet", mode, batch, layout)
+            for batch in vae_batches:
+                for vae_mode in args.vae_modes.split(","):
+                    compiled = vae_mode == "compiled"
+                    attempt(lambda: vae_speed(args, compiled, batch, device, Path(tmp)), "vae", vae_mode, batch, layout)
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
             "preset": args.preset, "date": time.strftime("%Y-%m-%d"), "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"\n{'stage':6} {'mode':18} {'batch':>6} {'ms/step':>9} {'img/s':>10} {'warmup s':>9}")
+    print(f"\n{'stage':6} {'mode':18} {'layout':7} {'batch':>6} {'ms/step':>9} {'img/s':>10} {'warmup s':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['stage']:6} {r['mode']:18} {r['batch']:>6}  ERROR {r['error'][:80]}")
+            print(f"{r['stage']:6} {r['mode']:18} {r['layout']:7} {r['batch']:>6}  ERROR {r['error'][:80]}")
         else:
-            print(f"{r['stage']:6} {r['mode']:18} {r['batch']:>6} {r['ms_per_step']:>9.2f} {r['img_per_s']:>10.0f} "
-                  f"{r['warmup_s']:>9.1f}")
+            print(f"{r['stage']:6} {r['mode']:18} {r['layout']:7} {r['batch']:>6} {r['ms_per_step']:>9.2f} "
+                  f"{r['img_per_s']:>10.0f} {r['warmup_s']:>9.1f}")
     return 0
 
 
