@@ -36,7 +36,7 @@ import torch
 import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import _context, _models, _sync  # noqa: E402
+from train_speed import _context, _models, settling, time_steps, write_result  # noqa: E402
 
 from ldmkit.diffusion import diffusion_loss  # noqa: E402
 from ldmkit.train.config import preset_config  # noqa: E402
@@ -58,28 +58,6 @@ def make_trainer(args, device: torch.device, run_dir: Path, *, compile_mode: str
     latents = LatentSet(mean=torch.randn((n, *shape), generator=gen), labels=torch.randint(0, 10, (n,), generator=gen),
                         std=0.1 * torch.ones((n, *shape))).to(device)
     return DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
-
-
-def shipped_step(trainer: DiffusionTrainer, settle_every: int) -> Callable[[], None]:
-    """`train_step` with the host read every `settle_every` steps, as `DiffusionTrainer.train` does."""
-    def step() -> None:
-        trainer.train_step()
-        if trainer.step % settle_every == 0:
-            trainer.guard.settle(trainer.step, None)
-    return step
-
-
-def timed(step: Callable[[], Any], warmup: int, steps: int, device: torch.device) -> dict[str, float]:
-    started = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    warm = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return {"ms_per_step": 1e3 * (time.perf_counter() - started) / steps, "warmup_s": warm}
 
 
 def whole_graph_step(trainer: DiffusionTrainer) -> Callable[[], None]:
@@ -197,24 +175,21 @@ def main() -> int:
                     trainer._batch = lambda: (
                         lambda b: (b[0].contiguous(memory_format=torch.channels_last), *b[1:])
                     )(plain_batch())
-                step = shipped_step(trainer, 1 if variant == "graphs-sync" else SETTLE_EVERY)
+                step = settling(trainer, trainer.train_step, 1 if variant == "graphs-sync" else SETTLE_EVERY)
                 if variant.startswith("whole-graph"):
                     step = whole_graph_step(trainer)
                 if variant == "profile":
-                    timed(step, args.warmup, 5, device)
+                    time_steps(step, args.warmup, 5, device)
                     row.update(kernel_profile(step, 20, 25))
                 else:
-                    row.update(timed(step, args.warmup, args.steps, device))
+                    row.update(time_steps(step, args.warmup, args.steps, device))
                     row["img_per_s"] = args.batch * 1e3 / row["ms_per_step"]
             except Exception as err:  # one failing variant must not lose the others
                 row["error"] = repr(err)[:400]
             rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
             torch._dynamo.reset()
-    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-            "preset": args.preset, "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    if args.out:
-        Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+    write_result(args.out, args.preset, device, rows)
     print(f"\n{'variant':14} {'batch':>6} {'ms/step':>9} {'img/s':>9} {'warmup s':>9}")
     for r in rows:
         if "error" in r:

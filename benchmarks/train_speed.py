@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch._inductor.config
@@ -57,6 +57,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def settling(trainer, step_fn: Callable[[], Any], every: int = SETTLE_EVERY) -> Callable[[], None]:
+    """`step_fn`, followed every `every` steps by the host read of the queued losses, as the
+    training loops do (StepGuard.settle)."""
+    def step() -> None:
+        step_fn()
+        if trainer.step % every == 0:
+            trainer.guard.settle(trainer.step, None)
+    return step
+
+
+def write_result(out: str | None, preset: str, device: torch.device, rows: list[dict[str, Any]]) -> None:
+    """The rows, with the device, versions and date, as JSON at `out` (if given)."""
+    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+            "preset": preset, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    if out:
+        Path(out).write_text(json.dumps(info, indent=2) + "\n")
+
+
 def time_steps(step, warmup: int, steps: int, device: torch.device) -> dict[str, float]:
     started = time.perf_counter()
     for _ in range(warmup):
@@ -88,12 +106,7 @@ def unet_speed(args, mode: str, batch: int, device: torch.device, run_dir: Path)
     trainer = DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    def step() -> None:  # the host reads the queued losses every SETTLE_EVERY steps, as in training
-        trainer.train_step()
-        if trainer.step % SETTLE_EVERY == 0:
-            trainer.guard.settle(trainer.step, None)
-
-    result = time_steps(step, args.warmup, args.steps, device)
+    result = time_steps(settling(trainer, trainer.train_step), args.warmup, args.steps, device)
     result.update(stage="unet", mode=mode, batch=batch, img_per_s=batch * 1e3 / result["ms_per_step"],
                   params=sum(p.numel() for p in unet.parameters()), latent_shape=list(shape),
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
@@ -108,12 +121,7 @@ def vae_speed(args, compiled: bool, batch: int, device: torch.device, run_dir: P
     trainer = VAETrainer(vae, None, _context(config, device, run_dir))
     trainer._wrap()
     images = torch.rand((batch, args.channels, config.image_size, config.image_size), device=device) * 2 - 1
-    def step() -> None:
-        trainer.train_step(images)
-        if trainer.step % SETTLE_EVERY == 0:
-            trainer.guard.settle(trainer.step, None)
-
-    result = time_steps(step, args.warmup, args.steps, device)
+    result = time_steps(settling(trainer, lambda: trainer.train_step(images)), args.warmup, args.steps, device)
     result.update(stage="vae", mode=config.compile_mode if compiled else "eager", batch=batch,
                   img_per_s=batch * 1e3 / result["ms_per_step"], params=sum(p.numel() for p in vae.parameters()))
     return result
@@ -173,10 +181,7 @@ def main() -> int:
                 for vae_mode in args.vae_modes.split(","):
                     compiled = vae_mode == "compiled"
                     attempt(lambda: vae_speed(args, compiled, batch, device, Path(tmp)), "vae", vae_mode, batch, layout)
-    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-            "preset": args.preset, "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    if args.out:
-        Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+    write_result(args.out, args.preset, device, rows)
     print(f"\n{'stage':6} {'mode':18} {'layout':7} {'batch':>6} {'ms/step':>9} {'img/s':>10} {'warmup s':>9}")
     for r in rows:
         if "error" in r:
