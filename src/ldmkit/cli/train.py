@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "'emoji' (built in), or 'fashion-mnist[:DIR]' (Debian's dataset-fashion-mnist IDX files)")
     p.add_argument("--out", required=True, help="run folder to create (or to resume from)")
     p.add_argument("--preset", default="tiny",
-                   help="training preset: tiny (CPU, minutes), small (one GPU), base (C1-sized UNet)")
+                   help="training preset: tiny (CPU, minutes), small (one GPU), base (C1-sized UNet), "
+                   "fashion-mnist / emoji (the bundled models' recipes, one GPU)")
     p.add_argument("--image-size", type=int, default=None, help="train at this square size (default: the preset's)")
     p.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     p.add_argument("--stage", choices=["all", "vae", "diffusion"], default="all",
