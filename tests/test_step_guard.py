@@ -110,3 +110,23 @@ def test_gated_ema_equals_the_plain_update_and_ignores_skipped_steps():
     restored = EMA(nn.Linear(3, 2), 0.5)
     restored.load_state_dict(gated.state_dict())
     assert restored.num_updates == 3 and restored.current_decay() == pytest.approx(4 / 13)
+
+
+def test_ema_lists_a_model_once_and_relists_for_another():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    ema = EMA(model, 0.5)
+    ema.update(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # in place, as optimizers and load_state_dict change weights
+    ema.update(model)  # the cached lists see the new values
+    assert torch.allclose(ema.module.weight, 0.5 * start + 0.5)
+    other = nn.Linear(3, 2)
+    with torch.no_grad():
+        other.weight.fill_(3.0)
+    before = ema.module.weight.clone()
+    ema.update(other)  # another model object: its tensors, not the cached ones
+    assert torch.allclose(ema.module.weight, 0.5 * before + 1.5)
+    with pytest.raises(ValueError, match="different architecture"):
+        ema.update(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)))

@@ -58,6 +58,7 @@ class DiffusionTrainer:
         self.schedule = make_schedule(self.cfg)
         self.num_classes = unet.config.num_classes
         self.unet = unet.to(device).train()
+        self.params = list(self.unet.parameters())  # listed once: walking the module tree costs host time every step
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
         model, self.graphs = compile_for_training(self.unet, self.run, self.dist)
         if self.dist.distributed:
@@ -139,7 +140,7 @@ class DiffusionTrainer:
         if scaler is not None:
             scaler.unscale_(self.opt)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         applied = self.guard.gate(loss, grad_norm, scaled=scaler is not None)
         apply_update(self.opt, applied, scaler)
         self.ema.update(self.unet, gate=applied)

@@ -83,6 +83,7 @@ class VAETrainer:
         device = self.device = self.dist.device
         per_rank_batch(self.cfg.batch_size, self.dist.world_size)
         self.vae, self.dataset = vae.to(device).train(), dataset
+        self.params = list(vae.parameters())  # listed once: walking the module tree costs host time every step
         self.precision = Precision(self.run.precision, device)
         fused = fused_adamw_supported(device)
         self.use_gan = self.cfg.disc_start >= 0
@@ -192,7 +193,7 @@ class VAETrainer:
         if scaler is not None:
             scaler.unscale_(self.opt)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         out["loss"] = loss.detach()
         applied = self.guard.gate(loss, grad_norm, scaled=scaler is not None)
         apply_update(self.opt, applied, scaler)
