@@ -130,3 +130,15 @@ def test_ema_lists_a_model_once_and_relists_for_another():
     assert torch.allclose(ema.module.weight, 0.5 * before + 1.5)
     with pytest.raises(ValueError, match="different architecture"):
         ema.update(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)))
+
+
+def test_settle_is_due_every_few_steps_before_periodic_work_at_the_end_and_on_a_stop():
+    from ldmkit.train.step_guard import SETTLE_EVERY
+
+    stop = StopSignal()
+    guard = _guard(stop)
+    due = lambda step, periodic=False: guard.settle_due(step, total_steps=101, periodic=periodic)  # noqa: E731
+    assert due(SETTLE_EVERY) and due(2 * SETTLE_EVERY) and due(101) and due(7, periodic=True)
+    assert not due(7) and not due(SETTLE_EVERY + 1)
+    stop.request("test")
+    assert due(7)

@@ -34,7 +34,7 @@ from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import begin_step, compile_for_training
-from ldmkit.train.step_guard import SETTLE_EVERY, Precision, StepGuard, apply_update, fused_adamw_supported
+from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
 
@@ -219,8 +219,7 @@ class DiffusionTrainer:
                 step = self.step
                 # The host reads the queued steps (a sync) every SETTLE_EVERY steps, before
                 # periodic work, at the end, and at once when a stop is asked for here.
-                if not (step % SETTLE_EVERY == 0 or self._periodic(step) or step == cfg.steps
-                        or self.guard.stop_requested_here()):
+                if not self.guard.settle_due(step, total_steps=cfg.steps, periodic=self._periodic(step)):
                     continue
                 losses += self.guard.settle(step, self.last_saved)
                 interval_seconds += time.perf_counter() - mark  # settled: the GPU has caught up

@@ -91,6 +91,11 @@ class StepGuard:
         settles at once; under DDP the ranks learn of a stop at their next regular settle."""
         return not self.dist.distributed and self.stop.requested
 
+    def settle_due(self, step: int, *, total_steps: int, periodic: bool) -> bool:
+        """Whether the loop settles after `step`: every SETTLE_EVERY steps, before periodic work
+        (a log line, checkpoint, ...), at the last step, and at once on a stop here."""
+        return step % SETTLE_EVERY == 0 or periodic or step == total_steps or self.stop_requested_here()
+
     def settle(self, step: int, last_saved: int | None) -> list[float]:
         """The mean losses of the steps since the last settle (one host sync); `step` is the
         stage's step count now, `last_saved` the step of its last checkpoint (for the error).

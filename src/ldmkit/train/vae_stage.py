@@ -31,7 +31,7 @@ from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import begin_step, compile_for_training
-from ldmkit.train.step_guard import SETTLE_EVERY, Precision, StepGuard, apply_update, fused_adamw_supported
+from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 
 class _Reconstruct(nn.Module):
@@ -233,8 +233,7 @@ class VAETrainer:
                 out = self.train_step(images)
                 log.advance()
                 periodic = self.step % run.log_every == 0 or self.step % run.checkpoint_every == 0
-                if not (periodic or self.step % SETTLE_EVERY == 0 or self.step == cfg.steps
-                        or self.guard.stop_requested_here()):
+                if not self.guard.settle_due(self.step, total_steps=cfg.steps, periodic=periodic):
                     continue
                 losses += self.guard.settle(self.step, self.last_saved)
                 if self.step % run.log_every == 0 or self.step == cfg.steps:
