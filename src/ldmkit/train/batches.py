@@ -17,6 +17,15 @@ from torch.utils.data import Sampler
 from ldmkit.errors import UserError
 
 
+def to_device_without_sync(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` (on the CPU) on `device`. A plain host-to-GPU copy from pageable memory waits for
+    the GPU to drain its queue; through pinned memory the copy is queued like a kernel, so a
+    training step that moves its batch indices does not stall the host (see StepGuard)."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class IndexStream:
     """The endless stream of dataset indices for `num_items` examples and a seed."""
 
@@ -33,7 +42,7 @@ class IndexStream:
         """The order of epoch `epoch` (cached: consecutive batches mostly share an epoch)."""
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.num_items, generator=gen).to(self.device)
+            self._perm = to_device_without_sync(torch.randperm(self.num_items, generator=gen), self.device)
             self._epoch = epoch
         return self._perm
 

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ldmkit.train.batches import IndexStream, StreamBatchSampler, rank_slice
+from ldmkit.train.batches import IndexStream, StreamBatchSampler, rank_slice, to_device_without_sync
 from ldmkit.train.distributed import DistInfo
 
 
@@ -67,7 +67,8 @@ def training_batches(
         images = dataset.as_uint8_tensor().to(device)  # type: ignore[attr-defined]
         labels = dataset.as_label_tensor().to(device)  # type: ignore[attr-defined]
         while True:
-            idx = rank_slice(stream.take(offset, batch_size), dist.rank, dist.world_size).to(device)
+            idx = to_device_without_sync(rank_slice(stream.take(offset, batch_size), dist.rank, dist.world_size),
+                                         device)
             offset += batch_size
             yield to_float_images(images[idx]), labels[idx]
     sampler = StreamBatchSampler(stream, offset=offset, batch_size=batch_size, rank=dist.rank,
