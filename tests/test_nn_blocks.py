@@ -245,6 +245,37 @@ def test_upsample_nearest_and_output_size() -> None:
     assert conv(x, output_size=(3, 5)).shape == (2, 5, 3, 5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4, 6), (1, 8, 8, 1, 1), (3, 16, 4, 7, 5)])
+def test_upsample_conv_equals_interpolate_then_conv(shape: tuple, channels_last: bool) -> None:
+    """The phase-kernel path (nn/upsample_conv.py) is the same function as nearest 2x then a
+    padded conv3x3: values and all three gradients agree to float64 rounding, in either layout."""
+    batch, cin, cout, height, width = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(batch, cin, height, width, dtype=torch.float64, generator=gen, requires_grad=True)
+    up = UpSample(cin, cout).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xin = x.contiguous(memory_format=fmt)
+    ref = F.conv2d(F.interpolate(xin, scale_factor=2.0, mode="nearest"), up.conv.weight, up.conv.bias, padding=1)
+    out = up(xin)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    if channels_last and height * width > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=gen)
+    params = (x, up.conv.weight, up.conv.bias)
+    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+
+
+def test_upsample_odd_target_size_still_matches_interpolate() -> None:
+    up = UpSample(4, 6).double()
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    ref = F.conv2d(F.interpolate(x, size=(5, 6), mode="nearest"), up.conv.weight, up.conv.bias, padding=1)
+    torch.testing.assert_close(up(x, output_size=(5, 6)), ref)
+    ref2 = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), up.conv.weight, up.conv.bias, padding=1)
+    torch.testing.assert_close(up(x, output_size=(6, 6)), ref2, rtol=0, atol=1e-12)
+
+
 # ---- dtypes and memory formats ---------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.nn.upsample_conv import upsample2x_conv3x3
 
 
 class DownSample(nn.Module):
@@ -66,6 +67,11 @@ class UpSample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        doubled = output_size is None or tuple(output_size) == (2 * x.shape[-2], 2 * x.shape[-1])
+        if self.use_conv and doubled:
+            # The same function at 0.47x the FLOPs, never materialising the upsampled tensor
+            # (nn/upsample_conv.py derives it).
+            return upsample2x_conv3x3(x, self.conv.weight, self.conv.bias)  # [B, out_channels, 2H, 2W]
         if output_size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # [B, C, 2H, 2W]
         else:
