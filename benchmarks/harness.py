@@ -104,7 +104,9 @@ class Timing:
     max_s: float
     iters: int
     first_call_s: float  # the first warm-up call: compilation (and autotuning) for compiled runs
-    peak_mem_gib: float | None = None
+    peak_mem_gib: float | None = None  # allocated, warm-up (compile, graph capture) and timed calls
+    peak_mem_timed_gib: float | None = None  # allocated, timed calls only (misses CUDA-graph pools)
+    peak_reserved_gib: float | None = None  # the caching allocator's reserve, whole run
     times_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,9 +119,14 @@ def time_fn(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, ite
 
     On CUDA each iteration sits between two events recorded on the current stream and the
     host does not wait between iterations, so launch overhead counts only where the GPU
-    would otherwise idle (which is what a user sees). The peak memory, when asked for, is
-    that of the timed iterations alone (reset after the warm-up).
+    would otherwise idle (which is what a user sees). The peak memory, when asked for, covers
+    the warm-up too: a CUDA graph's memory pool is allocated while it is captured and replays
+    allocate nothing, so a peak of the timed calls alone would leave the pool out.
     """
+    tracking = track_memory and device.type == "cuda"
+    if tracking:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     fn()
     synchronize(device)
@@ -127,7 +134,10 @@ def time_fn(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, ite
     for _ in range(max(warmup - 1, 0)):
         fn()
     synchronize(device)
-    if track_memory and device.type == "cuda":
+    warm_alloc = warm_reserved = 0.0
+    if tracking:
+        warm_alloc = torch.cuda.max_memory_allocated(device) / GIB
+        warm_reserved = torch.cuda.max_memory_reserved(device) / GIB
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
     if device.type == "cuda":
@@ -144,11 +154,13 @@ def time_fn(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, ite
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    peak = None
-    if track_memory and device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / GIB
+    memory: dict[str, float] = {}
+    if tracking:
+        timed = torch.cuda.max_memory_allocated(device) / GIB
+        memory = dict(peak_mem_gib=max(warm_alloc, timed), peak_mem_timed_gib=timed,
+                      peak_reserved_gib=max(warm_reserved, torch.cuda.max_memory_reserved(device) / GIB))
     return Timing(median_s=statistics.median(times), min_s=min(times), max_s=max(times),
-                  iters=iters, first_call_s=first, peak_mem_gib=peak,
+                  iters=iters, first_call_s=first, **memory,
                   times_ms=[round(t * 1e3, 4) for t in times])
 
 
