@@ -152,7 +152,7 @@ def test_train_compile_mode_comes_from_the_preset_and_the_flag():
     parser = build_parser()
     small = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--preset", "small"]))
     base = config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--preset", "base"]))
-    assert small.compile_mode == "reduce-overhead" and base.compile_mode == "default"
+    assert small.compile_mode == "reduce-overhead" and base.compile_mode == "reduce-overhead"
     flag = config_from_args(
         parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--compile-mode", "default"])
     )

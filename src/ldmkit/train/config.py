@@ -311,10 +311,15 @@ def small() -> RunConfig:
 
 
 def base() -> RunConfig:
-    """C1-sized class-conditional UNet (~90M) on f8 latents of 256 px images, GPUs."""
+    """C1-sized class-conditional UNet (~90M) on f8 latents of 256 px images, GPUs.
+
+    The UNet stage replays CUDA graphs like the smaller presets: at this size (C1, batch 256)
+    they made the step 1.24x the compiled diffusers peer's with less peak memory, on one H100
+    (benchmarks/NOTES.md, v4). The VAE stage trains with a discriminator, which is not
+    graph-safe, and compiles in the plain mode."""
     return _preset(
         name="base", data="", image_size=256, vae_preset="sd", unet_preset="base",
-        run=dict(precision="bf16", checkpoint_every=5000, log_every=100, num_workers=8, compile_mode="default"),
+        run=dict(precision="bf16", checkpoint_every=5000, log_every=100, num_workers=8),
         vae=dict(steps=50000, batch_size=32, lr=1e-4, warmup=1000, disc_start=20000),
         diffusion=dict(steps=400000, batch_size=256, lr=1e-4, warmup=5000, ema_decay=0.9999,
                        sample_every=10000, val_every=5000),
