@@ -48,7 +48,7 @@ def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     out_channels = weight.shape[0]
     phase_bias = None if bias is None else bias.repeat(4)
     z = F.conv2d(x, phase_kernels(weight), phase_bias, padding=1)  # [B, 4*O, H+1, W+1]
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         # NHWC: interleave along the channel-last axes so the result stays channels_last.
         z = z.permute(0, 2, 3, 1).unflatten(3, (2, 2, out_channels))  # [B, H+1, W+1, 2, 2, O]
         rows = [torch.stack([z[:, a:a + height, b:b + width, a, b] for b in (0, 1)], dim=3)

@@ -313,10 +313,10 @@ def small() -> RunConfig:
 def base() -> RunConfig:
     """C1-sized class-conditional UNet (~90M) on f8 latents of 256 px images, GPUs.
 
-    The UNet stage replays CUDA graphs like the smaller presets: at this size (C1, batch 256)
-    they made the step 1.24x the compiled diffusers peer's with less peak memory, on one H100
-    (benchmarks/NOTES.md, v4). The VAE stage trains with a discriminator, which is not
-    graph-safe, and compiles in the plain mode."""
+    On one GPU the UNet stage replays CUDA graphs like the smaller presets: at this size (C1,
+    batch 256) they made the step 1.24x the compiled diffusers peer's with less peak memory, on
+    one H100 (benchmarks/NOTES.md, v4). Under torchrun (DDP) and in the VAE stage, which trains
+    with a discriminator, nothing is graph-safe and both compile in the plain mode."""
     return _preset(
         name="base", data="", image_size=256, vae_preset="sd", unet_preset="base",
         run=dict(precision="bf16", checkpoint_every=5000, log_every=100, num_workers=8),
