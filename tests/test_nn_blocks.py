@@ -267,6 +267,23 @@ def test_upsample_conv_equals_interpolate_then_conv(shape: tuple, channels_last:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
 
 
+def test_upsample_conv_does_the_phase_convolutions_flops() -> None:
+    """The exact-2x path really runs the phase convolution: 16 (H+1)(W+1) multiply-adds per
+    channel pair instead of 9 * 4HW (0.5625x at 8x8), as FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    up, x = UpSample(16, 8), torch.randn(2, 16, 8, 8)
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    plain = flops(lambda: F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), up.conv.weight,
+                                   up.conv.bias, padding=1))
+    assert flops(lambda: up(x)) * (9 * 4 * 8 * 8) == plain * (16 * 9 * 9)
+
+
 def test_upsample_odd_target_size_still_matches_interpolate() -> None:
     up = UpSample(4, 6).double()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
