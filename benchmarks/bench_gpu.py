@@ -26,13 +26,38 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch._inductor import list_mode_options
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 import ldmkit_side as L  # noqa: E402
 import peers as P  # noqa: E402
 from bench_options import BATCH, GROUPS, SIDES, SMOKE_BATCH, parse_args, selected_measures  # noqa: E402
+from bench_generation import run_generation  # noqa: E402
 from bench_report import merge_tables, print_summary  # noqa: E402
+
+
+def compile_kwargs(args: argparse.Namespace, mode: str, side: str, *, training: bool = False) -> dict[str, Any]:
+    """torch.compile arguments of one side's run. ldmkit's training steps get inductor's forced
+    layout optimisation as `ldm train` does (`--ldm-layout-opt`), and `--ldm-inductor` options."""
+    kw: dict[str, Any] = {"dynamic": False}
+    if mode != "default":
+        kw["mode"] = mode
+    if side != "ldmkit":
+        return kw
+    if args.ldm_fullgraph:
+        kw["fullgraph"] = True
+    layout_opt = args.ldm_layout_opt == "all" or (training and args.ldm_layout_opt == "train")
+    if layout_opt or args.ldm_inductor:
+        # torch.compile takes a mode or options, not both: the mode's options plus ours
+        options = list_mode_options(kw.pop("mode", "default"))
+        if layout_opt:
+            options["force_layout_optimization"] = True
+        for item in args.ldm_inductor:
+            key, _, value = item.partition("=")
+            options[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
+        kw["options"] = options
+    return kw
 
 
 class Bench:
@@ -85,24 +110,21 @@ class Bench:
             return "reduce-overhead"
         return getattr(self.args, f"ldm_{purpose}_compile")
 
-    def channels_last(self, side: str) -> bool:
+    def channels_last(self, side: str, training: bool = False) -> bool:
         if side.startswith("peer"):
             return not self.args.peer_no_channels_last
+        if training:  # `ldm train` keeps NCHW modules; inductor's forced layout picks channels_last inside
+            return self.args.ldm_train_channels_last
         return not self.args.no_channels_last
 
     def sides_for(self, group: str) -> list[str]:
         graphs_in = {s.strip() for s in self.args.peer_graphs_in.split(",")}
         return [s for s in self.sides if s != "peer-graphs" or group in graphs_in]
 
-    def compile(self, obj: Callable, mode: str, side: str) -> Callable:
+    def compile(self, obj: Callable, mode: str, side: str, *, training: bool = False) -> Callable:
         if mode == "none" or (self.smoke and not self.args.smoke_compile):
             return obj
-        kw: dict[str, Any] = {"dynamic": False}
-        if mode != "default":
-            kw["mode"] = mode
-        if side == "ldmkit" and self.args.ldm_fullgraph:
-            kw["fullgraph"] = True
-        return torch.compile(obj, **kw)
+        return torch.compile(obj, **compile_kwargs(self.args, mode, side, training=training))
 
     def autocast(self, enabled: bool = True):
         return H.autocast(self.device, self.amp and enabled)
@@ -146,11 +168,12 @@ class Bench:
         return self.flops[key]
 
     def profile(self, fn: Callable[[], Any]) -> dict[str, Any]:
-        """{"profile_top": [...]} when --profile is on (after timing, so it never skews it)."""
+        """{"profile_top": [...], "profile_categories": {...}, ...} when --profile is on (after
+        timing, so it never skews it)."""
         if not self.args.profile:
             return {}
         try:
-            return {"profile_top": H.profile_top(fn, self.device)}
+            return H.profile_top(fn, self.device)
         except Exception as err:
             return {"profile_top": [{"name": f"profiling failed: {err}", "calls": 0, "ms_per_iter": 0, "share": 0}]}
 
@@ -232,12 +255,12 @@ class Bench:
             is_peer = side.startswith("peer")
             model, other = (peer, ldm) if is_peer else (ldm, peer)
             call = P.unet_call if is_peer else L.unet_call
-            cl = self.channels_last(side)
-            self.place(model, other, channels_last=cl)
             impl = "peer" if is_peer else "ldmkit"
             for mid in measures:
                 measure = mid.split(".")[1]
                 n = self.batch[mid]
+                cl = self.channels_last(side, training=measure == "train")
+                self.place(model, other, channels_last=cl)
                 try:
                     batch = self.to_layout(make_batch(n, 0), cl)
                     if measure == "train":
@@ -258,7 +281,7 @@ class Bench:
         model.train()
         fused = self.device.type == "cuda" and (impl == "peer" or not self.args.no_fused_adam)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused or None)
-        net = self.compile(model, mode, side)
+        net = self.compile(model, mode, side, training=True)
 
         def loss_of(m) -> torch.Tensor:
             with self.autocast():
@@ -354,102 +377,13 @@ class Bench:
                     H.free_memory()
         H.free_memory()
 
-    # ------------------------------------------------------------------ E1 / E2: generation
-
-    def run_gen(self, group: str, measures: list[str]) -> None:
-        e2 = group == "E2"
-        if e2:
-            ucfg = P.C2_UNET_TINY if self.smoke else P.C2_UNET
-            schedule, scale = P.E2_SCHEDULE, self.args.cfg_e2
-        else:
-            ucfg = P.C1_UNET_TINY if self.smoke else P.C1_UNET
-            schedule, scale = P.E1_SCHEDULE, self.args.cfg_e1
-        vcfg = P.C3_VAE_TINY if self.smoke else P.C3_VAE
-        res, n = ucfg["sample_size"], self.batch[f"{group}.gen"]
-        dtype = torch.bfloat16 if self.args.gen_precision == "bf16" and self.amp else torch.float32
-        use_amp = self.args.gen_precision == "autocast"
-
-        peer_unet, peer_vae = P.build_unet(ucfg, self.device), P.build_vae(vcfg, self.device)
-        ldm_unet, uinfo = L.build_unet(peer_unet, self.device, None if self.smoke else ("sd15" if e2 else "base"),
-                                       None if e2 or self.smoke else {"num_classes": 1000})
-        ldm_vae, vinfo = L.build_vae(peer_vae, self.device, None if self.smoke else "sd",
-                                     peer_vae.config.scaling_factor)
-        self.params(group, peer_unet, ldm_unet, uinfo)
-        self.rec.info(group, "vae", {k: v for k, v in vinfo.items() if k != "config"})
-        for m in (peer_unet, peer_vae, ldm_unet, ldm_vae):
-            m.to(dtype)
-
-        noise = self.randn(n, 4, res, res, seed=11)
-        if e2:
-            width = ucfg["cross_attention_dim"]
-            cond = {"context": self.randn(n, P.C2_CONTEXT_LEN, width, seed=12, dtype=dtype)}
-            uncond = {"context": self.randn(n, P.C2_CONTEXT_LEN, width, seed=13, dtype=dtype)}  # stands in for ""
-        else:
-            null = ucfg["num_class_embeds"] - 1
-            cond = {"labels": self.randint(null, n, seed=12)}
-            uncond = {"labels": torch.full((n,), null, device=self.device, dtype=torch.long)}
-
-        for side in self.sides_for(group):
-            is_peer = side.startswith("peer")
-            unet, vae = (peer_unet, peer_vae) if is_peer else (ldm_unet, ldm_vae)
-            cl = self.channels_last(side)
-            fmt = torch.channels_last if cl else torch.contiguous_format
-            unet.to(memory_format=fmt)
-            vae.to(memory_format=fmt)
-            mode = self.side_mode(side, "e2" if e2 else "e1")
-            graphs = "reduce-overhead" in mode and not self.smoke
-            try:
-                unet_c = self.compile(unet, mode, side)
-                if is_peer:
-                    dec = self.compile(lambda z: P.vae_decode(peer_vae, z),
-                                       "none" if self.args.no_compile_vae else mode, side)
-                    gen = P.PeerGenerator(unet_c, dec, P.make_scheduler(schedule),
-                                          scaling_factor=peer_vae.config.scaling_factor, guidance_scale=scale,
-                                          steps=self.steps, dtype=dtype, mark_step=graphs)
-                else:
-                    dec = self.compile(lambda z: ldm_vae.decode(z), "none" if self.args.no_compile_vae else mode, side)
-                    gen = L.LdmGenerator(unet_c, dec, L.make_schedule(schedule), guidance_scale=scale,
-                                         steps=self.steps, dtype=dtype, mark_step=graphs)
-                x_T = noise.contiguous(memory_format=torch.channels_last) if cl else noise
-
-                @torch.no_grad()
-                def full():
-                    with self.autocast(use_amp):
-                        return gen(x_T, cond, uncond)
-
-                @torch.no_grad()
-                def loop():
-                    with self.autocast(use_amp):
-                        return gen.latents(x_T, cond, uncond)
-
-                t_full = H.time_fn(full, self.device, warmup=self.warmup_for(mode), iters=self.iters)
-                t_loop = H.time_fn(loop, self.device, warmup=1, iters=self.iters)
-                syncs = H.count_syncs(loop, self.device)
-                images = full().float()
-                extra: dict[str, Any] = {}
-                if "peer" not in self.reference and is_peer:
-                    self.reference["peer"] = images
-                if not is_peer and "peer" in self.reference and uinfo.get("same_weights"):
-                    extra["images_vs_peer"] = H.agreement(self.reference["peer"], images)
-                self.record(group, "gen", side, t_full, n, None, compile_mode=mode, channels_last=cl,
-                            precision=str(dtype).replace("torch.", "") + (" autocast" if use_amp else ""),
-                            s_per_image=t_full.median_s / n, unet_it_s=self.steps / t_loop.median_s,
-                            loop_ms=t_loop.median_s * 1e3, decode_ms=(t_full.median_s - t_loop.median_s) * 1e3,
-                            loop_first_call_s=t_loop.first_call_s, syncs_in_loop=syncs,
-                            steps=self.steps, guidance_scale=scale, images_finite=bool(torch.isfinite(images).all()),
-                            **extra, **self.profile(full))
-            except Exception as err:
-                self.rec.error(group, "gen", side, err)
-            finally:
-                H.free_memory()
-        self.reference.clear()
-        H.free_memory()
-
     # ------------------------------------------------------------------ driver
 
     def run(self, measures: list[str]) -> None:
-        runners = {"C1": self.run_unet, "C2": self.run_unet, "C3": self.run_vae, "E1": self.run_gen,
-                   "E2": self.run_gen}
+        def run_gen(group: str, todo: list[str]) -> None:
+            run_generation(self, group, todo)
+
+        runners = {"C1": self.run_unet, "C2": self.run_unet, "C3": self.run_vae, "E1": run_gen, "E2": run_gen}
         self.rec.log(f"device {self.device} ({self.rec.data['meta'].get('gpu', 'cpu')}), torch "
                      f"{torch.__version__}, diffusers {self.rec.data['meta'].get('diffusers')}; "
                      f"measures {measures}; sides {self.sides}")

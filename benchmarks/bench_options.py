@@ -55,8 +55,18 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     g.add_argument("--ldm-e2-compile", default="reduce-overhead", choices=COMPILE_MODES,
                    help="mode for ldmkit in E2 (reduce-overhead = CUDA graphs)")
     g.add_argument("--ldm-fullgraph", action="store_true", help="compile ldmkit with fullgraph=True")
-    g.add_argument("--no-channels-last", action="store_true", help="ldmkit in NCHW-contiguous layout")
+    g.add_argument("--no-channels-last", action="store_true",
+                   help="ldmkit's forwards, VAE and generation in NCHW-contiguous layout")
+    g.add_argument("--ldm-train-channels-last", action="store_true",
+                   help="ldmkit's training steps with channels_last modules and inputs (default: NCHW, as "
+                        "`ldm train`; inductor's forced layout optimisation picks channels_last inside)")
+    g.add_argument("--ldm-inductor", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inductor option for ldmkit's compiles, e.g. coordinate_descent_tuning=true "
+                        "(repeatable)")
     g.add_argument("--no-fused-adam", action="store_true", help="ldmkit with the default (foreach) AdamW")
+    g.add_argument("--ldm-layout-opt", default="train", choices=("train", "all", "none"),
+                   help="where ldmkit compiles with inductor's layout optimisation forced on: training "
+                        "steps (default: what `ldm train` does), every run, or none")
     # levers applied to both sides
     b = p.add_argument_group("settings of both sides")
     b.add_argument("--fwd-precision", default="autocast", choices=("autocast", "bf16"),

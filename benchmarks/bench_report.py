@@ -55,6 +55,11 @@ def print_summary(rec: H.Recorder) -> None:
         if r.get("profile_top"):
             print(f"  profile {r['config']}.{r['measure']} [{r['side']}]: " + "; ".join(
                 f"{p['name'][:48]} {p['ms_per_iter']:.2f}ms ({p['share']:.0%})" for p in r["profile_top"][:6]))
+        if r.get("profile_categories"):
+            total = r["profile_gpu_ms"]
+            kinds = "; ".join(f"{k} {ms:.1f} ms ({ms / total:.0%})" for k, ms in r["profile_categories"].items())
+            print(f"  GPU time per call by kernel kind {r['config']}.{r['measure']} [{r['side']}] "
+                  f"({total:.1f} ms): {kinds}")
     for e in rec.data["errors"]:
         print(f"ERROR {e['config']}.{e['measure']} [{e['side']}]: {e['error'][:300]}")
     meta = rec.data["meta"]

@@ -174,14 +174,33 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def kernel_category(name: str) -> str:
+    """A CUDA kernel's kind, from its name (cuDNN, cuBLAS, inductor and PyTorch naming)."""
+    n = name.lower()
+    if n.startswith("triton_"):
+        return "triton (norms, pointwise, layout)"
+    if "sdpa" in n or "fmha" in n or "flash" in n or "attention" in n:
+        return "attention"
+    if any(k in n for k in ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm")):
+        return "convolution"
+    if "gemm" in n or "nvjet" in n or "cutlass" in n or "cublas" in n:
+        return "matmul"
+    if "multi_tensor" in n or "adam" in n:
+        return "optimizer"
+    if "memset" in n or "memcpy" in n or "copy" in n:
+        return "copies"
+    return "other"
+
+
 def profile_top(fn: Callable[[], Any], device: torch.device, *, iters: int = 3,
-                top: int = 12) -> list[dict[str, Any]]:
-    """The `top` kernels (ops on the CPU) by total device time over `iters` calls of `fn`,
-    from torch.profiler: where the time goes, to choose the next lever."""
+                top: int = 12) -> dict[str, Any]:
+    """Where the time goes, to choose the next lever: the `top` kernels (ops on the CPU) by total
+    device time over `iters` calls of `fn`, and the GPU time per call by kernel kind, from
+    torch.profiler (CUDA activity only on the GPU: CPU op tracing of a compiled step is slow)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     synchronize(device)
     with profile(activities=activities) as prof:
         for _ in range(iters):
@@ -195,9 +214,13 @@ def profile_top(fn: Callable[[], Any], device: torch.device, *, iters: int = 3,
             rows.append({"name": evt.key[:90], "calls": evt.count // iters, "ms_per_iter": t / 1e3 / iters})
     rows.sort(key=lambda r: -r["ms_per_iter"])
     total = sum(r["ms_per_iter"] for r in rows) or 1.0
+    categories: dict[str, float] = {}
     for r in rows:
         r["share"] = r["ms_per_iter"] / total
-    return rows[:top]
+        kind = kernel_category(r["name"])
+        categories[kind] = categories.get(kind, 0.0) + r["ms_per_iter"]
+    return {"profile_top": rows[:top], "profile_gpu_ms": total,
+            "profile_categories": dict(sorted(categories.items(), key=lambda kv: -kv[1]))}
 
 
 def count_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
@@ -290,7 +313,7 @@ class Recorder:
     def add(self, config: str, measure: str, side: str, **values: Any) -> dict[str, Any]:
         rec = {"config": config, "measure": measure, "side": side, **values}
         self.data["records"].append(rec)
-        shown = {k: v for k, v in values.items() if k not in ("times_ms", "profile_top")}
+        shown = {k: v for k, v in values.items() if k not in ("times_ms", "profile_top", "profile_categories")}
         self.log(f"{config}.{measure} [{side}] " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         self.save()
         return rec

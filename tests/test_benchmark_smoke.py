@@ -65,3 +65,54 @@ def test_smoke_bf16_weights_generation(tmp_path):
     data = _run(tmp_path, "--smoke-bf16", "--only", "E2", "--sides", "peer-eager,ldmkit")
     assert data["errors"] == [], [e["error"] for e in data["errors"]]
     assert {r["side"] for r in data["records"]} == {"peer-eager", "ldmkit"}
+
+
+def test_compile_arguments_follow_the_product_paths():
+    """ldmkit's training steps compile as `ldm train` does (NCHW modules, inductor's layout
+    optimisation forced on, the mode's own options kept); the peer and inference keep the mode."""
+    bench = _bench_module()
+    args = bench.parse_args([])
+    train = bench.compile_kwargs(args, "reduce-overhead", "ldmkit", training=True)
+    assert "mode" not in train  # torch.compile refuses a mode beside options
+    assert train["options"]["force_layout_optimization"] is True
+    assert train["options"]["triton.cudagraphs"] is True  # what mode="reduce-overhead" sets
+    assert bench.compile_kwargs(args, "default", "ldmkit") == {"dynamic": False}
+    assert bench.compile_kwargs(args, "reduce-overhead", "peer-graphs", training=True) == {
+        "dynamic": False, "mode": "reduce-overhead"}
+    tuned = bench.parse_args(["--ldm-layout-opt", "none", "--ldm-inductor", "coordinate_descent_tuning=true",
+                              "--ldm-inductor", "triton.max_tiles=3"])
+    options = bench.compile_kwargs(tuned, "default", "ldmkit", training=True)["options"]
+    assert options == {"coordinate_descent_tuning": True, "triton.max_tiles": 3}
+    assert bench.compile_kwargs(tuned, "default", "peer-compiled", training=True) == {"dynamic": False}
+
+
+def test_kernel_kinds_from_names():
+    kind = _bench_module().H.kernel_category
+    assert kind("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kind("nvjet_sm90_tst_64x64_64x13_2x1_v_bz_splitK_NTT") == "matmul"
+    assert kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
+    assert kind("triton_red_fused__to_copy_native_group_norm_silu_3").startswith("triton")
+    assert kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert kind("void at::native::elementwise_kernel<128, 4>") == "other"
+
+
+def test_profile_records_time_by_kernel_kind(tmp_path):
+    data = _run(tmp_path, "--only", "C1.fwd", "--sides", "ldmkit", "--profile")
+    (record,) = data["records"]
+    kinds = record["profile_categories"]
+    assert kinds and record["profile_top"]
+    assert sum(kinds.values()) == pytest.approx(record["profile_gpu_ms"])
+
+
+def test_attention_benchmark_shapes_are_the_unets():
+    path = BENCH.with_name("attention_backends.py")
+    spec = importlib.util.spec_from_file_location("attention_backends_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = {name: (b, h, n, m, d) for name, b, h, n, m, d in module.shapes(256, 128, 32, 2)}
+    assert rows["C2 self 64x64"] == (32, 8, 4096, 4096, 40)  # SD 1.x: 320 channels, 8 heads
+    assert rows["E2 cross 32x32"] == (2, 8, 1024, 77, 80)  # 640 channels, 77 text tokens
+    assert rows["C1 self 16x16"] == (256, 4, 256, 256, 64)  # C1: 256 channels, 64 per head
+    # QK^T and PV are 2*n*m*d multiply-adds each per head; the backward does 2.5x the forward
+    assert module.attention_flops(1, 1, 3, 5, 7, backward=False) == 4 * 3 * 5 * 7
+    assert module.attention_flops(2, 3, 3, 5, 7, backward=True) == 3.5 * 4 * 6 * 3 * 5 * 7
