@@ -210,15 +210,15 @@ def profile_top(fn: Callable[[], Any], device: torch.device, *, iters: int = 3,
     for evt in prof.key_averages():
         t = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)) if cuda \
             else evt.self_cpu_time_total
-        if t:
-            rows.append({"name": evt.key[:90], "calls": evt.count // iters, "ms_per_iter": t / 1e3 / iters})
+        if t:  # the kind from the whole name: a cut one can lose the functor (e.g. a copy)
+            rows.append({"name": evt.key[:90], "kind": kernel_category(evt.key), "calls": evt.count // iters,
+                         "ms_per_iter": t / 1e3 / iters})
     rows.sort(key=lambda r: -r["ms_per_iter"])
     total = sum(r["ms_per_iter"] for r in rows) or 1.0
     categories: dict[str, float] = {}
     for r in rows:
         r["share"] = r["ms_per_iter"] / total
-        kind = kernel_category(r["name"])
-        categories[kind] = categories.get(kind, 0.0) + r["ms_per_iter"]
+        categories[r["kind"]] = categories.get(r["kind"], 0.0) + r["ms_per_iter"]
     return {"profile_top": rows[:top], "profile_gpu_ms": total,
             "profile_categories": dict(sorted(categories.items(), key=lambda kv: -kv[1]))}
 
