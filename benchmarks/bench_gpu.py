@@ -173,7 +173,7 @@ class Bench:
         if not self.args.profile:
             return {}
         try:
-            return H.profile_top(fn, self.device)
+            return H.profile_kernels(fn, self.device)
         except Exception as err:
             return {"profile_top": [{"name": f"profiling failed: {err}", "calls": 0, "ms_per_iter": 0, "share": 0}]}
 

@@ -192,9 +192,9 @@ def kernel_category(name: str) -> str:
     return "other"
 
 
-def profile_top(fn: Callable[[], Any], device: torch.device, *, iters: int = 3,
+def profile_kernels(fn: Callable[[], Any], device: torch.device, *, iters: int = 3,
                 top: int = 12) -> dict[str, Any]:
-    """Where the time goes, to choose the next lever: the `top` kernels (ops on the CPU) by total
+    """Where the time goes, to choose the next lever: the `top` kernels (CPU ops without a GPU) by total
     device time over `iters` calls of `fn`, and the GPU time per call by kernel kind, from
     torch.profiler (CUDA activity only on the GPU: CPU op tracing of a compiled step is slow)."""
     from torch.profiler import ProfilerActivity, profile

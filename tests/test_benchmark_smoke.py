@@ -113,6 +113,6 @@ def test_attention_benchmark_shapes_are_the_unets():
     assert rows["C2 self 64x64"] == (32, 8, 4096, 4096, 40)  # SD 1.x: 320 channels, 8 heads
     assert rows["E2 cross 32x32"] == (2, 8, 1024, 77, 80)  # 640 channels, 77 text tokens
     assert rows["C1 self 16x16"] == (256, 4, 256, 256, 64)  # C1: 256 channels, 64 per head
-    # QK^T and PV are 2*n*m*d multiply-adds each per head; the backward does 2.5x the forward
+    # QK^T and PV are 2*n*m*d FLOPs each per head (n*m*d multiply-adds); the backward does 2.5x the forward
     assert module.attention_flops(1, 1, 3, 5, 7, backward=False) == 4 * 3 * 5 * 7
     assert module.attention_flops(2, 3, 3, 5, 7, backward=True) == 3.5 * 4 * 6 * 3 * 5 * 7
