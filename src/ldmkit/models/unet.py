@@ -29,6 +29,7 @@ from ldmkit.nn import (
     TimestepEmbedding,
     UpSample,
     group_norm,
+    group_norm_silu,
     timestep_embedding,
 )
 
@@ -124,7 +125,6 @@ class UNet(nn.Module):
         assert not skip_widths, "every skip must be consumed exactly once"
 
         self.norm_out = group_norm(ch, c.norm_groups, c.norm_eps)
-        self.act_out = nn.SiLU()
         self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
         if c.zero_init_output:
             # The untrained model predicts exactly 0 (ADM's zero_module): the loss starts at the
@@ -247,4 +247,4 @@ class UNet(nn.Module):
                 # Match the next skip exactly, so odd input sizes work too.
                 h = block.upsample(h, output_size=skips[-1].shape[-2:])  # [B, C, 2h, 2w]
 
-        return self.conv_out(self.act_out(self.norm_out(h)))  # [B, out_channels, H, W]
+        return self.conv_out(group_norm_silu(h, self.norm_out))  # [B, out_channels, H, W]

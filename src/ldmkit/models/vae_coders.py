@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldmkit.nn import DownSample, ResNetBlock, SelfAttentionBlock, UpSample, group_norm
+from ldmkit.nn import DownSample, ResNetBlock, SelfAttentionBlock, UpSample, group_norm, group_norm_silu
 
 
 class _Level(nn.Module):
@@ -69,7 +69,6 @@ class Encoder(nn.Module):
         self.down_blocks = nn.ModuleList(levels)
         self.mid_block = _MidBlock(ch, groups, eps, mid_attention)
         self.norm_out = group_norm(ch, groups, eps)
-        self.act_out = nn.SiLU()
         self.conv_out = nn.Conv2d(ch, out_ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +76,7 @@ class Encoder(nn.Module):
         for level in self.down_blocks:
             h = level(h)  # [B, Ci, H/2**i, W/2**i] (halved after each level but the last)
         h = self.mid_block(h)
-        return self.conv_out(self.act_out(self.norm_out(h)))  # [B, out_ch, H/f, W/f]
+        return self.conv_out(group_norm_silu(h, self.norm_out))  # [B, out_ch, H/f, W/f]
 
 
 class Decoder(nn.Module):
@@ -107,11 +106,10 @@ class Decoder(nn.Module):
             levels.append(_Level(resnets, None if last else UpSample(ch), "upsample"))
         self.up_blocks = nn.ModuleList(levels)
         self.norm_out = group_norm(ch, groups, eps)
-        self.act_out = nn.SiLU()
         self.conv_out = nn.Conv2d(ch, out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid_block(self.conv_in(z))  # [B, C_last, h, w]
         for level in self.up_blocks:
             h = level(h)  # doubled after each level but the last
-        return self.conv_out(self.act_out(self.norm_out(h)))  # [B, out_ch, H, W]
+        return self.conv_out(group_norm_silu(h, self.norm_out))  # [B, out_ch, H, W]

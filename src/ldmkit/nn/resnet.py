@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.nn.group_norm_silu import group_norm_silu
 from ldmkit.nn.norm import group_norm
 
 
@@ -70,15 +71,16 @@ class ResNetBlock(nn.Module):
                 if emb is not None
                 else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
             )
-        h = self.conv1(self.act(self.norm1(x)))  # [B, out_ch, H, W]
+        # GroupNorm -> SiLU pairs go through group_norm_silu: fused reductions on CUDA.
+        h = self.conv1(group_norm_silu(x, self.norm1))  # [B, out_ch, H, W]
         if emb is None:
-            h = self.norm2(h)
+            h = group_norm_silu(h, self.norm2)
         else:
-            e = self.emb_proj(self.act(emb))[:, :, None, None]  # [B, out_ch or 2*out_ch, 1, 1]
+            e = self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
             if self.scale_shift:
-                scale, shift = e.chunk(2, dim=1)
-                h = self.norm2(h) * (1 + scale) + shift
+                scale, shift = e[:, :, None, None].chunk(2, dim=1)
+                h = self.act(self.norm2(h) * (1 + scale) + shift)
             else:
-                h = self.norm2(h + e)
-        h = self.conv2(self.dropout(self.act(h)))  # [B, out_ch, H, W]
+                h = group_norm_silu(h, self.norm2, e)  # silu(norm2(h + e)), h + e not stored
+        h = self.conv2(self.dropout(h))  # [B, out_ch, H, W]
         return self.skip(x) + h

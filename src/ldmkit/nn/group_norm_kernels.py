@@ -1,0 +1,165 @@
+"""Triton kernels for the two reductions of GroupNorm + SiLU: per-channel moments (forward) and
+per-channel gradient sums (backward).
+
+Both read an activation `[N, C, H, W]` through its strides, so one kernel serves NCHW and
+channels_last alike: inductor's layout optimisation hands the training step's convolutions
+channels_last tensors, and a GroupNorm that reads them as NCHW would read 2-byte pieces
+C elements apart. A program owns `BLOCK_C` channels of one sample and a run of pixels; the tile is
+laid out along whichever axis is contiguous in memory (`_tile`).
+
+The kernels return partial results per (sample, channel, pixel split); `group_norm_silu.py`
+combines them (the combination is a few `[N, C]`-sized tensor ops) and does the elementwise
+parts in PyTorch, where inductor fuses them with their neighbours.
+
+Importing this module imports Triton; `group_norm_silu.py` imports it only when a kernel runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ldmkit.nn.group_norm_plan import SPLIT_UNIT, pixel_splits
+
+@triton.jit
+def _moments_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr,
+                    C, HW, hw_per_split, n_splits,
+                    stride_n, stride_c, stride_hw,
+                    HAS_ADD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # Mean and centred sum of squares (M2) of x (+ add[n, c]) over one split of the pixels, per
+    # channel. Chunks of BLOCK_HW pixels are merged with Chan et al.'s pairwise update (1979):
+    # with counts a, b, means ma, mb, d = mb - ma:  mean = ma + d b/(a+b),
+    # M2 = M2a + M2b + d^2 a b/(a+b). Centring each chunk first avoids E[x^2] - E[x]^2's
+    # cancellation when a channel's mean is large against its spread.
+    n = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    c_ok = c < C
+    hw_begin = split * hw_per_split
+    hw_end = tl.minimum(hw_begin + hw_per_split, HW)
+    if HAS_ADD:
+        shift = tl.load(add_ptr + n * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    count = tl.full([], 0.0, tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(hw_begin, hw_end, BLOCK_HW):
+        hw = start + tl.arange(0, BLOCK_HW)
+        hw_ok = hw < hw_end
+        ok = c_ok[:, None] & hw_ok[None, :]
+        v = tl.load(x_ptr + n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw,
+                    mask=ok, other=0.0).to(tl.float32)
+        if HAS_ADD:
+            v = tl.where(ok, v + shift[:, None], 0.0)
+        k = tl.minimum(hw_end - start, BLOCK_HW).to(tl.float32)
+        chunk_mean = tl.sum(v, axis=1) / k
+        d = tl.where(ok, v - chunk_mean[:, None], 0.0)
+        chunk_m2 = tl.sum(d * d, axis=1)
+        total = count + k
+        delta = chunk_mean - mean
+        mean = mean + delta * (k / total)
+        m2 = m2 + chunk_m2 + delta * delta * (count * k / total)
+        count = total
+    out = (n * C + c) * n_splits + split
+    tl.store(mean_ptr + out, mean, mask=c_ok)
+    tl.store(m2_ptr + out, m2, mask=c_ok)
+
+
+@triton.jit
+def _grad_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, center_ptr, s1_ptr, s2_ptr,
+                      C, HW, hw_per_split, n_splits,
+                      stride_n, stride_c, stride_hw, dstride_n, dstride_c, dstride_hw,
+                      BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # With z = x scale[n,c] + shift[n,c] (the normalised, affine input of SiLU) and
+    # dz = dy silu'(z), silu'(z) = s (1 + z (1 - s)), s = sigmoid(z):
+    # S1 = sum dz and S2 = sum dz (x - center[n,c]) over one split of the pixels, per channel.
+    # `center` is the group mean minus the added shift, so S2 is taken about the mean (no
+    # cancellation) and sum dz xhat = rstd S2.
+    n = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    c_ok = c < C
+    a = tl.load(scale_ptr + n * C + c, mask=c_ok, other=0.0)
+    b = tl.load(shift_ptr + n * C + c, mask=c_ok, other=0.0)
+    mu = tl.load(center_ptr + n * C + c, mask=c_ok, other=0.0)
+    hw_begin = split * hw_per_split
+    hw_end = tl.minimum(hw_begin + hw_per_split, HW)
+    s1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    for start in range(hw_begin, hw_end, BLOCK_HW):
+        hw = start + tl.arange(0, BLOCK_HW)
+        ok = c_ok[:, None] & (hw < hw_end)[None, :]
+        x = tl.load(x_ptr + n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw,
+                    mask=ok, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + n * dstride_n + c[:, None] * dstride_c + hw[None, :] * dstride_hw,
+                     mask=ok, other=0.0).to(tl.float32)
+        z = x * a[:, None] + b[:, None]
+        s = tl.sigmoid(z)
+        dz = tl.where(ok, dy * s * (1.0 + z * (1.0 - s)), 0.0)
+        s1 += dz
+        s2 += dz * (x - mu[:, None])
+    out = (n * C + c) * n_splits + split
+    tl.store(s1_ptr + out, tl.sum(s1, axis=1), mask=c_ok)
+    tl.store(s2_ptr + out, tl.sum(s2, axis=1), mask=c_ok)
+
+
+def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(sample, channel, pixel) strides of a [N, C, H, W] tensor whose H and W merge into one
+    pixel axis (NCHW and channels_last both do); callers make others contiguous first."""
+    return t.stride(0), t.stride(1), t.stride(3)
+
+
+def _tile(channels_contiguous: bool, C: int, HW: int) -> tuple[int, int]:
+    # 2,048-element tiles, long along the axis that is contiguous in memory: 64 channels
+    # (128 bytes of bf16) per pixel for channels_last, 128 pixels per channel for NCHW.
+    if channels_contiguous:
+        block_c = min(64, triton.next_power_of_2(C))
+        return block_c, 2048 // block_c
+    block_hw = min(SPLIT_UNIT, triton.next_power_of_2(HW))
+    return 2048 // block_hw, block_hw
+
+
+def channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (sample, channel, pixel split) mean and M2 of x (+ add[:, :, None, None]).
+
+    x: [N, C, H, W] with mergeable pixels; add: [N, C] or None.
+    Returns mean, m2: [N, C, S] float32; `pixel_splits` gives the pixels per split (the last
+    split may hold fewer).
+    """
+    N, C, H, W = x.shape
+    HW = H * W
+    sn, sc, shw = _pixel_strides(x)
+    block_c, block_hw = _tile(sc == 1 and C > 1, C, HW)
+    c_blocks = triton.cdiv(C, block_c)
+    per_split, n_splits = pixel_splits(N, C, HW)
+    mean = torch.empty((N, C, n_splits), device=x.device, dtype=torch.float32)
+    m2 = torch.empty_like(mean)
+    add_arg = add.contiguous() if add is not None else mean  # never read without HAS_ADD
+    _moments_kernel[(N, c_blocks, n_splits)](
+        x, add_arg, mean, m2, C, HW, per_split, n_splits, sn, sc, shw,
+        HAS_ADD=add is not None, BLOCK_C=block_c, BLOCK_HW=block_hw)
+    return mean, m2
+
+
+def silu_grad_sums(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                   center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (sample, channel, pixel split) sums of dz and dz (x - center), where
+    dz = dy * silu'(x scale + shift).
+
+    x, dy: [N, C, H, W] with mergeable pixels (layouts may differ); scale, shift, center: [N, C]
+    float32. Returns s1, s2: [N, C, S] float32 (summed over S by the caller).
+    """
+    N, C, H, W = x.shape
+    HW = H * W
+    sn, sc, shw = _pixel_strides(x)
+    dsn, dsc, dshw = _pixel_strides(dy)
+    block_c, block_hw = _tile(sc == 1 and C > 1, C, HW)
+    c_blocks = triton.cdiv(C, block_c)
+    per_split, n_splits = pixel_splits(N, C, HW)
+    s1 = torch.empty((N, C, n_splits), device=x.device, dtype=torch.float32)
+    s2 = torch.empty_like(s1)
+    _grad_sums_kernel[(N, c_blocks, n_splits)](
+        x, dy, scale.contiguous(), shift.contiguous(), center.contiguous(), s1, s2,
+        C, HW, per_split, n_splits, sn, sc, shw, dsn, dsc, dshw,
+        BLOCK_C=block_c, BLOCK_HW=block_hw)
+    return s1, s2

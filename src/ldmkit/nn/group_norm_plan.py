@@ -1,0 +1,30 @@
+"""How the GroupNorm kernels split their work; plain Python, importable without Triton (the
+operators' shape functions use it while a graph is traced)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Enough programs to fill an H100's 132 SMs several times over before a sample's pixels are split.
+_TARGET_PROGRAMS = 1024
+
+# Splits are whole multiples of 128 pixels, a multiple of either tile's pixel block, and they
+# depend on the shape alone: the partial results' shape must not change with the layout, which
+# inductor may choose after the graph (and these shapes) are traced.
+SPLIT_UNIT = 128
+
+
+def pixel_splits(N: int, C: int, HW: int) -> tuple[int, int]:
+    """(pixels per split, number of splits): a sample's pixels are split only as far as needed
+    for about _TARGET_PROGRAMS programs of 64 channels."""
+    units = math.ceil(HW / SPLIT_UNIT)
+    want = max(1, min(units, math.ceil(_TARGET_PROGRAMS / (N * math.ceil(C / 64)))))
+    per_split = math.ceil(units / want) * SPLIT_UNIT
+    return per_split, math.ceil(HW / per_split)
+
+
+def pixels_mergeable(t: torch.Tensor) -> bool:
+    """True when pixel (h, w) sits at h * W * stride_w + w * stride_w, so H x W is one axis."""
+    return t.dim() == 4 and (t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3))
