@@ -82,6 +82,7 @@ def measure(shape: tuple, layout: str, variant: str, iters: int, warmup: int) ->
     dy = torch.randn(N, C, H, W, device=dev, generator=gen).to(torch.bfloat16).to(memory_format=fmt)
     x.requires_grad_(True)
     add.requires_grad_(True)
+    torch._dynamo.reset()  # each case compiles for its own static shape
     fn = step_fn(variant)
 
     def fwd_bwd():
