@@ -87,7 +87,8 @@ def measure(shape: tuple, layout: str, variant: str, iters: int, warmup: int) ->
 
     def fwd_bwd():
         x.grad = add.grad = norm.weight.grad = norm.bias.grad = None
-        y = fn(x, add, norm)
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # as in training: fp32 weights
+            y = fn(x, add, norm)
         y.backward(dy)
         return y
 

@@ -15,12 +15,11 @@ The optional `add` ([N, C], e.g. a ResNet block's timestep embedding) is added t
 norm without materialising x + add, and gets its gradient from sums already taken.
 
 The fused path runs on CUDA tensors when Triton imports; anywhere else, and with the environment
-variable LDMKIT_FUSED_GROUPNORM=0, `group_norm_silu` is plain `silu(norm(x + add))`.
+variable LDMKIT_FUSED_GROUPNORM=0 (read at import), `group_norm_silu` is plain `silu(norm(x + add))`.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -33,14 +32,16 @@ from ldmkit.nn.group_norm_plan import pixel_splits, pixels_mergeable
 ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
 
 
-@functools.cache
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+# Read once, when ldmkit is imported: a compiled graph must not call importlib or read the
+# environment while it is traced (each call would be a graph break).
+FUSED_SWITCH_ON = os.environ.get(ENV_SWITCH, "1") != "0"
+TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def fused_group_norm_enabled(x: torch.Tensor) -> bool:
-    """True when `group_norm_silu(x, ...)` takes the Triton path."""
-    return x.is_cuda and os.environ.get(ENV_SWITCH, "1") != "0" and _triton_importable()
+    """True when `group_norm_silu(x, ...)` takes the Triton path: a CUDA tensor, Triton
+    installed, and LDMKIT_FUSED_GROUPNORM not 0 when ldmkit was imported."""
+    return x.is_cuda and FUSED_SWITCH_ON and TRITON_IMPORTABLE
 
 
 def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | None = None,
