@@ -14,8 +14,9 @@ Per-channel partial results are combined into group statistics with `[N, C]`-siz
 The optional `add` ([N, C], e.g. a ResNet block's timestep embedding) is added to x before the
 norm without materialising x + add, and gets its gradient from sums already taken.
 
-The fused path runs on CUDA tensors when Triton imports; anywhere else, and with the environment
-variable LDMKIT_FUSED_GROUPNORM=0 (read at import), `group_norm_silu` is plain `silu(norm(x + add))`.
+The fused path runs in compiled training steps on CUDA when Triton imports
+(`fused_group_norm_enabled`); anywhere else, and with the environment variable
+LDMKIT_FUSED_GROUPNORM=0 (read at import), `group_norm_silu` is plain `silu(norm(x + add))`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,16 @@ TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def fused_group_norm_enabled(x: torch.Tensor) -> bool:
-    """True when `group_norm_silu(x, ...)` takes the Triton path: a CUDA tensor, Triton
-    installed, and LDMKIT_FUSED_GROUPNORM not 0 when ldmkit was imported."""
-    return x.is_cuda and FUSED_SWITCH_ON and TRITON_IMPORTABLE
+    """True when `group_norm_silu(x, ...)` takes the Triton path: a CUDA tensor in a compiled
+    graph that records gradients (a training step), Triton installed, and LDMKIT_FUSED_GROUPNORM
+    not 0 when ldmkit was imported.
+
+    Eager mode keeps PyTorch's GroupNorm: there the elementwise halves of this path would run as
+    separate kernels. Inference keeps it too: the gain was measured on the training step
+    (benchmarks/NOTES.md v6), and GroupNorm's forward alone is what inductor already fuses well.
+    """
+    return (x.is_cuda and FUSED_SWITCH_ON and TRITON_IMPORTABLE and torch.is_grad_enabled()
+            and torch.compiler.is_compiling())
 
 
 def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | None = None,
