@@ -1,5 +1,5 @@
 """GroupNorm + SiLU forward and backward alone, at the shapes of the C1 training step: PyTorch's
-GroupNorm (eager and compiled) against ldmkit's fused reductions (`ldmkit.nn.group_norm_silu`).
+GroupNorm (eager and compiled) against ldmkit's fused reductions (`ldmkit.nn.norm_silu`).
 
 For each shape and input layout (NCHW, channels_last) it times `silu(GroupNorm(x + add))`
 forward + backward in bf16 (median of CUDA-event timings), reports the bytes a minimal
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmkit.nn.group_norm_silu import group_norm_silu
+from ldmkit.nn.norm_silu import group_norm_silu
 
 # (name, N, C, H, W): the GroupNorm inputs of C1's ResNet blocks at batch 256 (channels 128, 256,
 # 384, 512 at 32x32 .. 4x4 latents) and the widest skip concatenations of its decoder.

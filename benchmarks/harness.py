@@ -174,11 +174,17 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+# ldmkit's own Triton kernels (src/ldmkit/nn/norm_silu_kernels.py), named as the profiler shows them.
+LDMKIT_TRITON_KERNELS = ("_moments_kernel", "_grad_sums_kernel")
+
+
 def kernel_category(name: str) -> str:
     """A CUDA kernel's kind, from its name (cuDNN, cuBLAS, inductor and PyTorch naming)."""
     n = name.lower()
     if n.startswith("triton_"):
         return "triton (norms, pointwise, layout)"
+    if n in LDMKIT_TRITON_KERNELS:
+        return "triton (ldmkit GroupNorm reductions)"
     if "sdpa" in n or "fmha" in n or "flash" in n or "attention" in n:
         return "attention"
     if any(k in n for k in ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm")):

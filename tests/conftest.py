@@ -2,8 +2,16 @@
 
 One intra-op thread: the suite's models are tiny, and on a busy 2-core CI machine two threads
 fighting over small convolutions made steps several times slower.
+
+Triton's interpreter: ldmkit's Triton kernels (tests/test_norm_silu.py) run on the CPU. Triton
+reads the switch when it defines its own library functions, so it is set before anything can
+import Triton (torch.compile may).
 """
 
-import torch
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
-from ldmkit.nn.group_norm_silu import group_norm_silu
+from ldmkit.nn.norm_silu import group_norm_silu
 from ldmkit.nn.norm import group_norm
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmkit.nn.group_norm_plan import pixel_splits, pixels_mergeable
+from ldmkit.nn.norm_silu_plan import pixel_splits, pixels_mergeable
 
 ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
 
@@ -86,7 +86,7 @@ def _partials_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.library.custom_op("ldmkit::gn_channel_moments", mutates_args=(), tags=_TAGS)
 def _channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from ldmkit.nn.group_norm_kernels import channel_moments
+    from ldmkit.nn.norm_silu_kernels import channel_moments
 
     return channel_moments(_mergeable(x), add)
 
@@ -99,7 +99,7 @@ def _(x, add):
 @torch.library.custom_op("ldmkit::gn_silu_grad_sums", mutates_args=(), tags=_TAGS)
 def _silu_grad_sums(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                     center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from ldmkit.nn.group_norm_kernels import silu_grad_sums
+    from ldmkit.nn.norm_silu_kernels import silu_grad_sums
 
     return silu_grad_sums(_mergeable(x), _mergeable(dy), scale, shift, center)
 

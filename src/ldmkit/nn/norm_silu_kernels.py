@@ -7,11 +7,11 @@ channels_last tensors, and a GroupNorm that reads them as NCHW would read 2-byte
 C elements apart. A program owns `BLOCK_C` channels of one sample and a run of pixels; the tile is
 laid out along whichever axis is contiguous in memory (`_tile`).
 
-The kernels return partial results per (sample, channel, pixel split); `group_norm_silu.py`
+The kernels return partial results per (sample, channel, pixel split); `norm_silu.py`
 combines them (the combination is a few `[N, C]`-sized tensor ops) and does the elementwise
 parts in PyTorch, where inductor fuses them with their neighbours.
 
-Importing this module imports Triton; `group_norm_silu.py` imports it only when a kernel runs.
+Importing this module imports Triton; `norm_silu.py` imports it only when a kernel runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ldmkit.nn.group_norm_plan import SPLIT_UNIT, pixel_splits
+from ldmkit.nn.norm_silu_plan import SPLIT_UNIT, pixel_splits
 
 @triton.jit
 def _moments_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr,
