@@ -46,7 +46,7 @@ def fused_group_norm_enabled(x: torch.Tensor) -> bool:
 
     Eager mode keeps PyTorch's GroupNorm: there the elementwise halves of this path would run as
     separate kernels. Inference keeps it too: the gain was measured on the training step
-    (benchmarks/NOTES.md v6), and GroupNorm's forward alone is what inductor already fuses well.
+    (benchmarks/NOTES.md v6), and inference with these kernels was not measured.
     """
     return (x.is_cuda and FUSED_SWITCH_ON and TRITON_IMPORTABLE and torch.is_grad_enabled()
             and torch.compiler.is_compiling())

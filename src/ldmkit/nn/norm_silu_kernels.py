@@ -22,6 +22,7 @@ import triton.language as tl
 
 from ldmkit.nn.norm_silu_plan import SPLIT_UNIT, pixel_splits
 
+
 @triton.jit
 def _moments_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr,
                     C, HW, hw_per_split, n_splits,
@@ -73,8 +74,8 @@ def _grad_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, center_ptr, s1_ptr, s
     # With z = x scale[n,c] + shift[n,c] (the normalised, affine input of SiLU) and
     # dz = dy silu'(z), silu'(z) = s (1 + z (1 - s)), s = sigmoid(z):
     # S1 = sum dz and S2 = sum dz (x - center[n,c]) over one split of the pixels, per channel.
-    # `center` is the group mean minus the added shift, so S2 is taken about the mean (no
-    # cancellation) and sum dz xhat = rstd S2.
+    # `center` is the group mean minus the `add` input, so S2 is taken about the mean of x + add
+    # (no cancellation) and sum dz xhat = rstd S2.
     n = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
-from ldmkit.nn.norm_silu import group_norm_silu
 from ldmkit.nn.norm import group_norm
+from ldmkit.nn.norm_silu import group_norm_silu
 
 
 class ResNetBlock(nn.Module):
@@ -71,7 +71,7 @@ class ResNetBlock(nn.Module):
                 if emb is not None
                 else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
             )
-        # GroupNorm -> SiLU pairs go through group_norm_silu: fused reductions on CUDA.
+        # GroupNorm -> SiLU pairs go through group_norm_silu: Triton reductions in compiled CUDA training.
         h = self.conv1(group_norm_silu(x, self.norm1))  # [B, out_ch, H, W]
         if emb is None:
             h = group_norm_silu(h, self.norm2)
