@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -50,21 +54,6 @@ def attention_flops(b: int, h: int, n: int, m: int, d: int, backward: bool) -> f
     return fwd * (3.5 if backward else 1.0)
 
 
-def time_ms(fn, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def measure(shape: tuple, backend: str, device: torch.device, iters: int, warmup: int) -> dict:
     name, b, h, n, m, d = shape
     gen = torch.Generator(device=device).manual_seed(0)
@@ -78,14 +67,14 @@ def measure(shape: tuple, backend: str, device: torch.device, iters: int, warmup
         with sdpa_kernel(BACKENDS[backend]):
             out = F.scaled_dot_product_attention(q, k, v)
             row["rel_err"] = float((out.float() - ref).norm() / ref.norm())
-            row["fwd_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), iters, warmup)
+            row["fwd_ms"] = H.time_each_ms(lambda: F.scaled_dot_product_attention(q, k, v), iters, warmup)
             qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
             grad = torch.randn_like(out)
 
             def fwd_bwd():
                 F.scaled_dot_product_attention(qg, kg, vg).backward(grad)
 
-            row["fwd_bwd_ms"] = time_ms(fwd_bwd, iters, warmup)
+            row["fwd_bwd_ms"] = H.time_each_ms(fwd_bwd, iters, warmup)
         row["fwd_tflops"] = attention_flops(b, h, n, m, d, False) / row["fwd_ms"] / 1e9
         row["fwd_bwd_tflops"] = attention_flops(b, h, n, m, d, True) / row["fwd_bwd_ms"] / 1e9
     except RuntimeError as err:  # a backend that does not support the shape says so

@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.nn.norm_silu import group_norm_silu
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import time_each_ms  # noqa: E402
 
 # (name, N, C, H, W): the GroupNorm inputs of C1's ResNet blocks at batch 256 (channels 128, 256,
 # 384, 512 at 32x32 .. 4x4 latents) and the widest skip concatenations of its decoder.
@@ -47,21 +50,6 @@ def fused(x, add, norm):
 def step_fn(variant: str):
     fn = fused if variant.startswith("ldmkit") else plain
     return torch.compile(fn, fullgraph=True) if "compiled" in variant else fn
-
-
-def time_ms(fn, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,7 +89,7 @@ def measure(shape: tuple, layout: str, variant: str, iters: int, warmup: int) ->
     y32.backward(dy.float())
     want = [y32, x32.grad, add32.grad, norm.weight.grad, norm.bias.grad]
     errors = dict(zip(("y", "dx", "d_add", "d_weight", "d_bias"), (rel_l2(g, w) for g, w in zip(got, want))))
-    ms = time_ms(fwd_bwd, iters, warmup)
+    ms = time_each_ms(fwd_bwd, iters, warmup)
     bytes_moved = PASSES * x.numel() * x.element_size()
     return {"shape": name, "layout": layout, "variant": variant, "ms": ms,
             "gbps_of_minimal_traffic": bytes_moved / ms / 1e6, "rel_l2_vs_fp32": errors}

@@ -164,6 +164,23 @@ def time_fn(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, ite
                   times_ms=[round(t * 1e3, 4) for t in times])
 
 
+def time_each_ms(fn: Callable[[], Any], iters: int, warmup: int) -> float:
+    """Median CUDA-event time of `fn()` in ms, the host waiting for each call: a kernel
+    microbenchmark's time per call, with no overlap between calls (unlike `time_fn`)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of `fn` as PyTorch's FlopCounterMode counts them (matmul, conv,
     SDPA, forward and backward; elementwise work and the optimizer are not counted)."""

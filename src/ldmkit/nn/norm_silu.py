@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmkit.nn.norm_silu_plan import pixel_splits, pixels_mergeable
+from ldmkit.nn.norm_silu_plan import empty_partials, pixel_splits, pixels_mergeable
 
 ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
 
@@ -77,13 +77,6 @@ def _mergeable(t: torch.Tensor) -> torch.Tensor:
     return t if pixels_mergeable(t) else t.contiguous()
 
 
-def _partials_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    N, C, H, W = x.shape
-    _, splits = pixel_splits(N, C, H * W)
-    out = x.new_empty((N, C, splits), dtype=torch.float32)
-    return out, torch.empty_like(out)
-
-
 @torch.library.custom_op("ldmkit::gn_channel_moments", mutates_args=(), tags=_TAGS)
 def _channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     from ldmkit.nn.norm_silu_kernels import channel_moments
@@ -93,7 +86,7 @@ def _channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.T
 
 @_channel_moments.register_fake
 def _(x, add):
-    return _partials_like(x)
+    return empty_partials(x)
 
 
 @torch.library.custom_op("ldmkit::gn_silu_grad_sums", mutates_args=(), tags=_TAGS)
@@ -106,7 +99,7 @@ def _silu_grad_sums(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, shif
 
 @_silu_grad_sums.register_fake
 def _(x, dy, scale, shift, center):
-    return _partials_like(x)
+    return empty_partials(x)
 
 
 def _per_channel(t: torch.Tensor, channels_per_group: int) -> torch.Tensor:

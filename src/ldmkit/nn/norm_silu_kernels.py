@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ldmkit.nn.norm_silu_plan import SPLIT_UNIT, pixel_splits
+from ldmkit.nn.norm_silu_plan import SPLIT_UNIT, empty_partials, pixel_splits
 
 
 @triton.jit
@@ -120,6 +120,15 @@ def _tile(channels_contiguous: bool, C: int, HW: int) -> tuple[int, int]:
     return 2048 // block_hw, block_hw
 
 
+def _launch_plan(x: torch.Tensor) -> tuple[tuple[int, int, int], dict[str, int], int, int]:
+    """(grid, tile sizes, pixels per split, splits) for a kernel reading x: [N, C, H, W]."""
+    N, C, H, W = x.shape
+    block_c, block_hw = _tile(x.stride(1) == 1 and C > 1, C, H * W)
+    per_split, n_splits = pixel_splits(N, C, H * W)
+    grid = (N, triton.cdiv(C, block_c), n_splits)
+    return grid, dict(BLOCK_C=block_c, BLOCK_HW=block_hw), per_split, n_splits
+
+
 def channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per (sample, channel, pixel split) mean and M2 of x (+ add[:, :, None, None]).
 
@@ -128,17 +137,11 @@ def channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Te
     split may hold fewer).
     """
     N, C, H, W = x.shape
-    HW = H * W
-    sn, sc, shw = _pixel_strides(x)
-    block_c, block_hw = _tile(sc == 1 and C > 1, C, HW)
-    c_blocks = triton.cdiv(C, block_c)
-    per_split, n_splits = pixel_splits(N, C, HW)
-    mean = torch.empty((N, C, n_splits), device=x.device, dtype=torch.float32)
-    m2 = torch.empty_like(mean)
+    grid, tiles, per_split, n_splits = _launch_plan(x)
+    mean, m2 = empty_partials(x)
     add_arg = add.contiguous() if add is not None else mean  # never read without HAS_ADD
-    _moments_kernel[(N, c_blocks, n_splits)](
-        x, add_arg, mean, m2, C, HW, per_split, n_splits, sn, sc, shw,
-        HAS_ADD=add is not None, BLOCK_C=block_c, BLOCK_HW=block_hw)
+    _moments_kernel[grid](x, add_arg, mean, m2, C, H * W, per_split, n_splits, *_pixel_strides(x),
+                          HAS_ADD=add is not None, **tiles)
     return mean, m2
 
 
@@ -151,16 +154,9 @@ def silu_grad_sums(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, shift
     float32. Returns s1, s2: [N, C, S] float32 (summed over S by the caller).
     """
     N, C, H, W = x.shape
-    HW = H * W
-    sn, sc, shw = _pixel_strides(x)
-    dsn, dsc, dshw = _pixel_strides(dy)
-    block_c, block_hw = _tile(sc == 1 and C > 1, C, HW)
-    c_blocks = triton.cdiv(C, block_c)
-    per_split, n_splits = pixel_splits(N, C, HW)
-    s1 = torch.empty((N, C, n_splits), device=x.device, dtype=torch.float32)
-    s2 = torch.empty_like(s1)
-    _grad_sums_kernel[(N, c_blocks, n_splits)](
-        x, dy, scale.contiguous(), shift.contiguous(), center.contiguous(), s1, s2,
-        C, HW, per_split, n_splits, sn, sc, shw, dsn, dsc, dshw,
-        BLOCK_C=block_c, BLOCK_HW=block_hw)
+    grid, tiles, per_split, n_splits = _launch_plan(x)
+    s1, s2 = empty_partials(x)
+    _grad_sums_kernel[grid](x, dy, scale.contiguous(), shift.contiguous(), center.contiguous(), s1, s2,
+                            C, H * W, per_split, n_splits, *_pixel_strides(x), *_pixel_strides(dy),
+                            **tiles)
     return s1, s2
