@@ -122,7 +122,7 @@ def main() -> None:
               + f"  {ms[1] / ms[2]:.2f}x vs compiled")
     if args.out:
         env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "fused_switch": os.environ.get("LDMKIT_FUSED_GROUPNORM", "1")}
+               "fused_switch": os.environ.get("LDMKIT_FUSED_GROUPNORM", "train")}
         with open(args.out, "w") as f:
             json.dump({"environment": env, "results": results}, f, indent=1)
 

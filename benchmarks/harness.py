@@ -303,8 +303,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         info["triton"] = triton.__version__
     except Exception:
         info["triton"] = None
-    # ldmkit's fused GroupNorm + SiLU reductions (on unless LDMKIT_FUSED_GROUPNORM=0)
-    info["ldmkit_fused_groupnorm"] = os.environ.get("LDMKIT_FUSED_GROUPNORM", "1") != "0"
+    # where ldmkit's GroupNorm + SiLU Triton reductions run: "train", "all" or "0"
+    from ldmkit.nn.norm_silu import FUSED_MODE
+
+    info["ldmkit_fused_groupnorm"] = FUSED_MODE
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,

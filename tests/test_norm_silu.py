@@ -84,6 +84,26 @@ def test_forward_and_backward_match_pytorch(shape, groups, channels_last, with_a
     assert got[0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+@pytest.mark.parametrize("view", ["every_other_column", "rows_and_columns_swapped", "channel_slice"])
+def test_strided_views_are_read_in_place(view):
+    # Pixels that do not merge into one axis (a W stride that is not H's / W) are addressed
+    # through both strides; the result must be that of the same values made contiguous.
+    g = torch.Generator().manual_seed(11)
+    if view == "every_other_column":
+        x = torch.randn(2, 32, 9, 22, generator=g)[..., ::2]
+    elif view == "rows_and_columns_swapped":
+        x = torch.randn(2, 32, 11, 9, generator=g).transpose(2, 3)
+    else:
+        x = torch.randn(2, 48, 10, 10, generator=g).to(memory_format=torch.channels_last)[:, 8:40]
+    dy = torch.randn(x.shape, generator=g).transpose(2, 3).contiguous().transpose(2, 3)
+    add = torch.randn(x.shape[:2], generator=g)
+    norm = _norm(32, 8, seed=12)
+    got = _grads(_fused, x, add, norm, dy)
+    want = _reference(x.contiguous(), add, norm, dy.contiguous())
+    for name, a, b in zip(("y", "dx", "d_add", "d_weight", "d_bias"), got, want):
+        assert _rel(a, b) < 1e-5, name
+
+
 def test_bf16_input_gives_bf16_output_within_its_rounding():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 64, 8, 8, generator=g).to(torch.bfloat16).to(memory_format=torch.channels_last)
@@ -97,11 +117,15 @@ def test_bf16_input_gives_bf16_output_within_its_rounding():
         assert _rel(a, b) < 8e-3  # bf16 keeps 8 bits: 2^-9 relative rounding per element
 
 
-def test_variance_is_exact_when_the_mean_dwarfs_the_spread():
+@pytest.mark.parametrize("outlier", [0.0, 8.0])
+def test_variance_is_exact_when_the_mean_dwarfs_the_spread(outlier):
     # E[x^2] - E[x]^2 in float32 loses the variance of 1000 + N(0, 1) (its error is ~10%); the
-    # kernels centre each chunk and merge with Chan et al.'s update.
+    # kernels sum x - K with K the first value of each channel's split. An outlier there (8
+    # standard deviations) is the shifted sums' worst case.
     g = torch.Generator().manual_seed(5)
     x = 1000 + torch.randn(2, 32, 16, 16, generator=g)
+    x.view(2, 32, -1)[:, :, 0] += outlier
+    x.view(2, 32, -1)[:, :, 128] += outlier  # the second split's first pixel
     dy = torch.randn(2, 32, 16, 16, generator=g)
     norm = _norm(32, 8, seed=6)
     got = _grads(_fused, x, None, norm, dy)
@@ -131,6 +155,21 @@ def test_compiles_as_one_graph_and_matches_eager():
         assert _rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_compiles_for_inference_as_one_graph(no_grad):
+    # LDMKIT_FUSED_GROUPNORM=all takes the path in compiled inference: the autograd function's
+    # forward alone, traced without a break, equal to PyTorch's.
+    torch.manual_seed(13)
+    norm = _norm(64, 8, seed=14)
+    x = torch.randn(2, 64, 12, 20).to(memory_format=torch.channels_last)
+    add = torch.randn(2, 64)
+    compiled = torch.compile(lambda x, add: gns.group_norm_silu(x, norm, add, fused=True), fullgraph=True)
+    with no_grad():
+        got = compiled(x, add)
+        want = F.silu(norm(x + add[:, :, None, None]))
+    assert _rel(got, want) < 1e-5
+
+
 def test_resnet_block_takes_the_fused_path_with_the_same_result(monkeypatch):
     # Both GroupNorm -> SiLU pairs of the block (the second with the timestep embedding added).
     torch.manual_seed(9)
@@ -155,12 +194,36 @@ def test_resnet_block_takes_the_fused_path_with_the_same_result(monkeypatch):
         assert _rel(a, b) < 1e-5
 
 
-def test_fused_path_is_off_on_the_cpu_and_by_switch():
+def test_fused_path_is_off_on_the_cpu_and_the_switch_is_read_at_import():
     assert not gns.fused_group_norm_enabled(torch.zeros(1, 4, 2, 2))
-    code = "import ldmkit.nn.norm_silu as g; print(g.FUSED_SWITCH_ON)"
-    env = {**os.environ, gns.ENV_SWITCH: "0"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    code = "import ldmkit.nn.norm_silu as g; print(g.FUSED_MODE)"
+    for value, mode in (("0", "0"), ("all", "all"), ("1", "train")):
+        env = {**os.environ, gns.ENV_SWITCH: value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == mode
+
+
+@pytest.mark.parametrize("mode, grad, want", [
+    ("train", True, True), ("train", False, False), ("all", True, True), ("all", False, True),
+    ("0", True, False), ("0", False, False),
+])
+def test_the_mode_decides_where_a_compiled_cuda_graph_takes_the_fused_path(monkeypatch, mode, grad, want):
+    class CudaTensor:  # all the check reads of a tensor
+        is_cuda = True
+
+    monkeypatch.setattr(gns, "FUSED_MODE", mode)
+    monkeypatch.setattr(gns, "TRITON_IMPORTABLE", True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.set_grad_enabled(grad):
+        assert gns.fused_group_norm_enabled(CudaTensor()) is want
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)  # eager: never
+    assert gns.fused_group_norm_enabled(CudaTensor()) is False
+
+
+def test_an_unknown_switch_value_warns_and_keeps_the_default(monkeypatch):
+    monkeypatch.setenv(gns.ENV_SWITCH, "fast")
+    with pytest.warns(UserWarning, match="LDMKIT_FUSED_GROUPNORM"):
+        assert gns._mode_from_environment() == "train"
 
 
 @pytest.mark.parametrize("N, C, HW", [(256, 128, 1024), (1, 64, 4096), (2, 512, 16), (3, 96, 300)])

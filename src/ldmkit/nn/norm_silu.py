@@ -15,41 +15,55 @@ The optional `add` ([N, C], e.g. a ResNet block's timestep embedding) is added t
 norm without materialising x + add, and gets its gradient from sums already taken.
 
 The fused path runs in compiled training steps on CUDA when Triton imports
-(`fused_group_norm_enabled`); anywhere else, and with the environment variable
-LDMKIT_FUSED_GROUPNORM=0 (read at import), `group_norm_silu` is plain `silu(norm(x + add))`.
+(`fused_group_norm_enabled`; LDMKIT_FUSED_GROUPNORM=all adds compiled inference, =0 turns it off,
+read at import); anywhere else `group_norm_silu` is plain `silu(norm(x + add))`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmkit.nn.norm_silu_plan import empty_partials, pixel_splits, pixels_mergeable
+from ldmkit.nn.norm_silu_plan import empty_partials, pixel_splits
 
 ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
+# Where the Triton path runs: "train" (compiled training steps, the default), "all" (compiled
+# training and inference), "0" (nowhere).
+FUSED_MODES = ("train", "all", "0")
+
+
+def _mode_from_environment() -> str:
+    value = os.environ.get(ENV_SWITCH, "train").strip().lower()
+    value = {"1": "train", "off": "0", "": "train"}.get(value, value)
+    if value not in FUSED_MODES:
+        warnings.warn(f"{ENV_SWITCH}={value!r} is not one of {', '.join(FUSED_MODES)}; using 'train'",
+                      stacklevel=2)
+        return "train"
+    return value
 
 
 # Read once, when ldmkit is imported: a compiled graph must not call importlib or read the
 # environment while it is traced (each call would be a graph break).
-FUSED_SWITCH_ON = os.environ.get(ENV_SWITCH, "1") != "0"
+FUSED_MODE = _mode_from_environment()
 TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def fused_group_norm_enabled(x: torch.Tensor) -> bool:
     """True when `group_norm_silu(x, ...)` takes the Triton path: a CUDA tensor in a compiled
-    graph that records gradients (a training step), Triton installed, and LDMKIT_FUSED_GROUPNORM
-    not 0 when ldmkit was imported.
+    graph, Triton installed, and LDMKIT_FUSED_GROUPNORM (read when ldmkit was imported) allowing
+    it there: "train" (default) only where the graph records gradients, "all" in inference too.
 
     Eager mode keeps PyTorch's GroupNorm: there the elementwise halves of this path would run as
-    separate kernels. Inference keeps it too: the gain was measured on the training step
-    (benchmarks/NOTES.md v6), and inference with these kernels was not measured.
+    separate kernels.
     """
-    return (x.is_cuda and FUSED_SWITCH_ON and TRITON_IMPORTABLE and torch.is_grad_enabled()
-            and torch.compiler.is_compiling())
+    if not (x.is_cuda and TRITON_IMPORTABLE and torch.compiler.is_compiling()):
+        return False
+    return FUSED_MODE == "all" or (FUSED_MODE == "train" and torch.is_grad_enabled())
 
 
 def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | None = None,
@@ -69,19 +83,15 @@ def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | Non
 
 # flexible_layout: inductor passes the tensor in whatever layout it chose (channels_last under
 # layout optimisation) instead of copying it back to the traced NCHW strides; the kernels read any
-# layout whose pixels merge into one axis. The implementations import Triton on first call.
+# layout through its strides. The implementations import Triton on first call.
 _TAGS = (torch.Tag.flexible_layout,) if hasattr(torch.Tag, "flexible_layout") else ()
-
-
-def _mergeable(t: torch.Tensor) -> torch.Tensor:
-    return t if pixels_mergeable(t) else t.contiguous()
 
 
 @torch.library.custom_op("ldmkit::gn_channel_moments", mutates_args=(), tags=_TAGS)
 def _channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     from ldmkit.nn.norm_silu_kernels import channel_moments
 
-    return channel_moments(_mergeable(x), add)
+    return channel_moments(x, add)
 
 
 @_channel_moments.register_fake
@@ -94,7 +104,7 @@ def _silu_grad_sums(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, shif
                     center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from ldmkit.nn.norm_silu_kernels import silu_grad_sums
 
-    return silu_grad_sums(_mergeable(x), _mergeable(dy), scale, shift, center)
+    return silu_grad_sums(x, dy, scale, shift, center)
 
 
 @_silu_grad_sums.register_fake

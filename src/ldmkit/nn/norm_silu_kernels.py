@@ -24,43 +24,48 @@ from ldmkit.nn.norm_silu_plan import SPLIT_UNIT, empty_partials, pixel_splits
 
 
 @triton.jit
+def _pixel_offsets(hw, W, stride_h, stride_w):
+    # Memory offsets of flat pixel indices hw = h W + w, for any (stride_h, stride_w): NCHW,
+    # channels_last and strided views alike, so no input is copied into another layout first.
+    return (hw // W) * stride_h + (hw % W) * stride_w
+
+
+@triton.jit
 def _moments_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr,
-                    C, HW, hw_per_split, n_splits,
-                    stride_n, stride_c, stride_hw,
+                    C, W, HW, hw_per_split, n_splits,
+                    stride_n, stride_c, stride_h, stride_w,
                     HAS_ADD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # Mean and centred sum of squares (M2) of x (+ add[n, c]) over one split of the pixels, per
-    # channel. Chunks of BLOCK_HW pixels are merged with Chan et al.'s pairwise update (1979):
-    # with counts a, b, means ma, mb, d = mb - ma:  mean = ma + d b/(a+b),
-    # M2 = M2a + M2b + d^2 a b/(a+b). Centring each chunk first avoids E[x^2] - E[x]^2's
-    # cancellation when a channel's mean is large against its spread.
-    n = tl.program_id(0)
+    # channel, by the shifted-data method (Chan, Golub & LeVeque 1983, sec. 3): with K the split's
+    # first value of the channel and d = x - K,  mean = K + sum d / n,  M2 = sum d^2 - (sum d)^2 / n.
+    # K is a sample of the channel, so sum d is small against n spread and a large mean does not
+    # cancel the variance, while the loop keeps plain per-lane accumulators (one reduction at the
+    # end). `add` is constant over a channel's pixels: it cancels from d and shifts only the mean.
+    n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
     c_ok = c < C
     hw_begin = split * hw_per_split
     hw_end = tl.minimum(hw_begin + hw_per_split, HW)
-    if HAS_ADD:
-        shift = tl.load(add_ptr + n * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    count = tl.full([], 0.0, tl.float32)
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    rows = x_ptr + n * stride_n + c * stride_c  # [BLOCK_C] pointers to each channel's pixel 0
+    k = tl.load(rows + _pixel_offsets(hw_begin, W, stride_h, stride_w), mask=c_ok, other=0.0).to(tl.float32)
+    acc1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for start in range(hw_begin, hw_end, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
-        hw_ok = hw < hw_end
-        ok = c_ok[:, None] & hw_ok[None, :]
-        v = tl.load(x_ptr + n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw,
+        ok = c_ok[:, None] & (hw < hw_end)[None, :]
+        v = tl.load(rows[:, None] + _pixel_offsets(hw, W, stride_h, stride_w)[None, :],
                     mask=ok, other=0.0).to(tl.float32)
-        if HAS_ADD:
-            v = tl.where(ok, v + shift[:, None], 0.0)
-        k = tl.minimum(hw_end - start, BLOCK_HW).to(tl.float32)
-        chunk_mean = tl.sum(v, axis=1) / k
-        d = tl.where(ok, v - chunk_mean[:, None], 0.0)
-        chunk_m2 = tl.sum(d * d, axis=1)
-        total = count + k
-        delta = chunk_mean - mean
-        mean = mean + delta * (k / total)
-        m2 = m2 + chunk_m2 + delta * delta * (count * k / total)
-        count = total
+        d = tl.where(ok, v - k[:, None], 0.0)
+        acc1 += d
+        acc2 += d * d
+    s1 = tl.sum(acc1, axis=1)
+    s2 = tl.sum(acc2, axis=1)
+    count = (hw_end - hw_begin).to(tl.float32)
+    mean = k + s1 / count
+    if HAS_ADD:
+        mean += tl.load(add_ptr + n * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    m2 = tl.maximum(s2 - s1 * (s1 / count), 0.0)
     out = (n * C + c) * n_splits + split
     tl.store(mean_ptr + out, mean, mask=c_ok)
     tl.store(m2_ptr + out, m2, mask=c_ok)
@@ -68,15 +73,16 @@ def _moments_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr,
 
 @triton.jit
 def _grad_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, center_ptr, s1_ptr, s2_ptr,
-                      C, HW, hw_per_split, n_splits,
-                      stride_n, stride_c, stride_hw, dstride_n, dstride_c, dstride_hw,
+                      C, W, HW, hw_per_split, n_splits,
+                      stride_n, stride_c, stride_h, stride_w,
+                      dstride_n, dstride_c, dstride_h, dstride_w,
                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # With z = x scale[n,c] + shift[n,c] (the normalised, affine input of SiLU) and
     # dz = dy silu'(z), silu'(z) = s (1 + z (1 - s)), s = sigmoid(z):
     # S1 = sum dz and S2 = sum dz (x - center[n,c]) over one split of the pixels, per channel.
     # `center` is the group mean minus the `add` input, so S2 is taken about the mean of x + add
     # (no cancellation) and sum dz xhat = rstd S2.
-    n = tl.program_id(0)
+    n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
     c_ok = c < C
@@ -85,14 +91,16 @@ def _grad_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, center_ptr, s1_ptr, s
     mu = tl.load(center_ptr + n * C + c, mask=c_ok, other=0.0)
     hw_begin = split * hw_per_split
     hw_end = tl.minimum(hw_begin + hw_per_split, HW)
+    x_rows = x_ptr + n * stride_n + c * stride_c
+    dy_rows = dy_ptr + n * dstride_n + c * dstride_c
     s1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for start in range(hw_begin, hw_end, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         ok = c_ok[:, None] & (hw < hw_end)[None, :]
-        x = tl.load(x_ptr + n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw,
+        x = tl.load(x_rows[:, None] + _pixel_offsets(hw, W, stride_h, stride_w)[None, :],
                     mask=ok, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + n * dstride_n + c[:, None] * dstride_c + hw[None, :] * dstride_hw,
+        dy = tl.load(dy_rows[:, None] + _pixel_offsets(hw, W, dstride_h, dstride_w)[None, :],
                      mask=ok, other=0.0).to(tl.float32)
         z = x * a[:, None] + b[:, None]
         s = tl.sigmoid(z)
@@ -102,12 +110,6 @@ def _grad_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, center_ptr, s1_ptr, s
     out = (n * C + c) * n_splits + split
     tl.store(s1_ptr + out, tl.sum(s1, axis=1), mask=c_ok)
     tl.store(s2_ptr + out, tl.sum(s2, axis=1), mask=c_ok)
-
-
-def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """(sample, channel, pixel) strides of a [N, C, H, W] tensor whose H and W merge into one
-    pixel axis (NCHW and channels_last both do); callers make others contiguous first."""
-    return t.stride(0), t.stride(1), t.stride(3)
 
 
 def _tile(channels_contiguous: bool, C: int, HW: int) -> tuple[int, int]:
@@ -132,7 +134,7 @@ def _launch_plan(x: torch.Tensor) -> tuple[tuple[int, int, int], dict[str, int],
 def channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per (sample, channel, pixel split) mean and M2 of x (+ add[:, :, None, None]).
 
-    x: [N, C, H, W] with mergeable pixels; add: [N, C] or None.
+    x: [N, C, H, W] in any layout; add: [N, C] or None.
     Returns mean, m2: [N, C, S] float32; `pixel_splits` gives the pixels per split (the last
     split may hold fewer).
     """
@@ -140,7 +142,7 @@ def channel_moments(x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Te
     grid, tiles, per_split, n_splits = _launch_plan(x)
     mean, m2 = empty_partials(x)
     add_arg = add.contiguous() if add is not None else mean  # never read without HAS_ADD
-    _moments_kernel[grid](x, add_arg, mean, m2, C, H * W, per_split, n_splits, *_pixel_strides(x),
+    _moments_kernel[grid](x, add_arg, mean, m2, C, W, H * W, per_split, n_splits, *x.stride(),
                           HAS_ADD=add is not None, **tiles)
     return mean, m2
 
@@ -150,13 +152,12 @@ def silu_grad_sums(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, shift
     """Per (sample, channel, pixel split) sums of dz and dz (x - center), where
     dz = dy * silu'(x scale + shift).
 
-    x, dy: [N, C, H, W] with mergeable pixels (layouts may differ); scale, shift, center: [N, C]
+    x, dy: [N, C, H, W] in any layouts (they may differ); scale, shift, center: [N, C]
     float32. Returns s1, s2: [N, C, S] float32 (summed over S by the caller).
     """
     N, C, H, W = x.shape
     grid, tiles, per_split, n_splits = _launch_plan(x)
     s1, s2 = empty_partials(x)
     _grad_sums_kernel[grid](x, dy, scale.contiguous(), shift.contiguous(), center.contiguous(), s1, s2,
-                            C, H * W, per_split, n_splits, *_pixel_strides(x), *_pixel_strides(dy),
-                            **tiles)
+                            C, W, H * W, per_split, n_splits, *x.stride(), *dy.stride(), **tiles)
     return s1, s2

@@ -25,11 +25,6 @@ def pixel_splits(N: int, C: int, HW: int) -> tuple[int, int]:
     return per_split, math.ceil(HW / per_split)
 
 
-def pixels_mergeable(t: torch.Tensor) -> bool:
-    """True when pixel (h, w) sits at h * W * stride_w + w * stride_w, so H x W is one axis."""
-    return t.dim() == 4 and (t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3))
-
-
 def empty_partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two uninitialised float32 `[N, C, S]` tensors for a kernel's per-split results on x
     ([N, C, H, W]); the same shapes in the operators' shape functions and at run time."""
