@@ -37,6 +37,11 @@ from bench_generation import run_generation  # noqa: E402
 from bench_report import merge_tables, print_summary  # noqa: E402
 
 
+def forces_layout_opt(args: argparse.Namespace, training: bool) -> bool:
+    """Whether ldmkit's compile forces inductor's layout optimisation (`--ldm-layout-opt`)."""
+    return args.ldm_layout_opt == "all" or (training and args.ldm_layout_opt == "train")
+
+
 def compile_kwargs(args: argparse.Namespace, mode: str, side: str, *, training: bool = False) -> dict[str, Any]:
     """torch.compile arguments of one side's run. ldmkit's training steps get inductor's forced
     layout optimisation as `ldm train` does (`--ldm-layout-opt`), and `--ldm-inductor` options."""
@@ -47,7 +52,7 @@ def compile_kwargs(args: argparse.Namespace, mode: str, side: str, *, training: 
         return kw
     if args.ldm_fullgraph:
         kw["fullgraph"] = True
-    layout_opt = args.ldm_layout_opt == "all" or (training and args.ldm_layout_opt == "train")
+    layout_opt = forces_layout_opt(args, training)
     if layout_opt or args.ldm_inductor:
         # torch.compile takes a mode or options, not both: the mode's options plus ours
         options = list_mode_options(kw.pop("mode", "default"))
@@ -279,6 +284,10 @@ class Bench:
     def measure_train(self, group, side, impl, model, call, batch, target, cl) -> None:
         mode = self.side_mode(side, "train")
         model.train()
+        if impl == "ldmkit" and not cl and forces_layout_opt(self.args, training=True) and not self.args.ldm_train_nchw_weights:
+            # `ldm train` (step_compile.weights_for_training): the layout-optimised graph's weight
+            # gradients are channels_last, so the weights are too; inputs stay NCHW
+            model.to(memory_format=torch.channels_last)
         fused = self.device.type == "cuda" and (impl == "peer" or not self.args.no_fused_adam)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused or None)
         net = self.compile(model, mode, side, training=True)

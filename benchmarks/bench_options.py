@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     g.add_argument("--ldm-train-channels-last", action="store_true",
                    help="ldmkit's training steps with channels_last modules and inputs (default: NCHW, as "
                         "`ldm train`; inductor's forced layout optimisation picks channels_last inside)")
+    g.add_argument("--ldm-train-nchw-weights", action="store_true",
+                   help="ldmkit's training steps with NCHW convolution weights (before v7; default: "
+                        "channels_last weights under the forced layout optimisation, as `ldm train`)")
     g.add_argument("--ldm-inductor", action="append", default=[], metavar="KEY=VALUE",
                    help="an inductor option for ldmkit's compiles, e.g. coordinate_descent_tuning=true "
                         "(repeatable)")

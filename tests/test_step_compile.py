@@ -53,3 +53,50 @@ def test_nothing_is_compiled_on_the_cpu_or_when_turned_off(compiled):
     run.compile = False
     assert step_compile.compile_for_training(model, run, _dist("cuda")) == (model, False)
     assert compiled == [] and not inductor_config.force_layout_optimization
+
+
+def test_compiled_training_stores_convolution_weights_channels_last():
+    # The layout-optimised graph's weight gradients are channels_last; weights in that layout take
+    # them without autograd's copy to the parameter's strides. Values are unchanged.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(4, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = _run()
+    out = step_compile.weights_for_training(model, run, _dist("cuda"))
+    assert out[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not out[0].weight.is_contiguous()
+    assert all(torch.equal(v, before[k]) for k, v in out.state_dict().items())
+    other = nn.Conv2d(3, 8, 3)
+    assert step_compile.weights_for_training(other, run, _dist("cpu")).weight.is_contiguous()
+    run.compile = False
+    assert step_compile.weights_for_training(other, run, _dist("cuda")).weight.is_contiguous()
+
+
+def _adamw_two_steps(weights_cl_on_resume: bool, match_state: bool) -> torch.Tensor:
+    """A conv trained one fused-AdamW step, its optimizer state saved and loaded into a fresh
+    optimizer (optionally after the weights went channels_last), then one more step."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3)
+    x = torch.randn(2, 8, 6, 6)
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    conv(x).square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+    saved = opt.state_dict()
+    if weights_cl_on_resume:
+        conv.to(memory_format=torch.channels_last)
+    resumed = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    resumed.load_state_dict(saved)
+    if match_state:
+        step_compile.optimizer_state_like_params(resumed)
+    conv(x).square().mean().backward()
+    resumed.step()
+    return conv.weight.detach().contiguous()
+
+
+def test_a_loaded_optimizer_state_takes_its_parameters_layout():
+    # A fused AdamW reads a parameter and its moments as flat memory: NCHW moments beside
+    # channels_last weights (a CPU run resumed on a GPU) update the wrong elements (torch 2.13,
+    # CPU: off by up to 0.16 after one step without the matching).
+    want = _adamw_two_steps(weights_cl_on_resume=False, match_state=False)
+    got = _adamw_two_steps(weights_cl_on_resume=True, match_state=True)
+    assert torch.allclose(got, want, atol=1e-6)

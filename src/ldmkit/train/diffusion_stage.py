@@ -33,7 +33,7 @@ from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import begin_step, compile_for_training
+from ldmkit.train.step_compile import begin_step, compile_for_training, optimizer_state_like_params, weights_for_training
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
@@ -57,7 +57,7 @@ class DiffusionTrainer:
         self.vae = vae.to(device).eval()
         self.schedule = make_schedule(self.cfg)
         self.num_classes = unet.config.num_classes
-        self.unet = unet.to(device).train()
+        self.unet = weights_for_training(unet.to(device).train(), self.run, self.dist)
         self.params = list(self.unet.parameters())  # listed once: walking the module tree costs host time every step
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
         model, self.graphs = compile_for_training(self.unet, self.run, self.dist)
@@ -90,6 +90,7 @@ class DiffusionTrainer:
         self.unet.load_state_dict(state["unet"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
+        optimizer_state_like_params(self.opt)
         if self.precision.scaler is not None and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])

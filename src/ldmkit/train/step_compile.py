@@ -12,6 +12,12 @@ channel counts) it leaves them NCHW and cuDNN transposes around every convolutio
 NHWC kernels (22% of the GPU time of the fashion-mnist UNet's step). Measured on one H100
 (benchmarks/NOTES.md, v3): 1.10x on the fashion-mnist and emoji UNet steps, 1.08x and 1.33x on
 their VAE steps. Making the modules channels_last instead was slower (0.92x).
+
+The graph then also produces the convolutions' weight gradients in channels_last. Autograd keeps
+a gradient in its parameter's layout (the "gradient layout contract"), so with NCHW weights each
+of those gradients was copied once more, outside the graph, every step (1.5 ms of the C1 step's
+46, benchmarks/NOTES.md v7). `weights_for_training` stores the weights channels_last where the
+step is compiled; the activations and the inputs stay NCHW for inductor to lay out.
 """
 from __future__ import annotations
 
@@ -26,13 +32,46 @@ from ldmkit.train.distributed import DistInfo
 def compile_for_training(module: nn.Module, run: RunConfig, dist: DistInfo, *,
                          graphs_allowed: bool = True) -> tuple[nn.Module, bool]:
     """(`module` compiled per the run, whether it replays CUDA graphs); unchanged off CUDA."""
-    if not run.compile or dist.device.type != "cuda":
+    if not compiles_for_training(run, dist):
         return module, False
     plain = dist.distributed or not graphs_allowed
     mode = "default" if plain else run.compile_mode
     if hasattr(inductor_config, "force_layout_optimization"):  # a private switch: absent in other versions
         inductor_config.force_layout_optimization = True
     return torch.compile(module, mode=mode), mode == "reduce-overhead"
+
+
+def compiles_for_training(run: RunConfig, dist: DistInfo) -> bool:
+    """Whether `compile_for_training` compiles (CUDA with `run.compile`)."""
+    return run.compile and dist.device.type == "cuda"
+
+
+def weights_for_training(module: nn.Module, run: RunConfig, dist: DistInfo) -> nn.Module:
+    """`module` with its convolution weights channels_last where its step is compiled (see the
+    module docstring); unchanged elsewhere. Call it before the EMA copy and the optimizer are made,
+    so their tensors share the layout (`optimizer_state_like_params` for loaded states).
+
+    Values are unchanged: state dicts keep the strides they have, loading copies values into the
+    existing parameters, and inference files are written contiguous.
+    """
+    if not compiles_for_training(run, dist):
+        return module
+    return module.to(memory_format=torch.channels_last)
+
+
+def optimizer_state_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded per-parameter state tensor its parameter's strides.
+
+    A fused AdamW walks a parameter and its moments as flat memory, so they must share a layout;
+    `Optimizer.load_state_dict` keeps the strides the tensors were saved with, which differ when
+    a run trained on the CPU (NCHW weights) resumes on a GPU (channels_last weights).
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def begin_step(optimizer: torch.optim.Optimizer, graphs: bool) -> None:

@@ -30,7 +30,7 @@ from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import begin_step, compile_for_training
+from ldmkit.train.step_compile import begin_step, compile_for_training, optimizer_state_like_params, weights_for_training
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 
@@ -82,7 +82,7 @@ class VAETrainer:
         self.ctx, self.cfg, self.run, self.dist = ctx, ctx.config.vae, ctx.config, ctx.dist
         device = self.device = self.dist.device
         per_rank_batch(self.cfg.batch_size, self.dist.world_size)
-        self.vae, self.dataset = vae.to(device).train(), dataset
+        self.vae, self.dataset = weights_for_training(vae.to(device).train(), self.run, self.dist), dataset
         self.params = list(vae.parameters())  # listed once: walking the module tree costs host time every step
         self.precision = Precision(self.run.precision, device)
         fused = fused_adamw_supported(device)
@@ -146,6 +146,7 @@ class VAETrainer:
         self.step, self.offset = int(state["step"]), int(state["offset"])
         self.vae.load_state_dict(state["vae"])
         self.opt.load_state_dict(state["optimizer"])
+        optimizer_state_like_params(self.opt)
         if self.disc is not None and state.get("disc") is not None:
             self.disc.load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_optimizer"])
