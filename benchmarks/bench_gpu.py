@@ -284,7 +284,8 @@ class Bench:
     def measure_train(self, group, side, impl, model, call, batch, target, cl) -> None:
         mode = self.side_mode(side, "train")
         model.train()
-        if impl == "ldmkit" and not cl and forces_layout_opt(self.args, training=True) and not self.args.ldm_train_nchw_weights:
+        layout_opt = forces_layout_opt(self.args, training=True)
+        if impl == "ldmkit" and not cl and layout_opt and not self.args.ldm_train_nchw_weights:
             # `ldm train` (step_compile.weights_for_training): the layout-optimised graph's weight
             # gradients are channels_last, so the weights are too; inputs stay NCHW
             model.to(memory_format=torch.channels_last)

@@ -33,7 +33,12 @@ from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import begin_step, compile_for_training, optimizer_state_like_params, weights_for_training
+from ldmkit.train.step_compile import (
+    begin_step,
+    compile_for_training,
+    optimizer_state_like_params,
+    weights_for_training,
+)
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run

@@ -30,7 +30,12 @@ from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import begin_step, compile_for_training, optimizer_state_like_params, weights_for_training
+from ldmkit.train.step_compile import (
+    begin_step,
+    compile_for_training,
+    optimizer_state_like_params,
+    weights_for_training,
+)
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 
