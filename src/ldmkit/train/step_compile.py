@@ -11,13 +11,15 @@ convolutions' activations in channels_last, where by its own heuristics (which s
 channel counts) it leaves them NCHW and cuDNN transposes around every convolution to run its
 NHWC kernels (22% of the GPU time of the fashion-mnist UNet's step). Measured on one H100
 (benchmarks/NOTES.md, v3): 1.10x on the fashion-mnist and emoji UNet steps, 1.08x and 1.33x on
-their VAE steps. Making the modules channels_last instead was slower (0.92x).
+their VAE steps. Making the modules and their inputs channels_last instead was slower (0.92x;
+v5: 0.95x on the C1 step).
 
 The graph then also produces the convolutions' weight gradients in channels_last. Autograd keeps
 a gradient in its parameter's layout (the "gradient layout contract"), so with NCHW weights each
 of those gradients was copied once more, outside the graph, every step (1.5 ms of the C1 step's
 46, benchmarks/NOTES.md v7). `weights_for_training` stores the weights channels_last where the
-step is compiled; the activations and the inputs stay NCHW for inductor to lay out.
+step is compiled; the inputs stay NCHW and inductor lays out the activations. Measured on the C1
+UNet step (1.028x); the VAE stage takes it on the same reasoning, unmeasured.
 """
 from __future__ import annotations
 
