@@ -215,6 +215,12 @@ def kernel_category(name: str) -> str:
     return "other"
 
 
+def kernel_name_tail(name: str, head: int = 90, tail: int = 160) -> dict[str, str]:
+    """{"name_tail": the end of a kernel name cut at `head` characters}: PyTorch's elementwise
+    kernels differ only after their first 90 characters (the functor: a copy, a fill, an add)."""
+    return {"name_tail": name[-tail:]} if len(name) > head else {}
+
+
 def profile_kernels(fn: Callable[[], Any], device: torch.device, *, iters: int = 3,
                 top: int = 12) -> dict[str, Any]:
     """Where the time goes, to choose the next lever: the `top` kernels (CPU ops without a GPU) by total
@@ -234,8 +240,8 @@ def profile_kernels(fn: Callable[[], Any], device: torch.device, *, iters: int =
         t = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)) if cuda \
             else evt.self_cpu_time_total
         if t:  # the kind from the whole name: a cut one can lose the functor (e.g. a copy)
-            rows.append({"name": evt.key[:90], "kind": kernel_category(evt.key), "calls": evt.count // iters,
-                         "ms_per_iter": t / 1e3 / iters})
+            rows.append({"name": evt.key[:90], **kernel_name_tail(evt.key), "kind": kernel_category(evt.key),
+                         "calls": evt.count // iters, "ms_per_iter": t / 1e3 / iters})
     rows.sort(key=lambda r: -r["ms_per_iter"])
     total = sum(r["ms_per_iter"] for r in rows) or 1.0
     categories: dict[str, float] = {}

@@ -97,6 +97,16 @@ def test_kernel_kinds_from_names():
     assert kind("void at::native::elementwise_kernel<128, 4>") == "other"
 
 
+def test_a_long_kernel_name_keeps_its_end():
+    # v6/v7 profiles cut PyTorch's copy kernels before the functor that says what they copy.
+    tail = _bench_module().H.kernel_name_tail
+    name = "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<" + "x" * 60 \
+        + "at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}>"
+    assert tail(name)["name_tail"].endswith("direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}>")
+    assert len(tail(name)["name_tail"]) == 160
+    assert tail("triton_poi_fused_add_0") == {}
+
+
 def test_profile_records_time_by_kernel_kind(tmp_path):
     data = _run(tmp_path, "--only", "C1.fwd", "--sides", "ldmkit", "--profile")
     (record,) = data["records"]
