@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import harness as H
+import kernel_profile
 import ldmkit_side as L
 import peers as P
 
@@ -90,7 +91,7 @@ def run_generation(bench: Bench, group: str, measures: list[str]) -> None:
 
             t_full = H.time_fn(full, bench.device, warmup=bench.warmup_for(mode), iters=bench.iters)
             t_loop = H.time_fn(loop, bench.device, warmup=1, iters=bench.iters)
-            syncs = H.count_syncs(loop, bench.device)
+            syncs = kernel_profile.count_syncs(loop, bench.device)
             images = full().float()
             extra: dict[str, Any] = {}
             if "peer" not in bench.reference and is_peer:

@@ -30,6 +30,7 @@ from torch._inductor import list_mode_options
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
+import kernel_profile  # noqa: E402
 import ldmkit_side as L  # noqa: E402
 import peers as P  # noqa: E402
 from bench_options import BATCH, GROUPS, SIDES, SMOKE_BATCH, parse_args, selected_measures  # noqa: E402
@@ -178,7 +179,7 @@ class Bench:
         if not self.args.profile:
             return {}
         try:
-            return H.profile_kernels(fn, self.device)
+            return kernel_profile.profile_kernels(fn, self.device)
         except Exception as err:
             return {"profile_top": [{"name": f"profiling failed: {err}", "calls": 0, "ms_per_iter": 0, "share": 0}]}
 

@@ -87,7 +87,7 @@ def test_compile_arguments_follow_the_product_paths():
 
 
 def test_kernel_kinds_from_names():
-    kind = _bench_module().H.kernel_category
+    kind = _bench_module().kernel_profile.kernel_category
     assert kind("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
     assert kind("nvjet_sm90_tst_64x64_64x13_2x1_v_bz_splitK_NTT") == "matmul"
     assert kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
@@ -99,7 +99,7 @@ def test_kernel_kinds_from_names():
 
 def test_a_long_kernel_name_keeps_its_end():
     # v6/v7 profiles cut PyTorch's copy kernels before the functor that says what they copy.
-    tail = _bench_module().H.kernel_name_tail
+    tail = _bench_module().kernel_profile.kernel_name_tail
     name = "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<" + "x" * 60 \
         + "at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}>"
     assert tail(name)["name_tail"].endswith("direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}>")

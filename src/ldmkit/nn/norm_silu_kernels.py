@@ -31,6 +31,16 @@ def _pixel_offsets(hw, W, stride_h, stride_w):
 
 
 @triton.jit
+def _load_tile(rows, c_ok, start, hw_end, W, stride_h, stride_w, BLOCK_HW: tl.constexpr):
+    # The [BLOCK_C, BLOCK_HW] tile of pixels start.. (up to hw_end) of the channels whose pixel 0
+    # `rows` points at, in float32 (0 outside), and its mask.
+    hw = start + tl.arange(0, BLOCK_HW)
+    ok = c_ok[:, None] & (hw < hw_end)[None, :]
+    v = tl.load(rows[:, None] + _pixel_offsets(hw, W, stride_h, stride_w)[None, :], mask=ok, other=0.0)
+    return v.to(tl.float32), ok
+
+
+@triton.jit
 def _moments_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr,
                     C, W, HW, hw_per_split, n_splits,
                     stride_n, stride_c, stride_h, stride_w,
@@ -52,10 +62,7 @@ def _moments_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr,
     acc1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for start in range(hw_begin, hw_end, BLOCK_HW):
-        hw = start + tl.arange(0, BLOCK_HW)
-        ok = c_ok[:, None] & (hw < hw_end)[None, :]
-        v = tl.load(rows[:, None] + _pixel_offsets(hw, W, stride_h, stride_w)[None, :],
-                    mask=ok, other=0.0).to(tl.float32)
+        v, ok = _load_tile(rows, c_ok, start, hw_end, W, stride_h, stride_w, BLOCK_HW)
         d = tl.where(ok, v - k[:, None], 0.0)
         acc1 += d
         acc2 += d * d
@@ -96,12 +103,8 @@ def _grad_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, center_ptr, s1_ptr, s
     s1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for start in range(hw_begin, hw_end, BLOCK_HW):
-        hw = start + tl.arange(0, BLOCK_HW)
-        ok = c_ok[:, None] & (hw < hw_end)[None, :]
-        x = tl.load(x_rows[:, None] + _pixel_offsets(hw, W, stride_h, stride_w)[None, :],
-                    mask=ok, other=0.0).to(tl.float32)
-        dy = tl.load(dy_rows[:, None] + _pixel_offsets(hw, W, dstride_h, dstride_w)[None, :],
-                     mask=ok, other=0.0).to(tl.float32)
+        x, ok = _load_tile(x_rows, c_ok, start, hw_end, W, stride_h, stride_w, BLOCK_HW)
+        dy, _ = _load_tile(dy_rows, c_ok, start, hw_end, W, dstride_h, dstride_w, BLOCK_HW)
         z = x * a[:, None] + b[:, None]
         s = tl.sigmoid(z)
         dz = tl.where(ok, dy * s * (1.0 + z * (1.0 - s)), 0.0)
