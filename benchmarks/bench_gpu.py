@@ -179,7 +179,7 @@ class Bench:
         if not self.args.profile:
             return {}
         try:
-            return kernel_profile.profile_kernels(fn, self.device)
+            return kernel_profile.profile_kernels(fn, self.device, top=self.args.profile_top)
         except Exception as err:
             return {"profile_top": [{"name": f"profiling failed: {err}", "calls": 0, "ms_per_iter": 0, "share": 0}]}
 
@@ -416,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(merge_tables(args.table, args.out))
         return 0
     measures = selected_measures(args.only)
+    if args.ldm_upsample:
+        import ldmkit.nn.resample
+
+        ldmkit.nn.resample.UPSAMPLE_FORM = args.ldm_upsample
     threads = torch.get_num_threads()
     if args.smoke:
         torch.set_num_threads(1)  # tiny ops: one thread is faster than two fighting for a shared CPU

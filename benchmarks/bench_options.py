@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile 3 iterations and record the top kernels of each run")
+    p.add_argument("--profile-top", type=int, default=12, metavar="N",
+                   help="with --profile: how many kernels to record, by GPU time (default 12)")
     # ldmkit levers
     g = p.add_argument_group("ldmkit levers (A/B them)")
     g.add_argument("--ldm-train-compile", default="reduce-overhead", choices=COMPILE_MODES,
@@ -67,6 +69,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                    help="an inductor option for ldmkit's compiles, e.g. coordinate_descent_tuning=true "
                         "(repeatable)")
     g.add_argument("--no-fused-adam", action="store_true", help="ldmkit with the default (foreach) AdamW")
+    g.add_argument("--ldm-upsample", default=None, choices=("auto", "phase", "transposed"),
+                   help="how ldmkit's UpSample computes nearest 2x + conv3x3 (nn/resample.py; default: "
+                        "the library's, auto: transposed from 128x128 input pixels, phase below)")
     g.add_argument("--ldm-layout-opt", default="train", choices=("train", "all", "none"),
                    help="where ldmkit compiles with inductor's layout optimisation forced on: training "
                         "steps (default: what `ldm train` does), every run, or none")

@@ -231,10 +231,13 @@ def environment(device: torch.device) -> dict[str, Any]:
         info["triton"] = triton.__version__
     except Exception:
         info["triton"] = None
-    # where ldmkit's GroupNorm + SiLU Triton reductions run: "train", "all" or "0"
+    # where ldmkit's GroupNorm + SiLU Triton reductions run ("auto", "train", "all" or "0") and
+    # how its UpSample computes (set by bench_gpu.py --ldm-upsample before this runs)
+    import ldmkit.nn.resample
     from ldmkit.nn.norm_silu import FUSED_MODE
 
     info["ldmkit_fused_groupnorm"] = FUSED_MODE
+    info["ldmkit_upsample"] = ldmkit.nn.resample.UPSAMPLE_FORM
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,

@@ -245,11 +245,17 @@ def test_upsample_nearest_and_output_size() -> None:
     assert conv(x, output_size=(3, 5)).shape == (2, 5, 3, 5)
 
 
+@pytest.mark.parametrize("form", ["phase", "transposed"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4, 6), (1, 8, 8, 1, 1), (3, 16, 4, 7, 5)])
-def test_upsample_conv_equals_interpolate_then_conv(shape: tuple, channels_last: bool) -> None:
-    """The phase-kernel path (nn/upsample_conv.py) is the same function as nearest 2x then a
-    padded conv3x3: values and all three gradients agree to float64 rounding, in either layout."""
+def test_upsample_conv_equals_interpolate_then_conv(shape: tuple, channels_last: bool, form: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both forms of nn/upsample_conv.py (phase kernels + interleave, one transposed convolution)
+    are the same function as nearest 2x then a padded conv3x3: values and all three gradients
+    agree to float64 rounding, in either layout."""
+    import ldmkit.nn.resample as resample
+
+    monkeypatch.setattr(resample, "UPSAMPLE_FORM", form)
     batch, cin, cout, height, width = shape
     gen = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(batch, cin, height, width, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -282,6 +288,23 @@ def test_upsample_conv_does_the_phase_convolutions_flops() -> None:
     plain = flops(lambda: F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), up.conv.weight,
                                    up.conv.bias, padding=1))
     assert flops(lambda: up(x)) * (9 * 4 * 8 * 8) == plain * (16 * 9 * 9)
+
+
+def test_upsample_takes_the_transposed_convolution_from_128x128_input_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` (the default) picks the transposed form where cuDNN ran it faster (the decoder's last
+    upsampling) and the phase form below; it runs a transposed convolution exactly there."""
+    import ldmkit.nn.resample as resample
+
+    assert resample.UPSAMPLE_FORM == "auto"
+    assert resample.upsample_form(torch.empty(1, 1, 64, 64)) == "phase"
+    assert resample.upsample_form(torch.empty(1, 1, 128, 128)) == "transposed"
+    calls = []
+    real = F.conv_transpose2d
+    monkeypatch.setattr(F, "conv_transpose2d", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    up = UpSample(2, 2)
+    assert up(torch.randn(1, 2, 128, 128)).shape == (1, 2, 256, 256)
+    assert up(torch.randn(1, 2, 64, 64)).shape == (1, 2, 128, 128)
+    assert calls == [(1, 2, 128, 128)]
 
 
 def test_upsample_odd_target_size_still_matches_interpolate() -> None:

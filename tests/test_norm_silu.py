@@ -19,6 +19,7 @@ pytest.importorskip("triton")
 
 import ldmkit.nn.norm_silu as gns  # noqa: E402
 from ldmkit.nn.norm_silu_plan import SPLIT_UNIT, pixel_splits  # noqa: E402
+import ldmkit.nn.resnet as resnet_module  # noqa: E402
 from ldmkit.nn.resnet import ResNetBlock  # noqa: E402
 
 
@@ -170,26 +171,35 @@ def test_compiles_for_inference_as_one_graph(no_grad):
     assert _rel(got, want) < 1e-5
 
 
-def test_resnet_block_takes_the_fused_path_with_the_same_result(monkeypatch):
-    # Both GroupNorm -> SiLU pairs of the block (the second with the timestep embedding added).
+@pytest.mark.parametrize("with_emb", [True, False])
+def test_resnet_block_takes_the_fused_path_with_the_same_result(monkeypatch, with_emb):
+    # Both GroupNorm -> SiLU pairs of the block; the second gets conv1's bias (and the timestep
+    # embedding, with one) as its `add`, conv1 running without a bias (the VAE's blocks have no
+    # embedding: the bias alone is the add there).
     torch.manual_seed(9)
-    block = ResNetBlock(32, 64, emb_dim=16, groups=8)
-    x, emb = torch.randn(2, 32, 12, 12), torch.randn(2, 16)
+    block = ResNetBlock(32, 64, emb_dim=16 if with_emb else None, groups=8)
+    x, emb = torch.randn(2, 32, 12, 12), torch.randn(2, 16) if with_emb else None
+    with torch.no_grad():
+        block.conv1.bias.normal_(0.0, 1.0)  # a bias far from the default init's, so a lost one shows
 
     def run():
         block.zero_grad()
         xx = x.clone().requires_grad_()
         y = block(xx, emb)
         y.square().mean().backward()
-        return y, xx.grad, block.norm2.weight.grad.clone(), block.emb_proj.weight.grad.clone()
+        grads = [block.norm2.weight.grad, block.conv1.bias.grad, block.conv1.weight.grad]
+        if with_emb:
+            grads.append(block.emb_proj.weight.grad)
+        return [y, xx.grad] + [g.clone() for g in grads]
 
     plain = run()
-    calls = []
+    adds = []
     real = gns._GroupNormSiLU.apply
     monkeypatch.setattr(gns, "fused_group_norm_enabled", lambda t: True)
-    monkeypatch.setattr(gns._GroupNormSiLU, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(resnet_module, "fused_group_norm_enabled", lambda t: True)
+    monkeypatch.setattr(gns._GroupNormSiLU, "apply", lambda *a: adds.append(a[1]) or real(*a))
     fused = run()
-    assert len(calls) == 2
+    assert len(adds) == 2 and adds[0] is None and adds[1].shape == (2, 64)
     for a, b in zip(fused, plain):
         assert _rel(a, b) < 1e-5
 
@@ -197,19 +207,22 @@ def test_resnet_block_takes_the_fused_path_with_the_same_result(monkeypatch):
 def test_fused_path_is_off_on_the_cpu_and_the_switch_is_read_at_import():
     assert not gns.fused_group_norm_enabled(torch.zeros(1, 4, 2, 2))
     code = "import ldmkit.nn.norm_silu as g; print(g.FUSED_MODE)"
-    for value, mode in (("0", "0"), ("all", "all"), ("1", "train")):
+    for value, mode in (("0", "0"), ("all", "all"), ("train", "train"), ("1", "auto"), ("", "auto")):
         env = {**os.environ, gns.ENV_SWITCH: value}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == mode
 
 
-@pytest.mark.parametrize("mode, grad, want", [
-    ("train", True, True), ("train", False, False), ("all", True, True), ("all", False, True),
-    ("0", True, False), ("0", False, False),
+@pytest.mark.parametrize("mode, grad, pixels, want", [
+    ("auto", True, 8, True), ("auto", False, 64, False), ("auto", False, 128, True), ("auto", False, 256, True),
+    ("train", True, 8, True), ("train", False, 128, False), ("all", True, 8, True), ("all", False, 8, True),
+    ("0", True, 128, False), ("0", False, 128, False),
 ])
-def test_the_mode_decides_where_a_compiled_cuda_graph_takes_the_fused_path(monkeypatch, mode, grad, want):
+def test_the_mode_decides_where_a_compiled_cuda_graph_takes_the_fused_path(monkeypatch, mode, grad, pixels, want):
+    # "auto" runs it in training and in inference from 128x128 pixels (the autoencoder's large levels).
     class CudaTensor:  # all the check reads of a tensor
         is_cuda = True
+        shape = (2, 64, pixels, pixels)
 
     monkeypatch.setattr(gns, "FUSED_MODE", mode)
     monkeypatch.setattr(gns, "TRITON_IMPORTABLE", True)
@@ -223,7 +236,7 @@ def test_the_mode_decides_where_a_compiled_cuda_graph_takes_the_fused_path(monke
 def test_an_unknown_switch_value_warns_and_keeps_the_default(monkeypatch):
     monkeypatch.setenv(gns.ENV_SWITCH, "fast")
     with pytest.warns(UserWarning, match="LDMKIT_FUSED_GROUPNORM"):
-        assert gns._mode_from_environment() == "train"
+        assert gns._mode_from_environment() == "auto"
 
 
 @pytest.mark.parametrize("N, C, HW", [(256, 128, 1024), (1, 64, 4096), (2, 512, 16), (3, 96, 300)])

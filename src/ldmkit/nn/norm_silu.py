@@ -14,9 +14,10 @@ Per-channel partial results are combined into group statistics with `[N, C]`-siz
 The optional `add` ([N, C], e.g. a ResNet block's timestep embedding) is added to x before the
 norm without materialising x + add, and gets its gradient from sums already taken.
 
-The fused path runs in compiled training steps on CUDA when Triton imports
-(`fused_group_norm_enabled`; LDMKIT_FUSED_GROUPNORM=all adds compiled inference, =0 turns it off,
-read at import); anywhere else `group_norm_silu` is plain `silu(norm(x + add))`.
+The fused path runs in compiled graphs on CUDA when Triton imports (`fused_group_norm_enabled`):
+in training steps, and in inference on activations of at least 128x128 pixels (the autoencoder's
+large levels); LDMKIT_FUSED_GROUPNORM (read at import) changes where. Anywhere else
+`group_norm_silu` is plain `silu(norm(x + add))`.
 """
 
 from __future__ import annotations
@@ -32,18 +33,23 @@ from torch import nn
 from ldmkit.nn.norm_silu_plan import empty_partials, pixel_splits
 
 ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
-# Where the Triton path runs: "train" (compiled training steps, the default), "all" (compiled
-# training and inference), "0" (nowhere).
-FUSED_MODES = ("train", "all", "0")
+# Where the Triton path runs in compiled CUDA graphs: "auto" (the default: training steps, and
+# inference on activations of at least INFERENCE_MIN_PIXELS), "train" (training steps only),
+# "all" (training and all inference), "0" (nowhere).
+FUSED_MODES = ("auto", "train", "all", "0")
+# Inference, measured (benchmarks/NOTES.md v7, v8): the kernels win on the autoencoder decoder's
+# 128x128 and 256x256 activations and lose on the UNets' latents (32x32 and below at batch 256,
+# where the per-group [N, C] arithmetic adds launches to a step that waits on them).
+INFERENCE_MIN_PIXELS = 128 * 128
 
 
 def _mode_from_environment() -> str:
-    value = os.environ.get(ENV_SWITCH, "train").strip().lower()
-    value = {"1": "train", "off": "0", "": "train"}.get(value, value)
+    value = os.environ.get(ENV_SWITCH, "auto").strip().lower()
+    value = {"1": "auto", "on": "auto", "off": "0", "": "auto"}.get(value, value)
     if value not in FUSED_MODES:
-        warnings.warn(f"{ENV_SWITCH}={value!r} is not one of {', '.join(FUSED_MODES)}; using 'train'",
+        warnings.warn(f"{ENV_SWITCH}={value!r} is not one of {', '.join(FUSED_MODES)}; using 'auto'",
                       stacklevel=2)
-        return "train"
+        return "auto"
     return value
 
 
@@ -56,14 +62,17 @@ TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 def fused_group_norm_enabled(x: torch.Tensor) -> bool:
     """True when `group_norm_silu(x, ...)` takes the Triton path: a CUDA tensor in a compiled
     graph, Triton installed, and LDMKIT_FUSED_GROUPNORM (read when ldmkit was imported) allowing
-    it there: "train" (default) only where the graph records gradients, "all" in inference too.
+    it there: "auto" (default) where the graph records gradients and, in inference, for x of at
+    least INFERENCE_MIN_PIXELS pixels; "train" only where it records gradients; "all" everywhere.
 
     Eager mode keeps PyTorch's GroupNorm: there the elementwise halves of this path would run as
     separate kernels.
     """
-    if not (x.is_cuda and TRITON_IMPORTABLE and torch.compiler.is_compiling()):
+    if not (x.is_cuda and TRITON_IMPORTABLE and torch.compiler.is_compiling()) or FUSED_MODE == "0":
         return False
-    return FUSED_MODE == "all" or (FUSED_MODE == "train" and torch.is_grad_enabled())
+    if FUSED_MODE == "all" or torch.is_grad_enabled():
+        return True
+    return FUSED_MODE == "auto" and x.shape[-2] * x.shape[-1] >= INFERENCE_MIN_PIXELS
 
 
 def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | None = None,

@@ -9,7 +9,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.errors import UserError
-from ldmkit.nn.upsample_conv import upsample2x_conv3x3
+from ldmkit.nn.upsample_conv import upsample2x_conv3x3, upsample2x_conv3x3_transposed
+
+# How UpSample computes nearest 2x + conv3x3 (nn/upsample_conv.py): "phase" (the four phase
+# convolutions as one, then an interleaving pass), "transposed" (one stride-2 transposed
+# convolution, no interleaving pass), or "auto": transposed from TRANSPOSED_MIN_PIXELS input
+# pixels, phase below. Both do the same 16 multiply-adds; measured on an H100
+# (benchmarks/upsample_bench.py, NOTES.md v8), cuDNN's transposed convolution is 1.24x faster at
+# 128x128 -> 256x256 (the decoder's last upsampling), level at 64x64, slower at 32x32.
+UPSAMPLE_FORMS = ("auto", "phase", "transposed")
+UPSAMPLE_FORM = "auto"
+TRANSPOSED_MIN_PIXELS = 128 * 128
+
+
+def upsample_form(x: torch.Tensor) -> str:
+    """"phase" or "transposed": how `UpSample` computes x's exact 2x upsampling (UPSAMPLE_FORM)."""
+    if UPSAMPLE_FORM != "auto":
+        return UPSAMPLE_FORM
+    return "transposed" if x.shape[-2] * x.shape[-1] >= TRANSPOSED_MIN_PIXELS else "phase"
 
 
 class DownSample(nn.Module):
@@ -70,8 +87,9 @@ class UpSample(nn.Module):
         doubled = output_size is None or tuple(output_size) == (2 * x.shape[-2], 2 * x.shape[-1])
         if self.use_conv and doubled:
             # The same function at 0.47x the FLOPs, never materialising the upsampled tensor
-            # (nn/upsample_conv.py derives it).
-            return upsample2x_conv3x3(x, self.conv.weight, self.conv.bias)  # [B, out_channels, 2H, 2W]
+            # (nn/upsample_conv.py derives both forms).
+            fn = upsample2x_conv3x3_transposed if upsample_form(x) == "transposed" else upsample2x_conv3x3
+            return fn(x, self.conv.weight, self.conv.bias)  # [B, out_channels, 2H, 2W]
         if output_size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # [B, C, 2H, 2W]
         else:

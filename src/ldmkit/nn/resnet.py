@@ -7,7 +7,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.nn.norm import group_norm
-from ldmkit.nn.norm_silu import group_norm_silu
+from ldmkit.nn.norm_silu import fused_group_norm_enabled, group_norm_silu
 
 
 class ResNetBlock(nn.Module):
@@ -71,16 +71,30 @@ class ResNetBlock(nn.Module):
                 if emb is not None
                 else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
             )
-        # GroupNorm -> SiLU pairs go through group_norm_silu: Triton reductions in compiled CUDA training.
-        h = self.conv1(group_norm_silu(x, self.norm1))  # [B, out_ch, H, W]
-        if emb is None:
-            h = group_norm_silu(h, self.norm2)
+        # GroupNorm -> SiLU pairs go through group_norm_silu: Triton reductions in compiled CUDA graphs.
+        fused = fused_group_norm_enabled(x)
+        h = group_norm_silu(x, self.norm1, fused=fused)
+        if fused and not self.scale_shift:
+            # conv1's bias joins norm2's per-channel `add` (silu(norm2(conv(h) + bias + e))):
+            # inductor adds a convolution's bias in a kernel of its own, a whole pass over the
+            # output, which the Triton reductions (opaque to it) cannot absorb.
+            h = self.conv1._conv_forward(h, self.conv1.weight, None)  # [B, out_ch, H, W], no bias
+            bias = self.conv1.bias
+            add = None if bias is None else bias.expand(h.shape[0], -1)  # [B, out_ch]
+            if emb is not None:
+                e = self.emb_proj(self.act(emb))  # [B, out_ch]
+                add = e if add is None else e + add
+            h = group_norm_silu(h, self.norm2, add, fused=True)
         else:
-            e = self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
-            if self.scale_shift:
-                scale, shift = e[:, :, None, None].chunk(2, dim=1)
-                h = self.act(self.norm2(h) * (1 + scale) + shift)
+            h = self.conv1(h)  # [B, out_ch, H, W]
+            if emb is None:
+                h = group_norm_silu(h, self.norm2, fused=False)
             else:
-                h = group_norm_silu(h, self.norm2, e)  # silu(norm2(h + e)), h + e not stored
+                e = self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
+                if self.scale_shift:
+                    scale, shift = e[:, :, None, None].chunk(2, dim=1)
+                    h = self.act(self.norm2(h) * (1 + scale) + shift)
+                else:
+                    h = group_norm_silu(h, self.norm2, e, fused=False)  # silu(norm2(h + e)), h + e not stored
         h = self.conv2(self.dropout(h))  # [B, out_ch, H, W]
         return self.skip(x) + h

@@ -60,3 +60,28 @@ def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             for a in (0, 1)]  # each [B, O, H, W, 2]
     y = torch.stack(rows, dim=3)  # [B, O, H, 2, W, 2]
     return y.reshape(batch, out_channels, 2 * height, 2 * width)  # [B, O, 2H, 2W]
+
+
+# Nearest 2x upsampling is the transposed convolution with the kernel [1, 1] and stride 2, so
+# conv3x3(nearest2x(x)) is one transposed convolution, stride 2, padding 1, with the 4-tap kernel
+# that combines the two. PyTorch's transposed convolution adds x[r] * K[k] into output row
+# y = 2r - 1 + k (k = 0..3), so by the phase table above output row 2i (a = 0) takes
+# K[1] = w1 + w2 from row i and K[3] = w0 from row i-1, and row 2i+1 takes K[2] = w0 + w1 from
+# row i and K[0] = w2 from row i+1:  K = [w2, w1 + w2, w0 + w1, w0] = _TAPS_3_TO_4 @ w, per axis.
+_TAPS_3_TO_4 = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def transposed_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """`[O, I, 3, 3]` conv3x3 weights -> `[I, O, 4, 4]` weights of `conv_transpose2d(stride=2,
+    padding=1)` computing `conv3x3(nearest2x(x))`."""
+    taps = weight.new_tensor(_TAPS_3_TO_4)  # [4, 3]
+    kernel = torch.einsum("ka,oiab,lb->oikl", taps, weight, taps)  # [O, I, 4, 4]
+    return kernel.transpose(0, 1)  # conv_transpose2d's weight is [in, out, kH, kW]
+
+
+def upsample2x_conv3x3_transposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                                  ) -> torch.Tensor:
+    """The same function as `upsample2x_conv3x3`, as one transposed convolution: the same 16
+    multiply-adds per output channel and input pixel, written straight into the interleaved
+    output (no interleaving pass). `x: [B, I, H, W] -> [B, O, 2H, 2W]`."""
+    return F.conv_transpose2d(x, transposed_kernel(weight), bias, stride=2, padding=1)
