@@ -336,9 +336,19 @@ class Bench:
         flops = self.count_flops_once((group, measure, impl), eager)
         timing = H.time_fn(fwd, self.device, warmup=self.warmup_for(mode), iters=self.iters)
         n = next(iter(batch.values())).shape[0]
+        checked = {}
+        if mode != "none":
+            # The compiled model's own output against its eager one, same inputs and precision:
+            # the same-function checks above run eagerly, and the compiled paths differ (the
+            # Triton GroupNorm, inductor's layouts). bf16 rounding alone gives ~1e-2.
+            with torch.no_grad():
+                fast = fwd().clone()
+                checked = {"compiled_vs_eager_rel_l2": H.agreement(eager(), fast)["rel_l2"]}
+            self.rec.log(f"{group}.{measure} [{side}] compiled vs eager: relative L2 "
+                         f"{checked['compiled_vs_eager_rel_l2']:.2e}")
         self.record(group, measure, side, timing, n, flops, compile_mode=mode, channels_last=cl,
                     precision="bf16 weights" if bf16_weights else "autocast" if self.amp else "fp32",
-                    **self.profile(fwd))
+                    **checked, **self.profile(fwd))
 
     def warmup_for(self, mode: str) -> int:
         # CUDA graphs: call 1 compiles, call 2 warms up, call 3 records; replay after that.

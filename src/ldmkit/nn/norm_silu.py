@@ -6,7 +6,8 @@ statistics and their gradients were half the GPU time (benchmarks/NOTES.md v5). 
 keeps the arithmetic minimal:
 
 - forward: one read of x for per-channel moments (Triton), one read of x and one write of y for
-  `y = silu(x * scale[n, c] + shift[n, c])` (PyTorch, fused by inductor);
+  `y = silu(x * scale[n, c] + shift[n, c])` (Triton: inductor's fused version gathered the
+  group statistics for every element and ran at ~2 TB/s on the decoder's activations);
 - backward: one read of x and dy for two per-channel gradient sums (Triton), one read of each
   and one write of dx for `dx = A dz + B (x - center) + D` (PyTorch, fused by inductor).
 
@@ -121,6 +122,18 @@ def _(x, dy, scale, shift, center):
     return empty_partials(x)
 
 
+@torch.library.custom_op("ldmkit::gn_silu_apply", mutates_args=(), tags=_TAGS)
+def _silu_apply(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    from ldmkit.nn.norm_silu_kernels import silu_apply
+
+    return silu_apply(x, scale, shift)
+
+
+@_silu_apply.register_fake
+def _(x, scale, shift):
+    return torch.empty_like(x)  # as silu_apply allocates: x's layout when x is dense
+
+
 def _per_channel(t: torch.Tensor, channels_per_group: int) -> torch.Tensor:
     # [N, G] -> [N, C]: each group's value for each of its channels.
     return t.repeat_interleave(channels_per_group, dim=1)
@@ -166,7 +179,7 @@ class _GroupNormSiLU(torch.autograd.Function):
         scale = rstd * weight.float()
         center = mu if add is None else mu - add.float()  # x - center = (x + add) - mu
         shift = bias.float() - center * scale
-        y = F.silu(x.float() * scale[:, :, None, None] + shift[:, :, None, None]).to(x.dtype)
+        y = _silu_apply(x, scale, shift)  # silu(x scale + shift), [N, C, H, W] in x's dtype
         channel_mean = (mean_p * _split_counts(mean_p, H * W, per_split)).sum(dim=2) / (H * W)  # [N, C]
         ctx.save_for_backward(x, weight, scale, shift, center, rstd_g, channel_mean - mu)
         ctx.groups, ctx.has_add = groups, add is not None

@@ -1,5 +1,5 @@
-"""Triton kernels for the two reductions of GroupNorm + SiLU: per-channel moments (forward) and
-per-channel gradient sums (backward).
+"""Triton kernels of GroupNorm + SiLU: the two reductions, per-channel moments (forward) and
+per-channel gradient sums (backward), and the forward's elementwise `silu(x scale + shift)`.
 
 Both read an activation `[N, C, H, W]` through its strides, so one kernel serves NCHW and
 channels_last alike: inductor's layout optimisation hands the training step's convolutions
@@ -7,9 +7,9 @@ channels_last tensors, and a GroupNorm that reads them as NCHW would read 2-byte
 C elements apart. A program owns `BLOCK_C` channels of one sample and a run of pixels; the tile is
 laid out along whichever axis is contiguous in memory (`_tile`).
 
-The kernels return partial results per (sample, channel, pixel split); `norm_silu.py`
-combines them (the combination is a few `[N, C]`-sized tensor ops) and does the elementwise
-parts in PyTorch, where inductor fuses them with their neighbours.
+The reductions return partial results per (sample, channel, pixel split); `norm_silu.py`
+combines them (the combination is a few `[N, C]`-sized tensor ops) and does the backward's
+elementwise part in PyTorch, where inductor fuses it with its neighbours.
 
 Importing this module imports Triton; `norm_silu.py` imports it only when a kernel runs.
 """
@@ -115,6 +115,34 @@ def _grad_sums_kernel(x_ptr, dy_ptr, scale_ptr, shift_ptr, center_ptr, s1_ptr, s
     tl.store(s2_ptr + out, tl.sum(s2, axis=1), mask=c_ok)
 
 
+@triton.jit
+def _apply_kernel(x_ptr, scale_ptr, shift_ptr, y_ptr, C, W, HW,
+                  stride_n, stride_c, stride_h, stride_w,
+                  ystride_n, ystride_c, ystride_h, ystride_w,
+                  FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # y = silu(x scale[n, c] + shift[n, c]) on one [BLOCK_C, BLOCK_HW] tile, written in y's layout.
+    # Each program loads its channels' scale and shift once: one read of x and one write of y
+    # per element (inductor's version gathered the group statistics for every element).
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c_ok = c < C
+    ok = c_ok[:, None] & (hw < HW)[None, :]
+    a = tl.load(scale_ptr + n * C + c, mask=c_ok, other=0.0)
+    b = tl.load(shift_ptr + n * C + c, mask=c_ok, other=0.0)
+    if FLAT:  # x and y dense (NCHW or channels_last): a pixel's offset is hw * stride_w
+        x_off = hw * stride_w
+        y_off = hw * ystride_w
+    else:
+        x_off = _pixel_offsets(hw, W, stride_h, stride_w)
+        y_off = _pixel_offsets(hw, W, ystride_h, ystride_w)
+    x = tl.load(x_ptr + n * stride_n + c[:, None] * stride_c + x_off[None, :], mask=ok, other=0.0)
+    z = x.to(tl.float32) * a[:, None] + b[:, None]
+    y = z * tl.sigmoid(z)
+    tl.store(y_ptr + n * ystride_n + c[:, None] * ystride_c + y_off[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=ok)
+
+
 def _tile(channels_contiguous: bool, C: int, HW: int) -> tuple[int, int]:
     # 2,048-element tiles, long along the axis that is contiguous in memory: 64 channels
     # (128 bytes of bf16) per pixel for channels_last, 128 pixels per channel for NCHW.
@@ -164,3 +192,27 @@ def silu_grad_sums(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, shift
     _grad_sums_kernel[grid](x, dy, scale.contiguous(), shift.contiguous(), center.contiguous(), s1, s2,
                             C, W, H * W, per_split, n_splits, *x.stride(), *dy.stride(), **tiles)
     return s1, s2
+
+
+def _flat_pixels(t: torch.Tensor) -> bool:
+    # Pixel hw of every channel at hw * stride_w: rows follow each other (dense NCHW or channels_last).
+    return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
+
+
+def silu_apply(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`silu(x * scale[:, :, None, None] + shift[:, :, None, None])` in x's dtype and (for a dense
+    x) layout. x: [N, C, H, W]; scale, shift: [N, C] float32."""
+    N, C, H, W = x.shape
+    y = torch.empty_like(x)  # x's strides when x is dense, else contiguous (the fake does the same)
+    # 4,096-element tiles, long along the axis contiguous in memory (as _tile, twice the size:
+    # this kernel streams, one tile per program).
+    if x.stride(1) == 1 and C > 1:
+        block_c = min(64, triton.next_power_of_2(C))
+        block_hw = 4096 // block_c
+    else:
+        block_hw = min(1024, triton.next_power_of_2(H * W))
+        block_c = 4096 // block_hw
+    grid = (N, triton.cdiv(C, block_c), triton.cdiv(H * W, block_hw))
+    _apply_kernel[grid](x, scale.contiguous(), shift.contiguous(), y, C, W, H * W, *x.stride(), *y.stride(),
+                        FLAT=_flat_pixels(x) and _flat_pixels(y), BLOCK_C=block_c, BLOCK_HW=block_hw)
+    return y
