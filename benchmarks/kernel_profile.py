@@ -13,7 +13,7 @@ from harness import synchronize
 
 
 # ldmkit's own Triton kernels (src/ldmkit/nn/norm_silu_kernels.py), named as the profiler shows them.
-LDMKIT_TRITON_KERNELS = ("_moments_kernel", "_grad_sums_kernel")
+LDMKIT_TRITON_KERNELS = ("_moments_kernel", "_grad_sums_kernel", "_apply_kernel")
 
 
 def kernel_category(name: str) -> str:
@@ -22,7 +22,7 @@ def kernel_category(name: str) -> str:
     if n.startswith("triton_"):
         return "triton (norms, pointwise, layout)"
     if n in LDMKIT_TRITON_KERNELS:
-        return "triton (ldmkit GroupNorm reductions)"
+        return "triton (ldmkit GroupNorm kernels)"
     if "sdpa" in n or "fmha" in n or "flash" in n or "attention" in n:
         return "attention"
     if any(k in n for k in ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm")):

@@ -92,7 +92,7 @@ def test_kernel_kinds_from_names():
     assert kind("nvjet_sm90_tst_64x64_64x13_2x1_v_bz_splitK_NTT") == "matmul"
     assert kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
     assert kind("triton_red_fused__to_copy_native_group_norm_silu_3").startswith("triton")
-    assert kind("_grad_sums_kernel") == "triton (ldmkit GroupNorm reductions)"
+    assert kind("_grad_sums_kernel") == kind("_apply_kernel") == "triton (ldmkit GroupNorm kernels)"
     assert kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
     assert kind("void at::native::elementwise_kernel<128, 4>") == "other"
 
