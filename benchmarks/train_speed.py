@@ -131,7 +131,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="fashion-mnist", help="training preset whose models and settings are timed")
     p.add_argument("--channels", type=int, default=1, help="image channels (1 for Fashion-MNIST, 3 for emoji)")
-    p.add_argument("--modes", default="eager,default,reduce-overhead", help="UNet modes to time")
+    p.add_argument("--modes", default="eager,default,reduce-overhead", help="UNet modes to time ('' for none)")
     p.add_argument("--batches", default="preset", help="UNet batch sizes to time ('preset': the preset's own)")
     p.add_argument("--vae-batches", default="preset", help="VAE batch sizes to time ('preset': the preset's own)")
     p.add_argument("--vae-modes", default="eager,compiled",
@@ -175,7 +175,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for layout in args.layouts.split(","):
             for batch in unet_batches:
-                for mode in args.modes.split(","):
+                for mode in [m for m in args.modes.split(",") if m]:  # --modes "": the VAE stage alone
                     attempt(lambda: unet_speed(args, mode, batch, device, Path(tmp)), "unet", mode, batch, layout)
             for batch in vae_batches:
                 for vae_mode in args.vae_modes.split(","):
