@@ -38,9 +38,9 @@ ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
 # inference on activations of at least INFERENCE_MIN_PIXELS), "train" (training steps only),
 # "all" (training and all inference), "0" (nowhere).
 FUSED_MODES = ("auto", "train", "all", "0")
-# Inference, measured (benchmarks/NOTES.md v7, v8): the kernels win on the autoencoder decoder's
-# 128x128 and 256x256 activations and lose on the UNets' latents (32x32 and below at batch 256,
-# where the per-group [N, C] arithmetic adds launches to a step that waits on them).
+# Inference, measured on an H100 (benchmarks/NOTES.md v7, v8): with the kernels the compiled SD
+# decoder (32 -> 256 px) ran 1.04x faster, the C1 UNet's forward (32x32 latents and below, batch
+# 256) 0.96x and 0.70x, its step then waiting on the launches of the kernels' [N, C] arithmetic.
 INFERENCE_MIN_PIXELS = 128 * 128
 
 

@@ -17,7 +17,6 @@ from ldmkit.nn.upsample_conv import upsample2x_conv3x3, upsample2x_conv3x3_trans
 # pixels, phase below. Both do the same 16 multiply-adds; measured on an H100
 # (benchmarks/upsample_bench.py, NOTES.md v8), cuDNN's transposed convolution is 1.24x faster at
 # 128x128 -> 256x256 (the decoder's last upsampling), level at 64x64, slower at 32x32.
-UPSAMPLE_FORMS = ("auto", "phase", "transposed")
 UPSAMPLE_FORM = "auto"
 TRANSPOSED_MIN_PIXELS = 128 * 128
 

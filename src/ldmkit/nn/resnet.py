@@ -71,7 +71,8 @@ class ResNetBlock(nn.Module):
                 if emb is not None
                 else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
             )
-        # GroupNorm -> SiLU pairs go through group_norm_silu: Triton reductions in compiled CUDA graphs.
+        # GroupNorm -> SiLU pairs go through group_norm_silu: Triton kernels in compiled CUDA graphs
+        # (nn/norm_silu.py says where).
         fused = fused_group_norm_enabled(x)
         h = group_norm_silu(x, self.norm1, fused=fused)
         if fused and not self.scale_shift:
