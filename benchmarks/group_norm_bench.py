@@ -24,7 +24,7 @@ from torch import nn
 from ldmkit.nn.norm_silu import group_norm_silu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import time_each_ms  # noqa: E402
+from harness import agreement, time_each_ms  # noqa: E402
 
 # (name, N, C, H, W): the GroupNorm inputs of C1's ResNet blocks at batch 256 (channels 128, 256,
 # 384, 512 at 32x32 .. 4x4 latents) and the widest skip concatenations of its decoder.
@@ -50,10 +50,6 @@ def fused(x, add, norm):
 def step_fn(variant: str):
     fn = fused if variant.startswith("ldmkit") else plain
     return torch.compile(fn, fullgraph=True) if "compiled" in variant else fn
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def measure(shape: tuple, layout: str, variant: str, iters: int, warmup: int) -> dict:
@@ -88,7 +84,8 @@ def measure(shape: tuple, layout: str, variant: str, iters: int, warmup: int) ->
     y32 = plain(x32, add32, norm)
     y32.backward(dy.float())
     want = [y32, x32.grad, add32.grad, norm.weight.grad, norm.bias.grad]
-    errors = dict(zip(("y", "dx", "d_add", "d_weight", "d_bias"), (rel_l2(g, w) for g, w in zip(got, want))))
+    names = ("y", "dx", "d_add", "d_weight", "d_bias")
+    errors = {name: agreement(w, g)["rel_l2"] for name, g, w in zip(names, got, want)}
     ms = time_each_ms(fwd_bwd, iters, warmup)
     bytes_moved = PASSES * x.numel() * x.element_size()
     return {"shape": name, "layout": layout, "variant": variant, "ms": ms,

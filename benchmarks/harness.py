@@ -231,7 +231,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         info["triton"] = triton.__version__
     except Exception:
         info["triton"] = None
-    # where ldmkit's GroupNorm + SiLU Triton reductions run ("auto", "train", "all" or "0") and
+    # where ldmkit's GroupNorm + SiLU Triton kernels run ("auto", "train", "all" or "0") and
     # how its UpSample computes (set by bench_gpu.py --ldm-upsample before this runs)
     import ldmkit.nn.resample
     from ldmkit.nn.norm_silu import FUSED_MODE

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ldmkit.nn.upsample_conv import upsample2x_conv3x3, upsample2x_conv3x3_transposed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import time_each_ms  # noqa: E402
+from harness import agreement, time_each_ms  # noqa: E402
 
 # (name, N, C, H, W, training): each UpSample's input (C in = C out).
 SHAPES = [
@@ -64,7 +64,7 @@ def measure(shape: tuple, form: str, iters: int, warmup: int) -> dict:
         want = interpolate_form(x.float(), w.float(), b.float())
         got = FORMS[form](x.float(), w.float(), b.float())
         torch.backends.cudnn.allow_tf32 = True
-        err = ((got - want).norm() / want.norm()).item()
+        err = agreement(want, got)["rel_l2"]
     if training:
         x.requires_grad_(True)
         w.requires_grad_(True)

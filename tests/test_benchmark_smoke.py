@@ -115,6 +115,13 @@ def test_profile_records_time_by_kernel_kind(tmp_path):
     assert sum(kinds.values()) == pytest.approx(record["profile_gpu_ms"])
 
 
+def test_forwards_check_the_compiled_output_and_profile_top_limits_the_rows(tmp_path):
+    data = _run(tmp_path, "--only", "C1.fwd", "--sides", "ldmkit", "--profile", "--profile-top", "2")
+    (record,) = data["records"]
+    assert len(record["profile_top"]) == 2
+    assert record["compiled_vs_eager_rel_l2"] < 1e-3  # fp32 on the CPU: the same function
+
+
 def test_attention_benchmark_shapes_are_the_unets():
     path = BENCH.with_name("attention_backends.py")
     spec = importlib.util.spec_from_file_location("attention_backends_under_test", path)

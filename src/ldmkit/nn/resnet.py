@@ -75,27 +75,18 @@ class ResNetBlock(nn.Module):
         # (nn/norm_silu.py says where).
         fused = fused_group_norm_enabled(x)
         h = group_norm_silu(x, self.norm1, fused=fused)
-        if fused and not self.scale_shift:
+        e = None if emb is None else self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
+        if self.scale_shift:
+            scale, shift = e[:, :, None, None].chunk(2, dim=1)
+            h = self.act(self.norm2(self.conv1(h)) * (1 + scale) + shift)
+        elif fused and self.conv1.bias is not None:
             # conv1's bias joins norm2's per-channel `add` (silu(norm2(conv(h) + bias + e))):
             # inductor adds a convolution's bias in a kernel of its own, a whole pass over the
             # output, which the Triton reductions (opaque to it) cannot absorb.
             h = self.conv1._conv_forward(h, self.conv1.weight, None)  # [B, out_ch, H, W], no bias
-            bias = self.conv1.bias
-            add = None if bias is None else bias.expand(h.shape[0], -1)  # [B, out_ch]
-            if emb is not None:
-                e = self.emb_proj(self.act(emb))  # [B, out_ch]
-                add = e if add is None else e + add
-            h = group_norm_silu(h, self.norm2, add, fused=True)
+            add = self.conv1.bias.expand(h.shape[0], -1)  # [B, out_ch]
+            h = group_norm_silu(h, self.norm2, add if e is None else e + add, fused=True)
         else:
-            h = self.conv1(h)  # [B, out_ch, H, W]
-            if emb is None:
-                h = group_norm_silu(h, self.norm2, fused=False)
-            else:
-                e = self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
-                if self.scale_shift:
-                    scale, shift = e[:, :, None, None].chunk(2, dim=1)
-                    h = self.act(self.norm2(h) * (1 + scale) + shift)
-                else:
-                    h = group_norm_silu(h, self.norm2, e, fused=False)  # silu(norm2(h + e)), h + e not stored
+            h = group_norm_silu(self.conv1(h), self.norm2, e, fused=fused)  # silu(norm2(h + e)), h + e not stored
         h = self.conv2(self.dropout(h))  # [B, out_ch, H, W]
         return self.skip(x) + h
