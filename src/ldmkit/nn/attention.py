@@ -13,6 +13,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.nn.norm import group_norm
+from ldmkit.nn.norm_channels_last import apply_group_norm
 
 
 def resolve_heads(channels: int, num_heads: int | None, head_dim: int | None) -> tuple[int, int]:
@@ -77,7 +78,7 @@ class SelfAttentionBlock(nn.Module):
         if c != self.channels:
             raise UserError(f"SelfAttentionBlock expects {self.channels} channels, got {c}")
         # flatten + transpose is a free view for channels_last input, a copy otherwise.
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        tokens = apply_group_norm(x, self.norm).flatten(2).transpose(1, 2)  # [B, HW, C]
         out = multi_head_attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens), self.heads)
         out = self.to_out(out)  # [B, HW, C]
         return x + out.transpose(1, 2).reshape(b, c, h, w)

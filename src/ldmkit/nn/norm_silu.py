@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldmkit.nn.norm_channels_last import channels_last_norm_enabled, group_norm_channels_last
 from ldmkit.nn.norm_silu_plan import empty_partials, pixel_splits
 
 ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
@@ -85,6 +86,8 @@ def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | Non
     """
     if fused is None:
         fused = fused_group_norm_enabled(x)
+    if not fused and channels_last_norm_enabled(x):
+        return group_norm_channels_last(x, norm, add, silu=True)
     if not fused or x.dim() != 4 or norm.weight is None:
         h = x if add is None else x + add[:, :, None, None]
         return F.silu(norm(h))

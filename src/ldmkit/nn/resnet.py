@@ -7,6 +7,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.nn.norm import group_norm
+from ldmkit.nn.norm_channels_last import apply_group_norm
 from ldmkit.nn.norm_silu import fused_group_norm_enabled, group_norm_silu
 
 
@@ -78,7 +79,7 @@ class ResNetBlock(nn.Module):
         e = None if emb is None else self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
         if self.scale_shift:
             scale, shift = e[:, :, None, None].chunk(2, dim=1)
-            h = self.act(self.norm2(self.conv1(h)) * (1 + scale) + shift)
+            h = self.act(apply_group_norm(self.conv1(h), self.norm2) * (1 + scale) + shift)
         elif fused and self.conv1.bias is not None:
             # conv1's bias joins norm2's per-channel `add` (silu(norm2(conv(h) + bias + e))):
             # inductor adds a convolution's bias in a kernel of its own, a whole pass over the

@@ -9,6 +9,7 @@ from torch import nn
 from ldmkit.errors import UserError
 from ldmkit.nn.attention import CrossAttention
 from ldmkit.nn.norm import group_norm
+from ldmkit.nn.norm_channels_last import apply_group_norm
 
 
 class FeedForward(nn.Module):
@@ -108,7 +109,7 @@ class SpatialTransformer(nn.Module):
         b, c, h, w = x.shape
         if c != self.channels:
             raise UserError(f"SpatialTransformer expects {self.channels} channels, got {c}")
-        hidden = self.norm(x)
+        hidden = apply_group_norm(x, self.norm)
         if self.linear_projection:
             tokens = self.proj_in(hidden.flatten(2).transpose(1, 2))  # [B, HW, inner]
         else:

@@ -1,0 +1,71 @@
+"""GroupNorm (optionally + SiLU) on channels_last activations, in the order their memory holds them.
+
+PyTorch's GroupNorm, as inductor decomposes it, views x as [N, G, C/G * H * W]. For a
+channels_last tensor that view is a copy (fused into the kernels, the "clone" in their names),
+and the statistics reduction then walks each group pixel by pixel, C elements apart, while the
+apply kernel transposes as it writes. In the compiled UNet forwards these kernels were half the
+GPU time (benchmarks/NOTES.md v8, v9).
+
+Here the same function is written over the [N, H*W, C] view, which is free for channels_last x:
+
+- per-channel mean and variance over the pixels (a reduction whose outputs lie along the
+  contiguous axis, so neighbouring threads read neighbouring channels);
+- group statistics from the channels' (equal counts, Chan, Golub & LeVeque 1979):
+  mean_g = mean_c(mean_c),  var_g = mean_c(var_c + (mean_c - mean_g)^2);
+- y = x * scale[n, c] + shift[n, c] (then SiLU), with scale = w_c / sqrt(var_g + eps) and
+  shift = b_c - (mean_g - add_c) * scale (Wu & He 2018, eq. 1-2, for x + add).
+
+It runs in compiled CUDA inference on channels_last activations (`channels_last_norm_enabled`);
+LDMKIT_CHANNELS_LAST_GROUPNORM=0 (read at import) turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENV_SWITCH = "LDMKIT_CHANNELS_LAST_GROUPNORM"
+ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def channels_last_norm_enabled(x: torch.Tensor) -> bool:
+    """True where GroupNorm takes this module's form: a channels_last CUDA activation in a
+    compiled graph that records no gradients (training steps take the Triton kernels of
+    `norm_silu`), unless LDMKIT_CHANNELS_LAST_GROUPNORM=0."""
+    return (ENABLED and x.dim() == 4 and x.is_cuda and torch.compiler.is_compiling()
+            and not torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def group_norm_channels_last(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | None = None,
+                             *, silu: bool = False) -> torch.Tensor:
+    """`norm(x + add[:, :, None, None])`, then SiLU if `silu`; the output in x's dtype and layout.
+
+    x: [N, C, H, W] (any layout; written for channels_last), add: [N, C] or None.
+    """
+    N, C, H, W = x.shape
+    groups = norm.num_groups
+    cpg = C // groups
+    acc = torch.promote_types(x.dtype, torch.float32)  # statistics in float32 at least
+    tokens = x.permute(0, 2, 3, 1).reshape(N, H * W, C).to(acc)  # [N, HW, C], a view (dense along HW and C for channels_last x)
+    var_c, mean_c = torch.var_mean(tokens, dim=1, correction=0)  # [N, C], of x
+    if add is not None:
+        mean_c = mean_c + add.to(acc)  # of x + add; the variance does not move
+    mean_g = mean_c.view(N, groups, cpg).mean(dim=2, keepdim=True)  # [N, G, 1]
+    var_g = (var_c.view(N, groups, cpg) + (mean_c.view(N, groups, cpg) - mean_g).square()).mean(dim=2, keepdim=True)
+    rstd = torch.rsqrt(var_g + norm.eps).expand(N, groups, cpg).reshape(N, C)  # [N, C]
+    mean = mean_g.expand(N, groups, cpg).reshape(N, C)  # [N, C]
+    scale = rstd if norm.weight is None else rstd * norm.weight.to(acc)
+    center = mean if add is None else mean - add.to(acc)  # (x + add) - mean = x - center
+    shift = -center * scale if norm.bias is None else norm.bias.to(acc) - center * scale
+    y = tokens * scale[:, None, :] + shift[:, None, :]  # [N, HW, C]
+    if silu:
+        y = F.silu(y)
+    return y.to(x.dtype).view(N, H, W, C).permute(0, 3, 1, 2)  # [N, C, H, W], x's strides
+
+
+def apply_group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """`norm(x)`, in this module's form where `channels_last_norm_enabled(x)`."""
+    return group_norm_channels_last(x, norm) if channels_last_norm_enabled(x) else norm(x)
