@@ -84,3 +84,43 @@ def test_blocks_take_it_where_enabled(monkeypatch):
         got = attn(res(x, emb))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     assert calls == [True, True, False]  # norm1 + SiLU, norm2 + SiLU (with the embedding), attention's norm
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_joined_input_takes_statistics_per_part(silu):
+    # norm(cat([x, skip])) with each part's statistics from the part, with the parts' boundary
+    # between groups (24 + 8 channels in groups of 8) and inside one (20 + 12).
+    g = torch.Generator().manual_seed(3)
+    for c1, c2 in ((24, 8), (20, 12)):
+        x = (torch.randn(2, c1, 5, 6, generator=g, dtype=torch.float64) + 4).to(memory_format=torch.channels_last)
+        skip = torch.randn(2, c2, 5, 6, generator=g, dtype=torch.float64) * 3 - 2
+        skip = skip.to(memory_format=torch.channels_last)
+        norm = _norm(c1 + c2, 4)
+        want = norm(torch.cat([x, skip], dim=1))
+        want = F.silu(want) if silu else want
+        torch.testing.assert_close(group_norm_channels_last(x, norm, silu=silu, concat=skip), want,
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("out_ch,conv_shortcut", [(16, False), (16, True), (40, False)])
+def test_resnet_block_with_a_joined_input(monkeypatch, out_ch, conv_shortcut):
+    # ResNetBlock(x, emb, concat=skip) is the block on cat([x, skip]): on the plain path (the cat
+    # built) and on the channels_last path, where the skip convolution runs once per part
+    # (out_ch=40: the identity skip).
+    torch.manual_seed(1)
+    block = ResNetBlock(40, out_ch, emb_dim=8, groups=4, conv_shortcut=conv_shortcut).double().eval()
+    x = torch.randn(2, 24, 6, 6, dtype=torch.float64).to(memory_format=torch.channels_last)
+    skip = torch.randn(2, 16, 6, 6, dtype=torch.float64).to(memory_format=torch.channels_last)
+    emb = torch.randn(2, 8, dtype=torch.float64)
+    with torch.no_grad():
+        want = block(torch.cat([x, skip], dim=1), emb)
+        torch.testing.assert_close(block(x, emb, skip), want, rtol=1e-10, atol=1e-10)
+        import ldmkit.nn.resnet as resnet
+
+        monkeypatch.setattr(resnet, "channels_last_norm_enabled", lambda t: True)
+        monkeypatch.setattr(norm_silu, "channels_last_norm_enabled", lambda t: True)
+        whole = []
+        block.skip.register_forward_hook(lambda m, inp, out: whole.append(inp[0].shape[1]))
+        got = block(x, emb, skip)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert whole == []  # the skip path never ran on a joined input

@@ -239,8 +239,8 @@ class UNet(nn.Module):
 
         for block in self.up_blocks:
             for j, resnet in enumerate(block.resnets):
-                h = torch.cat([h, skips.pop()], dim=1)  # [B, C + C_skip, h, w]
-                h = self._call(resnet, h, emb)
+                # the block's input is cat([h, skip], dim=1): [B, C + C_skip, h, w]
+                h = self._call(resnet, h, emb, skips.pop())
                 if block.has_attention:
                     h = self._attend(block.attentions[j], h, context)
             if block.upsample is not None:

@@ -40,17 +40,27 @@ def channels_last_norm_enabled(x: torch.Tensor) -> bool:
 
 
 def group_norm_channels_last(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Tensor | None = None,
-                             *, silu: bool = False) -> torch.Tensor:
-    """`norm(x + add[:, :, None, None])`, then SiLU if `silu`; the output in x's dtype and layout.
+                             *, silu: bool = False, concat: torch.Tensor | None = None) -> torch.Tensor:
+    """`norm(x + add[:, :, None, None])`, then SiLU if `silu`; the output in x's dtype, in x's
+    layout (channels_last when `concat` is given).
 
     x: [N, C, H, W] (any layout; written for channels_last), add: [N, C] or None.
+    concat: [N, C2, H, W] or None: normalise `cat([x, concat], dim=1)` (then C counts both) with
+    each part's statistics taken from the part itself. The UNet's decoder joins each skip
+    connection this way: a reduction over the joined tensor, fused with the join, read it at a
+    fifth of the bandwidth (benchmarks/NOTES.md v9).
     """
-    N, C, H, W = x.shape
+    parts = [x] if concat is None else [x, concat]
+    N, _, H, W = x.shape
+    C = sum(p.shape[1] for p in parts)
     groups = norm.num_groups
     cpg = C // groups
     acc = torch.promote_types(x.dtype, torch.float32)  # statistics in float32 at least
-    tokens = x.permute(0, 2, 3, 1).reshape(N, H * W, C).to(acc)  # [N, HW, C], a view (dense along HW and C for channels_last x)
-    var_c, mean_c = torch.var_mean(tokens, dim=1, correction=0)  # [N, C], of x
+    # [N, HW, C_part] views (dense along HW and C for channels_last parts)
+    tokens = [p.permute(0, 2, 3, 1).reshape(N, H * W, p.shape[1]).to(acc) for p in parts]
+    moments = [torch.var_mean(t, dim=1, correction=0) for t in tokens]  # ([N, C_part], [N, C_part])
+    var_c = torch.cat([v for v, _ in moments], dim=1)  # [N, C], of x
+    mean_c = torch.cat([m for _, m in moments], dim=1)
     if add is not None:
         mean_c = mean_c + add.to(acc)  # of x + add; the variance does not move
     mean_g = mean_c.view(N, groups, cpg).mean(dim=2, keepdim=True)  # [N, G, 1]
@@ -60,10 +70,11 @@ def group_norm_channels_last(x: torch.Tensor, norm: nn.GroupNorm, add: torch.Ten
     scale = rstd if norm.weight is None else rstd * norm.weight.to(acc)
     center = mean if add is None else mean - add.to(acc)  # (x + add) - mean = x - center
     shift = -center * scale if norm.bias is None else norm.bias.to(acc) - center * scale
-    y = tokens * scale[:, None, :] + shift[:, None, :]  # [N, HW, C]
+    joined = tokens[0] if concat is None else torch.cat(tokens, dim=2)  # [N, HW, C]
+    y = joined * scale[:, None, :] + shift[:, None, :]  # [N, HW, C]
     if silu:
         y = F.silu(y)
-    return y.to(x.dtype).view(N, H, W, C).permute(0, 3, 1, 2)  # [N, C, H, W], x's strides
+    return y.to(x.dtype).view(N, H, W, C).permute(0, 3, 1, 2)  # [N, C, H, W]
 
 
 def apply_group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.nn.norm import group_norm
-from ldmkit.nn.norm_channels_last import apply_group_norm
+from ldmkit.nn.norm_channels_last import apply_group_norm, channels_last_norm_enabled, group_norm_channels_last
 from ldmkit.nn.norm_silu import fused_group_norm_enabled, group_norm_silu
 
 
@@ -62,20 +62,34 @@ class ResNetBlock(nn.Module):
             self.skip = nn.Identity()
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, in_ch, H, W], emb: [B, emb_dim] -> [B, out_ch, H, W]
-        if x.shape[1] != self.in_ch:
-            raise UserError(f"ResNetBlock expects {self.in_ch} input channels, got {x.shape[1]}")
+        # concat: [B, C2, H, W] or None: the block's input is cat([x, concat], dim=1) (a UNet skip
+        # connection); x then holds in_ch - C2 channels.
+        joined = x.shape[1] + (0 if concat is None else concat.shape[1])
+        if joined != self.in_ch:
+            raise UserError(f"ResNetBlock expects {self.in_ch} input channels, got {joined}")
         if (emb is None) != (self.emb_dim is None):
             raise UserError(
                 "ResNetBlock was built with emb_dim=None and got an embedding"
                 if emb is not None
                 else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
             )
-        # GroupNorm -> SiLU pairs go through group_norm_silu: Triton kernels in compiled CUDA graphs
-        # (nn/norm_silu.py says where).
-        fused = fused_group_norm_enabled(x)
-        h = group_norm_silu(x, self.norm1, fused=fused)
+        if concat is not None and channels_last_norm_enabled(x):
+            # Compiled inference: the joined tensor is never built. norm1 takes each part's
+            # statistics from the part, and a 1x1 (or 3x3) skip convolution is the sum of one
+            # convolution per part, as a convolution is linear in its input channels.
+            h = group_norm_channels_last(x, self.norm1, silu=True, concat=concat)
+            skip = self._skip_of_parts(x, concat)
+        else:
+            if concat is not None:
+                x = torch.cat([x, concat], dim=1)  # [B, in_ch, H, W]
+            # GroupNorm -> SiLU pairs go through group_norm_silu: Triton kernels in compiled CUDA
+            # graphs (nn/norm_silu.py says where).
+            h = group_norm_silu(x, self.norm1)
+            skip = self.skip(x)
+        fused = fused_group_norm_enabled(h)
         e = None if emb is None else self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
         if self.scale_shift:
             scale, shift = e[:, :, None, None].chunk(2, dim=1)
@@ -90,4 +104,12 @@ class ResNetBlock(nn.Module):
         else:
             h = group_norm_silu(self.conv1(h), self.norm2, e, fused=fused)  # silu(norm2(h + e)), h + e not stored
         h = self.conv2(self.dropout(h))  # [B, out_ch, H, W]
-        return self.skip(x) + h
+        return skip + h
+
+    def _skip_of_parts(self, x: torch.Tensor, concat: torch.Tensor) -> torch.Tensor:
+        # self.skip(cat([x, concat], dim=1)) without the cat: [B, out_ch, H, W]
+        if not isinstance(self.skip, nn.Conv2d):
+            return torch.cat([x, concat], dim=1)  # the identity
+        c1, w = x.shape[1], self.skip.weight  # w: [out_ch, in_ch, k, k]
+        return (self.skip._conv_forward(x, w[:, :c1], self.skip.bias)
+                + self.skip._conv_forward(concat, w[:, c1:], None))
