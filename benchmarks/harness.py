@@ -234,10 +234,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     # where ldmkit's GroupNorm + SiLU Triton kernels run ("auto", "train", "all" or "0") and
     # how its UpSample computes (set by bench_gpu.py --ldm-upsample before this runs)
     import ldmkit.nn.resample
+    from ldmkit.nn.norm_channels_last import ENABLED as CHANNELS_LAST_GROUPNORM
     from ldmkit.nn.norm_silu import FUSED_MODE
 
     info["ldmkit_fused_groupnorm"] = FUSED_MODE
     info["ldmkit_upsample"] = ldmkit.nn.resample.UPSAMPLE_FORM
+    info["ldmkit_channels_last_groupnorm"] = CHANNELS_LAST_GROUPNORM
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,

@@ -74,3 +74,24 @@ def test_inductor_compiled_unet_matches_the_module():
     with torch.no_grad():
         expected, got = pipe.unet(x, t, class_labels=labels), fn(x, t, class_labels=labels)
     assert float((got - expected).norm() / expected.norm()) < 1e-4
+
+
+def test_cuda_runs_the_unet_channels_last(monkeypatch):
+    """On CUDA the compiled UNet's weights and inputs are channels_last (the layout its compiled
+    GroupNorm is written for); on the CPU they keep PyTorch's default. Checked on the CPU with the
+    CUDA choice patched in: the layout changes, the function does not."""
+    assert compiled_unet.generation_memory_format(CUDA) == torch.channels_last
+    assert compiled_unet.generation_memory_format(CPU) == torch.contiguous_format
+    monkeypatch.setattr(compiled_unet, "compile_options", lambda device: {"backend": "eager", "dynamic": False})
+    monkeypatch.setattr(compiled_unet, "generation_memory_format", lambda device: torch.channels_last)
+    pipe = _pipeline("on")
+    torch.manual_seed(2)
+    x, t, labels = torch.randn(2, 4, 4, 4), torch.tensor([5.0, 500.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        expected = pipe.unet(x, t, class_labels=labels)
+        seen = []
+        pipe.unet.conv_in.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].is_contiguous()))
+        got = CompiledUNet(pipe.unet, CPU)(x, t, class_labels=labels)
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert seen == [False]  # the UNet got x channels_last, not as the caller laid it out
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,10 @@ per-step kernels and the UNet's launches stop costing CPU time. Compilation itse
 of seconds, so "auto" compiles only on CUDA and only for jobs of at least
 `AUTO_MIN_IMAGES` images (`ldm eval`'s 10,000 samples, not `ldm generate`'s grid of ten).
 
+On CUDA the UNet and its input are channels_last, the layout cuDNN's convolutions run in and the
+one `nn/norm_channels_last.py` is written for: with it the C1 UNet's compiled forward ran 1.19x
+the peer's with CUDA graphs, and the sampling loop of E1 1.16x (benchmarks/NOTES.md v9).
+
 Under CUDA graphs each call's output lives in the graph's memory pool and is overwritten by
 the next replay; `CompiledUNet.__call__` therefore marks a new step before every call and
 returns a copy, so a sampler may keep a prediction across steps (Heun, multistep solvers).
@@ -32,6 +36,11 @@ def compile_options(device: torch.device) -> dict[str, Any]:
     return {"dynamic": False}
 
 
+def generation_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of the compiled UNet's weights and inputs on `device`."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 def wants_compile(setting: str, device: torch.device, num_images: int) -> bool:
     """Whether a job of `num_images` on `device` should use the compiled UNet."""
     if setting not in COMPILE_CHOICES:
@@ -48,9 +57,12 @@ class CompiledUNet:
     def __init__(self, unet: nn.Module, device: torch.device) -> None:
         self.options = compile_options(device)
         self.graphs = self.options.get("mode") == "reduce-overhead"
+        self.memory_format = generation_memory_format(device)
+        unet.to(memory_format=self.memory_format)  # the convolutions' weights; values unchanged
         self.compiled = torch.compile(unet, **self.options)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)  # [B, C, H, W]
         if not self.graphs:
             return self.compiled(x, t, **kwargs)
         torch.compiler.cudagraph_mark_step_begin()
