@@ -76,7 +76,10 @@ class ResNetBlock(nn.Module):
                 if emb is not None
                 else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
             )
-        if concat is not None and channels_last_norm_enabled(x):
+        # GroupNorm -> SiLU pairs go through group_norm_silu: Triton kernels in compiled CUDA graphs
+        # (nn/norm_silu.py says where), the channels_last form in the rest of compiled inference.
+        fused = fused_group_norm_enabled(x)
+        if concat is not None and not fused and channels_last_norm_enabled(x):
             # Compiled inference: the joined tensor is never built. norm1 takes each part's
             # statistics from the part, and a 1x1 (or 3x3) skip convolution is the sum of one
             # convolution per part, as a convolution is linear in its input channels.
@@ -85,11 +88,8 @@ class ResNetBlock(nn.Module):
         else:
             if concat is not None:
                 x = torch.cat([x, concat], dim=1)  # [B, in_ch, H, W]
-            # GroupNorm -> SiLU pairs go through group_norm_silu: Triton kernels in compiled CUDA
-            # graphs (nn/norm_silu.py says where).
-            h = group_norm_silu(x, self.norm1)
+            h = group_norm_silu(x, self.norm1, fused=fused)
             skip = self.skip(x)
-        fused = fused_group_norm_enabled(h)
         e = None if emb is None else self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
         if self.scale_shift:
             scale, shift = e[:, :, None, None].chunk(2, dim=1)
