@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from ldmkit.nn import derived_weights
 
 import harness as H
 import kernel_profile
@@ -65,7 +66,10 @@ def run_generation(bench: Bench, group: str, measures: list[str]) -> None:
         vae.to(memory_format=fmt)
         mode = bench.side_mode(side, "e2" if e2 else "e1")
         graphs = "reduce-overhead" in mode and not bench.smoke
+        derive = not is_peer and mode != "none" and not bench.args.ldm_no_derived_weights
         try:
+            if derive:  # as `ldm generate`'s CompiledUNet: derived weights computed once
+                derived_weights.attach(unet)
             unet_c = bench.compile(unet, mode, side)
             if is_peer:
                 dec = bench.compile(lambda z: P.vae_decode(peer_vae, z),
@@ -108,6 +112,8 @@ def run_generation(bench: Bench, group: str, measures: list[str]) -> None:
         except Exception as err:
             bench.rec.error(group, "gen", side, err)
         finally:
+            if derive:
+                derived_weights.detach(unet)
             H.free_memory()
     bench.reference.clear()
     H.free_memory()

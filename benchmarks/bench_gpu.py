@@ -320,6 +320,12 @@ class Bench:
         m = copy.deepcopy(model).to(torch.bfloat16) if bf16_weights else model
         if bf16_weights:
             batch = self.to_layout(batch, cl, torch.bfloat16)
+        # the UNets' compiled inference with derived weights computed once, as `ldm generate`
+        derive = impl == "ldmkit" and group in ("C1", "C2") and mode != "none" and not self.args.ldm_no_derived_weights
+        with L.derived_weights_for_inference(m, derive):
+            self._measure_forward(group, measure, side, impl, m, call, batch, cl, mode, bf16_weights)
+
+    def _measure_forward(self, group, measure, side, impl, m, call, batch, cl, mode, bf16_weights) -> None:
         net = self.compile(lambda b: call(m, b), mode, side)
         graphs = "reduce-overhead" in mode
 

@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     g.add_argument("--ldm-upsample", default=None, choices=("auto", "phase", "transposed"),
                    help="how ldmkit's UpSample computes nearest 2x + conv3x3 (nn/resample.py; default: "
                         "the library's, auto: transposed from 128x128 input pixels, phase below)")
+    g.add_argument("--ldm-no-derived-weights", action="store_true",
+                   help="compiled inference recomputes UpSample's kernels and the decoder's skip-weight "
+                        "slices at every call (before v10; default: computed once, as `ldm generate`)")
     g.add_argument("--ldm-layout-opt", default="train", choices=("train", "all", "none"),
                    help="where ldmkit compiles with inductor's layout optimisation forced on: training "
                         "steps (default: what `ldm train` does), every run, or none")

@@ -8,6 +8,7 @@ random weights (throughput does not depend on the values) and the record says
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -155,3 +156,19 @@ def make_schedule(schedule: dict[str, Any]):
 
     return NoiseSchedule.create(schedule["beta_schedule"], 1000, beta_start=schedule["beta_start"],
                                 beta_end=schedule["beta_end"])
+
+
+@contextlib.contextmanager
+def derived_weights_for_inference(model: torch.nn.Module, enabled: bool):
+    """While compiled inference runs: the weights ldmkit's layers derive from their parameters,
+    computed once (as `ldm generate`'s CompiledUNet does; nn/derived_weights.py), then removed."""
+    from ldmkit.nn import derived_weights
+
+    if not enabled:
+        yield
+        return
+    derived_weights.attach(model)
+    try:
+        yield
+    finally:
+        derived_weights.detach(model)

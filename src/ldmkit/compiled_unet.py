@@ -11,6 +11,10 @@ On CUDA the UNet and its input are channels_last, the layout cuDNN's convolution
 one `nn/norm_channels_last.py` is written for: with it the C1 UNet's compiled forward ran 1.19x
 the peer's with CUDA graphs, and the sampling loop of E1 1.16x (benchmarks/NOTES.md v9).
 
+Weights that layers derive from their parameters (UpSample's phase kernels, the decoder's skip
+convolution slices) are computed once into buffers (`nn/derived_weights.py`) rather than at every
+replay; `__call__` recomputes them first where the parameters changed since.
+
 Under CUDA graphs each call's output lives in the graph's memory pool and is overwritten by
 the next replay; `CompiledUNet.__call__` therefore marks a new step before every call and
 returns a copy, so a sampler may keep a prediction across steps (Heun, multistep solvers).
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.nn import derived_weights
 
 COMPILE_CHOICES = ("auto", "on", "off")
 AUTO_MIN_IMAGES = 256
@@ -59,9 +64,12 @@ class CompiledUNet:
         self.graphs = self.options.get("mode") == "reduce-overhead"
         self.memory_format = generation_memory_format(device)
         unet.to(memory_format=self.memory_format)  # the convolutions' weights; values unchanged
+        derived_weights.attach(unet)
+        self.unet = unet
         self.compiled = torch.compile(unet, **self.options)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        derived_weights.refresh(self.unet)  # the graph cannot check that they are current
         x = x.contiguous(memory_format=self.memory_format)  # [B, C, H, W]
         if not self.graphs:
             return self.compiled(x, t, **kwargs)

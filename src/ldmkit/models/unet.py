@@ -116,7 +116,8 @@ class UNet(nn.Module):
             width = widths[level]
             resnets, attentions = [], []
             for _ in range(c.num_res_blocks + 1):
-                resnets.append(self._resnet(ch + skip_widths.pop(), width))
+                skip_width = skip_widths.pop()
+                resnets.append(self._resnet(ch + skip_width, width, concat_channels=skip_width))
                 if level in c.attention_levels:
                     attentions.append(self._attention(width))
                 ch = width
@@ -132,11 +133,11 @@ class UNet(nn.Module):
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
 
-    def _resnet(self, in_ch: int, out_ch: int) -> ResNetBlock:
+    def _resnet(self, in_ch: int, out_ch: int, concat_channels: int | None = None) -> ResNetBlock:
         c = self.config
         return ResNetBlock(
             in_ch, out_ch, c.emb_dim, dropout=c.dropout, groups=c.norm_groups, eps=c.norm_eps,
-            scale_shift=c.resnet_scale_shift,
+            scale_shift=c.resnet_scale_shift, concat_channels=concat_channels,
         )
 
     def _attention(self, channels: int) -> nn.Module:

@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.errors import UserError
-from ldmkit.nn.upsample_conv import upsample2x_conv3x3, upsample2x_conv3x3_transposed
+from ldmkit.nn.derived_weights import derived
+from ldmkit.nn.upsample_conv import (
+    phase_kernels,
+    transposed_kernel,
+    upsample2x_conv3x3,
+    upsample2x_conv3x3_transposed,
+    upsample2x_phases_with,
+    upsample2x_transposed_with,
+)
 
 # How UpSample computes nearest 2x + conv3x3 (nn/upsample_conv.py): "phase" (the four phase
 # convolutions as one, then an interleaving pass), "transposed" (one stride-2 transposed
@@ -87,10 +95,33 @@ class UpSample(nn.Module):
         if self.use_conv and doubled:
             # The same function at 0.47x the FLOPs, never materialising the upsampled tensor
             # (nn/upsample_conv.py derives both forms).
-            fn = upsample2x_conv3x3_transposed if upsample_form(x) == "transposed" else upsample2x_conv3x3
-            return fn(x, self.conv.weight, self.conv.bias)  # [B, out_channels, 2H, 2W]
+            if upsample_form(x) == "transposed":
+                kernel = derived(self, "transposed_weight")
+                if kernel is None:
+                    return upsample2x_conv3x3_transposed(x, self.conv.weight, self.conv.bias)
+                return upsample2x_transposed_with(x, kernel, self.conv.bias)  # [B, out_channels, 2H, 2W]
+            kernel = derived(self, "phase_weight")
+            if kernel is None:
+                return upsample2x_conv3x3(x, self.conv.weight, self.conv.bias)
+            return upsample2x_phases_with(x, kernel, derived(self, "phase_bias"))  # [B, out_channels, 2H, 2W]
         if output_size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # [B, C, 2H, 2W]
         else:
             x = F.interpolate(x, size=tuple(output_size), mode="nearest")
         return self.conv(x) if self.use_conv else x
+
+    # nn/derived_weights.py: the kernels above, computed once per generation job
+    def derived_sources(self) -> list[torch.Tensor]:
+        return [p for p in (self.conv.weight, self.conv.bias) if p is not None] if self.use_conv else []
+
+    def derived_weights(self) -> dict[str, torch.Tensor]:
+        if not self.use_conv:
+            return {}
+        weight, bias = self.conv.weight, self.conv.bias
+        layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) \
+            and not weight.is_contiguous() else torch.contiguous_format
+        kernels = {"phase_weight": phase_kernels(weight).contiguous(memory_format=layout),
+                   "transposed_weight": transposed_kernel(weight).contiguous(memory_format=layout)}
+        if bias is not None:
+            kernels["phase_bias"] = bias.repeat(4)
+        return kernels

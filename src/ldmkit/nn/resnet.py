@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.nn.derived_weights import derived
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm, channels_last_norm_enabled, group_norm_channels_last
 from ldmkit.nn.norm_silu import fused_group_norm_enabled, group_norm_silu
@@ -37,10 +38,17 @@ class ResNetBlock(nn.Module):
         scale_shift: bool = False,
         conv_shortcut: bool = False,
         zero_init: bool = False,
+        concat_channels: int | None = None,
     ) -> None:
         super().__init__()
         out_ch = in_ch if out_ch is None else out_ch
         self.in_ch, self.out_ch, self.emb_dim = in_ch, out_ch, emb_dim
+        # The width of the `concat` input a UNet decoder passes (its skip connection), when known:
+        # the skip convolution's weight slices per input part are then cached for generation
+        # (nn/derived_weights.py). Any split still works without it.
+        if concat_channels is not None and not 0 < concat_channels < in_ch:
+            raise UserError(f"concat_channels must lie in (0, {in_ch}), got {concat_channels}")
+        self.concat_channels = concat_channels
         self.scale_shift = scale_shift
         self.norm1 = group_norm(in_ch, groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -111,5 +119,23 @@ class ResNetBlock(nn.Module):
         if not isinstance(self.skip, nn.Conv2d):
             return torch.cat([x, concat], dim=1)  # the identity
         c1, w = x.shape[1], self.skip.weight  # w: [out_ch, in_ch, k, k]
-        return (self.skip._conv_forward(x, w[:, :c1], self.skip.bias)
-                + self.skip._conv_forward(concat, w[:, c1:], None))
+        w_x, w_concat = derived(self, "skip_weight_x"), derived(self, "skip_weight_concat")
+        if w_x is None or w_x.shape[1] != c1:
+            # slices of w: cuDNN copies each into contiguous memory first, at every call
+            w_x, w_concat = w[:, :c1], w[:, c1:]
+        return (self.skip._conv_forward(x, w_x, self.skip.bias)
+                + self.skip._conv_forward(concat, w_concat, None))
+
+    # nn/derived_weights.py: the skip convolution's weight per input part, made contiguous once
+    def derived_sources(self) -> list[torch.Tensor]:
+        return [self.skip.weight] if isinstance(self.skip, nn.Conv2d) else []
+
+    def derived_weights(self) -> dict[str, torch.Tensor]:
+        if self.concat_channels is None or not isinstance(self.skip, nn.Conv2d):
+            return {}
+        w = self.skip.weight
+        c1 = self.in_ch - self.concat_channels
+        layout = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) \
+            and not w.is_contiguous() else torch.contiguous_format
+        return {"skip_weight_x": w[:, :c1].contiguous(memory_format=layout),
+                "skip_weight_concat": w[:, c1:].contiguous(memory_format=layout)}

@@ -44,10 +44,16 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`, computed
     on `x` directly. `x: [B, I, H, W] -> [B, O, 2H, 2W]`, in `x`'s memory format."""
+    return upsample2x_phases_with(x, phase_kernels(weight), None if bias is None else bias.repeat(4))
+
+
+def upsample2x_phases_with(x: torch.Tensor, phase_weight: torch.Tensor, phase_bias: torch.Tensor | None
+                           ) -> torch.Tensor:
+    """`upsample2x_conv3x3` from its phase kernels (`phase_kernels(weight)`, `bias.repeat(4)`),
+    computed beforehand. `x: [B, I, H, W] -> [B, O, 2H, 2W]`, in `x`'s memory format."""
     batch, _, height, width = x.shape
-    out_channels = weight.shape[0]
-    phase_bias = None if bias is None else bias.repeat(4)
-    z = F.conv2d(x, phase_kernels(weight), phase_bias, padding=1)  # [B, 4*O, H+1, W+1]
+    out_channels = phase_weight.shape[0] // 4
+    z = F.conv2d(x, phase_weight, phase_bias, padding=1)  # [B, 4*O, H+1, W+1]
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         # NHWC: interleave along the channel-last axes so the result stays channels_last.
         z = z.permute(0, 2, 3, 1).unflatten(3, (2, 2, out_channels))  # [B, H+1, W+1, 2, 2, O]
@@ -84,4 +90,10 @@ def upsample2x_conv3x3_transposed(x: torch.Tensor, weight: torch.Tensor, bias: t
     """The same function as `upsample2x_conv3x3`, as one transposed convolution: the same 16
     multiply-adds per output channel and input pixel, written straight into the interleaved
     output (no interleaving pass). `x: [B, I, H, W] -> [B, O, 2H, 2W]`."""
-    return F.conv_transpose2d(x, transposed_kernel(weight), bias, stride=2, padding=1)
+    return upsample2x_transposed_with(x, transposed_kernel(weight), bias)
+
+
+def upsample2x_transposed_with(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`upsample2x_conv3x3_transposed` from its kernel (`transposed_kernel(weight)`), computed
+    beforehand. `x: [B, I, H, W] -> [B, O, 2H, 2W]`."""
+    return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldmkit.nn.derived_weights import PREFIX as DERIVED_PREFIX
+
 
 class EMA:
     """A moving average of `model`'s floating-point parameters; buffers are copied as-is."""
@@ -81,7 +83,10 @@ class EMA:
             params = [p for p in model.parameters() if p.dtype.is_floating_point]  # under no_grad: no detach
             if len(ema_params) != len(params):
                 raise ValueError("EMA.update was given a model of a different architecture")
-            self._listed = (ema_params, params, list(zip(self.module.buffers(), model.buffers())))
+            ema_buffers, buffers = _state_buffers(self.module), _state_buffers(model)
+            if len(ema_buffers) != len(buffers):
+                raise ValueError("EMA.update was given a model with other buffers than the average's")
+            self._listed = (ema_params, params, list(zip(ema_buffers, buffers)))
             self._listed_for = model
         return self._listed
 
@@ -103,3 +108,9 @@ class EMA:
         self.warmup = bool(state["warmup"])
         self.num_updates = int(state["num_updates"])
         self.module.load_state_dict(state["module"])
+
+
+def _state_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The model's buffers, less the weights layers cache for generation (nn/derived_weights.py):
+    those follow the parameters, not the average."""
+    return [b for name, b in model.named_buffers() if not name.rsplit(".", 1)[-1].startswith(DERIVED_PREFIX)]
