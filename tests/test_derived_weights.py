@@ -52,6 +52,19 @@ def test_upsample_with_cached_kernels_is_the_same_function(monkeypatch, form, ch
     assert kernel.is_contiguous(memory_format=fmt)  # no copy before cuDNN
 
 
+def test_upsample_without_bias(monkeypatch):
+    torch.manual_seed(5)
+    layer = UpSample(4, 3).double()
+    layer.conv.bias = None
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        expected = layer(x)
+        attach(layer)
+        assert derived(layer, "phase_bias") is None and derived(layer, "phase_weight") is not None
+        _no_derivation(monkeypatch)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_cache_is_not_used_with_gradients_on():
     layer = _upsample()
     attach(layer)

@@ -15,6 +15,10 @@ and storage). Inside a compiled graph that check cannot run (a version counter i
 tracer, a graph break), so code that compiles a model with these attached calls `refresh(model)`
 before each call: `CompiledUNet` does. `detach(model)` removes them.
 
+The memory: `UpSample` keeps both of its forms (which one runs depends on the input size, known
+only at the call), 2 x 16/9 of its 3x3 weights: for the SD 1.x UNet 0.24 GB in bf16 beside
+its 1.7 GB of parameters (with the skip slices: 0.28 GB).
+
 A layer takes part by defining `derived_weights() -> dict[str, Tensor]` (computed from its current
 parameters; empty when it has none to cache) and `derived_sources() -> list[Tensor]` (the
 parameters they come from).
@@ -89,8 +93,10 @@ def detach(model: nn.Module) -> None:
 def derived(module: nn.Module, name: str) -> torch.Tensor | None:
     """The layer's cached weight `name`, or None where the layer must compute it itself: with
     gradients on (training differentiates through the computation), when none is attached, or
-    (outside torch.compile) when the layer's parameters changed since it was computed."""
-    if torch.is_grad_enabled() or getattr(module, "_derived_names", None) is None:
+    (outside torch.compile) when the layer's parameters changed since it was computed. None too
+    for a name the layer did not derive (e.g. `phase_bias` of a convolution without bias)."""
+    names = getattr(module, "_derived_names", None)
+    if torch.is_grad_enabled() or names is None or name not in names:
         return None
     if not torch.compiler.is_compiling() and _stamp(module) != module._derived_stamp:
         return None
