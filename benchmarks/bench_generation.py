@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from ldmkit.nn import derived_weights
 
 import harness as H
 import kernel_profile
@@ -67,53 +66,52 @@ def run_generation(bench: Bench, group: str, measures: list[str]) -> None:
         mode = bench.side_mode(side, "e2" if e2 else "e1")
         graphs = "reduce-overhead" in mode and not bench.smoke
         derive = not is_peer and mode != "none" and not bench.args.ldm_no_derived_weights
-        try:
-            if derive:  # as `ldm generate`'s CompiledUNet: derived weights computed once
-                derived_weights.attach(unet)
-            unet_c = bench.compile(unet, mode, side)
-            if is_peer:
-                dec = bench.compile(lambda z: P.vae_decode(peer_vae, z),
-                                   "none" if bench.args.no_compile_vae else mode, side)
-                gen = P.PeerGenerator(unet_c, dec, P.make_scheduler(schedule),
-                                      scaling_factor=peer_vae.config.scaling_factor, guidance_scale=scale,
-                                      steps=bench.steps, dtype=dtype, mark_step=graphs)
-            else:
-                dec = bench.compile(lambda z: ldm_vae.decode(z), "none" if bench.args.no_compile_vae else mode, side)
-                gen = L.LdmGenerator(unet_c, dec, L.make_schedule(schedule), guidance_scale=scale,
-                                     steps=bench.steps, dtype=dtype, mark_step=graphs)
-            x_T = noise.contiguous(memory_format=torch.channels_last) if cl else noise
+        # as `ldm generate`'s CompiledUNet: the UNet's derived weights computed once
+        with L.derived_weights_for_inference(unet, derive):
+            try:
+                unet_c = bench.compile(unet, mode, side)
+                if is_peer:
+                    dec = bench.compile(lambda z: P.vae_decode(peer_vae, z),
+                                       "none" if bench.args.no_compile_vae else mode, side)
+                    gen = P.PeerGenerator(unet_c, dec, P.make_scheduler(schedule),
+                                          scaling_factor=peer_vae.config.scaling_factor, guidance_scale=scale,
+                                          steps=bench.steps, dtype=dtype, mark_step=graphs)
+                else:
+                    dec = bench.compile(lambda z: ldm_vae.decode(z),
+                                        "none" if bench.args.no_compile_vae else mode, side)
+                    gen = L.LdmGenerator(unet_c, dec, L.make_schedule(schedule), guidance_scale=scale,
+                                         steps=bench.steps, dtype=dtype, mark_step=graphs)
+                x_T = noise.contiguous(memory_format=torch.channels_last) if cl else noise
 
-            @torch.no_grad()
-            def full():
-                with bench.autocast(use_amp):
-                    return gen(x_T, cond, uncond)
+                @torch.no_grad()
+                def full():
+                    with bench.autocast(use_amp):
+                        return gen(x_T, cond, uncond)
 
-            @torch.no_grad()
-            def loop():
-                with bench.autocast(use_amp):
-                    return gen.latents(x_T, cond, uncond)
+                @torch.no_grad()
+                def loop():
+                    with bench.autocast(use_amp):
+                        return gen.latents(x_T, cond, uncond)
 
-            t_full = H.time_fn(full, bench.device, warmup=bench.warmup_for(mode), iters=bench.iters)
-            t_loop = H.time_fn(loop, bench.device, warmup=1, iters=bench.iters)
-            syncs = kernel_profile.count_syncs(loop, bench.device)
-            images = full().float()
-            extra: dict[str, Any] = {}
-            if "peer" not in bench.reference and is_peer:
-                bench.reference["peer"] = images
-            if not is_peer and "peer" in bench.reference and uinfo.get("same_weights"):
-                extra["images_vs_peer"] = H.agreement(bench.reference["peer"], images)
-            bench.record(group, "gen", side, t_full, n, None, compile_mode=mode, channels_last=cl,
-                        precision=str(dtype).replace("torch.", "") + (" autocast" if use_amp else ""),
-                        s_per_image=t_full.median_s / n, unet_it_s=bench.steps / t_loop.median_s,
-                        loop_ms=t_loop.median_s * 1e3, decode_ms=(t_full.median_s - t_loop.median_s) * 1e3,
-                        loop_first_call_s=t_loop.first_call_s, syncs_in_loop=syncs,
-                        steps=bench.steps, guidance_scale=scale, images_finite=bool(torch.isfinite(images).all()),
-                        **extra, **bench.profile(full))
-        except Exception as err:
-            bench.rec.error(group, "gen", side, err)
-        finally:
-            if derive:
-                derived_weights.detach(unet)
-            H.free_memory()
+                t_full = H.time_fn(full, bench.device, warmup=bench.warmup_for(mode), iters=bench.iters)
+                t_loop = H.time_fn(loop, bench.device, warmup=1, iters=bench.iters)
+                syncs = kernel_profile.count_syncs(loop, bench.device)
+                images = full().float()
+                extra: dict[str, Any] = {}
+                if "peer" not in bench.reference and is_peer:
+                    bench.reference["peer"] = images
+                if not is_peer and "peer" in bench.reference and uinfo.get("same_weights"):
+                    extra["images_vs_peer"] = H.agreement(bench.reference["peer"], images)
+                bench.record(group, "gen", side, t_full, n, None, compile_mode=mode, channels_last=cl,
+                            precision=str(dtype).replace("torch.", "") + (" autocast" if use_amp else ""),
+                            s_per_image=t_full.median_s / n, unet_it_s=bench.steps / t_loop.median_s,
+                            loop_ms=t_loop.median_s * 1e3, decode_ms=(t_full.median_s - t_loop.median_s) * 1e3,
+                            loop_first_call_s=t_loop.first_call_s, syncs_in_loop=syncs,
+                            steps=bench.steps, guidance_scale=scale, images_finite=bool(torch.isfinite(images).all()),
+                            **extra, **bench.profile(full))
+            except Exception as err:
+                bench.rec.error(group, "gen", side, err)
+            finally:
+                H.free_memory()
     bench.reference.clear()
     H.free_memory()

@@ -26,44 +26,24 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch._inductor import list_mode_options
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 import kernel_profile  # noqa: E402
 import ldmkit_side as L  # noqa: E402
 import peers as P  # noqa: E402
-from bench_options import BATCH, GROUPS, SIDES, SMOKE_BATCH, parse_args, selected_measures  # noqa: E402
+from bench_options import (  # noqa: E402
+    BATCH,
+    GROUPS,
+    SIDES,
+    SMOKE_BATCH,
+    compile_kwargs,
+    forces_layout_opt,
+    parse_args,
+    selected_measures,
+)
 from bench_generation import run_generation  # noqa: E402
 from bench_report import merge_tables, print_summary  # noqa: E402
-
-
-def forces_layout_opt(args: argparse.Namespace, training: bool) -> bool:
-    """Whether ldmkit's compile forces inductor's layout optimisation (`--ldm-layout-opt`)."""
-    return args.ldm_layout_opt == "all" or (training and args.ldm_layout_opt == "train")
-
-
-def compile_kwargs(args: argparse.Namespace, mode: str, side: str, *, training: bool = False) -> dict[str, Any]:
-    """torch.compile arguments of one side's run. ldmkit's training steps get inductor's forced
-    layout optimisation as `ldm train` does (`--ldm-layout-opt`), and `--ldm-inductor` options."""
-    kw: dict[str, Any] = {"dynamic": False}
-    if mode != "default":
-        kw["mode"] = mode
-    if side != "ldmkit":
-        return kw
-    if args.ldm_fullgraph:
-        kw["fullgraph"] = True
-    layout_opt = forces_layout_opt(args, training)
-    if layout_opt or args.ldm_inductor:
-        # torch.compile takes a mode or options, not both: the mode's options plus ours
-        options = list_mode_options(kw.pop("mode", "default"))
-        if layout_opt:
-            options["force_layout_optimization"] = True
-        for item in args.ldm_inductor:
-            key, _, value = item.partition("=")
-            options[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
-        kw["options"] = options
-    return kw
 
 
 class Bench:
@@ -320,14 +300,10 @@ class Bench:
         m = copy.deepcopy(model).to(torch.bfloat16) if bf16_weights else model
         if bf16_weights:
             batch = self.to_layout(batch, cl, torch.bfloat16)
-        # the UNets' compiled inference with derived weights computed once, as `ldm generate`
-        derive = impl == "ldmkit" and group in ("C1", "C2") and mode != "none" and not self.args.ldm_no_derived_weights
-        with L.derived_weights_for_inference(m, derive):
-            self._measure_forward(group, measure, side, impl, m, call, batch, cl, mode, bf16_weights)
-
-    def _measure_forward(self, group, measure, side, impl, m, call, batch, cl, mode, bf16_weights) -> None:
         net = self.compile(lambda b: call(m, b), mode, side)
         graphs = "reduce-overhead" in mode
+        # the UNets' compiled inference with derived weights computed once, as `ldm generate`
+        derive = impl == "ldmkit" and group in ("C1", "C2") and mode != "none" and not self.args.ldm_no_derived_weights
 
         def fwd():
             if graphs:
@@ -339,22 +315,23 @@ class Bench:
             with self.autocast(not bf16_weights):
                 return call(m, batch)
 
-        flops = self.count_flops_once((group, measure, impl), eager)
-        timing = H.time_fn(fwd, self.device, warmup=self.warmup_for(mode), iters=self.iters)
-        n = next(iter(batch.values())).shape[0]
-        checked = {}
-        if mode != "none":
-            # The compiled model's own output against its eager one, same inputs and precision:
-            # the same-function checks above run eagerly, and the compiled paths differ (the
-            # Triton GroupNorm, inductor's layouts). bf16 rounding alone gives ~1e-2.
-            with torch.no_grad():
+        with L.derived_weights_for_inference(m, derive):
+            flops = self.count_flops_once((group, measure, impl), eager)
+            timing = H.time_fn(fwd, self.device, warmup=self.warmup_for(mode), iters=self.iters)
+            checked = {}
+            if mode != "none":
+                # The compiled model's own output against its eager one, same inputs and precision:
+                # the same-function checks above run eagerly, and the compiled paths differ (the
+                # Triton GroupNorm, inductor's layouts). bf16 rounding alone gives ~1e-2.
                 fast = fwd().clone()
                 checked = {"compiled_vs_eager_rel_l2": H.agreement(eager(), fast)["rel_l2"]}
-            self.rec.log(f"{group}.{measure} [{side}] compiled vs eager: relative L2 "
-                         f"{checked['compiled_vs_eager_rel_l2']:.2e}")
+                self.rec.log(f"{group}.{measure} [{side}] compiled vs eager: relative L2 "
+                             f"{checked['compiled_vs_eager_rel_l2']:.2e}")
+            profile = self.profile(fwd)
+        n = next(iter(batch.values())).shape[0]
         self.record(group, measure, side, timing, n, flops, compile_mode=mode, channels_last=cl,
                     precision="bf16 weights" if bf16_weights else "autocast" if self.amp else "fp32",
-                    **checked, **self.profile(fwd))
+                    **checked, **profile)
 
     def warmup_for(self, mode: str) -> int:
         # CUDA graphs: call 1 compiles, call 2 warms up, call 3 records; replay after that.

@@ -1,4 +1,5 @@
-"""The command line of bench_gpu.py: measurement ids, sides, batch sizes and every flag.
+"""The command line of bench_gpu.py: measurement ids, sides, batch sizes and every flag, and
+what the compile flags become (`compile_kwargs`, the torch.compile arguments of each side).
 
 The options' description is bench_gpu.py's own docstring (passed in), so `--help` explains
 the configurations and sides.
@@ -7,6 +8,9 @@ the configurations and sides.
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from torch._inductor import list_mode_options
 
 GROUPS = {
     "C1": ("C1.train", "C1.fwd"),
@@ -109,3 +113,31 @@ def selected_measures(only: str) -> list[str]:
         else:
             raise SystemExit(f"--only: unknown id {item!r}; use {', '.join(list(GROUPS) + list(BATCH))}")
     return list(dict.fromkeys(chosen))
+
+
+def forces_layout_opt(args: argparse.Namespace, training: bool) -> bool:
+    """Whether ldmkit's compile forces inductor's layout optimisation (`--ldm-layout-opt`)."""
+    return args.ldm_layout_opt == "all" or (training and args.ldm_layout_opt == "train")
+
+
+def compile_kwargs(args: argparse.Namespace, mode: str, side: str, *, training: bool = False) -> dict[str, Any]:
+    """torch.compile arguments of one side's run. ldmkit's training steps get inductor's forced
+    layout optimisation as `ldm train` does (`--ldm-layout-opt`), and `--ldm-inductor` options."""
+    kw: dict[str, Any] = {"dynamic": False}
+    if mode != "default":
+        kw["mode"] = mode
+    if side != "ldmkit":
+        return kw
+    if args.ldm_fullgraph:
+        kw["fullgraph"] = True
+    layout_opt = forces_layout_opt(args, training)
+    if layout_opt or args.ldm_inductor:
+        # torch.compile takes a mode or options, not both: the mode's options plus ours
+        options = list_mode_options(kw.pop("mode", "default"))
+        if layout_opt:
+            options["force_layout_optimization"] = True
+        for item in args.ldm_inductor:
+            key, _, value = item.partition("=")
+            options[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
+        kw["options"] = options
+    return kw
