@@ -66,8 +66,11 @@ def run_generation(bench: Bench, group: str, measures: list[str]) -> None:
         mode = bench.side_mode(side, "e2" if e2 else "e1")
         graphs = "reduce-overhead" in mode and not bench.smoke
         derive = not is_peer and mode != "none" and not bench.args.ldm_no_derived_weights
-        # as `ldm generate`'s CompiledUNet: the UNet's derived weights computed once
-        with L.derived_weights_for_inference(unet, derive):
+        cache_context = not is_peer and mode != "none" and not bench.args.ldm_no_context_cache
+        # as `ldm generate`'s CompiledUNet: the UNet's derived weights and the context's keys and
+        # values computed once
+        with L.derived_weights_for_inference(unet, derive), \
+                L.context_kv_for_generation(unet, cache_context) as before_call:
             try:
                 unet_c = bench.compile(unet, mode, side)
                 if is_peer:
@@ -80,7 +83,8 @@ def run_generation(bench: Bench, group: str, measures: list[str]) -> None:
                     dec = bench.compile(lambda z: ldm_vae.decode(z),
                                         "none" if bench.args.no_compile_vae else mode, side)
                     gen = L.LdmGenerator(unet_c, dec, L.make_schedule(schedule), guidance_scale=scale,
-                                         steps=bench.steps, dtype=dtype, mark_step=graphs)
+                                         steps=bench.steps, dtype=dtype, mark_step=graphs,
+                                         before_call=before_call)
                 x_T = noise.contiguous(memory_format=torch.channels_last) if cl else noise
 
                 @torch.no_grad()

@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     g.add_argument("--ldm-no-derived-weights", action="store_true",
                    help="compiled inference recomputes UpSample's kernels and the decoder's skip-weight "
                         "slices at every call (before v10; default: computed once, as `ldm generate`)")
+    g.add_argument("--ldm-no-context-cache", action="store_true",
+                   help="E2: the cross-attentions project the text context at every step (before v11; "
+                        "default: once per generation, as `ldm generate`)")
     g.add_argument("--ldm-layout-opt", default="train", choices=("train", "all", "none"),
                    help="where ldmkit compiles with inductor's layout optimisation forced on: training "
                         "steps (default: what `ldm train` does), every run, or none")

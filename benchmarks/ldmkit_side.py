@@ -113,15 +113,19 @@ class LdmGenerator:
     """
 
     def __init__(self, unet: Callable, decode: Callable, schedule, *, guidance_scale: float,
-                 steps: int, dtype: torch.dtype, mark_step: bool = False):
+                 steps: int, dtype: torch.dtype, mark_step: bool = False,
+                 before_call: Callable[[dict[str, torch.Tensor]], Any] | None = None):
         self.unet, self.decode_fn, self.schedule = unet, decode, schedule
         self.guidance_scale, self.steps, self.dtype = guidance_scale, steps, dtype
         self.mark_step = mark_step
+        self.before_call = before_call  # given the UNet's keyword arguments before each call
 
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
         if self.mark_step:
             torch.compiler.cudagraph_mark_step_begin()
         kw = {k: (v.to(self.dtype) if v is not None and v.is_floating_point() else v) for k, v in kw.items()}
+        if self.before_call is not None:
+            self.before_call(kw)
         batch = {"x": x.to(self.dtype), "t": t, **{_BATCH_KEY[k]: v for k, v in kw.items()}}
         return unet_call(self.unet, batch)
 
@@ -172,3 +176,19 @@ def derived_weights_for_inference(model: torch.nn.Module, enabled: bool):
         yield
     finally:
         derived_weights.detach(model)
+
+
+@contextlib.contextmanager
+def context_kv_for_generation(model: torch.nn.Module, enabled: bool):
+    """While a generation runs: yields the call `CompiledUNet` makes before each UNet call to keep
+    the cross-attentions' keys and values of the context computed once (nn/context_kv.py), or
+    None when disabled; removes them after."""
+    from ldmkit.nn import context_kv
+
+    if not enabled:
+        yield None
+        return
+    try:
+        yield lambda kw: context_kv.refresh(model, kw.get("context"))
+    finally:
+        context_kv.detach(model)

@@ -134,3 +134,39 @@ def test_attention_benchmark_shapes_are_the_unets():
     # QK^T and PV are 2*n*m*d FLOPs each per head (n*m*d multiply-adds); the backward does 2.5x the forward
     assert module.attention_flops(1, 1, 3, 5, 7, backward=False) == 4 * 3 * 5 * 7
     assert module.attention_flops(2, 3, 3, 5, 7, backward=True) == 3.5 * 4 * 6 * 3 * 5 * 7
+
+
+def test_e2_computes_the_context_keys_once_per_generation(tmp_path, monkeypatch):
+    """ldmkit's E2 side keeps the cross-attentions' keys and values of the prompt context per
+    generation (as `ldm generate`'s CompiledUNet), and still draws the peer's images."""
+    from ldmkit.nn import context_kv
+
+    computed = []
+    real = context_kv.refresh
+    monkeypatch.setattr(context_kv, "refresh", lambda m, c: computed.append(real(m, c)) or computed[-1])
+    data = _run(tmp_path, "--only", "E2", "--sides", "peer-eager,ldmkit")
+    (ldm,) = [r for r in data["records"] if r["side"] == "ldmkit"]
+    assert ldm["images_vs_peer"]["rel_l2"] < 1e-4
+    steps = ldm["steps"]
+    assert computed and computed.count(True) * steps <= len(computed)  # at most once per generation
+
+
+def test_split_k_convolution_of_the_small_conv_benchmark():
+    """benchmarks/conv_splitk.py (the split-K experiment of NOTES v11) in Triton's interpreter."""
+    import torch
+    import torch.nn.functional as F
+
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from conv_splitk import conv2d_splitk_partials, gemm_weight
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    g = torch.Generator().manual_seed(0)
+    for kernel, split in [(3, 3), (1, 2)]:
+        x = torch.randn(2, 32, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(24, 32, kernel, kernel, generator=g)
+        parts = conv2d_splitk_partials(x, gemm_weight(w), kernel, split, block_m=16, block_n=16, block_k=16)
+        assert parts.shape == (split, 2 * 5 * 7, 24)
+        out = parts.sum(0).view(2, 5, 7, 24).permute(0, 3, 1, 2)
+        torch.testing.assert_close(out, F.conv2d(x, w, padding=kernel // 2), rtol=1e-4, atol=1e-4)

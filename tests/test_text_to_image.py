@@ -126,3 +126,24 @@ def test_cli_generate_with_prompt_writes_pngs(sd_folder, tmp_path) -> None:
     assert code == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["00000_seed0.png", "00001_seed1.png", "grid.png"]
     assert Image.open(out / "00000_seed0.png").size == (16, 16)
+
+
+def test_one_context_tensor_per_batch(sd_folder, monkeypatch) -> None:
+    """The prompt features are cast to the UNet's dtype once per batch, so every step passes the
+    same tensor: a CompiledUNet then computes the cross-attentions' keys and values once
+    (nn/context_kv.py); a per-step cast would make a new tensor, and a recomputation, each step.
+    bf16 networks (the CUDA default), where the cast is not a no-op."""
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    pipe = LatentDiffusionPipeline.from_pretrained(sd_folder, device="cpu", dtype=torch.bfloat16)
+    seen = []
+    unet_type = type(pipe.unet)
+    original = unet_type.forward
+
+    def spy(self, x, t, **kwargs):
+        seen.append(kwargs["context"])
+        return original(self, x, t, **kwargs)
+
+    monkeypatch.setattr(unet_type, "forward", spy)
+    pipe.generate_latents([SEED], [-1], sampler="ddim", steps=3, cfg=5.0, prompt=PROMPT)
+    assert len(seen) == 3 and all(c is seen[0] for c in seen)

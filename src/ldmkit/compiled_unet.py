@@ -13,7 +13,9 @@ the peer's with CUDA graphs, and the sampling loop of E1 1.16x (benchmarks/NOTES
 
 Weights that layers derive from their parameters (UpSample's phase kernels, the decoder's skip
 convolution slices) are computed once into buffers (`nn/derived_weights.py`) rather than at every
-replay; `__call__` recomputes them first where the parameters changed since.
+replay; `__call__` recomputes them first where the parameters changed since. Likewise the
+cross-attentions' keys and values of the context (`nn/context_kv.py`): computed when `__call__`
+sees a context other than the last one, then reused by every step that passes the same tensor.
 
 Under CUDA graphs each call's output lives in the graph's memory pool and is overwritten by
 the next replay; `CompiledUNet.__call__` therefore marks a new step before every call and
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
-from ldmkit.nn import derived_weights
+from ldmkit.nn import context_kv, derived_weights
 
 COMPILE_CHOICES = ("auto", "on", "off")
 AUTO_MIN_IMAGES = 256
@@ -70,6 +72,7 @@ class CompiledUNet:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         derived_weights.refresh(self.unet)  # the graph cannot check that they are current
+        context_kv.refresh(self.unet, kwargs.get("context"))  # nor that the context is the cached one
         x = x.contiguous(memory_format=self.memory_format)  # [B, C, H, W]
         if not self.graphs:
             return self.compiled(x, t, **kwargs)

@@ -174,7 +174,9 @@ class LatentDiffusionPipeline:
             if self.text_encoder is None:
                 raise UserError(f"this model needs a CLIP text encoder, none is loaded; expected {TEXT_ENCODER_LAYOUT}")
             # Classifier-free guidance with the negative prompt ("" = SD's unconditional) as the null.
-            context = self.text_encoder.encode([prompt, negative_prompt]).float()  # [2, 77, width]
+            # [2, 77, width] in the UNet's dtype once per batch: model_fn's cast is then a no-op and
+            # every step passes the same tensor, whose keys and values a CompiledUNet computes once
+            context = self.text_encoder.encode([prompt, negative_prompt]).to(self.dtype)
             batch = len(labels)
             cond = {"context": context[:1].expand(batch, -1, -1)}
             uncond = {"context": context[1:].expand(batch, -1, -1)}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.nn import context_kv
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm
 
@@ -104,6 +105,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
+        # keys and values from a context (not from x): nn/context_kv.py may cache them per job
+        self.is_cross = context_dim is not None
         self.context_dim = context_dim if context_dim is not None else query_dim
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_k = nn.Linear(self.context_dim, inner, bias=False)
@@ -113,8 +116,14 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, N, query_dim], context: [B, M, context_dim]
+        kv = context_kv.cached(self, context) if self.is_cross and context is not None else None
         context = x if context is None else context
         if context.shape[-1] != self.context_dim:
             raise UserError(f"context has width {context.shape[-1]}, this attention expects {self.context_dim}")
-        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        k, v = self.project_context(context) if kv is None else kv  # [B, M, inner] each
+        out = multi_head_attention(self.to_q(x), k, v, self.heads)
         return self.dropout(self.to_out(out))  # [B, N, query_dim]
+
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # context: [B, M, context_dim] -> keys, values: [B, M, inner]
+        return self.to_k(context), self.to_v(context)

@@ -10,6 +10,7 @@ from ldmkit.nn.derived_weights import derived
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm, channels_last_norm_enabled, group_norm_channels_last
 from ldmkit.nn.norm_silu import fused_group_norm_enabled, group_norm_silu
+from ldmkit.nn.pointwise_conv import conv1x1
 
 
 class ResNetBlock(nn.Module):
@@ -97,7 +98,7 @@ class ResNetBlock(nn.Module):
             if concat is not None:
                 x = torch.cat([x, concat], dim=1)  # [B, in_ch, H, W]
             h = group_norm_silu(x, self.norm1, fused=fused)
-            skip = self.skip(x)
+            skip = self._skip(x, self.skip.weight, self.skip.bias) if isinstance(self.skip, nn.Conv2d) else x
         e = None if emb is None else self.emb_proj(self.act(emb))  # [B, out_ch or 2*out_ch]
         if self.scale_shift:
             scale, shift = e[:, :, None, None].chunk(2, dim=1)
@@ -123,8 +124,14 @@ class ResNetBlock(nn.Module):
         if w_x is None or w_x.shape[1] != c1:
             # slices of w: cuDNN copies each into contiguous memory first, at every call
             w_x, w_concat = w[:, :c1], w[:, c1:]
-        return (self.skip._conv_forward(x, w_x, self.skip.bias)
-                + self.skip._conv_forward(concat, w_concat, None))
+        return self._skip(x, w_x, self.skip.bias) + self._skip(concat, w_concat, None)
+
+    def _skip(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # the skip convolution with this weight: 1x1 as a matmul in compiled CUDA inference
+        # (nn/pointwise_conv.py)
+        if weight.shape[-1] == 1:
+            return conv1x1(x, weight, bias)
+        return self.skip._conv_forward(x, weight, bias)
 
     # nn/derived_weights.py: the skip convolution's weight per input part, made contiguous once
     def derived_sources(self) -> list[torch.Tensor]:

@@ -10,6 +10,7 @@ from ldmkit.errors import UserError
 from ldmkit.nn.attention import CrossAttention
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm
+from ldmkit.nn.pointwise_conv import conv1x1
 
 
 class FeedForward(nn.Module):
@@ -112,12 +113,14 @@ class SpatialTransformer(nn.Module):
         hidden = apply_group_norm(x, self.norm)
         if self.linear_projection:
             tokens = self.proj_in(hidden.flatten(2).transpose(1, 2))  # [B, HW, inner]
-        else:
-            tokens = self.proj_in(hidden).flatten(2).transpose(1, 2)  # [B, HW, inner]
+        else:  # a 1x1 conv, as a matmul in compiled CUDA inference (nn/pointwise_conv.py)
+            tokens = conv1x1(hidden, self.proj_in.weight, self.proj_in.bias)  # [B, inner, H, W]
+            tokens = tokens.flatten(2).transpose(1, 2)  # [B, HW, inner]
         for block in self.blocks:
             tokens = block(tokens, context)  # [B, HW, inner]
         if self.linear_projection:
             out = self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)
         else:
-            out = self.proj_out(tokens.transpose(1, 2).reshape(b, self.inner, h, w))  # [B, C, H, W]
+            out = conv1x1(tokens.transpose(1, 2).reshape(b, self.inner, h, w),
+                          self.proj_out.weight, self.proj_out.bias)  # [B, C, H, W]
         return x + out

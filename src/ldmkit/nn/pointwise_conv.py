@@ -1,0 +1,44 @@
+"""A 1x1 convolution of a channels_last activation as a matmul over its pixels.
+
+For channels_last x the `[N, H, W, C]` view is free, and a 1x1 convolution is one linear map of
+every pixel's channels: `F.linear` on that view, whose output viewed back is channels_last
+again. Measured on an H100 with the SD UNet's shapes at batch 2 (E2; benchmarks/
+small_conv_bench.py, NOTES v11), cuBLAS ran the ~30 such convolutions of a step (the
+transformers' proj_in / proj_out, the decoder's skip convolutions) in 6-10 us each where cuDNN
+took 8-14 us.
+
+It runs where the channels_last GroupNorm does: compiled CUDA inference on channels_last input;
+LDMKIT_CONV1X1_MATMUL=0 (read at import) turns it off. Training keeps the convolution.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+ENV_SWITCH = "LDMKIT_CONV1X1_MATMUL"
+ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def conv1x1_as_matmul_enabled(x: torch.Tensor) -> bool:
+    """True for a channels_last CUDA activation in a compiled graph without gradients, unless
+    LDMKIT_CONV1X1_MATMUL=0."""
+    return (ENABLED and x.dim() == 4 and x.is_cuda and torch.compiler.is_compiling()
+            and not torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+            *, as_matmul: bool | None = None) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias)` for a `[O, C, 1, 1]` weight; x: [N, C, H, W] -> [N, O, H, W].
+
+    `as_matmul=None` takes the matmul where `conv1x1_as_matmul_enabled(x)`; True forces it (the
+    output is then channels_last whatever x's layout), False forces the convolution.
+    """
+    if as_matmul is None:
+        as_matmul = conv1x1_as_matmul_enabled(x)
+    if not as_matmul:
+        return F.conv2d(x, weight, bias)
+    out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # [N, H, W, O]
+    return out.permute(0, 3, 1, 2)  # [N, O, H, W], channels_last strides
