@@ -180,15 +180,17 @@ def derived_weights_for_inference(model: torch.nn.Module, enabled: bool):
 
 @contextlib.contextmanager
 def context_kv_for_generation(model: torch.nn.Module, enabled: bool):
-    """While a generation runs: yields the call `CompiledUNet` makes before each UNet call to keep
-    the cross-attentions' keys and values of the context computed once (nn/context_kv.py), or
-    None when disabled; removes them after."""
-    from ldmkit.nn import context_kv
+    """While a generation runs: yields what `CompiledUNet` calls before each UNet call, keeping
+    the derived weights current and the cross-attentions' keys and values of the context computed
+    once per context (nn/context_kv.py; the latter only when enabled); removes the keys after."""
+    from ldmkit.nn import context_kv, derived_weights
 
-    if not enabled:
-        yield None
-        return
+    def before_call(kw: dict[str, torch.Tensor]) -> None:
+        derived_weights.refresh(model)  # nothing to do when none are attached
+        if enabled:
+            context_kv.refresh(model, kw.get("context"))
+
     try:
-        yield lambda kw: context_kv.refresh(model, kw.get("context"))
+        yield before_call
     finally:
         context_kv.detach(model)

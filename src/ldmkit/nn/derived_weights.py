@@ -41,9 +41,16 @@ def _participants(model: nn.Module):
     return (m for m in model.modules() if callable(getattr(m, "derived_weights", None)))
 
 
+def _attached(model: nn.Module) -> list[nn.Module]:
+    # The layers `attach(model)` gave buffers, listed on the model: walking the SD UNet's 643
+    # modules with getattr (a missing attribute is an exception in nn.Module) took 6 ms of CPU at
+    # every call, beside a sampler step of 6.5 ms on the GPU.
+    return model.__dict__.get("_derived_layers", [])
+
+
 def attach(model: nn.Module) -> int:
     """Compute every layer's derived weights into buffers; returns how many layers have them."""
-    count = 0
+    layers = []
     for module in _participants(model):
         with torch.no_grad():
             weights = module.derived_weights()
@@ -53,15 +60,17 @@ def attach(model: nn.Module) -> int:
             module.register_buffer(PREFIX + name, tensor, persistent=False)
         module._derived_names = tuple(weights)
         module._derived_stamp = _stamp(module)
-        count += 1
-    return count
+        layers.append(module)
+    model.__dict__["_derived_layers"] = layers
+    return len(layers)
 
 
 def refresh(model: nn.Module) -> int:
-    """Recompute, in place (same addresses), the derived weights of layers whose parameters
-    changed since; returns how many were recomputed. A few microseconds per layer when none did."""
+    """Recompute, in place (same addresses), the derived weights that `attach(model)` attached
+    whose layers' parameters changed since; returns how many layers were recomputed. ~20 us per
+    layer when none did."""
     count = 0
-    for module in _participants(model):
+    for module in _attached(model):
         names = getattr(module, "_derived_names", None)
         if names is None or _stamp(module) == module._derived_stamp:
             continue
@@ -88,6 +97,7 @@ def detach(model: nn.Module) -> None:
         for name in names:
             delattr(module, PREFIX + name)
         del module._derived_names, module._derived_stamp
+    model.__dict__.pop("_derived_layers", None)
 
 
 def derived(module: nn.Module, name: str) -> torch.Tensor | None:
