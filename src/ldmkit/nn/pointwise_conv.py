@@ -7,8 +7,10 @@ small_conv_bench.py, NOTES v11), cuBLAS ran the ~30 such convolutions of a step 
 transformers' proj_in / proj_out, the decoder's skip convolutions) in 6-10 us each where cuDNN
 took 8-14 us.
 
-It runs where the channels_last GroupNorm does: compiled CUDA inference on channels_last input;
-LDMKIT_CONV1X1_MATMUL=0 (read at import) turns it off. Training keeps the convolution.
+It runs where that was measured: compiled CUDA inference on channels_last input of at most
+MATMUL_MAX_PIXELS output pixels (N x H x W; E2's largest is 2 x 64 x 64). With larger batches
+inductor's own 1x1-as-matmul rewrite was 0.98x on the C1 forward at batch 256 (NOTES v10), so
+those keep the convolution, as does training. LDMKIT_CONV1X1_MATMUL=0 (read at import) turns it off.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import torch.nn.functional as F
 
 ENV_SWITCH = "LDMKIT_CONV1X1_MATMUL"
 ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+MATMUL_MAX_PIXELS = 8192
 
 
 def conv1x1_as_matmul_enabled(x: torch.Tensor) -> bool:
-    """True for a channels_last CUDA activation in a compiled graph without gradients, unless
-    LDMKIT_CONV1X1_MATMUL=0."""
+    """True for a channels_last CUDA activation of at most MATMUL_MAX_PIXELS pixels (N H W) in a
+    compiled graph without gradients, unless LDMKIT_CONV1X1_MATMUL=0."""
     return (ENABLED and x.dim() == 4 and x.is_cuda and torch.compiler.is_compiling()
-            and not torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last))
+            and not torch.is_grad_enabled() and x.shape[0] * x.shape[2] * x.shape[3] <= MATMUL_MAX_PIXELS
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
