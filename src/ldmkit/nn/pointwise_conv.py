@@ -5,7 +5,7 @@ every pixel's channels: `F.linear` on that view, whose output viewed back is cha
 again. Measured on an H100 with the SD UNet's shapes at batch 2 (E2; benchmarks/
 small_conv_bench.py, NOTES v11), cuBLAS ran the ~30 such convolutions of a step (the
 transformers' proj_in / proj_out, the decoder's skip convolutions) in 6-10 us each where cuDNN
-took 8-14 us.
+took 8-14 us; in whole forwards the gain is within the noise (C2 forward 1.005x).
 
 It runs where that was measured: compiled CUDA inference on channels_last input of at most
 MATMUL_MAX_PIXELS output pixels (N x H x W; E2's largest is 2 x 64 x 64). With larger batches
