@@ -71,7 +71,7 @@ class Bench:
         self.amp = not self.smoke or args.smoke_bf16
         self.flops: dict[tuple, int] = {}
         self.reference: dict[str, torch.Tensor] = {}
-        H.setup_backends(self.device)
+        H.setup_backends(self.device, args.cudnn_benchmark_limit)
         if args.inductor_tuning and not self.smoke:
             import torch._inductor.config as ic
 

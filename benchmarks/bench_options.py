@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                    help="C1/C2 forward and C3: bf16 autocast over fp32 weights (protocol), or bf16 weights")
     b.add_argument("--gen-precision", default="bf16", choices=("bf16", "autocast"),
                    help="E1/E2: bf16 weights (diffusers' torch_dtype=bfloat16), or autocast")
+    b.add_argument("--cudnn-benchmark-limit", type=int, default=None, metavar="N",
+                   help="algorithms cuDNN times per convolution shape (0 = all; default: PyTorch's 10); "
+                        "v11 saw E2's convolutions take 50-57 ms across processes from its picks")
     b.add_argument("--no-compile-vae", action="store_true",
                    help="E1/E2: leave vae.decode eager on the compiled sides")
     b.add_argument("--inductor-tuning", action="store_true",

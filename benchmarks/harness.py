@@ -33,13 +33,17 @@ GIB = 1024**3
 # ----------------------------------------------------------------------------- device setup
 
 
-def setup_backends(device: torch.device) -> None:
-    """TF32 on and cuDNN autotuning, as the protocol allows (both sides share them)."""
+def setup_backends(device: torch.device, cudnn_benchmark_limit: int | None = None) -> None:
+    """TF32 on and cuDNN autotuning, as the protocol allows (both sides share them).
+    `cudnn_benchmark_limit`: how many algorithms cuDNN times per convolution (0 = all; None
+    leaves PyTorch's default, 10)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        if cudnn_benchmark_limit is not None:
+            torch.backends.cudnn.benchmark_limit = cudnn_benchmark_limit
 
 
 @contextlib.contextmanager

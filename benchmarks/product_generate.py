@@ -47,14 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="emoji", help="a bundled model or a model path (default: emoji)")
     parser.add_argument("--n", type=int, default=512, help="images per job (default: 512)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per sampler batch (default: 64)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms (ldm generate leaves PyTorch's "
+                             "default, heuristics; the side-by-side benchmark turns it on for both sides)")
     parser.add_argument("--out", type=Path, help="JSON file for the numbers")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("product_generate.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     record: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
-                    "n": args.n, "batch_size": args.batch_size}
+                    "n": args.n, "batch_size": args.batch_size, "cudnn_benchmark": args.cudnn_benchmark}
     images = {}
     source = resolve_model_source(args.model)
     reference = LatentDiffusionPipeline.from_pretrained(source, device="cuda", compile="off", dtype=torch.float32)
