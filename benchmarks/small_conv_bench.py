@@ -21,8 +21,9 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-# (N, C, H, W, O, kernel, count per UNet call): the stride-1 convolutions of the SD 1.x UNet at
-# batch 2 (classifier-free guidance of one image), from forward hooks on ldmkit's `sd15` preset.
+# (N, C, H, W, O, kernel, count per UNet call): the stride-1 nn.Conv2d calls of the SD 1.x UNet at
+# batch 2 (classifier-free guidance of one image), from forward hooks on ldmkit's `sd15` preset
+# (the upsamplers' phase kernels, which call no nn.Conv2d, are not here).
 E2_SHAPES = [
     (2, 1280, 8, 8, 1280, 3, 11), (2, 2560, 8, 8, 1280, 3, 3), (2, 2560, 8, 8, 1280, 1, 3),
     (2, 1280, 8, 8, 1280, 1, 2),
