@@ -132,3 +132,19 @@ def test_compiled_unet_refreshes_for_each_new_context(monkeypatch):
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     torch.testing.assert_close(first, _fresh(x, t, context))
     torch.testing.assert_close(changed, _fresh(x, t, other))
+
+
+@torch.no_grad()
+def test_refresh_walks_the_modules_once(monkeypatch):
+    """refresh runs before every compiled UNet call; the module walk (6 ms of CPU on the SD UNet,
+    NOTES v11) happens once, at the first."""
+    unet = _unet()
+    _, _, context = _inputs()
+    context_kv.refresh(unet, context)
+
+    def walked(self):
+        raise AssertionError("refresh walked the module tree again")
+
+    monkeypatch.setattr(torch.nn.Module, "modules", walked)
+    assert not context_kv.refresh(unet, context)
+    assert context_kv.refresh(unet, torch.randn_like(context))
