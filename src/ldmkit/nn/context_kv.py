@@ -3,7 +3,7 @@
 A text-conditioned UNet's cross-attentions project the same context (SD: `[2B, 77, 768]` text
 features, conditional and unconditional halves) to keys and values at every sampling step, the
 same numbers 25 times. In the SD UNet at batch 2 (E2) these are 32 small matmuls of the ~630
-kernels a step: without them E2's matmul time fell 1.8-4.5 ms of ~164 ms of GPU time, within
+kernels a step: without them E2's matmul time fell 1.7-4.5 ms of ~164 ms of GPU time, within
 the 3% its wall time moves between processes (benchmarks/NOTES.md v11).
 
 `refresh(model, context)` computes them into non-persistent buffers of each cross-attention
