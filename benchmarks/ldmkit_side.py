@@ -183,12 +183,12 @@ def context_kv_for_generation(model: torch.nn.Module, enabled: bool):
     """While a generation runs: yields what `CompiledUNet` calls before each UNet call, keeping
     the derived weights current and the cross-attentions' keys and values of the context computed
     once per context (nn/context_kv.py; the latter only when enabled); removes the keys after."""
-    from ldmkit.nn import context_kv, derived_weights
+    from ldmkit.compiled_unet import refresh_job_caches
+    from ldmkit.nn import context_kv
 
     def before_call(kw: dict[str, torch.Tensor]) -> None:
-        derived_weights.refresh(model)  # nothing to do when none are attached
-        if enabled:
-            context_kv.refresh(model, kw.get("context"))
+        # derived weights: nothing to do when none are attached; context: only when enabled
+        refresh_job_caches(model, kw.get("context") if enabled else None)
 
     try:
         yield before_call
