@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.nn.attention import CrossAttention
+from ldmkit.nn.geglu import geglu
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm
 from ldmkit.nn.pointwise_conv import conv1x1
@@ -28,8 +28,8 @@ class FeedForward(nn.Module):
         self.proj_out = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj_in(x).chunk(2, dim=-1)  # 2 x [B, N, inner]
-        return self.proj_out(self.dropout(value * F.gelu(gate)))
+        h = self.proj_in(x)  # [B, N, 2 * inner]: value, then gate
+        return self.proj_out(self.dropout(geglu(h)))  # geglu: [B, N, inner]
 
 
 class TransformerBlock(nn.Module):
