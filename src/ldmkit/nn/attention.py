@@ -13,6 +13,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.nn import context_kv
+from ldmkit.nn.attention_op import attention, attention_op_enabled
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm
 
@@ -36,8 +37,11 @@ def resolve_heads(channels: int, num_heads: int | None, head_dim: int | None) ->
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v per head (Vaswani et al. 2017, eq. 1).
 
-    q: [B, N, heads*d], k and v: [B, M, heads*d] -> [B, N, heads*d].
+    q: [B, N, heads*d], k and v: [B, M, heads*d] -> [B, N, heads*d]. In compiled CUDA training
+    this is one operator pair around cuDNN's attention (nn/attention_op.py).
     """
+    if attention_op_enabled(q, k, v, heads):
+        return attention(q, k, v, heads)
     b, n, inner = q.shape
     m = k.shape[1]
     d = inner // heads
