@@ -14,6 +14,7 @@ from harness import synchronize
 
 # ldmkit's own Triton kernels (src/ldmkit/nn/norm_silu_kernels.py), named as the profiler shows them.
 LDMKIT_TRITON_KERNELS = ("_moments_kernel", "_grad_sums_kernel", "_apply_kernel")
+LDMKIT_GEGLU_KERNELS = ("_geglu_backward_kernel",)  # src/ldmkit/nn/geglu_kernels.py
 
 
 def kernel_category(name: str) -> str:
@@ -23,6 +24,8 @@ def kernel_category(name: str) -> str:
         return "triton (norms, pointwise, layout)"
     if n in LDMKIT_TRITON_KERNELS:
         return "triton (ldmkit GroupNorm kernels)"
+    if n in LDMKIT_GEGLU_KERNELS:
+        return "triton (ldmkit GEGLU kernel)"
     if "sdpa" in n or "fmha" in n or "flash" in n or "attention" in n:
         return "attention"
     if any(k in n for k in ("fprop", "dgrad", "wgrad", "conv", "implicit_gemm")):

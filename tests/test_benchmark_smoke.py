@@ -93,6 +93,7 @@ def test_kernel_kinds_from_names():
     assert kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
     assert kind("triton_red_fused__to_copy_native_group_norm_silu_3").startswith("triton")
     assert kind("_grad_sums_kernel") == kind("_apply_kernel") == "triton (ldmkit GroupNorm kernels)"
+    assert kind("_geglu_backward_kernel") == "triton (ldmkit GEGLU kernel)"
     assert kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
     assert kind("void at::native::elementwise_kernel<128, 4>") == "other"
 
@@ -170,3 +171,16 @@ def test_split_k_convolution_of_the_small_conv_benchmark():
         assert parts.shape == (split, 2 * 5 * 7, 24)
         out = parts.sum(0).view(2, 5, 7, 24).permute(0, 3, 1, 2)
         torch.testing.assert_close(out, F.conv2d(x, w, padding=kernel // 2), rtol=1e-4, atol=1e-4)
+
+
+def test_transformer_block_probe_smoke(tmp_path):
+    """benchmarks/transformer_block_probe.py --smoke: every variant (each in its own process,
+    with its switches) writes its record, ldmkit's and diffusers' blocks the same size."""
+    import subprocess
+
+    probe = BENCH.parent / "transformer_block_probe.py"
+    subprocess.run([sys.executable, str(probe), "--smoke", "--out-dir", str(tmp_path),
+                    "--only", "ldmkit-neither,peer"], check=True, capture_output=True)
+    ldm, peer = (json.loads((tmp_path / f"{v}.json").read_text()) for v in ("ldmkit-neither", "peer"))
+    assert ldm["env"] == {"LDMKIT_GEGLU_KERNEL": "0", "LDMKIT_ATTENTION_OP": "0"}
+    assert ldm["params"] == peer["params"] > 0
