@@ -4,8 +4,8 @@ with its backward as one Triton kernel on CUDA.
 Inductor writes the backward's `cat([d value, d gate])` as one kernel over the joined output, in
 which each element recomputes what its half needs: the gate and the incoming gradient are read
 twice. In the SD UNet's training step these kernels took 10.4 ms of 221 (benchmarks/NOTES.md
-v12), at 1.2 ms for 1.7 GB at 64x64 and batch 32. `geglu_backward_kernel` reads h and the
-gradient once and writes both halves of dh.
+v12), at 1.2 ms for 1.7 GB at 64x64 and batch 32. The kernel (`geglu_kernels.geglu_backward`)
+reads h and the gradient once and writes both halves of dh (0.6 ms there).
 
 The forward stays in PyTorch, where inductor fuses it (it runs at the memory bandwidth). The
 kernel runs in CUDA training (eager or compiled) when Triton imports, unless LDMKIT_GEGLU_KERNEL=0
@@ -68,4 +68,4 @@ class _GEGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (h,) = ctx.saved_tensors
-        return _geglu_backward(h, g.to(h.dtype))  # [..., 2D]
+        return _geglu_backward(h, g)  # [..., 2D] in h's dtype; the kernel reads g in its own
