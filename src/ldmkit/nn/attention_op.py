@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 
+from ldmkit.nn.switches import switch_on
+
 ENV_SWITCH = "LDMKIT_ATTENTION_OP"
-ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+ENABLED = switch_on(ENV_SWITCH)
 MAX_HEAD_DIM = 128
 
 

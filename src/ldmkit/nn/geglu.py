@@ -14,15 +14,13 @@ kernel runs in CUDA training (eager or compiled) when Triton imports, unless LDM
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 import torch.nn.functional as F
 
+from ldmkit.nn.switches import TRITON_IMPORTABLE, switch_on
+
 ENV_SWITCH = "LDMKIT_GEGLU_KERNEL"
-ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
-TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+ENABLED = switch_on(ENV_SWITCH)
 
 
 def geglu_kernel_enabled(h: torch.Tensor) -> bool:

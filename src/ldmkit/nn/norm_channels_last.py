@@ -21,14 +21,14 @@ LDMKIT_CHANNELS_LAST_GROUPNORM=0 (read at import) turns it off.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldmkit.nn.switches import switch_on
+
 ENV_SWITCH = "LDMKIT_CHANNELS_LAST_GROUPNORM"
-ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+ENABLED = switch_on(ENV_SWITCH)
 
 
 def channels_last_norm_enabled(x: torch.Tensor) -> bool:

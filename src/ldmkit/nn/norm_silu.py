@@ -23,7 +23,6 @@ large levels); LDMKIT_FUSED_GROUPNORM (read at import) changes where. Anywhere e
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from ldmkit.nn.norm_channels_last import channels_last_norm_enabled, group_norm_channels_last
 from ldmkit.nn.norm_silu_plan import empty_partials, pixel_splits
+from ldmkit.nn.switches import TRITON_IMPORTABLE
 
 ENV_SWITCH = "LDMKIT_FUSED_GROUPNORM"
 # Where the Triton path runs in compiled CUDA graphs: "auto" (the default: training steps, and
@@ -58,7 +58,6 @@ def _mode_from_environment() -> str:
 # Read once, when ldmkit is imported: a compiled graph must not call importlib or read the
 # environment while it is traced (each call would be a graph break).
 FUSED_MODE = _mode_from_environment()
-TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def fused_group_norm_enabled(x: torch.Tensor) -> bool:

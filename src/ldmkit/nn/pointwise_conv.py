@@ -15,13 +15,13 @@ those keep the convolution, as does training. LDMKIT_CONV1X1_MATMUL=0 (read at i
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from ldmkit.nn.switches import switch_on
+
 ENV_SWITCH = "LDMKIT_CONV1X1_MATMUL"
-ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "false", "no")
+ENABLED = switch_on(ENV_SWITCH)
 MATMUL_MAX_PIXELS = 8192
 
 
