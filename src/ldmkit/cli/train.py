@@ -47,11 +47,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-compile", action="store_true", help="do not torch.compile the models on CUDA")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode on CUDA (default: the preset's; reduce-overhead = CUDA graphs, the "
-                   "fastest for small models, which are launch-bound)")
+                   "fastest for small models, which are launch-bound; max-autotune-no-cudagraphs times Triton "
+                   "kernels against cuDNN/cuBLAS for every shape: its compile of the C1-sized UNet's step took "
+                   "over 9 minutes on an H100, benchmarks/NOTES.md v13)")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes of the whole run (saving the checkpoint and "
                    "model.safetensors as at the end); rerunning the command resumes")
-    p.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="plain log lines instead of a progress bar (what a stderr that is not a terminal gets anyway)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any training config field (repeatable), e.g. --set ema_decay=0.9999 --set vae.lr=1e-4 "
                    "--set checkpoint_every=500 --set min_snr_gamma=null "

@@ -4,8 +4,10 @@ Only rank 0 logs (other ranks get a logger with `enabled=False` that does nothin
 record is one JSON object per line in log.jsonl, appended and flushed, so a resumed run
 continues the same file and a crash loses at most the line being written. TensorBoard is
 used only if the `tensorboard` package is importable. The console shows a tqdm bar with the
-step, loss, images/s and ETA; in `quiet` mode (logs of batch jobs) it prints one plain line
-every `log_every` steps instead.
+step, loss, images/s and ETA; in `quiet` mode it prints one plain line every `log_every` steps
+instead. Quiet is also what a console that is not a terminal gets (stderr redirected to a file,
+a batch job's log): a bar there is a carriage-return update every 0.1 s, thousands of lines of
+noise in the file for a run of minutes (seen in a GPU job's log, benchmarks/NOTES.md v13).
 """
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
+
+
 class TrainLogger:
     """Writes metrics for one stage of a run; use one per stage (`stage` names it)."""
 
@@ -51,7 +61,7 @@ class TrainLogger:
         self.stage = stage
         self.total_steps = total_steps
         self.log_every = max(1, log_every)
-        self.quiet = quiet
+        self.quiet = quiet or not _is_terminal(sys.stderr)
         self.enabled = enabled
         self._bar: tqdm | None = None
         self._tb = None
@@ -61,7 +71,7 @@ class TrainLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(run_dir / "log.jsonl", "a", encoding="utf-8")
         self._tb = _tensorboard_writer(run_dir / "tensorboard")
-        if not quiet:
+        if not self.quiet:
             self._bar = tqdm(
                 total=total_steps, initial=start_step, desc=stage, unit="step",
                 dynamic_ncols=True, file=sys.stderr, smoothing=0.05,
