@@ -48,8 +48,9 @@ def refresh(model: nn.Module, context: torch.Tensor | None) -> bool:
     there is nothing to cache."""
     if context is None:
         return False
+    stamp = (context, _key(context))
     held = model.__dict__.get("_context_kv_of")
-    if held is not None and held[0] is context and held[1] == _key(context):
+    if held is not None and held[0] is context and held[1] == stamp[1]:
         return False
     layers = _layers(model)
     if not layers:
@@ -64,8 +65,8 @@ def refresh(model: nn.Module, context: torch.Tensor | None) -> bool:
             else:
                 layer.register_buffer(_K, k, persistent=False)
                 layer.register_buffer(_V, v, persistent=False)
-            layer._context_kv_of = (context, _key(context))
-    model._context_kv_of = (context, _key(context))
+            layer._context_kv_of = stamp
+    model._context_kv_of = stamp
     return True
 
 

@@ -37,10 +37,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def _is_terminal(stream: Any) -> bool:
-    isatty = getattr(stream, "isatty", None)
     try:
-        return bool(isatty()) if callable(isatty) else False
-    except (OSError, ValueError):  # a closed or detached stream
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):  # no isatty, or a closed or detached stream
         return False
 
 
