@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     g.add_argument("--ldm-inductor", action="append", default=[], metavar="KEY=VALUE",
                    help="an inductor option for ldmkit's compiles, e.g. coordinate_descent_tuning=true "
                         "(repeatable)")
+    g.add_argument("--peer-inductor", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inductor option for the peer's compiles (repeatable): the peer with an option "
+                        "ldmkit's product sets, for a figure beside the protocol's")
     g.add_argument("--no-fused-adam", action="store_true", help="ldmkit with the default (foreach) AdamW")
     g.add_argument("--ldm-upsample", default=None, choices=("auto", "phase", "transposed"),
                    help="how ldmkit's UpSample computes nearest 2x + conv3x3 (nn/resample.py; default: "
@@ -128,21 +131,21 @@ def forces_layout_opt(args: argparse.Namespace, training: bool) -> bool:
 
 def compile_kwargs(args: argparse.Namespace, mode: str, side: str, *, training: bool = False) -> dict[str, Any]:
     """torch.compile arguments of one side's run. ldmkit's training steps get inductor's forced
-    layout optimisation as `ldm train` does (`--ldm-layout-opt`), and `--ldm-inductor` options."""
+    layout optimisation as `ldm train` does (`--ldm-layout-opt`), and `--ldm-inductor` options;
+    the peer gets `--peer-inductor` options."""
     kw: dict[str, Any] = {"dynamic": False}
     if mode != "default":
         kw["mode"] = mode
-    if side != "ldmkit":
-        return kw
-    if args.ldm_fullgraph:
+    if side == "ldmkit" and args.ldm_fullgraph:
         kw["fullgraph"] = True
-    layout_opt = forces_layout_opt(args, training)
-    if layout_opt or args.ldm_inductor:
+    layout_opt = side == "ldmkit" and forces_layout_opt(args, training)
+    extra = args.ldm_inductor if side == "ldmkit" else args.peer_inductor
+    if layout_opt or extra:
         # torch.compile takes a mode or options, not both: the mode's options plus ours
         options = list_mode_options(kw.pop("mode", "default"))
         if layout_opt:
             options["force_layout_optimization"] = True
-        for item in args.ldm_inductor:
+        for item in extra:
             key, _, value = item.partition("=")
             options[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
         kw["options"] = options

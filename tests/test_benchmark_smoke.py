@@ -84,6 +84,11 @@ def test_compile_arguments_follow_the_product_paths():
     options = bench.compile_kwargs(tuned, "default", "ldmkit", training=True)["options"]
     assert options == {"coordinate_descent_tuning": True, "triton.max_tiles": 3}
     assert bench.compile_kwargs(tuned, "default", "peer-compiled", training=True) == {"dynamic": False}
+    peer_tuned = bench.parse_args(["--peer-inductor", "combo_kernels=true"])
+    peer = bench.compile_kwargs(peer_tuned, "reduce-overhead", "peer-graphs")
+    assert peer["options"]["combo_kernels"] is True and peer["options"]["triton.cudagraphs"] is True
+    assert "force_layout_optimization" not in peer["options"]  # ldmkit's own switch stays ldmkit's
+    assert "options" not in bench.compile_kwargs(peer_tuned, "default", "ldmkit")
 
 
 def test_kernel_kinds_from_names():
