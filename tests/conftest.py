@@ -15,3 +15,16 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+from ldmkit import compile_fallback  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _forget_compile_failures():
+    """Each test starts where compiling has not failed yet: `compile_fallback` remembers a
+    compiler failure (and what it warned) for the rest of the process."""
+    yield
+    compile_fallback._FAILED.clear()
+    compile_fallback._WARNED.clear()

@@ -20,6 +20,10 @@ sees a context other than the last one, then reused by every step that passes th
 Under CUDA graphs each call's output lives in the graph's memory pool and is overwritten by
 the next replay; `CompiledUNet.__call__` therefore marks a new step before every call and
 returns a copy, so a sampler may keep a prediction across steps (Heun, multistep solvers).
+
+Where this machine cannot compile (`compile_fallback`), "auto" generates uncompiled after one
+warning, and so does "on" if the compiler fails at its first call (that call is run again
+uncompiled, so no image is lost).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldmkit.compile_fallback import call_or_fallback, compile_blocker, warn_uncompiled
 from ldmkit.errors import UserError
 from ldmkit.nn import context_kv, derived_weights
 
@@ -52,9 +57,13 @@ def wants_compile(setting: str, device: torch.device, num_images: int) -> bool:
     """Whether a job of `num_images` on `device` should use the compiled UNet."""
     if setting not in COMPILE_CHOICES:
         raise UserError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {setting!r}")
-    if setting == "auto":
-        return device.type == "cuda" and num_images >= AUTO_MIN_IMAGES
-    return setting == "on"
+    wanted = (device.type == "cuda" and num_images >= AUTO_MIN_IMAGES) if setting == "auto" else setting == "on"
+    if not wanted:
+        return False
+    blocker = compile_blocker(device)
+    if blocker is not None:
+        warn_uncompiled("generation", blocker, "--compile off")
+    return blocker is None
 
 
 def refresh_job_caches(unet: nn.Module, context: torch.Tensor | None) -> None:
@@ -77,10 +86,15 @@ class CompiledUNet:
         derived_weights.attach(unet)
         self.unet = unet
         self.compiled = torch.compile(unet, **self.options)
+        self.fallback: dict[str, str] = {}  # "failed": why, once the compiler failed (then eager for good)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         refresh_job_caches(self.unet, kwargs.get("context"))
         x = x.contiguous(memory_format=self.memory_format)  # [B, C, H, W]
+        return call_or_fallback(self.fallback, self._compiled_call, self.unet, (x, t), kwargs,
+                                what="generation", flag="--compile off")
+
+    def _compiled_call(self, x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         if not self.graphs:
             return self.compiled(x, t, **kwargs)
         torch.compiler.cudagraph_mark_step_begin()

@@ -20,6 +20,9 @@ of those gradients was copied once more, outside the graph, every step (1.5 ms o
 46, benchmarks/NOTES.md v7). `weights_for_training` stores the weights channels_last where the
 step is compiled; the inputs stay NCHW and inductor lays out the activations. Measured on the C1
 UNet step (1.028x); the VAE stage takes it on the same reasoning, unmeasured.
+
+Where this machine cannot compile (`compile_fallback`: no Triton, a GPU older than Triton
+supports, a compiler failing on the first step), the stages train uncompiled after one warning.
 """
 from __future__ import annotations
 
@@ -27,25 +30,35 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+from ldmkit.compile_fallback import EagerFallback, compile_blocker, warn_uncompiled
 from ldmkit.train.config import RunConfig
 from ldmkit.train.distributed import DistInfo
 
 
 def compile_for_training(module: nn.Module, run: RunConfig, dist: DistInfo, *,
                          graphs_allowed: bool = True) -> tuple[nn.Module, bool]:
-    """(`module` compiled per the run, whether it replays CUDA graphs); unchanged off CUDA."""
+    """(`module` compiled per the run, whether it replays CUDA graphs); unchanged off CUDA.
+
+    The compiled form falls back to `module` itself if compiling fails on the first step."""
     if not compiles_for_training(run, dist):
         return module, False
     plain = dist.distributed or not graphs_allowed
     mode = "default" if plain else run.compile_mode
     if hasattr(inductor_config, "force_layout_optimization"):  # a private switch: absent in other versions
         inductor_config.force_layout_optimization = True
-    return torch.compile(module, mode=mode), mode == "reduce-overhead"
+    compiled = EagerFallback(torch.compile(module, mode=mode), module, what="training", flag="--no-compile")
+    return compiled, mode == "reduce-overhead"
 
 
 def compiles_for_training(run: RunConfig, dist: DistInfo) -> bool:
-    """Whether `compile_for_training` compiles (CUDA with `run.compile`)."""
-    return run.compile and dist.device.type == "cuda"
+    """Whether `compile_for_training` compiles: CUDA with `run.compile`, where this machine can
+    (`compile_fallback.compile_blocker`; the first refusal warns)."""
+    if not (run.compile and dist.device.type == "cuda"):
+        return False
+    blocker = compile_blocker(dist.device)
+    if blocker is not None:
+        warn_uncompiled("training", blocker, "--no-compile")
+    return blocker is None
 
 
 def weights_for_training(module: nn.Module, run: RunConfig, dist: DistInfo) -> nn.Module:
