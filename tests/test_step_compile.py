@@ -12,6 +12,12 @@ from ldmkit.train.config import preset_config
 from ldmkit.train.distributed import DistInfo
 
 
+@pytest.fixture(autouse=True)
+def can_compile(monkeypatch):
+    """A machine whose toolchain can compile (`compile_fallback.compile_blocker` finds nothing)."""
+    monkeypatch.setattr(step_compile, "compile_blocker", lambda device: None)
+
+
 @pytest.fixture
 def compiled(monkeypatch):
     calls = []
@@ -34,8 +40,10 @@ def _dist(device: str, world_size: int = 1) -> DistInfo:
 
 def test_cuda_training_compiles_with_graphs_and_channels_last_convolutions(compiled):
     run = _run()
-    module, graphs = step_compile.compile_for_training(nn.Linear(2, 2), run, _dist("cuda"))
+    linear = nn.Linear(2, 2)
+    module, graphs = step_compile.compile_for_training(linear, run, _dist("cuda"))
     assert compiled == ["reduce-overhead"] and graphs
+    assert list(module.parameters()) == list(linear.parameters())  # wrapped to fall back, same parameters
     assert inductor_config.force_layout_optimization
 
 
