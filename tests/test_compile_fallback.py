@@ -4,7 +4,6 @@ the same results; an error in the model itself is not hidden. Compiler failures 
 with a dynamo backend that raises what a machine without a C compiler raises."""
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
@@ -37,11 +36,9 @@ class FailingBackend:
 
 def test_blockers_known_without_trying(monkeypatch):
     assert compile_blocker(CPU) is None  # the CPU's compiler shows only on trying
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(compile_fallback, "TRITON_IMPORTABLE", False)
     assert "Triton is not installed" in compile_blocker(CUDA)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(compile_fallback, "TRITON_IMPORTABLE", True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
     assert "compute capability 6.1" in compile_blocker(CUDA)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -103,14 +100,14 @@ def test_generation_falls_back_and_loses_no_image(monkeypatch):
 
 
 def test_blocked_machines_skip_the_compile_with_one_warning(monkeypatch):
-    monkeypatch.setattr(compiled_unet, "compile_blocker", lambda device: "Triton is not installed")
+    monkeypatch.setattr(compile_fallback, "compile_blocker", lambda device: "Triton is not installed")
     with pytest.warns(RuntimeWarning, match="generation runs without torch.compile .*: Triton is not installed"):
         assert not compiled_unet.wants_compile("auto", CUDA, 10**6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not compiled_unet.wants_compile("on", CUDA, 1)  # once per reason
 
-    monkeypatch.setattr(step_compile, "compile_blocker", lambda device: "Triton is not installed")
+    monkeypatch.setattr(compile_fallback, "compile_blocker", lambda device: "Triton is not installed")
     run, dist = RunConfig(compile=True), DistInfo(rank=0, local_rank=0, world_size=1, device=CUDA)
     module = nn.Linear(2, 2)
     with pytest.warns(RuntimeWarning, match="training runs .*: Triton is not installed.*--no-compile"):

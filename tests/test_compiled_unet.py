@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_models import tiny_class_models
 
-from ldmkit import compiled_unet
+from ldmkit import compile_fallback, compiled_unet
 from ldmkit.compiled_unet import (
     AUTO_MIN_IMAGES,
     CompiledUNet,
@@ -28,7 +28,7 @@ def _pipeline(compile: str) -> LatentDiffusionPipeline:
 
 
 def test_auto_compiles_only_large_jobs_on_cuda(monkeypatch):
-    monkeypatch.setattr(compiled_unet, "compile_blocker", lambda device: None)  # a machine that can compile
+    monkeypatch.setattr(compile_fallback, "compile_blocker", lambda device: None)  # a machine that can compile
     assert wants_compile("auto", CUDA, AUTO_MIN_IMAGES)
     assert not wants_compile("auto", CUDA, AUTO_MIN_IMAGES - 1)
     assert not wants_compile("auto", CPU, 10**6)

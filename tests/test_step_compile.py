@@ -7,6 +7,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+from ldmkit import compile_fallback
 from ldmkit.train import step_compile
 from ldmkit.train.config import preset_config
 from ldmkit.train.distributed import DistInfo
@@ -15,7 +16,7 @@ from ldmkit.train.distributed import DistInfo
 @pytest.fixture(autouse=True)
 def can_compile(monkeypatch):
     """A machine whose toolchain can compile (`compile_fallback.compile_blocker` finds nothing)."""
-    monkeypatch.setattr(step_compile, "compile_blocker", lambda device: None)
+    monkeypatch.setattr(compile_fallback, "compile_blocker", lambda device: None)
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ call fails deep inside inductor, with a traceback that names none of ldmkit's fl
 So two guards, both ending in the same place: the job runs uncompiled, slower but with the same
 results (the compiled path is tested to compute the plain path's function), after one warning that
 says why and which flag skips the attempt.
-- `compile_blocker(device)`: what is known without trying (Triton missing, the GPU too old).
+- `compile_blocker(device)` / `compile_allowed`: what is known without trying (Triton missing,
+  the GPU too old).
 - `EagerFallback` / `call_or_fallback`: a compile that fails anyway (no C compiler, a backend
   error) on the first call falls back to the module for good. The failed call is repeated
   eagerly with the same inputs, so nothing is lost: no optimizer step has been taken yet.
@@ -20,12 +21,13 @@ as it would be uncompiled.
 """
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ldmkit.nn.switches import TRITON_IMPORTABLE
 
 try:  # the base class of the compiler's own failures (torch >= 2.6)
     from torch._dynamo.exc import ShortenTraceback as CompilerFailure
@@ -47,13 +49,22 @@ def compile_blocker(device: torch.device) -> str | None:
         return _FAILED[device.type]
     if device.type != "cuda":
         return None
-    if importlib.util.find_spec("triton") is None:
+    if not TRITON_IMPORTABLE:
         return "Triton is not installed, and torch.compile needs it on a GPU"
     capability = torch.cuda.get_device_capability(device)
     if tuple(capability) < TRITON_MIN_CAPABILITY:
         return (f"this GPU has compute capability {capability[0]}.{capability[1]}; Triton, which "
                 f"torch.compile needs, supports {TRITON_MIN_CAPABILITY[0]}.{TRITON_MIN_CAPABILITY[1]} and newer")
     return None
+
+
+def compile_allowed(device: torch.device, what: str, flag: str) -> bool:
+    """Whether `what` (training, generation) should compile on `device`: no `compile_blocker`,
+    else False after one warning naming the reason and `flag`, the switch that skips the attempt."""
+    blocker = compile_blocker(device)
+    if blocker is not None:
+        warn_uncompiled(what, blocker, flag)
+    return blocker is None
 
 
 def warn_uncompiled(what: str, reason: str, flag: str) -> None:

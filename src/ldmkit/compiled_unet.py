@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldmkit.compile_fallback import call_or_fallback, compile_blocker, warn_uncompiled
+from ldmkit.compile_fallback import call_or_fallback, compile_allowed
 from ldmkit.errors import UserError
 from ldmkit.nn import context_kv, derived_weights
 
@@ -58,12 +58,7 @@ def wants_compile(setting: str, device: torch.device, num_images: int) -> bool:
     if setting not in COMPILE_CHOICES:
         raise UserError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {setting!r}")
     wanted = (device.type == "cuda" and num_images >= AUTO_MIN_IMAGES) if setting == "auto" else setting == "on"
-    if not wanted:
-        return False
-    blocker = compile_blocker(device)
-    if blocker is not None:
-        warn_uncompiled("generation", blocker, "--compile off")
-    return blocker is None
+    return wanted and compile_allowed(device, "generation", "--compile off")
 
 
 def refresh_job_caches(unet: nn.Module, context: torch.Tensor | None) -> None:

@@ -30,7 +30,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
-from ldmkit.compile_fallback import EagerFallback, compile_blocker, warn_uncompiled
+from ldmkit.compile_fallback import EagerFallback, compile_allowed
 from ldmkit.train.config import RunConfig
 from ldmkit.train.distributed import DistInfo
 
@@ -52,13 +52,8 @@ def compile_for_training(module: nn.Module, run: RunConfig, dist: DistInfo, *,
 
 def compiles_for_training(run: RunConfig, dist: DistInfo) -> bool:
     """Whether `compile_for_training` compiles: CUDA with `run.compile`, where this machine can
-    (`compile_fallback.compile_blocker`; the first refusal warns)."""
-    if not (run.compile and dist.device.type == "cuda"):
-        return False
-    blocker = compile_blocker(dist.device)
-    if blocker is not None:
-        warn_uncompiled("training", blocker, "--no-compile")
-    return blocker is None
+    (`compile_fallback.compile_allowed`; the first refusal warns)."""
+    return run.compile and dist.device.type == "cuda" and compile_allowed(dist.device, "training", "--no-compile")
 
 
 def weights_for_training(module: nn.Module, run: RunConfig, dist: DistInfo) -> nn.Module:
