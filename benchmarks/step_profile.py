@@ -17,6 +17,8 @@ same preset (synthetic latents already on the GPU) to decide what to build:
   into static tensors before each replay.
 - `whole-graph-eager`: the same around the eager UNet (no compile time at all).
 - the `graphs` step under torch.profiler: GPU busy time per step and the top kernels.
+- `whole-graph-layout`, `profile-layout`: `whole-graph` and `profile` with inductor's layout
+  optimisation forced on, as `ldm train` compiles.
 
     python3 benchmarks/step_profile.py --preset fashion-mnist --batch 1024 --out result.json
     python3 benchmarks/step_profile.py --smoke     # CPU, eager only: checks the script runs
@@ -164,9 +166,10 @@ def main() -> int:
                 rows.append({"variant": variant, "error": "skipped: deadline"})
                 continue
             row: dict[str, Any] = {"variant": variant, "batch": args.batch}
-            torch._inductor.config.force_layout_optimization = variant == "graphs-layout"
+            torch._inductor.config.force_layout_optimization = variant.endswith("-layout")
             try:
-                modes = {"eager": None, "default": "default", "whole-graph": "default", "whole-graph-eager": None}
+                modes = {"eager": None, "default": "default", "whole-graph": "default", "whole-graph-layout": "default",
+                         "whole-graph-eager": None}
                 mode = modes.get(variant, "reduce-overhead")
                 trainer = make_trainer(args, device, Path(tmp), compile_mode=mode)
                 if variant == "graphs-cl":
@@ -178,7 +181,7 @@ def main() -> int:
                 step = settling(trainer, trainer.train_step, 1 if variant == "graphs-sync" else SETTLE_EVERY)
                 if variant.startswith("whole-graph"):
                     step = whole_graph_step(trainer)
-                if variant == "profile":
+                if variant.startswith("profile"):
                     time_steps(step, args.warmup, 5, device)
                     row.update(kernel_profile(step, 20, 25))
                 else:

@@ -106,7 +106,14 @@ def unet_speed(args, mode: str, batch: int, device: torch.device, run_dir: Path)
     trainer = DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = time_steps(settling(trainer, trainer.train_step), args.warmup, args.steps, device)
+    step = settling(trainer, trainer.train_step)
+    result = time_steps(step, args.warmup, args.steps, device)
+    if args.gpu_busy and device.type == "cuda":
+        from step_profile import kernel_profile  # imports this module: loaded only when asked for
+
+        profiled = kernel_profile(step, 20, 5)
+        result.update(gpu_busy_ms_per_step=profiled["gpu_busy_ms_per_step"],
+                      profiled_wall_ms_per_step=profiled["wall_ms_per_step"])
     result.update(stage="unet", mode=mode, batch=batch, img_per_s=batch * 1e3 / result["ms_per_step"],
                   params=sum(p.numel() for p in unet.parameters()), latent_shape=list(shape),
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
@@ -141,6 +148,9 @@ def main() -> int:
                         "inside the compiled graph) left to its heuristics, or forced on")
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--gpu-busy", action="store_true",
+                   help="after timing, 20 more UNet steps under torch.profiler: the GPU's busy ms a step "
+                        "(against the wall time: is the step waiting on the GPU or on the host?)")
     p.add_argument("--out", default=None, help="JSON file for the results")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny step counts: check that the script runs")
     args = p.parse_args()
