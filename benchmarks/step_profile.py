@@ -38,12 +38,11 @@ import torch
 import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import _context, _models, settling, time_steps, write_result  # noqa: E402
+from train_speed import settling, synthetic_trainer, time_steps, training_device, write_result  # noqa: E402
 
 from ldmkit.diffusion import diffusion_loss  # noqa: E402
 from ldmkit.train.config import preset_config  # noqa: E402
 from ldmkit.train.diffusion_stage import DiffusionTrainer  # noqa: E402
-from ldmkit.train.latent_cache import LatentSet  # noqa: E402
 from ldmkit.train.step_guard import SETTLE_EVERY  # noqa: E402
 
 
@@ -52,14 +51,7 @@ def make_trainer(args, device: torch.device, run_dir: Path, *, compile_mode: str
     config.compile = compile_mode is not None
     config.compile_mode = compile_mode or "default"
     config.diffusion.batch_size = args.batch
-    vae, unet = _models(config, args.channels, 10)
-    side = config.image_size // vae.config.downsample_factor
-    shape = (vae.config.latent_channels, side, side)
-    gen = torch.Generator().manual_seed(0)
-    n = 8192
-    latents = LatentSet(mean=torch.randn((n, *shape), generator=gen), labels=torch.randint(0, 10, (n,), generator=gen),
-                        std=0.1 * torch.ones((n, *shape))).to(device)
-    return DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
+    return synthetic_trainer(config, args.channels, device, run_dir, n=8192)
 
 
 def whole_graph_step(trainer: DiffusionTrainer) -> Callable[[], None]:
@@ -152,13 +144,9 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="CPU, eager, tiny: check that the script runs")
     args = p.parse_args()
     started = time.time()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = training_device(args.smoke)
     if args.smoke:
         args.batch, args.warmup, args.steps, args.variants = 8, 1, 2, "eager"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants.split(","):

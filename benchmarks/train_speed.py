@@ -57,6 +57,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def training_device(smoke: bool) -> torch.device:
+    """The GPU unless `smoke` (or none is here), with the switches `ldm train` sets on CUDA:
+    TF32 matmuls and convolutions, cuDNN's algorithm timing."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def synthetic_trainer(config, channels: int, device: torch.device, run_dir: Path, n: int = 4096) -> DiffusionTrainer:
+    """`ldm train`'s diffusion trainer for `config`'s models, on `n` random latents (10 classes)
+    already on `device`."""
+    num_classes = 10
+    vae, unet = _models(config, channels, num_classes)
+    side = config.image_size // vae.config.downsample_factor
+    shape = (vae.config.latent_channels, side, side)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    latents = LatentSet(mean=torch.randn((n, *shape), generator=gen),
+                        labels=torch.randint(0, num_classes, (n,), generator=gen),
+                        std=0.1 * torch.ones((n, *shape))).to(device)
+    return DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir),
+                            [str(i) for i in range(num_classes)])
+
+
 def settling(trainer, step_fn: Callable[[], Any], every: int = SETTLE_EVERY) -> Callable[[], None]:
     """`step_fn`, followed every `every` steps by the host read of the queued losses, as the
     training loops do (StepGuard.settle)."""
@@ -94,16 +120,8 @@ def unet_speed(args, mode: str, batch: int, device: torch.device, run_dir: Path)
     config.compile = mode != "eager"
     config.compile_mode = mode if mode != "eager" else "default"
     config.diffusion.batch_size = batch
-    channels, num_classes = args.channels, 10
-    vae, unet = _models(config, channels, num_classes)
-    side = config.image_size // vae.config.downsample_factor
-    shape = (vae.config.latent_channels, side, side)
-    n = 4096
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    latents = LatentSet(mean=torch.randn((n, *shape), generator=gen),
-                        labels=torch.randint(0, num_classes, (n,), generator=gen),
-                        std=0.1 * torch.ones((n, *shape))).to(device)
-    trainer = DiffusionTrainer(unet, vae, latents, None, _context(config, device, run_dir), [str(i) for i in range(10)])
+    trainer = synthetic_trainer(config, args.channels, device, run_dir)
+    unet, shape = trainer.unet, trainer.train_set.latent_shape
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step = settling(trainer, trainer.train_step)
@@ -154,14 +172,10 @@ def main() -> int:
     p.add_argument("--out", default=None, help="JSON file for the results")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny step counts: check that the script runs")
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = training_device(args.smoke)
     if args.smoke:
         args.modes, args.batches, args.vae_batches, args.warmup, args.steps = "eager", "8", "4", 1, 2
         args.vae_modes, args.layouts = "eager", "plain"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
     preset = preset_config(args.preset)
 
     def batch_sizes(text: str, own: int) -> list[int]:

@@ -189,3 +189,21 @@ def test_transformer_block_probe_smoke(tmp_path):
     ldm, peer = (json.loads((tmp_path / f"{v}.json").read_text()) for v in ("ldmkit-neither", "peer"))
     assert ldm["env"] == {"LDMKIT_GEGLU_KERNEL": "0", "LDMKIT_ATTENTION_OP": "0"}
     assert ldm["params"] == peer["params"] > 0
+
+
+def test_step_graph_check_and_cache_spread_smoke(tmp_path):
+    """benchmarks/step_graph_check.py and cache_spread.py --smoke (CPU, eager): each writes its
+    rows; the two trainers of the check, built from one seed, take the same steps."""
+    import subprocess
+
+    subprocess.run([sys.executable, str(BENCH.parent / "step_graph_check.py"), "--smoke", "--out",
+                    str(tmp_path / "check.json")], check=True, capture_output=True)
+    plain, graphed = json.loads((tmp_path / "check.json").read_text())["rows"]
+    assert (plain["step_graph"], graphed["step_graph"]) == (False, True) and len(plain["losses"]) == 3
+    assert graphed["losses"] == plain["losses"] and graphed["update_rel_l2"] == 0.0
+
+    subprocess.run([sys.executable, str(BENCH.parent / "cache_spread.py"), "--smoke", "--order", "plain,no-aot",
+                    "--out", str(tmp_path / "spread.json")], check=True, capture_output=True)
+    rows = json.loads((tmp_path / "spread.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["plain", "no-aot"] and all(r["ms_per_step"] > 0 for r in rows)
+    assert rows[1]["env"] == {"TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}

@@ -162,3 +162,5 @@ def test_train_compile_mode_comes_from_the_preset_and_the_flag():
     )
     with pytest.raises(UserError, match="compile_mode must be one of"):
         validate(bad)
+    assert not small.step_graph  # the whole-step CUDA graph is opt-in
+    assert config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--step-graph"])).step_graph

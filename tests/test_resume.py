@@ -31,17 +31,17 @@ def _losses(run_dir):
 
 
 def _stop_after(monkeypatch, steps: int) -> None:
-    """Raise the stop flag after `steps` optimizer steps (StepGuard.gate runs once per step)."""
-    real_gate = StepGuard.gate
+    """Raise the stop flag after `steps` optimizer steps (StepGuard.record runs once per step)."""
+    real_record = StepGuard.record
     calls = {"n": 0}
 
-    def gate(self, loss, grad_norm, **kwargs):
+    def record(self, row):
         calls["n"] += 1
         if calls["n"] == steps:
             self.stop.request("test")
-        return real_gate(self, loss, grad_norm, **kwargs)
+        return real_record(self, row)
 
-    monkeypatch.setattr(StepGuard, "gate", gate)
+    monkeypatch.setattr(StepGuard, "record", record)
 
 
 @pytest.fixture(scope="module")

@@ -124,6 +124,10 @@ class RunConfig:
     # 3.8x faster for the fashion-mnist UNet, see benchmarks/NOTES.md); "default" is plain
     # inductor. DDP runs and the VAE's GAN phase always use "default".
     compile_mode: str = "reduce-overhead"
+    # With "reduce-overhead" on one GPU (bf16/fp32), capture the diffusion stage's whole step
+    # (forward, backward, clipping, AdamW, EMA) as one CUDA graph: train/step_graph.py. Off until
+    # `ldm train`'s own step has been measured with it on a GPU (benchmarks/NOTES.md, v15).
+    step_graph: bool = False
     quiet: bool = False
     time_limit: float | None = None  # minutes for the whole run; training stops (and saves) then
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)

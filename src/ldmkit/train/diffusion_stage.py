@@ -9,8 +9,10 @@ same on 1 or N processes, and resuming needs only the generator state and the st
 
 Per step: fused AdamW at the warm-up/cosine LR, gradient clipping, a skip if the loss or
 gradient is not finite and the EMA update, all queued with no host sync (StepGuard.gate); the
-host reads the losses every SETTLE_EVERY steps. Periodically: validation loss on
-fixed t and noise, a sample grid from the EMA model, a checkpoint plus the inference file.
+host reads the losses every SETTLE_EVERY steps. On one GPU with CUDA graphs, `--step-graph`
+captures that device work once and replays it as one graph (step_graph.py). Periodically:
+validation loss on fixed t and noise, a sample grid from the EMA model, a checkpoint plus the
+inference file.
 """
 from __future__ import annotations
 
@@ -33,12 +35,8 @@ from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import (
-    begin_step,
-    compile_for_training,
-    optimizer_state_like_params,
-    weights_for_training,
-)
+from ldmkit.train.step_compile import compile_for_training, optimizer_state_like_params, weights_for_training
+from ldmkit.train.step_graph import StepGraph, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
@@ -65,7 +63,8 @@ class DiffusionTrainer:
         self.unet = weights_for_training(unet.to(device).train(), self.run, self.dist)
         self.params = list(self.unet.parameters())  # listed once: walking the module tree costs host time every step
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
-        model, self.graphs = compile_for_training(self.unet, self.run, self.dist)
+        whole_step = step_graph_wanted(self.run, self.dist)  # one graph for the step, not graphs for the UNet
+        model, self.graphs = compile_for_training(self.unet, self.run, self.dist, graphs_allowed=not whole_step)
         if self.dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = model
@@ -77,6 +76,9 @@ class DiffusionTrainer:
         self.guard = StepGuard(self.dist, ctx.stop)
         self.step = self.offset = 0
         self.last_saved: int | None = None
+        self.lr_now = self.cfg.lr  # the last step's LR, for the log (the optimizer may hold a tensor)
+        self._lr_tensor: torch.Tensor | None = None  # the LR a captured step reads
+        self.step_graph = StepGraph(self._device_step) if whole_step else None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -84,11 +86,20 @@ class DiffusionTrainer:
         scaler = self.precision.scaler
         return {
             "stage": "diffusion", "step": self.step, "offset": self.offset,
-            "unet": self.unet.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+            "unet": self.unet.state_dict(), "ema": self.ema.state_dict(), "optimizer": self._optimizer_state(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "generator": generator_state(self.generator), "rng": rank_rng_states(self.dist),
             "skipped_steps": self.guard.skipped,
         }
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state as the plain step keeps it: a float LR, not the captured step's
+        device tensor (`_lr_for_capture`), so checkpoints read the same whichever step wrote them."""
+        state = self.opt.state_dict()
+        if self._lr_tensor is not None:
+            for group in state["param_groups"]:  # copies: the live groups keep their tensor
+                group["lr"], group["capturable"] = self.lr_now, False
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.offset = int(state["step"]), int(state["offset"])
@@ -102,6 +113,8 @@ class DiffusionTrainer:
         self.guard.skipped = int(state.get("skipped_steps", 0))
         restore_rank_rng(state["rng"], self.dist)
         self.last_saved = self.step
+        if self.step_graph is not None:  # a capture holds the replaced tensors: capture again
+            self.step_graph.reset()
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -132,12 +145,29 @@ class DiffusionTrainer:
         `guard.settle` (see step_guard's module doc).
         """
         x0, labels, t, noise = self._batch()
-        lr = lr_at(self.step, base_lr=self.cfg.lr, warmup=self.cfg.warmup, total_steps=self.cfg.steps,
-                   schedule=self.cfg.lr_schedule)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        lr = self.lr_now = lr_at(self.step, base_lr=self.cfg.lr, warmup=self.cfg.warmup,
+                                 total_steps=self.cfg.steps, schedule=self.cfg.lr_schedule)
+        if self.step_graph is not None:
+            self._lr_for_capture().fill_(lr)  # a kernel, no sync: the captured AdamW reads it
+            grad_norm, row = self.step_graph(x0, labels, t, noise)
+            grad_norm, row = grad_norm.clone(), row.clone()  # the next replay overwrites both
+        else:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be reused
+            grad_norm, row = self._device_step(x0, labels, t, noise)
+        self.guard.record(row)
+        self.step += 1
+        self.offset += self.cfg.batch_size
+        return grad_norm
+
+    def _device_step(self, x0: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor,
+                     noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's device work, from the batch to the EMA: (gradient norm, the guard's row).
+        No host reads and no host state that changes between steps, so it can be captured."""
         scaler = self.precision.scaler
-        begin_step(self.opt, self.graphs)
+        self.opt.zero_grad(set_to_none=True)  # a captured backward then writes fresh gradients
         with self.precision.autocast():
             loss = diffusion_loss(lambda x, tt: self.model(x, tt, class_labels=labels), x0, self.schedule,
                                   prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma,
@@ -147,14 +177,23 @@ class DiffusionTrainer:
             scaler.unscale_(self.opt)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        applied = self.guard.gate(loss, grad_norm, scaled=scaler is not None)
+        applied, row = self.guard.judge(loss, grad_norm, scaled=scaler is not None)
         apply_update(self.opt, applied, scaler)
         self.ema.update(self.unet, gate=applied)
         if scaler is not None:
             scaler.update()
-        self.step += 1
-        self.offset += self.cfg.batch_size
-        return grad_norm
+        return grad_norm, row
+
+    def _lr_for_capture(self) -> torch.Tensor:
+        """The device tensor the optimizer reads its LR from, for a captured step (a float
+        would be frozen into the graph); set again after a loaded state replaced the groups."""
+        if self._lr_tensor is None:
+            self._lr_tensor = torch.tensor(float(self.cfg.lr), device=self.device)
+        for group in self.opt.param_groups:
+            if group["lr"] is not self._lr_tensor:
+                group["lr"] = self._lr_tensor
+                group["capturable"] = True  # the optimizer refuses to be captured otherwise
+        return self._lr_tensor
 
     # -- periodic work (rank 0 unless noted) -------------------------------------------------
 
@@ -235,7 +274,7 @@ class DiffusionTrainer:
                 if step % run.log_every == 0 or last:
                     finite = [v for v in losses if math.isfinite(v)]
                     metrics = {"loss": sum(finite) / len(finite) if finite else float("nan"),
-                               "grad_norm": grad_norm.item(), "lr": self.opt.param_groups[0]["lr"],
+                               "grad_norm": grad_norm.item(), "lr": self.lr_now,
                                "img_per_s": interval_steps * cfg.batch_size / max(interval_seconds, 1e-9)}
                     if self.guard.skipped:
                         metrics["skipped"] = self.guard.skipped

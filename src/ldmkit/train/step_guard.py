@@ -78,13 +78,25 @@ class StepGuard:
         applied only if both are finite. With `scaled` (fp16 and a GradScaler), inf gradients
         are the scaler's routine and do not count towards the stop after `max_bad_steps`.
         """
+        applied, row = self.judge(loss, grad_norm, scaled=scaled)
+        self.record(row)
+        return applied
+
+    def judge(self, loss: torch.Tensor, grad_norm: torch.Tensor, *,
+              scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`gate`'s decision and the step's row for `settle` ([mean loss over ranks, bad]),
+        without recording it: device work only, so a captured step can run it (step_graph.py)."""
         stats = all_reduce_sum(torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)]),
                                self.dist)
         finite_loss = torch.isfinite(stats[0])
         applied = (finite_loss & torch.isfinite(stats[1])).float()
         bad = (~finite_loss).float() if scaled else 1.0 - applied
-        self._pending.append(torch.stack([stats[0] / self.dist.world_size, bad]))
-        return applied
+        return applied, torch.stack([stats[0] / self.dist.world_size, bad])
+
+    def record(self, row: torch.Tensor) -> None:
+        """Queue a step's row from `judge` for the next `settle` (a replayed graph's row must be
+        copied first: the next replay overwrites it)."""
+        self._pending.append(row)
 
     def stop_requested_here(self) -> bool:
         """Whether to settle now because of a stop: a host check, no device sync. One process

@@ -1,0 +1,135 @@
+"""One CUDA graph over a whole training step: forward, backward, clipping, AdamW, the EMA.
+
+Why: torch.compile's "reduce-overhead" replays the UNet's forward and backward as CUDA graphs,
+but the rest of the step (clipping, the fused AdamW, the EMA, the skip decision; ~40 launches)
+and the graph trees' own Python run on the host every step. The emoji UNet's step (batch 256)
+keeps the GPU busy 6.8-7.0 ms and took 8.8-17.5 ms of wall time, depending on the process and
+the machine: the host was the bottleneck. Captured by hand as one graph it ran at 6.87 ms on the
+same machine where the shipped step took 10.89 (benchmarks/NOTES.md, v15).
+
+How (the recipe of PyTorch's CUDA graphs notes, "whole network capture"):
+- the first `warmup` steps run as plain calls, on a side stream: they compile the model, create
+  the optimizer's state and the libraries' workspaces; each is a real training step;
+- the next step is captured once, reading its inputs from static tensors, and replayed;
+- from then on the host copies each batch into the static inputs and replays: a handful of
+  launches a step. Every output is a static tensor the next replay overwrites, so callers copy
+  what they keep.
+The step itself must start by setting the gradients to None (so the captured backward writes
+fresh ones from the graph's pool) and read anything that changes between steps, such as the
+learning rate, from device tensors.
+
+If the capture fails (an operation that cannot be captured, such as a host read), the step runs
+as plain calls from then on, after one warning.
+
+Opt-in for now (`ldm train --step-graph`): the hand-built graph above was measured, this class in
+`ldm train`'s trainer only on the CPU, against a stand-in for the graph (tests/test_step_graph.py).
+`benchmarks/step_graph_check.py` is the GPU measurement that decides the default.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ldmkit.train.config import RunConfig
+from ldmkit.train.distributed import DistInfo
+from ldmkit.train.step_compile import compiles_for_training
+
+WARMUP_STEPS = 3
+
+
+def step_graph_wanted(run: RunConfig, dist: DistInfo) -> bool:
+    """Whether a stage captures its whole step: asked for (`step_graph`, `ldm train
+    --step-graph`), with CUDA graphs (`compile_mode` "reduce-overhead", the GPU presets' default)
+    where the step is compiled, one process (DDP's hooks are not captured here), bf16 or fp32
+    (fp16's GradScaler decides on the host)."""
+    return (run.step_graph and run.compile_mode == "reduce-overhead" and not dist.distributed
+            and run.precision != "fp16" and compiles_for_training(run, dist))
+
+
+class CudaGraph:
+    """What `StepGraph` needs of a graph: record a function once, replay it."""
+
+    def __init__(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+
+    def record(self, fn: Callable[[], Any]) -> Any:
+        """`fn`'s outputs; its work is recorded, not run (the first replay runs it)."""
+        # thread_local: CUDA calls of other threads (a logger, a writer) do not end the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            return fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class StepGraph:
+    """`step(*inputs)`: a plain call for the first `warmup` steps, then replays of one capture
+    (see the module doc). Inputs are tensors (or None, passed as is) of the same shapes every
+    step; `step` returns a tuple of tensors."""
+
+    def __init__(self, step: Callable[..., Sequence[torch.Tensor]], *, warmup: int = WARMUP_STEPS,
+                 new_graph: Callable[[], Any] = CudaGraph) -> None:
+        self.step = step
+        self.warmup = warmup
+        self.new_graph = new_graph
+        self.calls = 0
+        self.graph: Any = None
+        self.failed: str | None = None  # why the capture failed, if it did
+        self._inputs: list[torch.Tensor | None] = []
+        self._outputs: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def reset(self) -> None:
+        """Drop the capture (its static tensors may no longer be the step's): the next steps
+        warm up and capture again."""
+        self.calls, self.graph, self._inputs, self._outputs = 0, None, [], ()
+
+    def __call__(self, *inputs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        self.calls += 1
+        if self.graph is None:
+            if self.failed is not None or self.calls <= self.warmup:
+                return tuple(self._plain(inputs))
+            if not self._capture(inputs):
+                return tuple(self._plain(inputs))
+        else:
+            for static, value in zip(self._inputs, inputs):
+                if static is not None:
+                    static.copy_(value, non_blocking=True)
+        self.graph.replay()
+        return self._outputs
+
+    def _plain(self, inputs: Sequence[torch.Tensor | None]) -> Sequence[torch.Tensor]:
+        """One plain call; on CUDA on a side stream, as the capture will run (see module doc)."""
+        if not torch.cuda.is_available() or not any(x is not None and x.is_cuda for x in inputs):
+            return self.step(*inputs)
+        side, here = torch.cuda.Stream(), torch.cuda.current_stream()
+        side.wait_stream(here)
+        with torch.cuda.stream(side):
+            outputs = self.step(*inputs)
+        here.wait_stream(side)
+        return outputs
+
+    def _capture(self, inputs: Sequence[torch.Tensor | None]) -> bool:
+        """Record the step on static copies of `inputs`; False (and a warning) if it cannot be."""
+        self._inputs = [x.clone() if x is not None else None for x in inputs]
+        graph = self.new_graph()
+        try:
+            self._outputs = tuple(graph.record(lambda: self.step(*self._inputs)))
+        except Exception as err:  # a capture error leaves the model untouched: nothing ran
+            self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            self._inputs, self._outputs = [], ()
+            warnings.warn(f"the training step could not be captured as one CUDA graph ({self.failed}); "
+                          "training goes on without it (slower on small models); leave out `ldm train "
+                          "--step-graph` to skip the attempt.", RuntimeWarning, stacklevel=3)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return False
+        self.graph = graph
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the plain steps' cached blocks: the graph has its own pool now
+        return True
