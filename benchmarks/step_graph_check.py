@@ -7,6 +7,8 @@ compiles them), `--check-steps` steps each on the same batches, then:
 - the per-step losses against each other (largest relative difference);
 - what the steps changed: |(w_graph - w0) - (w_plain - w0)| / |w_plain - w0| over all parameters,
   and the same for the EMA (bf16 steps from differently compiled graphs differ by rounding);
+- with `--repeat-plain`, a second plain trainer against the first: two compiles of the same step
+  differ by rounding too, and that is the scale for the graph's differences;
 - `--steps` more steps timed (the host reads the losses every SETTLE_EVERY steps, as training
   does), and the peak memory allocated over each trainer's life.
 
@@ -93,6 +95,9 @@ def main() -> int:
     p.add_argument("--check-steps", type=int, default=30, help="steps compared between the two trainers")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=300, help="timed steps")
+    p.add_argument("--repeat-plain", action="store_true",
+                   help="also a second plain trainer, compared with the first: how far two compiles of the same "
+                        "step drift apart (the scale for the graph's differences)")
     p.add_argument("--deadline", type=float, default=420, help="seconds after which no new preset starts")
     p.add_argument("--out", default=None, help="JSON file for the results")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny, eager: check that the script runs")
@@ -111,6 +116,9 @@ def main() -> int:
                 plain = run_side(args, preset, False, device, Path(tmp))
                 graphed = run_side(args, preset, True, device, Path(tmp))
                 rows += [plain[0], {**graphed[0], **compare(plain, graphed)}]
+                if args.repeat_plain:
+                    again = run_side(args, preset, False, device, Path(tmp))
+                    rows.append({**again[0], "repeat": True, **compare(plain, again)})
             except Exception as err:  # one failing preset must not lose the others
                 rows.append({"preset": preset, "error": repr(err)[:400]})
             print(json.dumps(rows[-1]), flush=True)
@@ -121,7 +129,9 @@ def main() -> int:
         if "error" in r:
             print(f"{r['preset']:8} ERROR {r['error'][:100]}")
             continue
-        kind = ("graph" if r["captured"] else "graph?") if r["step_graph"] else "plain"
+        kind = "plain2" if r.get("repeat") else "plain"
+        if r["step_graph"]:
+            kind = "graph" if r["captured"] else "graph?"  # ?: asked for, not captured
         extra = (f" {r['loss_max_rel_diff']:>9.2e} {r['update_rel_l2']:>10.2e} {r['ema_update_rel_l2']:>8.2e}"
                  if "speedup" in r else "")
         print(f"{r['preset']:8} {kind:7} {r['batch']:>5} {r['ms_per_step']:>8.2f} {r['img_per_s']:>8.0f} "

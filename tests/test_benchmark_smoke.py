@@ -196,11 +196,12 @@ def test_step_graph_check_and_cache_spread_smoke(tmp_path):
     rows; the two trainers of the check, built from one seed, take the same steps."""
     import subprocess
 
-    subprocess.run([sys.executable, str(BENCH.parent / "step_graph_check.py"), "--smoke", "--out",
-                    str(tmp_path / "check.json")], check=True, capture_output=True)
-    plain, graphed = json.loads((tmp_path / "check.json").read_text())["rows"]
-    assert (plain["step_graph"], graphed["step_graph"]) == (False, True) and len(plain["losses"]) == 3
-    assert graphed["losses"] == plain["losses"] and graphed["update_rel_l2"] == 0.0
+    subprocess.run([sys.executable, str(BENCH.parent / "step_graph_check.py"), "--smoke", "--repeat-plain",
+                    "--out", str(tmp_path / "check.json")], check=True, capture_output=True)
+    plain, graphed, again = json.loads((tmp_path / "check.json").read_text())["rows"]
+    assert (plain["step_graph"], graphed["step_graph"], again["step_graph"]) == (False, True, False)
+    assert len(plain["losses"]) == 3 and again["repeat"]
+    assert graphed["losses"] == plain["losses"] == again["losses"] and again["update_rel_l2"] == 0.0
 
     subprocess.run([sys.executable, str(BENCH.parent / "cache_spread.py"), "--smoke", "--order", "plain,no-aot",
                     "--out", str(tmp_path / "spread.json")], check=True, capture_output=True)
