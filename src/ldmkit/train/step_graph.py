@@ -79,6 +79,7 @@ class StepGraph:
         self.failed: str | None = None  # why the capture failed, if it did
         self._inputs: list[torch.Tensor | None] = []
         self._outputs: tuple[torch.Tensor, ...] = ()
+        self._side: Any = None  # the CUDA stream of the plain calls
 
     @property
     def captured(self) -> bool:
@@ -107,7 +108,9 @@ class StepGraph:
         """One plain call; on CUDA on a side stream, as the capture will run (see module doc)."""
         if not torch.cuda.is_available() or not any(x is not None and x.is_cuda for x in inputs):
             return self.step(*inputs)
-        side, here = torch.cuda.Stream(), torch.cuda.current_stream()
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        side, here = self._side, torch.cuda.current_stream()
         side.wait_stream(here)
         with torch.cuda.stream(side):
             outputs = self.step(*inputs)
