@@ -163,3 +163,14 @@ def test_a_checkpoint_of_a_replayed_step_reads_as_the_plain_steps(tmp_path):
         losses, _ = _train(resumed, 4)
     expected, _ = _train(plain, 4)
     torch.testing.assert_close(losses, expected)
+
+
+def test_a_run_with_the_step_graph_says_so_in_its_log(tmp_path):
+    import json
+
+    trainer = _trainer(tmp_path, graph=True)
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    told = [r["text"] for r in rows if r.get("event") == "message" and "CUDA graph" in r["text"]]
+    assert told == ["step 3 on: the step replays as one CUDA graph (--step-graph)"]  # warm-up 2: the third is captured
+    assert rows[-1]["event"] == "end" and rows[-1]["step"] == 12

@@ -257,8 +257,12 @@ class DiffusionTrainer:
             interval_steps = 0
             first_step = self.step
             mark = time.perf_counter()
+            graph_told = self.step_graph is None  # whether the log says the step is one CUDA graph
             while self.step < cfg.steps and not self.guard.stop_agreed:
                 grad_norm = self.train_step()
+                if not graph_told and self.step_graph.captured:
+                    log.message(f"step {self.step} on: the step replays as one CUDA graph (--step-graph)")
+                    graph_told = True
                 interval_steps += 1
                 log.advance()
                 step = self.step
