@@ -122,7 +122,7 @@ def main() -> int:
             except Exception as err:  # one failing preset must not lose the others
                 rows.append({"preset": preset, "error": repr(err)[:400]})
             print(json.dumps(rows[-1]), flush=True)
-    write_result(args.out, args.presets, device, rows)
+            write_result(args.out, args.presets, device, rows)  # as it goes: a killed run keeps its rows
     print(f"\n{'preset':8} {'step':7} {'batch':>5} {'ms/step':>8} {'img/s':>8} {'peak GiB':>8} {'first s':>7} "
           f"{'loss rel':>9} {'update rel':>10} {'ema rel':>8}")
     for r in rows:

@@ -162,5 +162,7 @@ def test_train_compile_mode_comes_from_the_preset_and_the_flag():
     )
     with pytest.raises(UserError, match="compile_mode must be one of"):
         validate(bad)
-    assert not small.step_graph  # the whole-step CUDA graph is opt-in
-    assert config_from_args(parser.parse_args(["train", "--data", "emoji", "--out", "RUN", "--step-graph"])).step_graph
+    assert small.step_graph  # the whole-step CUDA graph is the default (used where step_graph_wanted)
+    for flag, wanted in (("--no-step-graph", False), ("--step-graph", True)):
+        args = parser.parse_args(["train", "--data", "emoji", "--out", "RUN", flag])
+        assert config_from_args(args).step_graph is wanted

@@ -61,13 +61,13 @@ def test_step_graph_is_wanted_only_for_one_gpu_with_graphs_asked_for(monkeypatch
 
     def run(**changes):
         config = preset_config("emoji")
-        config.compile, config.step_graph = True, True  # as `ldm train --step-graph` sets them
+        config.compile = True  # as `ldm train` on a GPU sets it
         for key, value in changes.items():
             setattr(config, key, value)
         return config
 
     assert run().compile_mode == "reduce-overhead" and run().precision == "bf16"
-    assert not preset_config("emoji").step_graph  # opt-in until measured in `ldm train` on a GPU
+    assert preset_config("emoji").step_graph and preset_config("base").step_graph  # the default
     assert step_graph_wanted(run(), _dist("cuda"))
     assert step_graph_wanted(run(precision="fp32"), _dist("cuda"))
     assert not step_graph_wanted(run(), _dist("cuda", world_size=2))  # DDP
@@ -172,5 +172,6 @@ def test_a_run_with_the_step_graph_says_so_in_its_log(tmp_path):
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     told = [r["text"] for r in rows if r.get("event") == "message" and "CUDA graph" in r["text"]]
-    assert told == ["step 3 on: the step replays as one CUDA graph (--step-graph)"]  # warm-up 2: the third is captured
+    # warm-up 2: the third step is captured
+    assert told == ["step 3 on: the step replays as one CUDA graph (--no-step-graph turns this off)"]
     assert rows[-1]["event"] == "end" and rows[-1]["step"] == 12

@@ -50,11 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "fastest for small models, which are launch-bound; max-autotune-no-cudagraphs times Triton "
                    "kernels against cuDNN/cuBLAS for every shape: its compile of the C1-sized UNet's step took "
                    "over 9 minutes on an H100, benchmarks/NOTES.md v13)")
-    p.add_argument("--step-graph", action="store_true",
-                   help="experimental: with reduce-overhead on one GPU, capture the diffusion stage's whole "
-                   "step (forward, backward, AdamW, EMA) as one CUDA graph instead of graphs for the UNet alone; "
-                   "for small models, whose steps wait on the host (a hand-built version: 1.59x on the emoji "
-                   "UNet, benchmarks/NOTES.md v15)")
+    p.add_argument("--step-graph", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="with reduce-overhead on one GPU (bf16/fp32), capture the diffusion stage's whole step "
+                   "(forward, backward, clipping, AdamW, EMA) as one CUDA graph instead of graphs for the UNet "
+                   "alone (default: on). Small models' steps wait on the host: the emoji UNet's step ran 2.1x "
+                   "faster with it, the base UNet's as fast, at 2-11%% more peak memory (benchmarks/NOTES.md v16); "
+                   "--no-step-graph when memory is tight")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes of the whole run (saving the checkpoint and "
                    "model.safetensors as at the end); rerunning the command resumes")
@@ -101,7 +102,7 @@ def config_from_args(args: argparse.Namespace):
         "seed": args.seed,
         "compile": not args.no_compile,
         "compile_mode": args.compile_mode,
-        "step_graph": True if args.step_graph else None,
+        "step_graph": getattr(args, "step_graph", None),  # absent unless given (SUPPRESS: no "default: None")
         "quiet": args.quiet,
         "time_limit": args.time_limit,
     }

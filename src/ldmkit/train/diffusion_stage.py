@@ -9,7 +9,7 @@ same on 1 or N processes, and resuming needs only the generator state and the st
 
 Per step: fused AdamW at the warm-up/cosine LR, gradient clipping, a skip if the loss or
 gradient is not finite and the EMA update, all queued with no host sync (StepGuard.gate); the
-host reads the losses every SETTLE_EVERY steps. On one GPU with CUDA graphs, `--step-graph`
+host reads the losses every SETTLE_EVERY steps. On one GPU with CUDA graphs, the trainer (by default)
 captures that device work once and replays it as one graph (step_graph.py). Periodically:
 validation loss on fixed t and noise, a sample grid from the EMA model, a checkpoint plus the
 inference file.
@@ -261,7 +261,8 @@ class DiffusionTrainer:
             while self.step < cfg.steps and not self.guard.stop_agreed:
                 grad_norm = self.train_step()
                 if not graph_told and self.step_graph.captured:
-                    log.message(f"step {self.step} on: the step replays as one CUDA graph (--step-graph)")
+                    log.message(f"step {self.step} on: the step replays as one CUDA graph "
+                                "(--no-step-graph turns this off)")
                     graph_told = True
                 interval_steps += 1
                 log.advance()
