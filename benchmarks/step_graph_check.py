@@ -1,18 +1,20 @@
-"""The diffusion stage's whole-step CUDA graph (src/ldmkit/train/step_graph.py) against the step
-it replaces (torch.compile "reduce-overhead": CUDA graphs for the UNet's forward and backward),
-in one process: do they train the same, how fast is each, how much memory does each hold?
+"""The whole-step CUDA graph (src/ldmkit/train/step_graph.py) against the step it replaces
+(torch.compile "reduce-overhead": CUDA graphs for the model's forward and backward), in one
+process: do they train the same, how fast is each, how much memory does each hold?
 
-For each preset, two `DiffusionTrainer`s from the same seed (`ldm train`'s own, compiled as it
-compiles them), `--check-steps` steps each on the same batches, then:
+For each preset, two trainers of `--stage` (the diffusion stage's `DiffusionTrainer` or the VAE
+stage's `VAETrainer`) from the same seed (`ldm train`'s own, compiled as it compiles them),
+`--check-steps` steps each on the same batches, then:
 - the per-step losses against each other (largest relative difference);
 - what the steps changed: |(w_graph - w0) - (w_plain - w0)| / |w_plain - w0| over all parameters,
-  and the same for the EMA (bf16 steps from differently compiled graphs differ by rounding);
+  and the same for the EMA of the diffusion stage (bf16 steps from differently compiled graphs differ by rounding);
 - with `--repeat-plain`, a second plain trainer against the first: two compiles of the same step
   differ by rounding too, and that is the scale for the graph's differences;
 - `--steps` more steps timed (the host reads the losses every SETTLE_EVERY steps, as training
   does), and the peak memory allocated over each trainer's life.
 
     python3 benchmarks/step_graph_check.py --presets emoji --out result.json
+    python3 benchmarks/step_graph_check.py --stage vae --presets fashion-mnist,emoji --out vae.json
     python3 benchmarks/step_graph_check.py --smoke    # CPU, tiny, eager: checks the script runs
 """
 from __future__ import annotations
@@ -24,27 +26,44 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import settling, synthetic_trainer, time_steps, training_device, write_result  # noqa: E402
+from train_speed import (  # noqa: E402
+    settling,
+    synthetic_trainer,
+    synthetic_vae_trainer,
+    time_steps,
+    training_device,
+    write_result,
+)
 
 from ldmkit.train.config import preset_config  # noqa: E402
-from ldmkit.train.diffusion_stage import DiffusionTrainer  # noqa: E402
 
 CHANNELS = {"emoji": 3, "fashion-mnist": 1, "tiny": 3, "base": 3}
 
 
-def make_trainer(preset: str, batch: int | None, *, graph: bool, device: torch.device, run_dir: Path,
-                 compile_on: bool) -> DiffusionTrainer:
+def make_trainer(args, preset: str, *, graph: bool, device: torch.device, run_dir: Path) -> tuple[Any, Callable,
+                                                                                                  Any, Any]:
+    """(trainer, its step, the module it trains, that module's EMA or None), from seed 0."""
     config = preset_config(preset)
-    config.compile, config.compile_mode, config.step_graph = compile_on, "reduce-overhead", graph
-    if batch:
-        config.diffusion.batch_size = batch
+    config.compile, config.compile_mode, config.step_graph = not args.smoke, "reduce-overhead", graph
+    channels = CHANNELS.get(preset, 3)
     torch.manual_seed(0)  # the same initial weights on both sides
-    return synthetic_trainer(config, CHANNELS.get(preset, 3), device, run_dir)
+    if args.stage == "vae":
+        if args.batch:
+            config.vae.batch_size = args.batch
+        config.vae.perceptual_weight = 0.0  # LPIPS is not shipped: as `ldm train` without the lpips package
+        trainer = synthetic_vae_trainer(config, channels, device, run_dir)
+        images = torch.rand((trainer.cfg.batch_size, channels, config.image_size, config.image_size),
+                            generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
+        return trainer, lambda: trainer.train_step(images), trainer.vae, None
+    if args.batch:
+        config.diffusion.batch_size = args.batch
+    trainer = synthetic_trainer(config, channels, device, run_dir)
+    return trainer, trainer.train_step, trainer.unet, trainer.ema.module
 
 
 def flat(module: torch.nn.Module) -> torch.Tensor:
@@ -56,22 +75,22 @@ def run_side(args, preset: str, graph: bool, device: torch.device,
     """One trainer's row, and what its steps moved the parameters and the EMA by (CPU tensors)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer = make_trainer(preset, args.batch, graph=graph, device=device, run_dir=run_dir, compile_on=not args.smoke)
-    w0 = flat(trainer.unet)
+    trainer, step, module, ema = make_trainer(args, preset, graph=graph, device=device, run_dir=run_dir)
+    w0 = flat(module)
     started = time.perf_counter()
     for _ in range(args.check_steps):
-        trainer.train_step()
+        step()
     losses = trainer.guard.settle(trainer.step, None)
     first_s = time.perf_counter() - started
-    moved, ema_moved = flat(trainer.unet) - w0, flat(trainer.ema.module) - w0
-    timed = time_steps(settling(trainer, trainer.train_step), args.warmup, args.steps, device)
-    row = {"preset": preset, "step_graph": graph, "batch": trainer.cfg.batch_size,
+    moved, ema_moved = flat(module) - w0, (flat(ema) - w0 if ema is not None else torch.zeros(1))
+    timed = time_steps(settling(trainer, step), args.warmup, args.steps, device)
+    row = {"stage": args.stage, "preset": preset, "step_graph": graph, "batch": trainer.cfg.batch_size,
            "captured": bool(trainer.step_graph is not None and trainer.step_graph.captured),
            "capture_failed": trainer.step_graph.failed if trainer.step_graph is not None else None,
            "check_steps_s": first_s, "losses": losses, **timed,
            "img_per_s": trainer.cfg.batch_size * 1e3 / timed["ms_per_step"],
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
-    del trainer
+    del trainer, step, module, ema
     gc.collect()
     torch._dynamo.reset()
     if device.type == "cuda":
@@ -90,7 +109,8 @@ def compare(plain: tuple, graphed: tuple) -> dict[str, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", default="emoji", help="training presets, comma-separated (the UNet stage of each)")
+    p.add_argument("--stage", choices=("diffusion", "vae"), default="diffusion", help="which stage's trainer")
+    p.add_argument("--presets", default="emoji", help="training presets, comma-separated (that stage of each)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: each preset's)")
     p.add_argument("--check-steps", type=int, default=30, help="steps compared between the two trainers")
     p.add_argument("--warmup", type=int, default=10)
@@ -123,19 +143,19 @@ def main() -> int:
                 rows.append({"preset": preset, "error": repr(err)[:400]})
             print(json.dumps(rows[-1]), flush=True)
             write_result(args.out, args.presets, device, rows)  # as it goes: a killed run keeps its rows
-    print(f"\n{'preset':8} {'step':7} {'batch':>5} {'ms/step':>8} {'img/s':>8} {'peak GiB':>8} {'first s':>7} "
-          f"{'loss rel':>9} {'update rel':>10} {'ema rel':>8}")
+    print(f"\n{'stage':9} {'preset':13} {'step':7} {'batch':>5} {'ms/step':>8} {'img/s':>8} {'peak GiB':>8} "
+          f"{'first s':>7} {'loss rel':>9} {'update rel':>10} {'ema rel':>8}")
     for r in rows:
         if "error" in r:
-            print(f"{r['preset']:8} ERROR {r['error'][:100]}")
+            print(f"{args.stage:9} {r['preset']:13} ERROR {r['error'][:100]}")
             continue
         kind = "plain2" if r.get("repeat") else "plain"
         if r["step_graph"]:
             kind = "graph" if r["captured"] else "graph?"  # ?: asked for, not captured
         extra = (f" {r['loss_max_rel_diff']:>9.2e} {r['update_rel_l2']:>10.2e} {r['ema_update_rel_l2']:>8.2e}"
                  if "speedup" in r else "")
-        print(f"{r['preset']:8} {kind:7} {r['batch']:>5} {r['ms_per_step']:>8.2f} {r['img_per_s']:>8.0f} "
-              f"{r['peak_mem_gib'] or 0:>8.2f} {r['check_steps_s']:>7.1f}{extra}")
+        print(f"{r['stage']:9} {r['preset']:13} {kind:7} {r['batch']:>5} {r['ms_per_step']:>8.2f} "
+              f"{r['img_per_s']:>8.0f} {r['peak_mem_gib'] or 0:>8.2f} {r['check_steps_s']:>7.1f}{extra}")
     return 0
 
 

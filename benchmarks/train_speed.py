@@ -83,6 +83,15 @@ def synthetic_trainer(config, channels: int, device: torch.device, run_dir: Path
                             [str(i) for i in range(num_classes)])
 
 
+def synthetic_vae_trainer(config, channels: int, device: torch.device, run_dir: Path) -> VAETrainer:
+    """`ldm train`'s VAE trainer for `config`'s autoencoder, ready to step on batches the caller
+    gives (no dataset)."""
+    vae, _ = _models(config, channels, 10)
+    trainer = VAETrainer(vae, None, _context(config, device, run_dir))
+    trainer._wrap()
+    return trainer
+
+
 def settling(trainer, step_fn: Callable[[], Any], every: int = SETTLE_EVERY) -> Callable[[], None]:
     """`step_fn`, followed every `every` steps by the host read of the queued losses, as the
     training loops do (StepGuard.settle)."""
@@ -142,9 +151,8 @@ def vae_speed(args, compiled: bool, batch: int, device: torch.device, run_dir: P
     config = preset_config(args.preset)
     config.compile = compiled
     config.vae.batch_size = batch
-    vae, _ = _models(config, args.channels, 10)
-    trainer = VAETrainer(vae, None, _context(config, device, run_dir))
-    trainer._wrap()
+    trainer = synthetic_vae_trainer(config, args.channels, device, run_dir)
+    vae = trainer.vae
     images = torch.rand((batch, args.channels, config.image_size, config.image_size), device=device) * 2 - 1
     result = time_steps(settling(trainer, lambda: trainer.train_step(images)), args.warmup, args.steps, device)
     result.update(stage="vae", mode=config.compile_mode if compiled else "eager", batch=batch,

@@ -202,6 +202,11 @@ def test_step_graph_check_and_cache_spread_smoke(tmp_path):
     assert (plain["step_graph"], graphed["step_graph"], again["step_graph"]) == (False, True, False)
     assert len(plain["losses"]) == 3 and again["repeat"]
     assert graphed["losses"] == plain["losses"] == again["losses"] and again["update_rel_l2"] == 0.0
+    subprocess.run([sys.executable, str(BENCH.parent / "step_graph_check.py"), "--smoke", "--stage", "vae",
+                    "--out", str(tmp_path / "vae.json")], check=True, capture_output=True)
+    plain, graphed = json.loads((tmp_path / "vae.json").read_text())["rows"]
+    assert plain["stage"] == graphed["stage"] == "vae" and graphed["losses"] == plain["losses"]
+    assert len(set(plain["losses"])) == 3 and graphed["update_rel_l2"] == 0.0
 
     subprocess.run([sys.executable, str(BENCH.parent / "cache_spread.py"), "--smoke", "--order", "plain,no-aot",
                     "--out", str(tmp_path / "spread.json")], check=True, capture_output=True)

@@ -25,6 +25,7 @@ from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.run import _resolve_models
 from ldmkit.train.signals import StopSignal
 from ldmkit.train.step_graph import StepGraph, step_graph_wanted
+from ldmkit.train.vae_stage import VAETrainer
 
 
 class ReplayByCall:
@@ -144,7 +145,7 @@ def test_a_replayed_step_trains_as_the_plain_step_does(tmp_path):
     for a, b in zip(plain.ema.module.parameters(), graphed.ema.module.parameters()):
         torch.testing.assert_close(b, a)
     assert graphed.lr_now == plain.lr_now == plain.opt.param_groups[0]["lr"]
-    assert graphed._lr_tensor.item() == pytest.approx(plain.lr_now)
+    assert graphed.device_lr.tensor.item() == pytest.approx(plain.lr_now)
 
 
 def test_a_checkpoint_of_a_replayed_step_reads_as_the_plain_steps(tmp_path):
@@ -153,7 +154,7 @@ def test_a_checkpoint_of_a_replayed_step_reads_as_the_plain_steps(tmp_path):
     groups = plain.state_dict()["optimizer"]["param_groups"]
     graph_groups = graphed.state_dict()["optimizer"]["param_groups"]
     assert graph_groups == groups and isinstance(graph_groups[0]["lr"], float)
-    assert graphed.opt.param_groups[0]["lr"] is graphed._lr_tensor  # the live optimizer keeps its tensor
+    assert graphed.opt.param_groups[0]["lr"] is graphed.device_lr.tensor  # the live optimizer keeps its tensor
 
     resumed = _trainer(tmp_path / "c", graph=True)
     resumed.load_state_dict(graphed.state_dict())
@@ -175,3 +176,47 @@ def test_a_run_with_the_step_graph_says_so_in_its_log(tmp_path):
     # warm-up 2: the third step is captured
     assert told == ["step 3 on: the step replays as one CUDA graph (--no-step-graph turns this off)"]
     assert rows[-1]["event"] == "end" and rows[-1]["step"] == 12
+
+
+def _vae_trainer(tmp_path, *, graph: bool, gan: bool = False) -> VAETrainer:
+    """The tiny preset's VAE stage on the CPU, the LR warming up over the steps the tests run."""
+    torch.manual_seed(0)
+    config = preset_config("tiny")
+    apply_overrides(config, {"vae_steps": 12, "vae.batch_size": 4, "vae.warmup": 10,
+                             "disc_start": 3 if gan else -1, "vae.disc_layers": 1, "vae.disc_channels": 8})
+    config.image_size = 16
+    _resolve_models(config, 3, 4)
+    vae = AutoencoderKL(AutoencoderKLConfig.from_dict(config.vae.model))
+    ctx = StageContext(run_dir=tmp_path, config=config, dist=_dist(), stop=StopSignal(), save_state=lambda s: None)
+    trainer = VAETrainer(vae, None, ctx)
+    if graph:
+        trainer.step_graph = StepGraph(trainer._captured_step, warmup=2, new_graph=ReplayByCall)
+    trainer._wrap()
+    return trainer
+
+
+def test_a_replayed_vae_step_trains_as_the_plain_step_does(tmp_path):
+    images = torch.rand((8, 4, 3, 16, 16), generator=torch.Generator().manual_seed(2)) * 2 - 1
+    plain, graphed = _vae_trainer(tmp_path / "a", graph=False), _vae_trainer(tmp_path / "b", graph=True)
+    outs = [[t.train_step(x) for x in images] for t in (plain, graphed)]
+    assert graphed.step_graph.captured and graphed.step_graph.graph.replays == 6
+    assert len({o["rec"].item() for o in outs[1]}) == 8  # each step's own values, not the last's
+    # no term keeps its step's autograd graph alive (on the GPU: AccumulateGrad stream warnings)
+    assert all(v.grad_fn is None for o in outs[0] for v in o.values() if isinstance(v, torch.Tensor))
+    for key in ("loss", "rec", "kl"):
+        torch.testing.assert_close([o[key] for o in outs[1]], [o[key] for o in outs[0]])
+    assert [o["lr"] for o in outs[1]] == [o["lr"] for o in outs[0]] and len({o["lr"] for o in outs[0]}) == 8
+    torch.testing.assert_close(graphed.guard.settle(8, None), plain.guard.settle(8, None))
+    for a, b in zip(plain.vae.parameters(), graphed.vae.parameters()):
+        torch.testing.assert_close(b, a)
+    assert graphed.state_dict()["optimizer"]["param_groups"] == plain.state_dict()["optimizer"]["param_groups"]
+    graphed.load_state_dict(plain.state_dict())
+    assert not graphed.step_graph.captured  # loading replaces the captured tensors: a fresh capture follows
+
+
+def test_the_vae_stage_captures_its_step_only_without_the_gan(tmp_path, monkeypatch):
+    import ldmkit.train.vae_stage as vae_stage
+
+    monkeypatch.setattr(vae_stage, "step_graph_wanted", lambda run, dist: True)  # as on one GPU
+    assert _vae_trainer(tmp_path / "a", graph=False).step_graph is not None
+    assert _vae_trainer(tmp_path / "b", graph=False, gan=True).step_graph is None  # two optimizers, two backwards

@@ -51,11 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "kernels against cuDNN/cuBLAS for every shape: its compile of the C1-sized UNet's step took "
                    "over 9 minutes on an H100, benchmarks/NOTES.md v13)")
     p.add_argument("--step-graph", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                   help="with reduce-overhead on one GPU (bf16/fp32), capture the diffusion stage's whole step "
-                   "(forward, backward, clipping, AdamW, EMA) as one CUDA graph instead of graphs for the UNet "
-                   "alone (default: on). Small models' steps wait on the host: the emoji UNet's step ran 2.1x "
-                   "faster with it, the base UNet's as fast, at 2-11%% more peak memory (benchmarks/NOTES.md v16); "
-                   "--no-step-graph when memory is tight")
+                   help="with reduce-overhead on one GPU (bf16/fp32), capture each stage's whole step (forward, "
+                   "backward, clipping, AdamW, EMA; the VAE's only without the GAN) as one CUDA graph instead of "
+                   "graphs for the model alone (default: on). Small models' steps wait on the host: the emoji "
+                   "UNet's step ran 2.1x faster with it, its VAE's 1.44x, the base UNet's as fast, at 2-11%% more "
+                   "peak memory (benchmarks/NOTES.md v16); --no-step-graph when memory is tight")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes of the whole run (saving the checkpoint and "
                    "model.safetensors as at the end); rerunning the command resumes")

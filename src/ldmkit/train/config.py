@@ -124,9 +124,10 @@ class RunConfig:
     # 3.8x faster for the fashion-mnist UNet, see benchmarks/NOTES.md); "default" is plain
     # inductor. DDP runs and the VAE's GAN phase always use "default".
     compile_mode: str = "reduce-overhead"
-    # With "reduce-overhead" on one GPU (bf16/fp32), capture the diffusion stage's whole step
-    # (forward, backward, clipping, AdamW, EMA) as one CUDA graph: train/step_graph.py. The emoji
-    # UNet's step 2.1x faster, the base UNet's as fast, the same updates (benchmarks/NOTES.md, v16).
+    # With "reduce-overhead" on one GPU (bf16/fp32), capture each stage's whole step (forward,
+    # backward, clipping, AdamW, EMA; the VAE's only without the GAN) as one CUDA graph:
+    # train/step_graph.py. The emoji UNet's step 2.1x faster, its VAE's 1.44x, the base UNet's as
+    # fast, the same updates (benchmarks/NOTES.md, v16).
     step_graph: bool = True
     quiet: bool = False
     time_limit: float | None = None  # minutes for the whole run; training stops (and saves) then

@@ -36,7 +36,7 @@ from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import compile_for_training, optimizer_state_like_params, weights_for_training
-from ldmkit.train.step_graph import StepGraph, step_graph_wanted
+from ldmkit.train.step_graph import DeviceLR, StepGraph, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
@@ -77,7 +77,7 @@ class DiffusionTrainer:
         self.step = self.offset = 0
         self.last_saved: int | None = None
         self.lr_now = self.cfg.lr  # the last step's LR, for the log (the optimizer may hold a tensor)
-        self._lr_tensor: torch.Tensor | None = None  # the LR a captured step reads
+        self.device_lr = DeviceLR(self.opt)  # the LR a captured step reads
         self.step_graph = StepGraph(self._device_step) if whole_step else None
 
     # -- state -------------------------------------------------------------------------------
@@ -86,20 +86,11 @@ class DiffusionTrainer:
         scaler = self.precision.scaler
         return {
             "stage": "diffusion", "step": self.step, "offset": self.offset,
-            "unet": self.unet.state_dict(), "ema": self.ema.state_dict(), "optimizer": self._optimizer_state(),
+            "unet": self.unet.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.device_lr.optimizer_state(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "generator": generator_state(self.generator), "rng": rank_rng_states(self.dist),
             "skipped_steps": self.guard.skipped,
         }
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The optimizer's state as the plain step keeps it: a float LR, not the captured step's
-        device tensor (`_lr_for_capture`), so checkpoints read the same whichever step wrote them."""
-        state = self.opt.state_dict()
-        if self._lr_tensor is not None:
-            for group in state["param_groups"]:  # copies: the live groups keep their tensor
-                group["lr"], group["capturable"] = self.lr_now, False
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.offset = int(state["step"]), int(state["offset"])
@@ -148,7 +139,7 @@ class DiffusionTrainer:
         lr = self.lr_now = lr_at(self.step, base_lr=self.cfg.lr, warmup=self.cfg.warmup,
                                  total_steps=self.cfg.steps, schedule=self.cfg.lr_schedule)
         if self.step_graph is not None:
-            self._lr_for_capture().fill_(lr)  # a kernel, no sync: the captured AdamW reads it
+            self.device_lr.set(lr)  # a kernel, no sync: the captured AdamW reads it
             grad_norm, row = self.step_graph(x0, labels, t, noise)
             grad_norm, row = grad_norm.clone(), row.clone()  # the next replay overwrites both
         else:
@@ -183,17 +174,6 @@ class DiffusionTrainer:
         if scaler is not None:
             scaler.update()
         return grad_norm, row
-
-    def _lr_for_capture(self) -> torch.Tensor:
-        """The device tensor the optimizer reads its LR from, for a captured step (a float
-        would be frozen into the graph); set again after a loaded state replaced the groups."""
-        if self._lr_tensor is None:
-            self._lr_tensor = torch.tensor(float(self.cfg.lr), device=self.device)
-        for group in self.opt.param_groups:
-            if group["lr"] is not self._lr_tensor:
-                group["lr"] = self._lr_tensor
-                group["capturable"] = True  # the optimizer refuses to be captured otherwise
-        return self._lr_tensor
 
     # -- periodic work (rank 0 unless noted) -------------------------------------------------
 
@@ -257,13 +237,10 @@ class DiffusionTrainer:
             interval_steps = 0
             first_step = self.step
             mark = time.perf_counter()
-            graph_told = self.step_graph is None  # whether the log says the step is one CUDA graph
             while self.step < cfg.steps and not self.guard.stop_agreed:
                 grad_norm = self.train_step()
-                if not graph_told and self.step_graph.captured:
-                    log.message(f"step {self.step} on: the step replays as one CUDA graph "
-                                "(--no-step-graph turns this off)")
-                    graph_told = True
+                if self.step_graph is not None and (told := self.step_graph.announce(self.step)):
+                    log.message(told)
                 interval_steps += 1
                 log.advance()
                 step = self.step

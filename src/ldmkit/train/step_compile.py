@@ -82,11 +82,3 @@ def optimizer_state_like_params(optimizer: torch.optim.Optimizer) -> None:
             for key, value in state.items():
                 if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
                     state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-
-
-def begin_step(optimizer: torch.optim.Optimizer, graphs: bool) -> None:
-    """Release the last step's gradients before this step's forward, and under CUDA graphs mark
-    a new step: those gradients live in the graph's memory pool, which the next replay reuses."""
-    optimizer.zero_grad(set_to_none=True)
-    if graphs:
-        torch.compiler.cudagraph_mark_step_begin()

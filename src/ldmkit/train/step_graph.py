@@ -1,5 +1,8 @@
 """One CUDA graph over a whole training step: forward, backward, clipping, AdamW, the EMA.
 
+Used by the diffusion stage and by the VAE stage where it trains without the patch GAN (whose
+adaptive weight differentiates the decoder twice and whose discriminator is a second optimizer).
+
 Why: torch.compile's "reduce-overhead" replays the UNet's forward and backward as CUDA graphs,
 but the rest of the step (clipping, the fused AdamW, the EMA, the skip decision; ~40 launches)
 and the graph trees' own Python run on the host every step. The emoji UNet's step (batch 256)
@@ -22,10 +25,11 @@ If the capture fails (an operation that cannot be captured, such as a host read)
 as plain calls from then on, after one warning.
 
 On by default (`ldm train --no-step-graph` turns it off). `benchmarks/step_graph_check.py` trains
-`ldm train`'s trainer both ways on one H200 (NOTES v16): emoji UNet 6.91 ms a step against 14.70
-(2.1x), base UNet 38.28 against 38.49 ms, the same losses and updates (relative difference of the
-weights' change 6e-9 and 0), peak allocated memory +0.07 GiB (emoji) and +0.11 GiB (base). On the
-CPU the host's side of it is tested against a stand-in for the graph (tests/test_step_graph.py).
+`ldm train`'s trainers both ways on one H200 (NOTES v16): emoji UNet 6.91 ms a step against 14.70
+(2.1x), base UNet 38.28 against 38.49 ms; emoji VAE 4.77 against 6.87 ms (1.44x), fashion-mnist
+VAE 4.93 against 5.17 ms; the same losses and updates in every case (relative difference of the
+weights' change at most 6e-9); peak allocated memory +0.04 to +0.11 GiB. On the CPU the host's
+side of it is tested against a stand-in for the graph (tests/test_step_graph.py).
 """
 from __future__ import annotations
 
@@ -48,6 +52,36 @@ def step_graph_wanted(run: RunConfig, dist: DistInfo) -> bool:
     (fp16's GradScaler decides on the host)."""
     return (run.step_graph and run.compile_mode == "reduce-overhead" and not dist.distributed
             and run.precision != "fp16" and compiles_for_training(run, dist))
+
+
+class DeviceLR:
+    """The learning rate of `optimizer` as a device tensor, for a step that is captured: a float
+    would be frozen into the graph, a tensor is read by the replayed AdamW. `set(lr)` writes it
+    (a kernel, no host sync); `optimizer_state()` is the optimizer's state as a plain step keeps
+    it (a float LR, `capturable` off), so a checkpoint reads the same whichever step wrote it.
+    Until the first `set` the optimizer is left as it is."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.tensor: torch.Tensor | None = None
+        self.value: float | None = None
+
+    def set(self, lr: float) -> None:
+        if self.tensor is None:
+            self.tensor = torch.tensor(float(lr), device=self.optimizer.param_groups[0]["params"][0].device)
+        for group in self.optimizer.param_groups:  # again after a loaded state replaced the groups
+            if group["lr"] is not self.tensor:
+                group["lr"] = self.tensor
+                group["capturable"] = True  # the optimizer refuses to be captured otherwise
+        self.tensor.fill_(lr)
+        self.value = lr
+
+    def optimizer_state(self) -> dict[str, Any]:
+        state = self.optimizer.state_dict()
+        if self.tensor is not None:
+            for group in state["param_groups"]:  # copies: the live groups keep their tensor
+                group["lr"], group["capturable"] = self.value, False
+        return state
 
 
 class CudaGraph:
@@ -82,6 +116,7 @@ class StepGraph:
         self._inputs: list[torch.Tensor | None] = []
         self._outputs: tuple[torch.Tensor, ...] = ()
         self._side: Any = None  # the CUDA stream of the plain calls
+        self._announced = False
 
     @property
     def captured(self) -> bool:
@@ -90,7 +125,15 @@ class StepGraph:
     def reset(self) -> None:
         """Drop the capture (its static tensors may no longer be the step's): the next steps
         warm up and capture again."""
-        self.calls, self.graph, self._inputs, self._outputs = 0, None, [], ()
+        self.calls, self.graph, self._inputs, self._outputs, self._announced = 0, None, [], (), False
+
+    def announce(self, step: int) -> str | None:
+        """Once per capture, at the first call after it: the log line saying from which training
+        step (`step`, the trainer's count) the step replays as one graph; else None."""
+        if self.graph is None or self._announced:
+            return None
+        self._announced = True
+        return f"step {step} on: the step replays as one CUDA graph (--no-step-graph turns this off)"
 
     def __call__(self, *inputs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         self.calls += 1

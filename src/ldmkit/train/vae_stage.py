@@ -30,13 +30,12 @@ from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import (
-    begin_step,
-    compile_for_training,
-    optimizer_state_like_params,
-    weights_for_training,
-)
+from ldmkit.train.step_compile import compile_for_training, optimizer_state_like_params, weights_for_training
+from ldmkit.train.step_graph import DeviceLR, StepGraph, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
+
+# What a captured step hands back (the rest of `_autoencoder_step`'s results are the GAN's)
+CAPTURED_RESULTS = ("loss", "rec", "kl", "row")
 
 
 class _Reconstruct(nn.Module):
@@ -113,6 +112,11 @@ class VAETrainer:
         self.pixels = vae.config.in_channels * self.run.image_size**2
         self.perceptual, self.perceptual_note = (
             load_perceptual_loss(device) if self.cfg.perceptual_weight > 0 else (None, "perceptual loss off"))
+        self.device_lr = DeviceLR(self.opt)  # the LR a captured step reads
+        # One CUDA graph for the whole step (step_graph.py) where there is no GAN: its adaptive
+        # weight differentiates the decoder twice, and its discriminator is a second optimizer.
+        whole_step = not self.use_gan and step_graph_wanted(self.run, self.dist)
+        self.step_graph = StepGraph(self._captured_step) if whole_step else None
 
     def _wrap(self) -> None:
         # DDP copies rank 0's weights to every rank when it is built: build it after any
@@ -123,9 +127,9 @@ class VAETrainer:
             return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         # CUDA graphs only for the plain loss: the GAN's adaptive weight differentiates the
-        # decoder twice per step.
+        # decoder twice per step. A whole-step graph holds the model's, so none inside it.
         forward, self.graphs = compile_for_training(_Reconstruct(self.vae), self.run, self.dist,
-                                                    graphs_allowed=not self.use_gan)
+                                                    graphs_allowed=not self.use_gan and self.step_graph is None)
         self.model = ddp(forward)
         self.disc_model = ddp(self.disc) if self.disc is not None else None
 
@@ -139,7 +143,7 @@ class VAETrainer:
         scaler = self.precision.scaler
         return {
             "stage": "vae", "step": self.step, "offset": self.offset, "complete": complete,
-            "vae": self.vae.state_dict(), "optimizer": self.opt.state_dict(),
+            "vae": self.vae.state_dict(), "optimizer": self.device_lr.optimizer_state(),
             "disc": self.disc.state_dict() if self.disc is not None else None,
             "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -161,59 +165,80 @@ class VAETrainer:
         self.guard.skipped = int(state.get("skipped_steps", 0))
         restore_rank_rng(state["rng"], self.dist)
         self.last_saved = self.step
+        if self.step_graph is not None:  # a capture holds the replaced tensors: capture again
+            self.step_graph.reset()
 
     # -- one step ----------------------------------------------------------------------------
 
     def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor | float]:
         """One step of the autoencoder (and of the discriminator once it has started), skipped
-        on the device if the loss or gradient is not finite; no host sync (see StepGuard)."""
+        on the device if the loss or gradient is not finite; no host sync (see StepGuard).
+        Returns the step's loss terms (tensors) and LR."""
         cfg, B, gen, dev = self.cfg, self.cfg.batch_size, self.generator, self.device
         if self.run.flip:
             flip = global_draw(lambda: torch.rand(B, generator=gen, device=dev) < 0.5, self.dist)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         eps = global_draw(lambda: torch.randn((B, *self.latent_shape), generator=gen, device=dev), self.dist)
-        gan_on = self.use_gan and self.step >= cfg.disc_start
         lr = lr_at(self.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=cfg.steps)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        scaler = self.precision.scaler
-        out: dict[str, torch.Tensor | float] = {"lr": lr}
-        begin_step(self.opt, self.graphs)
+        if self.step_graph is not None:
+            self.device_lr.set(lr)  # a kernel, no sync: the captured AdamW reads it
+            captured = self.step_graph(images, eps)
+            out = {k: v.clone() for k, v in zip(CAPTURED_RESULTS, captured)}  # the next replay overwrites them
+        else:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be reused
+            out = self._autoencoder_step(images, eps, gan_on=self.use_gan and self.step >= cfg.disc_start)
+        self.guard.record(out.pop("row"))
+        self.step += 1
+        self.offset += B
+        return {"lr": lr, **out}
+
+    def _captured_step(self, images: torch.Tensor, eps: torch.Tensor) -> list[torch.Tensor]:
+        out = self._autoencoder_step(images, eps, gan_on=False)
+        return [out[k] for k in CAPTURED_RESULTS]
+
+    def _autoencoder_step(self, images: torch.Tensor, eps: torch.Tensor, *, gan_on: bool) -> dict[str, torch.Tensor]:
+        """The step's device work, from the batch to the updates; its loss terms and the guard's
+        row. No host reads: without the GAN it can be captured (`_captured_step`)."""
+        cfg, scaler = self.cfg, self.precision.scaler
+        self.opt.zero_grad(set_to_none=True)  # a captured backward then writes fresh gradients
         with self.precision.autocast():
             recon, kl = self.model(images, eps)  # [B, C, H, W], [B]
             diff = recon.float() - images
-            out["rec"] = rec = diff.abs().mean() if cfg.recon_loss == "l1" else diff.pow(2).mean()
+            rec = diff.abs().mean() if cfg.recon_loss == "l1" else diff.pow(2).mean()
             nll = rec
             if self.perceptual is not None:
                 rgb = (lambda x: x.expand(-1, 3, -1, -1)) if images.shape[1] == 1 else (lambda x: x)
                 nll = nll + cfg.perceptual_weight * self.perceptual(rgb(recon.float()), rgb(images)).mean()
-            out["kl"] = kl_loss = kl.mean() / self.pixels
+            kl_loss = kl.mean() / self.pixels
             loss = nll + cfg.kl_weight * kl_loss
             if gan_on:
                 self.disc.requires_grad_(False)  # the generator's GAN term must not train D
-                out["g"] = g_loss = generator_loss(self.disc(recon))
+                g_loss = generator_loss(self.disc(recon))
                 self.disc.requires_grad_(True)
-                out["gan_weight"] = weight = adaptive_gan_weight(nll, g_loss, self.last_layer) * cfg.disc_weight
+                weight = adaptive_gan_weight(nll, g_loss, self.last_layer) * cfg.disc_weight
                 loss = loss + weight * g_loss
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
             scaler.unscale_(self.opt)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        out["loss"] = loss.detach()
-        applied = self.guard.gate(loss, grad_norm, scaled=scaler is not None)
+        applied, row = self.guard.judge(loss, grad_norm, scaled=scaler is not None)
         apply_update(self.opt, applied, scaler)
+        # detached: a kept term would keep this step's autograd graph alive into the next step
+        out = {"loss": loss.detach(), "rec": rec.detach(), "kl": kl_loss.detach(), "row": row}
         if gan_on:
             self.disc_opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 logits = self.disc_model(torch.cat([images, recon.detach().to(images.dtype)]))
-                out["d"] = d_loss = hinge_d_loss(*logits.chunk(2))  # (real, fake) halves
+                d_loss = hinge_d_loss(*logits.chunk(2))  # (real, fake) halves
             (scaler.scale(d_loss) if scaler is not None else d_loss).backward()
             apply_update(self.disc_opt, applied, scaler)
+            out.update(g=g_loss.detach(), gan_weight=weight, d=d_loss.detach())
         if scaler is not None:
             scaler.update()
-        self.step += 1
-        self.offset += B
         return out
 
     def checkpoint(self, complete: bool = False) -> None:
@@ -238,6 +263,8 @@ class VAETrainer:
                 images, _ = next(batches)
                 out = self.train_step(images)
                 log.advance()
+                if self.step_graph is not None and (told := self.step_graph.announce(self.step)):
+                    log.message(told)
                 periodic = self.step % run.log_every == 0 or self.step % run.checkpoint_every == 0
                 if not self.guard.settle_due(self.step, total_steps=cfg.steps, periodic=periodic):
                     continue
