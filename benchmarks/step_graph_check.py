@@ -7,7 +7,8 @@ stage's `VAETrainer`) from the same seed (`ldm train`'s own, compiled as it comp
 `--check-steps` steps each on the same batches, then:
 - the per-step losses against each other (largest relative difference);
 - what the steps changed: |(w_graph - w0) - (w_plain - w0)| / |w_plain - w0| over all parameters,
-  and the same for the EMA of the diffusion stage (bf16 steps from differently compiled graphs differ by rounding);
+  and the same for the diffusion stage's EMA (bf16 steps from differently compiled graphs differ
+  by rounding);
 - with `--repeat-plain`, a second plain trainer against the first: two compiles of the same step
   differ by rounding too, and that is the scale for the graph's differences;
 - `--steps` more steps timed (the host reads the losses every SETTLE_EVERY steps, as training

@@ -19,11 +19,18 @@ def _guard(stop: StopSignal | None = None, max_bad_steps: int = 3) -> StepGuard:
     return StepGuard(dist, stop or StopSignal(), max_bad_steps=max_bad_steps)
 
 
-def test_gate_flags_non_finite_loss_or_norm_and_settle_reads_them_in_order():
+def _gate(guard: StepGuard, loss: torch.Tensor, norm: torch.Tensor, *, scaled: bool = False) -> torch.Tensor:
+    """One step's decision, queued for settle, as a training step makes it."""
+    applied, row = guard.judge(loss, norm, scaled=scaled)
+    guard.record(row)
+    return applied
+
+
+def test_judge_flags_non_finite_loss_or_norm_and_settle_reads_them_in_order():
     guard = _guard()
     cases = [(1.0, 0.5, 1.0), (NAN, 0.5, 0.0), (2.0, INF, 0.0), (3.0, 0.1, 1.0)]
     for loss, norm, expected in cases:
-        applied = guard.gate(torch.tensor(loss), torch.tensor(norm))
+        applied = _gate(guard, torch.tensor(loss), torch.tensor(norm))
         assert isinstance(applied, torch.Tensor) and applied.item() == expected
     assert guard.skipped == 0  # nothing is counted before the host settles
     losses = guard.settle(step=4, last_saved=None)
@@ -35,7 +42,7 @@ def test_gate_flags_non_finite_loss_or_norm_and_settle_reads_them_in_order():
 def test_with_a_grad_scaler_inf_gradients_are_skipped_but_not_counted_as_bad():
     guard = _guard(max_bad_steps=2)
     for _ in range(4):
-        assert guard.gate(torch.tensor(1.0), torch.tensor(INF), scaled=True).item() == 0.0
+        assert _gate(guard, torch.tensor(1.0), torch.tensor(INF), scaled=True).item() == 0.0
     guard.settle(step=4, last_saved=None)
     assert guard.skipped == 0
 
@@ -43,7 +50,7 @@ def test_with_a_grad_scaler_inf_gradients_are_skipped_but_not_counted_as_bad():
 def test_a_streak_of_bad_steps_raises_with_the_step_where_it_reached_the_limit():
     guard = _guard(max_bad_steps=3)
     for loss in [1.0, NAN, 1.0, NAN, NAN, NAN, NAN]:  # steps 11..17; the streak reaches 3 at step 16
-        guard.gate(torch.tensor(loss), torch.tensor(1.0))
+        _gate(guard, torch.tensor(loss), torch.tensor(1.0))
     with pytest.raises(NonFiniteLossError, match=r"3 steps in a row \(at step 16\).*checkpoint \(step 10\) is intact"):
         guard.settle(step=17, last_saved=10)
 
@@ -51,7 +58,7 @@ def test_a_streak_of_bad_steps_raises_with_the_step_where_it_reached_the_limit()
 def test_a_stop_is_seen_at_once_in_one_process_and_agreed_at_settle():
     stop = StopSignal()
     guard = _guard(stop)
-    guard.gate(torch.tensor(1.0), torch.tensor(1.0))
+    _gate(guard, torch.tensor(1.0), torch.tensor(1.0))
     assert not guard.stop_requested_here()
     stop.request("test")
     assert guard.stop_requested_here() and not guard.stop_agreed

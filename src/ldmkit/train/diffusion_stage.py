@@ -8,9 +8,9 @@ generator that is identical on every rank, and each rank keeps its slice: the ru
 same on 1 or N processes, and resuming needs only the generator state and the stream offset.
 
 Per step: fused AdamW at the warm-up/cosine LR, gradient clipping, a skip if the loss or
-gradient is not finite and the EMA update, all queued with no host sync (StepGuard.gate); the
-host reads the losses every SETTLE_EVERY steps. On one GPU with CUDA graphs, the trainer (by default)
-captures that device work once and replays it as one graph (step_graph.py). Periodically:
+gradient is not finite and the EMA update, all queued with no host sync (StepGuard.judge); the
+host reads the losses every SETTLE_EVERY steps. On one GPU with CUDA graphs the trainer (by
+default) captures that device work once and replays it as one graph (step_graph.py). Periodically:
 validation loss on fixed t and noise, a sample grid from the EMA model, a checkpoint plus the
 inference file.
 """

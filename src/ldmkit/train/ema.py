@@ -9,7 +9,7 @@ With `warmup=True` the decay ramps up as `min(decay, (1 + n) / (10 + n))` after 
 average follows the fast-moving weights instead of remembering the random initialisation,
 which matters for short runs.
 
-`update(model, gate)` takes the training step's 0/1 "update applied" tensor (StepGuard.gate):
+`update(model, gate)` takes the training step's 0/1 "update applied" tensor (StepGuard.judge):
 a skipped step leaves the average and the update count alone, decided on the device with no
 host sync. The count then lives in a device tensor, and the warm-up decay is computed there.
 """

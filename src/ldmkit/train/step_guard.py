@@ -5,7 +5,7 @@ GradScaler (fp16's narrow range needs loss scaling; bf16 has fp32's range and do
 
 `StepGuard` makes the decisions that every rank must make identically or DDP deadlocks: is
 this step's loss finite (apply the update or skip it), and has a stop signal arrived on any
-rank. The skip is decided on the device, with no host sync: `gate` returns a 0/1 tensor that
+rank. The skip is decided on the device, with no host sync: `judge` returns a 0/1 tensor that
 the fused AdamW takes as its `found_inf` and the EMA as its weight, so the CPU can queue the
 next steps while the GPU runs this one. The host learns about the steps only at `settle`
 (every few steps, and before anything that reads the model): one read of the queued losses
@@ -56,7 +56,8 @@ class NonFiniteLossError(UserError):
 class StepGuard:
     """Skip updates on non-finite losses, stop after `max_bad_steps` in a row, agree on stops.
 
-    Per step: `gate(loss, grad_norm)` (device-side, no sync). Every few steps: `settle()`.
+    Per step: `judge(loss, grad_norm)` (device-side, no sync), then `record` its row. Every few
+    steps: `settle()`.
     """
 
     def __init__(self, dist: DistInfo, stop: StopSignal, *, max_bad_steps: int = 5) -> None:
@@ -70,22 +71,17 @@ class StepGuard:
         self.stop_agreed = False
         self._pending: list[torch.Tensor] = []  # per step: [mean loss over ranks, bad]
 
-    def gate(self, loss: torch.Tensor, grad_norm: torch.Tensor, *, scaled: bool = False) -> torch.Tensor:
-        """1.0 if this step's update may be applied, else 0.0: a device tensor, no host sync.
+    def judge(self, loss: torch.Tensor, grad_norm: torch.Tensor, *,
+              scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(applied, row): `applied` is 1.0 if this step's update may be applied, else 0.0; `row`
+        is the step's entry for `settle` ([mean loss over ranks, bad]), for `record`. Device
+        tensors, no host sync, nothing recorded: a captured step can run it (step_graph.py).
 
         `grad_norm` is the norm after DDP's all-reduce (equal on every rank) and after the
         GradScaler's unscale: a finite loss can still give inf gradients, and the update is
         applied only if both are finite. With `scaled` (fp16 and a GradScaler), inf gradients
         are the scaler's routine and do not count towards the stop after `max_bad_steps`.
         """
-        applied, row = self.judge(loss, grad_norm, scaled=scaled)
-        self.record(row)
-        return applied
-
-    def judge(self, loss: torch.Tensor, grad_norm: torch.Tensor, *,
-              scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """`gate`'s decision and the step's row for `settle` ([mean loss over ranks, bad]),
-        without recording it: device work only, so a captured step can run it (step_graph.py)."""
         stats = all_reduce_sum(torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)]),
                                self.dist)
         finite_loss = torch.isfinite(stats[0])
@@ -148,12 +144,12 @@ class StepGuard:
 
 
 def fused_adamw_supported(device: torch.device) -> bool:
-    """Whether AdamW(fused=True) runs on `device`: it takes `gate`'s skip as its found_inf."""
+    """Whether AdamW(fused=True) runs on `device`: it takes `judge`'s skip as its found_inf."""
     return device.type in ("cuda", "cpu")
 
 
 def apply_update(optimizer: torch.optim.Optimizer, applied: torch.Tensor, scaler=None) -> None:
-    """`optimizer.step()` where `applied` (from `StepGuard.gate`) is 1, a no-op where it is 0.
+    """`optimizer.step()` where `applied` (from `StepGuard.judge`) is 1, a no-op where it is 0.
 
     A fused AdamW skips on the device (its `found_inf`, the hook GradScaler uses); other
     optimizers need the host to read the flag. With a GradScaler, the scaler decides.

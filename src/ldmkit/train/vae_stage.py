@@ -11,6 +11,11 @@ the KL is summed over latent elements and divided by the image's element count, 
 `kl_weight = 1e-6` strikes Stable Diffusion's balance. After training, the latents of a few
 thousand training images give the per-channel mean and std, stored in the VAE as
 `set_latent_stats(shift=mean, scale=1/std)`, so the diffusion stage sees unit-variance latents.
+
+Per step: the host draws the flips and the posterior noise and sets the LR; `_autoencoder_step`
+does the device work (forward, losses, backward, clipping, the skip decision, AdamW, then the
+discriminator's step when the GAN is on). Without the GAN, on one GPU with CUDA graphs, that work
+is captured once and replayed as one graph (step_graph.py).
 """
 from __future__ import annotations
 
