@@ -176,6 +176,8 @@ def test_a_run_with_the_step_graph_says_so_in_its_log(tmp_path):
     # warm-up 2: the third step is captured
     assert told == ["step 3 on: the step replays as one CUDA graph (--no-step-graph turns this off)"]
     assert rows[-1]["event"] == "end" and rows[-1]["step"] == 12
+    # the stage's end frees the captured step and its gradients (the graph's memory pool)
+    assert not trainer.step_graph.captured and all(p.grad is None for p in trainer.params)
 
 
 def _vae_trainer(tmp_path, *, graph: bool, gan: bool = False) -> VAETrainer:
@@ -212,6 +214,24 @@ def test_a_replayed_vae_step_trains_as_the_plain_step_does(tmp_path):
     assert graphed.state_dict()["optimizer"]["param_groups"] == plain.state_dict()["optimizer"]["param_groups"]
     graphed.load_state_dict(plain.state_dict())
     assert not graphed.step_graph.captured  # loading replaces the captured tensors: a fresh capture follows
+
+
+def test_the_vae_stage_says_when_its_step_is_captured_and_frees_it_at_the_end(tmp_path):
+    import json
+
+    from test_train_e2e import write_color_dataset
+
+    from ldmkit.data import load_image_dataset
+
+    trainer = _vae_trainer(tmp_path, graph=True)
+    trainer.dataset = load_image_dataset(str(write_color_dataset(tmp_path / "data", per_class=4)), "train",
+                                         image_size=16, flip=False, channels=3)
+    trainer.run.num_workers = 0
+    assert trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    told = [r["text"] for r in rows if r.get("event") == "message" and "CUDA graph" in r["text"]]
+    assert told == ["step 3 on: the step replays as one CUDA graph (--no-step-graph turns this off)"]
+    assert trainer.step == 12 and trainer.step_graph.graph is None and all(p.grad is None for p in trainer.params)
 
 
 def test_the_vae_stage_captures_its_step_only_without_the_gan(tmp_path, monkeypatch):

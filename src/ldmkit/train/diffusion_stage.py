@@ -36,7 +36,7 @@ from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import compile_for_training, optimizer_state_like_params, weights_for_training
-from ldmkit.train.step_graph import DeviceLR, StepGraph, step_graph_wanted
+from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
@@ -284,4 +284,5 @@ class DiffusionTrainer:
                 log.message(f"diffusion stage done: {self.step} steps, {rate:.1f} img/s while training{skipped}")
             log.record({"event": "end", "step": self.step, "img_per_s": rate, "stopped": self.guard.stop_agreed})
         finally:
+            release_training_memory(self.opt, self.step_graph)
             log.close()

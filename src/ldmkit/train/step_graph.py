@@ -54,6 +54,19 @@ def step_graph_wanted(run: RunConfig, dist: DistInfo) -> bool:
             and run.precision != "fp16" and compiles_for_training(run, dist))
 
 
+def release_training_memory(optimizer: torch.optim.Optimizer, step_graph: "StepGraph | None") -> None:
+    """At the end of a stage: drop the gradients and the captured step (its graph, and with it the
+    memory pool the graph holds), so what comes next (the diffusion stage after the VAE's, the
+    caller's generation after `run_training`) has that memory back. The trainer object may live
+    on in a reference cycle (the graph calls the trainer's method) until the garbage collector
+    runs; this does not wait for it."""
+    if step_graph is not None:
+        step_graph.reset()
+    optimizer.zero_grad(set_to_none=True)  # captured gradients live in the graph's pool
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class DeviceLR:
     """The learning rate of `optimizer` as a device tensor, for a step that is captured: a float
     would be frozen into the graph, a tensor is read by the replayed AdamW. `set(lr)` writes it

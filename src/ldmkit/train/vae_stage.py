@@ -36,7 +36,7 @@ from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import compile_for_training, optimizer_state_like_params, weights_for_training
-from ldmkit.train.step_graph import DeviceLR, StepGraph, step_graph_wanted
+from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 # What a captured step hands back (the rest of `_autoencoder_step`'s results are the GAN's)
@@ -297,6 +297,7 @@ class VAETrainer:
             self.checkpoint(complete=True)
             return True
         finally:
+            release_training_memory(self.opt, self.step_graph)
             log.close()
 
 
