@@ -46,8 +46,8 @@ from ldmkit.train.config import preset_config  # noqa: E402
 CHANNELS = {"emoji": 3, "fashion-mnist": 1, "tiny": 3, "base": 3}
 
 
-def make_trainer(args, preset: str, *, graph: bool, device: torch.device, run_dir: Path) -> tuple[Any, Callable,
-                                                                                                  Any, Any]:
+def make_trainer(args, preset: str, *, graph: bool, device: torch.device,
+                 run_dir: Path) -> tuple[Any, Callable[[], Any], torch.nn.Module, torch.nn.Module | None]:
     """(trainer, its step, the module it trains, that module's EMA or None), from seed 0."""
     config = preset_config(preset)
     config.compile, config.compile_mode, config.step_graph = not args.smoke, "reduce-overhead", graph
