@@ -17,11 +17,17 @@ stage's `VAETrainer`) from the same seed (`ldm train`'s own, compiled as it comp
     python3 benchmarks/step_graph_check.py --presets emoji --out result.json
     python3 benchmarks/step_graph_check.py --stage vae --presets fashion-mnist,emoji --out vae.json
     python3 benchmarks/step_graph_check.py --smoke    # CPU, tiny, eager: checks the script runs
+
+Under torchrun (`torchrun --nproc_per_node N benchmarks/step_graph_check.py ...`) the trainers
+are data-parallel as `ldm train`'s are: the plain step through DDP, the graph with the gradients'
+all-reduce inside it (grad_sync.py); the batch is the global one, each row says whether every
+rank ended its compared steps with the same weights, and rank 0 prints and writes.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import sys
 import tempfile
@@ -33,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import (  # noqa: E402
+    join_torchrun,
     settling,
     synthetic_trainer,
     synthetic_vae_trainer,
@@ -42,6 +49,7 @@ from train_speed import (  # noqa: E402
 )
 
 from ldmkit.train.config import preset_config  # noqa: E402
+from ldmkit.train.distributed import gather_objects  # noqa: E402
 
 CHANNELS = {"emoji": 3, "fashion-mnist": 1, "tiny": 3, "base": 3}
 
@@ -83,9 +91,13 @@ def run_side(args, preset: str, graph: bool, device: torch.device,
         step()
     losses = trainer.guard.settle(trainer.step, None)
     first_s = time.perf_counter() - started
-    moved, ema_moved = flat(module) - w0, (flat(ema) - w0 if ema is not None else torch.zeros(1))
+    after = flat(module)
+    moved, ema_moved = after - w0, (flat(ema) - w0 if ema is not None else torch.zeros(1))
+    ranks = trainer.dist.world_size
+    digests = gather_objects(hashlib.sha256(after.numpy().tobytes()).hexdigest(), trainer.dist)
     timed = time_steps(settling(trainer, step), args.warmup, args.steps, device)
     row = {"stage": args.stage, "preset": preset, "step_graph": graph, "batch": trainer.cfg.batch_size,
+           "ranks": ranks, "ranks_agree": len(set(digests)) == 1, "model": type(trainer.model).__name__,
            "captured": bool(trainer.step_graph is not None and trainer.step_graph.captured),
            "capture_failed": trainer.step_graph.failed if trainer.step_graph is not None else None,
            "check_steps_s": first_s, "losses": losses, **timed,
@@ -125,6 +137,10 @@ def main() -> int:
     args = p.parse_args()
     started = time.time()
     device = training_device(args.smoke)
+    dist = join_torchrun("cpu" if args.smoke else "cuda")
+    if dist is not None:
+        device = dist.device
+    main_rank = dist is None or dist.is_main
     if args.smoke:
         args.presets, args.batch, args.check_steps, args.warmup, args.steps = "tiny", 8, 3, 1, 2
     rows: list[dict[str, Any]] = []
@@ -141,11 +157,16 @@ def main() -> int:
                     again = run_side(args, preset, False, device, Path(tmp))
                     rows.append({**again[0], "repeat": True, **compare(plain, again)})
             except Exception as err:  # one failing preset must not lose the others
+                if dist is not None:
+                    raise  # a rank that went on alone would wait in the next collective for ever
                 rows.append({"preset": preset, "error": repr(err)[:400]})
-            print(json.dumps(rows[-1]), flush=True)
-            write_result(args.out, args.presets, device, rows)  # as it goes: a killed run keeps its rows
+            if main_rank:
+                print(json.dumps(rows[-1]), flush=True)
+                write_result(args.out, args.presets, device, rows)  # as it goes: a killed run keeps its rows
+    if not main_rank:
+        return 0
     print(f"\n{'stage':9} {'preset':13} {'step':7} {'batch':>5} {'ms/step':>8} {'img/s':>8} {'peak GiB':>8} "
-          f"{'first s':>7} {'loss rel':>9} {'update rel':>10} {'ema rel':>8}")
+          f"{'first s':>7} {'ranks':>5} {'agree':>5} {'loss rel':>9} {'update rel':>10} {'ema rel':>8}")
     for r in rows:
         if "error" in r:
             print(f"{args.stage:9} {r['preset']:13} ERROR {r['error'][:100]}")
@@ -156,7 +177,8 @@ def main() -> int:
         extra = (f" {r['loss_max_rel_diff']:>9.2e} {r['update_rel_l2']:>10.2e} {r['ema_update_rel_l2']:>8.2e}"
                  if "speedup" in r else "")
         print(f"{r['stage']:9} {r['preset']:13} {kind:7} {r['batch']:>5} {r['ms_per_step']:>8.2f} "
-              f"{r['img_per_s']:>8.0f} {r['peak_mem_gib'] or 0:>8.2f} {r['check_steps_s']:>7.1f}{extra}")
+              f"{r['img_per_s']:>8.0f} {r['peak_mem_gib'] or 0:>8.2f} {r['check_steps_s']:>7.1f} "
+              f"{r['ranks']:>5} {str(r['ranks_agree']):>5}{extra}")
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig  
 from ldmkit.train.config import preset_config  # noqa: E402
 from ldmkit.train.context import StageContext  # noqa: E402
 from ldmkit.train.diffusion_stage import DiffusionTrainer  # noqa: E402
-from ldmkit.train.distributed import DistInfo  # noqa: E402
+from ldmkit.train.distributed import DistInfo, setup_distributed  # noqa: E402
 from ldmkit.train.latent_cache import LatentSet  # noqa: E402
 from ldmkit.train.run import _resolve_models  # noqa: E402
 from ldmkit.train.signals import StopSignal  # noqa: E402
@@ -47,8 +48,21 @@ def _models(config, channels: int, num_classes: int) -> tuple[AutoencoderKL, UNe
             UNet(UNetConfig.from_dict(config.diffusion.model)))
 
 
+_TORCHRUN: DistInfo | None = None  # this process's place under torchrun (join_torchrun)
+
+
+def join_torchrun(device: str = "cuda") -> DistInfo | None:
+    """Under torchrun (WORLD_SIZE > 1): join its process group on this rank's GPU (or the CPU,
+    through gloo), so that the trainers built here train data-parallel as `ldm train`'s do; None
+    in a single process."""
+    global _TORCHRUN
+    if _TORCHRUN is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _TORCHRUN = setup_distributed(device)
+    return _TORCHRUN
+
+
 def _context(config, device: torch.device, run_dir: Path) -> StageContext:
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+    dist = _TORCHRUN or DistInfo(rank=0, local_rank=0, world_size=1, device=device)
     return StageContext(run_dir=run_dir, config=config, dist=dist, stop=StopSignal(), save_state=lambda state: None)
 
 

@@ -1,21 +1,27 @@
-"""DistributedDataParallel on CPU (gloo): 2 processes equal 1 process with the same global batch.
+"""Data parallelism on CPU (gloo): 2 processes equal 1 process with the same global batch.
 
 Each spawned rank runs the real `run_training` with torchrun's environment variables set by
 hand; a wrapper around `DiffusionTrainer.train` saves every rank's final UNet so the ranks
-can be compared with each other and with a single-process run.
+can be compared with each other and with a single-process run. Two ways: DDP, and the
+whole-step graph's own gradient all-reduce (grad_sync.py), its CUDA graph stood in for by
+test_step_graph's `ReplayByCall` (both stages capture after one warm-up step).
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from pathlib import Path
+
+import pytest
 
 import torch
 import torch.multiprocessing as mp
 
 from ldmkit.models import UNet, UNetConfig
-from ldmkit.train import load_training_state, run_training
+from ldmkit.train import diffusion_stage, load_training_state, run_training, vae_stage
 from ldmkit.train.diffusion_stage import DiffusionTrainer
+from ldmkit.train.vae_stage import VAETrainer
 from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 WORLD = 2
@@ -36,30 +42,73 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _how_it_stepped(trainer) -> str:
+    """The model type the trainer stepped through and how many times its captured step replayed."""
+    graph = trainer.step_graph.graph if trainer.step_graph is not None else None
+    return f"{type(trainer.model).__name__} {graph.replays if graph is not None else 0}"
+
+
 def _save_rank_weights(folder: Path, rank: int) -> None:
-    real_train = DiffusionTrainer.train
+    """Wrap both stages' `train` (this spawned process only): save the UNet and how each stage stepped."""
+    real_train, real_vae_train = DiffusionTrainer.train, VAETrainer.train
+    seen = []
+
+    def vae_train(self: VAETrainer) -> bool:
+        # the stage frees its capture when it ends: look at it just before
+        real_release = vae_stage.release_training_memory
+        vae_stage.release_training_memory = lambda opt, graph: (seen.append(_how_it_stepped(self)),
+                                                                real_release(opt, graph))
+        try:
+            return real_vae_train(self)
+        finally:
+            vae_stage.release_training_memory = real_release
 
     def train(self: DiffusionTrainer) -> None:
-        real_train(self)
+        real_release = diffusion_stage.release_training_memory
+        diffusion_stage.release_training_memory = lambda opt, graph: (seen.insert(0, _how_it_stepped(self)),
+                                                                      real_release(opt, graph))
+        try:
+            real_train(self)
+        finally:
+            diffusion_stage.release_training_memory = real_release
         torch.save({k: v.detach().clone() for k, v in self.unet.state_dict().items()}, folder / f"rank{rank}.pt")
+        (folder / f"rank{rank}.txt").write_text(", ".join(seen))
 
-    DiffusionTrainer.train = train  # this spawned process only
+    DiffusionTrainer.train, VAETrainer.train = train, vae_train
 
 
-def _rank_main(rank: int, port: int, data: str, out: str, weights: str) -> None:
+def _whole_step_graph_on_cpu() -> None:
+    """As on GPUs with CUDA graphs: both stages capture their step (stood in for on the CPU)."""
+    from test_step_graph import ReplayByCall
+
+    from ldmkit.train import step_graph
+
+    for stage in (diffusion_stage, vae_stage):  # this spawned process only
+        stage.step_graph_wanted = lambda run, dist: True
+        stage.StepGraph = functools.partial(step_graph.StepGraph, warmup=1, new_graph=ReplayByCall)
+
+
+def _rank_main(rank: int, port: int, data: str, out: str, weights: str, graph: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     _save_rank_weights(Path(weights), rank)
+    if graph:
+        _whole_step_graph_on_cpu()
     run_training(_config(Path(data)), out)
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("graph", [False, True], ids=["ddp", "whole-step-graph"])
+def test_two_gloo_ranks_match_one_process(tmp_path, graph):
     data = write_color_dataset(tmp_path / "data", per_class=6, size=8)
     weights = tmp_path / "weights"
     weights.mkdir()
-    mp.spawn(_rank_main, args=(_free_port(), str(data), str(tmp_path / "ddp"), str(weights)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_main, args=(_free_port(), str(data), str(tmp_path / "ddp"), str(weights), graph),
+             nprocs=WORLD, join=True)
 
+    # DDP, or the graph's own all-reduce with the step captured after its warm-up and replayed
+    expected = "UNet 3, _Reconstruct 2" if graph else "DistributedDataParallel 0, DistributedDataParallel 0"
+    assert [(weights / f"rank{r}.txt").read_text() for r in range(WORLD)] == [expected] * WORLD
     ranks = [torch.load(weights / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for name, tensor in ranks[0].items():
         assert torch.equal(tensor, ranks[1][name]), f"ranks disagree on {name}"

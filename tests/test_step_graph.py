@@ -57,7 +57,7 @@ def _dist(device: str = "cpu", world_size: int = 1) -> DistInfo:
     return DistInfo(rank=0, local_rank=0, world_size=world_size, device=torch.device(device))
 
 
-def test_step_graph_is_wanted_only_for_one_gpu_with_graphs_asked_for(monkeypatch):
+def test_step_graph_is_wanted_on_gpus_with_graphs_asked_for(monkeypatch):
     monkeypatch.setattr(compile_fallback, "compile_blocker", lambda device: None)
 
     def run(**changes):
@@ -71,7 +71,7 @@ def test_step_graph_is_wanted_only_for_one_gpu_with_graphs_asked_for(monkeypatch
     assert preset_config("emoji").step_graph and preset_config("base").step_graph  # the default
     assert step_graph_wanted(run(), _dist("cuda"))
     assert step_graph_wanted(run(precision="fp32"), _dist("cuda"))
-    assert not step_graph_wanted(run(), _dist("cuda", world_size=2))  # DDP
+    assert step_graph_wanted(run(), _dist("cuda", world_size=2))  # torchrun: grad_sync.py in place of DDP
     assert not step_graph_wanted(run(precision="fp16"), _dist("cuda"))  # GradScaler
     assert not step_graph_wanted(run(compile_mode="default"), _dist("cuda"))
     assert not step_graph_wanted(run(step_graph=False), _dist("cuda"))

@@ -9,8 +9,9 @@ same on 1 or N processes, and resuming needs only the generator state and the st
 
 Per step: fused AdamW at the warm-up/cosine LR, gradient clipping, a skip if the loss or
 gradient is not finite and the EMA update, all queued with no host sync (StepGuard.judge); the
-host reads the losses every SETTLE_EVERY steps. On one GPU with CUDA graphs the trainer (by
-default) captures that device work once and replays it as one graph (step_graph.py). Periodically:
+host reads the losses every SETTLE_EVERY steps. With CUDA graphs the trainer (by default)
+captures that device work once and replays it as one graph (step_graph.py); under torchrun the
+graph then holds the gradients' all-reduce too (grad_sync.py) in place of DDP. Periodically:
 validation loss on fixed t and noise, a sample grid from the EMA model, a checkpoint plus the
 inference file.
 """
@@ -30,6 +31,7 @@ from ldmkit.train.batches import IndexStream, per_rank_batch, rank_slice
 from ldmkit.train.config import DiffusionTrainConfig
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.ema import EMA
+from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.inference_file import MODEL_FILE, save_inference_file
 from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
@@ -65,7 +67,12 @@ class DiffusionTrainer:
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
         whole_step = step_graph_wanted(self.run, self.dist)  # one graph for the step, not graphs for the UNet
         model, self.graphs = compile_for_training(self.unet, self.run, self.dist, graphs_allowed=not whole_step)
-        if self.dist.distributed:
+        # Under torchrun: DDP, or where the step is one graph, the gradients' mean as one
+        # all-reduce inside it (grad_sync.py: DDP's hooks are not captured).
+        self.grad_mean = GradientMean(self.params, self.dist) if self.dist.distributed and whole_step else None
+        if self.grad_mean is not None:
+            self.grad_mean.broadcast_parameters()  # as DDP does when it is built
+        elif self.dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = model
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999),
@@ -164,6 +171,8 @@ class DiffusionTrainer:
                                   prediction=self.cfg.prediction, min_snr_gamma=self.cfg.min_snr_gamma,
                                   t=t, noise=noise)
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.grad_mean is not None:
+            self.grad_mean.mean()
         if scaler is not None:
             scaler.unscale_(self.opt)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")

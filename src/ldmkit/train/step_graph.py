@@ -48,9 +48,10 @@ WARMUP_STEPS = 3
 def step_graph_wanted(run: RunConfig, dist: DistInfo) -> bool:
     """Whether a stage captures its whole step: `step_graph` on (the default; `ldm train
     --no-step-graph` turns it off), with CUDA graphs (`compile_mode` "reduce-overhead", the GPU presets' default)
-    where the step is compiled, one process (DDP's hooks are not captured here), bf16 or fp32
-    (fp16's GradScaler decides on the host)."""
-    return (run.step_graph and run.compile_mode == "reduce-overhead" and not dist.distributed
+    where the step is compiled, bf16 or fp32 (fp16's GradScaler decides on the host). Under
+    torchrun too: the stage then averages its gradients inside the graph (grad_sync.py), not
+    with DDP, whose hooks are not captured here."""
+    return (run.step_graph and run.compile_mode == "reduce-overhead"
             and run.precision != "fp16" and compiles_for_training(run, dist))
 
 

@@ -31,6 +31,7 @@ from ldmkit.train.batches import IndexStream, per_rank_batch
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.discriminator import PatchDiscriminator, adaptive_gan_weight, generator_loss, hinge_d_loss
 from ldmkit.train.distributed import all_reduce_sum
+from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
@@ -108,6 +109,7 @@ class VAETrainer:
         self.model: nn.Module | None = None  # the DDP-wrapped forward, built in train()
         self.graphs = False  # whether self.model replays CUDA graphs (set in _wrap)
         self.disc_model: nn.Module | None = None
+        self.grad_mean: GradientMean | None = None  # in place of DDP where the step is one graph (_wrap)
         self.generator = make_generator(self.run.seed + 1, device)
         self.guard = StepGuard(self.dist, ctx.stop)
         self.step = self.offset = 0
@@ -127,9 +129,14 @@ class VAETrainer:
         # DDP copies rank 0's weights to every rank when it is built: build it after any
         # initialisation or loading, so there is one truth.
         def ddp(module: nn.Module) -> nn.Module:
-            if not self.dist.distributed:
+            if not self.dist.distributed or self.grad_mean is not None:
                 return module
             return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        if self.dist.distributed and self.step_graph is not None:
+            # the gradients' mean as one all-reduce inside the captured step (grad_sync.py)
+            self.grad_mean = GradientMean(self.params, self.dist)
+            self.grad_mean.broadcast_parameters()  # as DDP does when it is built
 
         # CUDA graphs only for the plain loss: the GAN's adaptive weight differentiates the
         # decoder twice per step. A whole-step graph holds the model's, so none inside it.
@@ -226,6 +233,8 @@ class VAETrainer:
                 weight = adaptive_gan_weight(nll, g_loss, self.last_layer) * cfg.disc_weight
                 loss = loss + weight * g_loss
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.grad_mean is not None:
+            self.grad_mean.mean()
         if scaler is not None:
             scaler.unscale_(self.opt)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
