@@ -48,6 +48,7 @@ from train_speed import (  # noqa: E402
     write_result,
 )
 
+from ldmkit.train.batches import rank_slice  # noqa: E402
 from ldmkit.train.config import preset_config  # noqa: E402
 from ldmkit.train.distributed import gather_objects  # noqa: E402
 
@@ -68,6 +69,7 @@ def make_trainer(args, preset: str, *, graph: bool, device: torch.device,
         trainer = synthetic_vae_trainer(config, channels, device, run_dir)
         images = torch.rand((trainer.cfg.batch_size, channels, config.image_size, config.image_size),
                             generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
+        images = rank_slice(images, trainer.dist.rank, trainer.dist.world_size)  # this rank's share
         return trainer, lambda: trainer.train_step(images), trainer.vae, None
     if args.batch:
         config.diffusion.batch_size = args.batch
@@ -131,6 +133,8 @@ def main() -> int:
     p.add_argument("--repeat-plain", action="store_true",
                    help="also a second plain trainer, compared with the first: how far two compiles of the same "
                         "step drift apart (the scale for the graph's differences)")
+    p.add_argument("--graph-only", action="store_true",
+                   help="time the whole-step graph alone (no plain trainer, no comparison): a baseline in one compile")
     p.add_argument("--deadline", type=float, default=420, help="seconds after which no new preset starts")
     p.add_argument("--out", default=None, help="JSON file for the results")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny, eager: check that the script runs")
@@ -150,10 +154,13 @@ def main() -> int:
                 rows.append({"preset": preset, "error": "skipped: deadline"})
                 continue
             try:
-                plain = run_side(args, preset, False, device, Path(tmp))
-                graphed = run_side(args, preset, True, device, Path(tmp))
-                rows += [plain[0], {**graphed[0], **compare(plain, graphed)}]
-                if args.repeat_plain:
+                if args.graph_only:
+                    rows.append(run_side(args, preset, True, device, Path(tmp))[0])
+                else:
+                    plain = run_side(args, preset, False, device, Path(tmp))
+                    graphed = run_side(args, preset, True, device, Path(tmp))
+                    rows += [plain[0], {**graphed[0], **compare(plain, graphed)}]
+                if args.repeat_plain and not args.graph_only:
                     again = run_side(args, preset, False, device, Path(tmp))
                     rows.append({**again[0], "repeat": True, **compare(plain, again)})
             except Exception as err:  # one failing preset must not lose the others

@@ -2,9 +2,10 @@
 
 Each spawned rank runs the real `run_training` with torchrun's environment variables set by
 hand; a wrapper around `DiffusionTrainer.train` saves every rank's final UNet so the ranks
-can be compared with each other and with a single-process run. Two ways: DDP, and the
-whole-step graph's own gradient all-reduce (grad_sync.py), its CUDA graph stood in for by
-test_step_graph's `ReplayByCall` (both stages capture after one warm-up step).
+can be compared with each other and with a single-process run. The ranks average their
+gradients with grad_sync.GradientMean: in plain steps, in the VAE's GAN phase (its
+discriminator's too), and inside a whole-step graph, stood in for by test_step_graph's
+`ReplayByCall` (both stages capture after one warm-up step).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.multiprocessing as mp
 
 from ldmkit.models import UNet, UNetConfig
 from ldmkit.train import diffusion_stage, load_training_state, run_training, vae_stage
+from ldmkit.train.config import apply_overrides
 from ldmkit.train.diffusion_stage import DiffusionTrainer
 from ldmkit.train.vae_stage import VAETrainer
 from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
@@ -28,11 +30,13 @@ WORLD = 2
 VAE_STEPS, STEPS, BATCH = 3, 4, 8
 
 
-def _config(data: Path):
+def _config(data: Path, gan: bool = False):
     # A small LR: Adam divides by sqrt(v), which turns last-bit differences in the gradient
     # (the order of the all-reduce sums) into differences of order lr x (relative grad noise).
     config = micro_config(data, vae_steps=VAE_STEPS, steps=STEPS, batch_size=BATCH)
     config.diffusion.lr = config.vae.lr = 2e-4
+    if gan:  # the discriminator from the VAE's second step
+        apply_overrides(config, {"disc_start": 1, "vae.disc_layers": 1, "vae.disc_channels": 8})
     return config
 
 
@@ -62,6 +66,8 @@ def _save_rank_weights(folder: Path, rank: int) -> None:
             return real_vae_train(self)
         finally:
             vae_stage.release_training_memory = real_release
+            if self.disc is not None:
+                torch.save({"vae": self.vae.state_dict(), "disc": self.disc.state_dict()}, folder / f"gan{rank}.pt")
 
     def train(self: DiffusionTrainer) -> None:
         real_release = diffusion_stage.release_training_memory
@@ -88,26 +94,32 @@ def _whole_step_graph_on_cpu() -> None:
         stage.StepGraph = functools.partial(step_graph.StepGraph, warmup=1, new_graph=ReplayByCall)
 
 
-def _rank_main(rank: int, port: int, data: str, out: str, weights: str, graph: bool) -> None:
+def _rank_main(rank: int, port: int, data: str, out: str, weights: str, graph: bool, gan: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     _save_rank_weights(Path(weights), rank)
     if graph:
         _whole_step_graph_on_cpu()
-    run_training(_config(Path(data)), out)
+    run_training(_config(Path(data), gan), out)
 
 
-@pytest.mark.parametrize("graph", [False, True], ids=["ddp", "whole-step-graph"])
-def test_two_gloo_ranks_match_one_process(tmp_path, graph):
+def _two_ranks(tmp_path: Path, *, graph: bool, gan: bool) -> tuple[Path, Path]:
+    """(the data folder, the folder of each rank's saved weights) after a 2-rank run in tmp_path/ddp."""
     data = write_color_dataset(tmp_path / "data", per_class=6, size=8)
     weights = tmp_path / "weights"
     weights.mkdir()
-    mp.spawn(_rank_main, args=(_free_port(), str(data), str(tmp_path / "ddp"), str(weights), graph),
+    mp.spawn(_rank_main, args=(_free_port(), str(data), str(tmp_path / "ddp"), str(weights), graph, gan),
              nprocs=WORLD, join=True)
+    return data, weights
 
-    # DDP, or the graph's own all-reduce with the step captured after its warm-up and replayed
-    expected = "UNet 3, _Reconstruct 2" if graph else "DistributedDataParallel 0, DistributedDataParallel 0"
+
+@pytest.mark.parametrize("graph", [False, True], ids=["plain", "whole-step-graph"])
+def test_two_gloo_ranks_match_one_process(tmp_path, graph):
+    data, weights = _two_ranks(tmp_path, graph=graph, gan=False)
+
+    # no DDP wrapper; where asked for, each step captured after its warm-up and replayed
+    expected = "UNet 3, _Reconstruct 2" if graph else "UNet 0, _Reconstruct 0"
     assert [(weights / f"rank{r}.txt").read_text() for r in range(WORLD)] == [expected] * WORLD
     ranks = [torch.load(weights / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for name, tensor in ranks[0].items():
@@ -128,3 +140,15 @@ def test_two_gloo_ranks_match_one_process(tmp_path, graph):
     start = UNet(UNetConfig.from_dict(single["config"]["diffusion"]["model"])).state_dict()
     moved = max((single["unet"][k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-4
+
+
+def test_two_gloo_ranks_agree_through_the_gan_phase(tmp_path):
+    """The discriminator's gradients are averaged too, and every rank starts from rank 0's
+    discriminator (each rank built its own from its own seed). Not compared with one process:
+    the GAN's adaptive weight is taken from each rank's own batch, as it was under DDP."""
+    _, weights = _two_ranks(tmp_path, graph=False, gan=True)
+    ranks = [torch.load(weights / f"gan{r}.pt", weights_only=True) for r in range(WORLD)]
+    for part in ("vae", "disc"):
+        for name, tensor in ranks[0][part].items():
+            assert torch.equal(tensor, ranks[1][part][name]), f"ranks disagree on {part}.{name}"
+    assert [(weights / f"rank{r}.txt").read_text() for r in range(WORLD)] == ["UNet 0, _Reconstruct 0"] * WORLD

@@ -10,8 +10,9 @@ same on 1 or N processes, and resuming needs only the generator state and the st
 Per step: fused AdamW at the warm-up/cosine LR, gradient clipping, a skip if the loss or
 gradient is not finite and the EMA update, all queued with no host sync (StepGuard.judge); the
 host reads the losses every SETTLE_EVERY steps. With CUDA graphs the trainer (by default)
-captures that device work once and replays it as one graph (step_graph.py); under torchrun the
-graph then holds the gradients' all-reduce too (grad_sync.py) in place of DDP. Periodically:
+captures that device work once and replays it as one graph (step_graph.py). Under torchrun the
+gradients are averaged over the ranks after the backward by one all-reduce (grad_sync.py; inside
+the graph where there is one). Periodically:
 validation loss on fixed t and noise, a sample grid from the EMA model, a checkpoint plus the
 inference file.
 """
@@ -23,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ldmkit.diffusion import NoiseSchedule, diffusion_loss
 from ldmkit.models import AutoencoderKL, UNet
@@ -67,14 +67,12 @@ class DiffusionTrainer:
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
         whole_step = step_graph_wanted(self.run, self.dist)  # one graph for the step, not graphs for the UNet
         model, self.graphs = compile_for_training(self.unet, self.run, self.dist, graphs_allowed=not whole_step)
-        # Under torchrun: DDP, or where the step is one graph, the gradients' mean as one
-        # all-reduce inside it (grad_sync.py: DDP's hooks are not captured).
-        self.grad_mean = GradientMean(self.params, self.dist) if self.dist.distributed and whole_step else None
-        if self.grad_mean is not None:
-            self.grad_mean.broadcast_parameters()  # as DDP does when it is built
-        elif self.dist.distributed:
-            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = model
+        # Under torchrun: the gradients' mean over the ranks, one all-reduce after the backward
+        # (grad_sync.py says why not DDP)
+        self.grad_mean = GradientMean(self.params, self.dist) if self.dist.distributed else None
+        if self.grad_mean is not None:
+            self.grad_mean.broadcast_parameters()
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999),
                                      weight_decay=self.cfg.weight_decay, fused=fused_adamw_supported(device))
         self.precision = Precision(self.run.precision, device)

@@ -1,19 +1,24 @@
-"""The mean of every rank's gradients as one all-reduce: data parallelism a CUDA graph can hold.
+"""The mean of every rank's gradients as one all-reduce: data parallelism under torchrun.
 
-Under torchrun, a stage whose whole step is captured as one CUDA graph (step_graph.py) averages
-its gradients with `GradientMean` instead of wrapping its model in DDP. DDP launches its
-all-reduces from autograd hooks as its buckets fill and keeps host state between iterations
-(bucket rebuilds, ready counts); PyTorch's recipe for capturing it asks for DDP built on a side
-stream and 11 warm-up iterations. Here, after the backward has produced every gradient, they are
-packed into one flat fp32 buffer, summed over the ranks by one NCCL all-reduce (NCCL collectives
-can be captured since NCCL 2.9), divided by the number of ranks and unpacked: the same kernels
-every step, which a graph records and replays. The result is DDP's (the mean over ranks of each
-rank's gradient of its own mean loss, i.e. the gradient of the global batch's mean loss).
+Both stages, under torchrun, average their gradients with `GradientMean` after the backward:
+the gradients are packed into one flat fp32 buffer, summed over the ranks by one all-reduce,
+divided by the number of ranks and unpacked. The result is DDP's (the mean over ranks of each
+rank's gradient of its own mean loss: the gradient of the global batch's mean loss), and it is
+the same few kernels every step, so a whole-step CUDA graph (step_graph.py) records it with the
+rest of the step (NCCL collectives can be captured since NCCL 2.9).
+
+Why not DDP, which the design first named: (1) DDP launches its all-reduces from autograd hooks
+as its buckets fill and keeps host state between iterations, so capturing it takes PyTorch's
+special recipe (DDP built on a side stream, 11 warm-up iterations); (2) measured on two H200s
+(benchmarks/NOTES.md v17), DDP around the compiled model was slow: its step took 102 ms for the
+emoji UNet (global batch 256), 139 ms for the base UNet (one H200 alone, v16: 38 ms) and 39 ms
+for the emoji VAE, against 5.7, 26.0 and 3.8 ms with this all-reduce inside the captured step.
+(A graph compiled under DDP is split by dynamo at DDP's bucket boundaries, its "DDPOptimizer";
+how much of the cost that is was not measured.)
 
 What it gives up is DDP's overlap of communication with the backward. The all-reduce is of the
 parameters' size: the 90M-parameter base UNet's 360 MB at the ~330 GB/s an all-reduce reached
-between two H100s here (the device tool's KINDS.md) is ~1 ms against a ~38 ms step; on the small
-presets it is a fraction of a millisecond.
+between two H100s here (the device tool's KINDS.md) is ~1 ms against a ~26 ms step.
 """
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ class GradientMean:
 
     Every rank must call it at the same point of its step, with the same parameters holding
     gradients (the same model and the same kind of batch on every rank, as `ldm train` has).
-    `broadcast_parameters()` gives every rank rank 0's weights, as DDP does when it is built.
+    `broadcast_parameters()` gives every rank rank 0's weights (as DDP does when it is built):
+    call it once the weights are initialised or loaded.
     """
 
     def __init__(self, params: Sequence[torch.nn.Parameter], dist: DistInfo) -> None:

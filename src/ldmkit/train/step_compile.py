@@ -1,10 +1,11 @@
 """torch.compile for the training stages, and the start of a step that CUDA graphs need.
 
-Both stages compile their forward the same way: on CUDA only, before DDP wraps it (as nanoGPT
-does), in `RunConfig.compile_mode`. CUDA graphs ("reduce-overhead") replay the forward and the
-backward as one launch each, which is what small models need (their steps are launch-bound,
-benchmarks/NOTES.md); DDP's hooks, and anything else a stage marks as not graph-safe, get the
-plain mode.
+Both stages compile their forward the same way: on CUDA only, in `RunConfig.compile_mode`. CUDA
+graphs ("reduce-overhead") replay the forward and the backward as one launch each, which is what
+small models need (their steps are launch-bound, benchmarks/NOTES.md); what a stage marks as not
+graph-safe (the VAE's GAN phase; a model inside a whole-step graph, which holds its own) gets the
+plain mode. Under torchrun the same: the ranks' gradients are averaged after the backward
+(grad_sync.py), outside the compiled module.
 
 Training compiles with inductor's layout optimisation forced on: the graph then keeps its
 convolutions' activations in channels_last, where by its own heuristics (which skip small
@@ -42,8 +43,7 @@ def compile_for_training(module: nn.Module, run: RunConfig, dist: DistInfo, *,
     The compiled form falls back to `module` itself if compiling fails on the first step."""
     if not compiles_for_training(run, dist):
         return module, False
-    plain = dist.distributed or not graphs_allowed
-    mode = "default" if plain else run.compile_mode
+    mode = run.compile_mode if graphs_allowed else "default"
     if hasattr(inductor_config, "force_layout_optimization"):  # a private switch: absent in other versions
         inductor_config.force_layout_optimization = True
     compiled = EagerFallback(torch.compile(module, mode=mode), module, what="training", flag="--no-compile")

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ldmkit.models import AutoencoderKL
 from ldmkit.train.batches import IndexStream, per_rank_batch
@@ -47,7 +46,7 @@ CAPTURED_RESULTS = ("loss", "rec", "kl", "row")
 class _Reconstruct(nn.Module):
     """VAE forward with the posterior noise passed in: (images, eps) -> (recon, kl per sample).
 
-    DDP wraps `forward`, and the eps must come from the global-batch generator (see
+    torch.compile wraps `forward`, and the eps must come from the global-batch generator (see
     `global_draw`), so the sample is taken here rather than inside AutoencoderKL.forward.
     """
 
@@ -106,10 +105,11 @@ class VAETrainer:
                                            self.cfg.disc_layers).to(device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=self.cfg.disc_lr, betas=(0.5, 0.9),
                                               weight_decay=0.0, fused=fused)
-        self.model: nn.Module | None = None  # the DDP-wrapped forward, built in train()
+        self.model: nn.Module | None = None  # the (compiled) forward, built in train()
         self.graphs = False  # whether self.model replays CUDA graphs (set in _wrap)
-        self.disc_model: nn.Module | None = None
-        self.grad_mean: GradientMean | None = None  # in place of DDP where the step is one graph (_wrap)
+        # under torchrun, the gradients' means over the ranks (grad_sync.py), built in _wrap
+        self.grad_mean: GradientMean | None = None
+        self.disc_grad_mean: GradientMean | None = None
         self.generator = make_generator(self.run.seed + 1, device)
         self.guard = StepGuard(self.dist, ctx.stop)
         self.step = self.offset = 0
@@ -126,24 +126,19 @@ class VAETrainer:
         self.step_graph = StepGraph(self._captured_step) if whole_step else None
 
     def _wrap(self) -> None:
-        # DDP copies rank 0's weights to every rank when it is built: build it after any
-        # initialisation or loading, so there is one truth.
-        def ddp(module: nn.Module) -> nn.Module:
-            if not self.dist.distributed or self.grad_mean is not None:
-                return module
-            return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-        if self.dist.distributed and self.step_graph is not None:
-            # the gradients' mean as one all-reduce inside the captured step (grad_sync.py)
+        if self.dist.distributed:
+            # rank 0's weights on every rank: after any initialisation or loading, so there is one truth
             self.grad_mean = GradientMean(self.params, self.dist)
-            self.grad_mean.broadcast_parameters()  # as DDP does when it is built
+            self.grad_mean.broadcast_parameters()
+            if self.disc is not None:
+                self.disc_grad_mean = GradientMean(list(self.disc.parameters()), self.dist)
+                self.disc_grad_mean.broadcast_parameters()
 
         # CUDA graphs only for the plain loss: the GAN's adaptive weight differentiates the
         # decoder twice per step. A whole-step graph holds the model's, so none inside it.
         forward, self.graphs = compile_for_training(_Reconstruct(self.vae), self.run, self.dist,
                                                     graphs_allowed=not self.use_gan and self.step_graph is None)
-        self.model = ddp(forward)
-        self.disc_model = ddp(self.disc) if self.disc is not None else None
+        self.model = forward
 
     def fresh_start(self) -> None:
         if self.cfg.logvar_init is not None:
@@ -246,9 +241,11 @@ class VAETrainer:
         if gan_on:
             self.disc_opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
-                logits = self.disc_model(torch.cat([images, recon.detach().to(images.dtype)]))
+                logits = self.disc(torch.cat([images, recon.detach().to(images.dtype)]))
                 d_loss = hinge_d_loss(*logits.chunk(2))  # (real, fake) halves
             (scaler.scale(d_loss) if scaler is not None else d_loss).backward()
+            if self.disc_grad_mean is not None:
+                self.disc_grad_mean.mean()
             apply_update(self.disc_opt, applied, scaler)
             out.update(g=g_loss.detach(), gan_weight=weight, d=d_loss.detach())
         if scaler is not None:
