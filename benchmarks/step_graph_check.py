@@ -50,7 +50,7 @@ from train_speed import (  # noqa: E402
 
 from ldmkit.train.batches import rank_slice  # noqa: E402
 from ldmkit.train.config import preset_config  # noqa: E402
-from ldmkit.train.distributed import gather_objects  # noqa: E402
+from ldmkit.train.distributed import cleanup, gather_objects  # noqa: E402
 
 CHANNELS = {"emoji": 3, "fashion-mnist": 1, "tiny": 3, "base": 3}
 
@@ -170,6 +170,8 @@ def main() -> int:
             if main_rank:
                 print(json.dumps(rows[-1]), flush=True)
                 write_result(args.out, args.presets, device, rows)  # as it goes: a killed run keeps its rows
+    if dist is not None:
+        cleanup()  # leave the process group before exiting (NCCL warns otherwise)
     if not main_rank:
         return 0
     print(f"\n{'stage':9} {'preset':13} {'step':7} {'batch':>5} {'ms/step':>8} {'img/s':>8} {'peak GiB':>8} "

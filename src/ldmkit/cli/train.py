@@ -16,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train the KL autoencoder (stage vae), encode the data once into a latent cache, then "
         "train the UNet on the latents (stage diffusion). RUN/ receives config.json, log.jsonl, sample grids, "
         "checkpoint.pt (exact resume) and model.safetensors (for `ldm generate`). Run the same command under "
-        "torchrun for several GPUs; --batch-size is then the global batch.",
+        "torchrun for several GPUs (`torchrun --nproc_per_node N -m ldmkit.cli train ...`); --batch-size is then "
+        "the global batch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True,
@@ -51,11 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "kernels against cuDNN/cuBLAS for every shape: its compile of the C1-sized UNet's step took "
                    "over 9 minutes on an H100, benchmarks/NOTES.md v13)")
     p.add_argument("--step-graph", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                   help="with reduce-overhead on one GPU (bf16/fp32), capture each stage's whole step (forward, "
-                   "backward, clipping, AdamW, EMA; the VAE's only without the GAN) as one CUDA graph instead of "
-                   "graphs for the model alone (default: on). Small models' steps wait on the host: the emoji "
-                   "UNet's step ran 2.1x faster with it, its VAE's 1.44x, the base UNet's as fast, at 2-11%% more "
-                   "peak memory (benchmarks/NOTES.md v16); --no-step-graph when memory is tight")
+                   help="with reduce-overhead on CUDA (bf16/fp32), capture each stage's whole step (forward, "
+                   "backward, under torchrun the gradients' all-reduce, clipping, AdamW, EMA; the VAE's only "
+                   "without the GAN) as one CUDA graph instead of graphs for the model alone (default: on). Small "
+                   "models' steps wait on the host: on one GPU the emoji UNet's step ran 2.1x faster with it, its "
+                   "VAE's 1.44x, the base UNet's as fast, at 2-11%% more peak memory (NOTES.md v16); on two GPUs "
+                   "the emoji UNet's 3.9x (v17); --no-step-graph when memory is tight")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes of the whole run (saving the checkpoint and "
                    "model.safetensors as at the end); rerunning the command resumes")

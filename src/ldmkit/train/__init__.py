@@ -1,4 +1,4 @@
-"""The `ldm train` engine: VAE stage, latent cache, diffusion stage, checkpoints, DDP.
+"""The `ldm train` engine: VAE stage, latent cache, diffusion stage, checkpoints, torchrun.
 
 Entry point: `run_training(config, out_dir, resume=None)` with a `RunConfig` built from a
 preset (`preset_config("tiny")`) and overridden with `apply_overrides(config, flags)`.

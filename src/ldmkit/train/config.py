@@ -122,12 +122,13 @@ class RunConfig:
     # torch.compile mode of the training steps when `compile` is on (CUDA only):
     # "reduce-overhead" adds CUDA graphs, which small models need (their steps are launch-bound:
     # 3.8x faster for the fashion-mnist UNet, see benchmarks/NOTES.md); "default" is plain
-    # inductor. DDP runs and the VAE's GAN phase always use "default".
+    # inductor. The VAE's GAN phase always uses "default".
     compile_mode: str = "reduce-overhead"
-    # With "reduce-overhead" on one GPU (bf16/fp32), capture each stage's whole step (forward,
-    # backward, clipping, AdamW, EMA; the VAE's only without the GAN) as one CUDA graph:
-    # train/step_graph.py. The emoji UNet's step 2.1x faster, its VAE's 1.44x, the base UNet's as
-    # fast, the same updates (benchmarks/NOTES.md, v16).
+    # With "reduce-overhead" (bf16/fp32), capture each stage's whole step (forward, backward, under
+    # torchrun the gradients' all-reduce, clipping, AdamW, EMA; the VAE's only without the GAN) as
+    # one CUDA graph: train/step_graph.py. On one GPU the emoji UNet's step 2.1x faster, its VAE's
+    # 1.44x, the base UNet's as fast, the same updates (benchmarks/NOTES.md, v16); on two, the emoji
+    # UNet's 3.9x and its VAE's 1.9x (v17).
     step_graph: bool = True
     quiet: bool = False
     time_limit: float | None = None  # minutes for the whole run; training stops (and saves) then
@@ -320,8 +321,9 @@ def base() -> RunConfig:
 
     On one GPU the UNet stage replays CUDA graphs like the smaller presets: at this size (C1,
     batch 256) they made the step 1.24x the compiled diffusers peer's with less peak memory, on
-    one H100 (benchmarks/NOTES.md, v4). Under torchrun (DDP) and in the VAE stage, which trains
-    with a discriminator, nothing is graph-safe and both compile in the plain mode."""
+    one H100 (benchmarks/NOTES.md, v4); under torchrun as well (the whole step one CUDA graph:
+    26 ms a step on two H200s, v17). Its VAE stage trains with a discriminator (from step 20,000),
+    which is not graph-safe, so that stage compiles in the plain mode throughout."""
     return _preset(
         name="base", data="", image_size=256, vae_preset="sd", unet_preset="base",
         run=dict(precision="bf16", checkpoint_every=5000, log_every=100, num_workers=8),

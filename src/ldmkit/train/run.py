@@ -202,7 +202,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
 
 def _built_from_run_seed(build: Callable[[], T], seed: int) -> T:
     """Build a model from the run's seed rather than the rank's, so every rank starts from
-    the same weights (DDP would broadcast rank 0's anyway, but the EMA copy is taken first)."""
+    the same weights (GradientMean broadcasts rank 0's anyway, but the EMA copy is taken first)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()

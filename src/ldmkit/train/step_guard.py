@@ -3,7 +3,8 @@
 `Precision` turns "fp32" / "bf16" / "fp16" into an autocast context and, for fp16, a
 GradScaler (fp16's narrow range needs loss scaling; bf16 has fp32's range and does not).
 
-`StepGuard` makes the decisions that every rank must make identically or DDP deadlocks: is
+`StepGuard` makes the decisions that every rank must make identically or the ranks deadlock in
+their next collective: is
 this step's loss finite (apply the update or skip it), and has a stop signal arrived on any
 rank. The skip is decided on the device, with no host sync: `judge` returns a 0/1 tensor that
 the fused AdamW takes as its `found_inf` and the EMA as its weight, so the CPU can queue the
@@ -77,7 +78,7 @@ class StepGuard:
         is the step's entry for `settle` ([mean loss over ranks, bad]), for `record`. Device
         tensors, no host sync, nothing recorded: a captured step can run it (step_graph.py).
 
-        `grad_norm` is the norm after DDP's all-reduce (equal on every rank) and after the
+        `grad_norm` is the norm after the gradients' all-reduce (equal on every rank) and after the
         GradScaler's unscale: a finite loss can still give inf gradients, and the update is
         applied only if both are finite. With `scaled` (fp16 and a GradScaler), inf gradients
         are the scaler's routine and do not count towards the stop after `max_bad_steps`.
@@ -96,7 +97,7 @@ class StepGuard:
 
     def stop_requested_here(self) -> bool:
         """Whether to settle now because of a stop: a host check, no device sync. One process
-        settles at once; under DDP the ranks learn of a stop at their next regular settle."""
+        settles at once; under torchrun the ranks learn of a stop at their next regular settle."""
         return not self.dist.distributed and self.stop.requested
 
     def settle_due(self, step: int, *, total_steps: int, periodic: bool) -> bool:
