@@ -19,9 +19,10 @@ stage's `VAETrainer`) from the same seed (`ldm train`'s own, compiled as it comp
     python3 benchmarks/step_graph_check.py --smoke    # CPU, tiny, eager: checks the script runs
 
 Under torchrun (`torchrun --nproc_per_node N benchmarks/step_graph_check.py ...`) the trainers
-are data-parallel as `ldm train`'s are: the plain step through DDP, the graph with the gradients'
-all-reduce inside it (grad_sync.py); the batch is the global one, each row says whether every
-rank ended its compared steps with the same weights, and rank 0 prints and writes.
+are data-parallel as `ldm train`'s are (the gradients' all-reduce, grad_sync.py, after the plain
+step's backward, and inside the graph with the rest of the step); the batch is the global one,
+each row says whether every rank ended its compared steps with the same weights, and rank 0
+prints and writes.
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def test_compiler_failure_falls_back_once_with_the_same_output():
         warnings.simplefilter("error")  # warned once, not per call
         wrapped(x)
     assert backend.calls == calls  # no second attempt
-    assert [p for p in wrapped.parameters()] == list(module.parameters())  # what DDP and the optimizer see
+    assert [p for p in wrapped.parameters()] == list(module.parameters())  # what the optimizer and GradientMean see
 
 
 def test_an_error_in_the_model_is_not_a_fallback():

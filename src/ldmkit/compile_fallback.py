@@ -114,8 +114,8 @@ def _device_type(args: tuple, kwargs: dict[str, Any]) -> str:
 class EagerFallback(nn.Module):
     """A module's compiled form that turns into the module itself if compiling fails.
 
-    Holds `module` as its only child (so DDP, `.parameters()` and `.train()` see the module); the
-    compiled form is kept outside the module tree.
+    Holds `module` as its only child (so `.parameters()`, `.train()` and the optimizer see the
+    module); the compiled form is kept outside the module tree.
     """
 
     def __init__(self, compiled: Callable[..., Any], module: nn.Module, *, what: str, flag: str) -> None:

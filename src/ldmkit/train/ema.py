@@ -55,7 +55,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, gate: torch.Tensor | None = None) -> None:
-        """Move the average one step towards `model` (the unwrapped module, not DDP); with a
+        """Move the average one step towards `model` (the unwrapped module, not its compiled form); with a
         `gate` tensor, only where it is 1 (see the module doc)."""
         ema_params, params, buffers = self._pairs(model)
         if gate is None:

@@ -4,11 +4,10 @@
 GradScaler (fp16's narrow range needs loss scaling; bf16 has fp32's range and does not).
 
 `StepGuard` makes the decisions that every rank must make identically or the ranks deadlock in
-their next collective: is
-this step's loss finite (apply the update or skip it), and has a stop signal arrived on any
-rank. The skip is decided on the device, with no host sync: `judge` returns a 0/1 tensor that
-the fused AdamW takes as its `found_inf` and the EMA as its weight, so the CPU can queue the
-next steps while the GPU runs this one. The host learns about the steps only at `settle`
+their next collective: is this step's loss finite (apply the update or skip it), and has a stop
+signal arrived on any rank. The skip is decided on the device, with no host sync: `judge`
+returns a 0/1 tensor that the fused AdamW takes as its `found_inf` and the EMA as its weight, so
+the CPU can queue the next steps while the GPU runs this one. The host learns about the steps only at `settle`
 (every few steps, and before anything that reads the model): one read of the queued losses
 and flags, the streak check, and the all-reduced stop flag. On one small UNet a host read
 every step cost a fifth of the step time (benchmarks/NOTES.md, v3).
