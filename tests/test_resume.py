@@ -44,6 +44,18 @@ def _stop_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(StepGuard, "record", record)
 
 
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two diffusion-stage checkpoints hold the same position, weights, EMA and optimizer state, bitwise."""
+    assert a["step"] == b["step"] and a["offset"] == b["offset"]
+    for key in ("unet", "vae"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name}"
+    for name, tensor in a["ema"]["module"].items():
+        assert torch.equal(tensor, b["ema"]["module"][name]), f"ema.{name}"
+    for slot, values in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][slot][k]) for k, v in values.items())
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_color_dataset(tmp_path_factory.mktemp("data"), per_class=6, size=8)
@@ -71,14 +83,8 @@ def test_stop_and_resume_matches_uninterrupted_run(tmp_path, data, monkeypatch):
     assert len(expected) == VAE_STEPS + STEPS
     assert got == expected  # every loss, bitwise
     a, b = load_training_state(whole / "checkpoint.pt"), load_training_state(parts / "checkpoint.pt")
-    assert a["step"] == b["step"] == STEPS and a["offset"] == b["offset"]
-    for key in ("unet", "vae"):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), f"{key}.{name}"
-    for name, tensor in a["ema"]["module"].items():
-        assert torch.equal(tensor, b["ema"]["module"][name]), f"ema.{name}"
-    for slot, values in a["optimizer"]["state"].items():
-        assert all(torch.equal(v, b["optimizer"]["state"][slot][k]) for k, v in values.items())
+    assert a["step"] == STEPS
+    assert_same_training_state(a, b)
     wa, wb = load_file(whole / "model.safetensors"), load_file(parts / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
