@@ -67,6 +67,8 @@ def make_trainer(args, preset: str, *, graph: bool, device: torch.device,
         if args.batch:
             config.vae.batch_size = args.batch
         config.vae.perceptual_weight = 0.0  # LPIPS is not shipped: as `ldm train` without the lpips package
+        if args.gan:
+            config.vae.disc_start = 0  # the patch GAN from the first step: no whole-step graph on either side
         trainer = synthetic_vae_trainer(config, channels, device, run_dir)
         images = torch.rand((trainer.cfg.batch_size, channels, config.image_size, config.image_size),
                             generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1
@@ -97,7 +99,9 @@ def run_side(args, preset: str, graph: bool, device: torch.device,
     after = flat(module)
     moved, ema_moved = after - w0, (flat(ema) - w0 if ema is not None else torch.zeros(1))
     ranks = trainer.dist.world_size
-    digests = gather_objects(hashlib.sha256(after.numpy().tobytes()).hexdigest(), trainer.dist)
+    disc = getattr(trainer, "disc", None)  # the VAE stage's discriminator, with --gan
+    weights = torch.cat([after, flat(disc)]) if disc is not None else after
+    digests = gather_objects(hashlib.sha256(weights.numpy().tobytes()).hexdigest(), trainer.dist)
     timed = time_steps(settling(trainer, step), args.warmup, args.steps, device)
     row = {"stage": args.stage, "preset": preset, "step_graph": graph, "batch": trainer.cfg.batch_size,
            "ranks": ranks, "ranks_agree": len(set(digests)) == 1, "model": type(trainer.model).__name__,
@@ -134,6 +138,9 @@ def main() -> int:
     p.add_argument("--repeat-plain", action="store_true",
                    help="also a second plain trainer, compared with the first: how far two compiles of the same "
                         "step drift apart (the scale for the graph's differences)")
+    p.add_argument("--gan", action="store_true",
+                   help="--stage vae with the patch GAN from the first step (both trainers step plainly: the GAN "
+                        "is not captured); under torchrun, whether the ranks' autoencoders and discriminators agree")
     p.add_argument("--graph-only", action="store_true",
                    help="time the whole-step graph alone (no plain trainer, no comparison): a baseline in one compile")
     p.add_argument("--deadline", type=float, default=420, help="seconds after which no new preset starts")

@@ -213,3 +213,18 @@ def test_step_graph_check_and_cache_spread_smoke(tmp_path):
     rows = json.loads((tmp_path / "spread.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["plain", "no-aot"] and all(r["ms_per_step"] > 0 for r in rows)
     assert rows[1]["env"] == {"TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+
+
+def test_step_graph_check_under_torchrun_smoke(tmp_path):
+    """step_graph_check.py under torchrun (2 gloo processes on the CPU), the VAE stage with its GAN:
+    rank 0 writes the rows, and the ranks' autoencoders and discriminators agree."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    str(BENCH.parent / "step_graph_check.py"), "--smoke", "--stage", "vae", "--gan",
+                    "--out", str(tmp_path / "gan.json")], check=True, capture_output=True, env=env)
+    rows = json.loads((tmp_path / "gan.json").read_text())["rows"]
+    assert [(r["ranks"], r["ranks_agree"], r["captured"]) for r in rows] == [(2, True, False)] * 2
+    assert len(set(rows[0]["losses"])) == 3
