@@ -15,7 +15,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
 import torch
 import torch.multiprocessing as mp
 
