@@ -55,6 +55,13 @@ def test_user_mistakes_are_one_line_errors(argv, message, capsys, tmp_path, monk
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_under_torchrun_each_process_says_which_rank_it_is(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["info", "/no/such/run"]) == 2
+    assert capsys.readouterr().err.startswith("ldm info (rank 1 of 2): error: ")
+
+
 def test_generate_writes_named_pngs_and_a_grid(model_file, tmp_path, capsys):
     out = tmp_path / "samples"
     assert main(["generate", "--model", str(model_file), "--class", "green", "blue", "--n", "2", "--steps", "3",

@@ -8,6 +8,7 @@ one line on stderr and exit status 2; Ctrl-C exits with 130 (training saves firs
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ldmkit import __version__
@@ -32,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _which_process() -> str:
+    """The error line's process tag: ' (rank R of N)' under torchrun, where every process reports
+    its own error (usually the same one; a rank's own, such as a GPU it lacks); empty in one process."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" (rank {os.environ.get('RANK', '0')} of {world})" if world.isdigit() and int(world) > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -41,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.run(args)
     except UserError as err:
-        print(f"ldm {args.verb}: error: {err}", file=sys.stderr)
+        print(f"ldm {args.verb}{_which_process()}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `ldm info ... | head`: the reader left, nothing to report
         return 0
