@@ -109,7 +109,12 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch, out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.features(z))  # [B, out_ch, H, W]
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Everything but the final convolution: `[B, C_in, h, w]` -> `[B, C_first, H, W]`, what
+        `conv_out` reads (the VAE stage's GAN phase differentiates that last layer alone)."""
         h = self.mid_block(self.conv_in(z))  # [B, C_last, h, w]
         for level in self.up_blocks:
             h = level(h)  # doubled after each level but the last
-        return self.conv_out(group_norm_silu(h, self.norm_out))  # [B, out_ch, H, W]
+        return group_norm_silu(h, self.norm_out)  # [B, C_first, H, W]

@@ -48,22 +48,22 @@ class _Reconstruct(nn.Module):
 
     torch.compile wraps `forward`, and the eps must come from the global-batch generator (see
     `global_draw`), so the sample is taken here rather than inside AutoencoderKL.forward.
+    With `last_conv=False` it stops before the decoder's final convolution and returns what that
+    convolution reads: the GAN's adaptive weight differentiates the losses with respect to that
+    layer alone, and a backward that starts inside a compiled graph runs all of the graph's
+    backward (AOTAutograd cannot prune it), so the layer is applied outside, eagerly.
     """
 
-    def __init__(self, vae: AutoencoderKL) -> None:
+    def __init__(self, vae: AutoencoderKL, *, last_conv: bool = True) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae, self.last_conv = vae, last_conv
 
     def forward(self, images: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         posterior = self.vae.posterior(images)  # q(z|x): mean, logvar [B, c, h, w]
-        z = posterior.mean + posterior.std * eps
-        return self.vae.decode_raw(z), posterior.kl()  # [B, C, H, W], [B]
-
-
-def _last_decoder_layer(vae: AutoencoderKL) -> torch.Tensor:
-    """G_L of Esser et al. eq. 7: the weight of the decoder's final convolution."""
-    convs = [m for m in vae.decoder.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].weight
+        z = self.vae.post_quant_conv(posterior.mean + posterior.std * eps)
+        decoder = self.vae.decoder
+        out = decoder(z) if self.last_conv else decoder.features(z)  # [B, C, H, W] or [B, C_first, H, W]
+        return out, posterior.kl()  # ..., [B]
 
 
 @torch.no_grad()
@@ -115,7 +115,7 @@ class VAETrainer:
         self.step = self.offset = 0
         self.last_saved: int | None = None
         self.latent_shape = _latent_shape(vae, self.run.image_size)
-        self.last_layer = _last_decoder_layer(vae)
+        self.last_layer = self.vae.decoder.conv_out  # G_L of Esser et al. eq. 7, applied outside the compiled forward
         self.pixels = vae.config.in_channels * self.run.image_size**2
         self.perceptual, self.perceptual_note = (
             load_perceptual_loss(device) if self.cfg.perceptual_weight > 0 else (None, "perceptual loss off"))
@@ -136,7 +136,8 @@ class VAETrainer:
 
         # CUDA graphs only for the plain loss: the GAN's adaptive weight differentiates the
         # decoder twice per step. A whole-step graph holds the model's, so none inside it.
-        forward, self.graphs = compile_for_training(_Reconstruct(self.vae), self.run, self.dist,
+        reconstruct = _Reconstruct(self.vae, last_conv=not self.use_gan)  # with the GAN, conv_out is applied eagerly
+        forward, self.graphs = compile_for_training(reconstruct, self.run, self.dist,
                                                     graphs_allowed=not self.use_gan and self.step_graph is None)
         self.model = forward
 
@@ -212,7 +213,9 @@ class VAETrainer:
         cfg, scaler = self.cfg, self.precision.scaler
         self.opt.zero_grad(set_to_none=True)  # a captured backward then writes fresh gradients
         with self.precision.autocast():
-            recon, kl = self.model(images, eps)  # [B, C, H, W], [B]
+            recon, kl = self.model(images, eps)  # [B, C, H, W] ([B, C_first, H, W] with the GAN), [B]
+            if self.use_gan:
+                recon = self.last_layer(recon)  # [B, C, H, W]
             diff = recon.float() - images
             rec = diff.abs().mean() if cfg.recon_loss == "l1" else diff.pow(2).mean()
             nll = rec
@@ -225,7 +228,7 @@ class VAETrainer:
                 self.disc.requires_grad_(False)  # the generator's GAN term must not train D
                 g_loss = generator_loss(self.disc(recon))
                 self.disc.requires_grad_(True)
-                weight = adaptive_gan_weight(nll, g_loss, self.last_layer) * cfg.disc_weight
+                weight = adaptive_gan_weight(nll, g_loss, self.last_layer.weight) * cfg.disc_weight
                 loss = loss + weight * g_loss
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if self.grad_mean is not None:

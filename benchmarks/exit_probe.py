@@ -1,0 +1,65 @@
+"""Where the seconds between `ldm`'s last line and the process's exit go (benchmarks/NOTES.md v18).
+
+Runs one `ldm` command in this process, then lets Python shut down as `ldm` would, printing a
+wall-clock stamp (`exit_probe WHAT UNIX_TIME`) at each point it can see, and every `--dump-every`
+seconds after `ldm` returned the Python stack of every thread (faulthandler), so a slow exit
+shows where it waits. Stamps, in order:
+
+- `main returned`: the command's work is done (its last line is printed);
+- `shutdown_compile_workers done` (with `--shutdown-workers`): inductor's compile-worker pool
+  shut down here, explicitly, instead of in its atexit handler;
+- `first atexit handler` / `last atexit handler`: around the atexit handlers registered while
+  the command ran (inductor's pool shutdown among them; registered first, runs last);
+- the caller stamps the process's end (`date +%s.%N`): what comes after the last handler is
+  module teardown and C++ destructors (CUDA, NCCL).
+
+    python3 benchmarks/exit_probe.py [--shutdown-workers] -- train --data emoji --preset emoji ...
+    python3 benchmarks/exit_probe.py --smoke     # CPU: the tiny preset, a few steps
+"""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import sys
+import time
+
+
+def stamp(what: str) -> None:
+    print(f"exit_probe {what} {time.time():.3f}", file=sys.stderr, flush=True)
+
+
+atexit.register(stamp, "last atexit handler")  # before anything else registers: runs last
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    ldm_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    dump_every = 1.0
+    if "--dump-every" in own:
+        dump_every = float(own[own.index("--dump-every") + 1])
+    if "--smoke" in own:
+        import tempfile
+        ldm_args = ["train", "--data", "emoji", "--preset", "tiny", "--vae-steps", "3", "--steps", "3",
+                    "--device", "cpu", "--quiet", "--out", tempfile.mkdtemp(prefix="exit_probe_")]
+    if not ldm_args:
+        print(__doc__, file=sys.stderr)
+        return 2
+
+    from ldmkit.cli import main as ldm_main
+
+    stamp("start")
+    rc = ldm_main(ldm_args)
+    stamp("main returned")
+    if "--shutdown-workers" in own:
+        from torch._inductor.async_compile import shutdown_compile_workers
+        shutdown_compile_workers()
+        stamp("shutdown_compile_workers done")
+    atexit.register(stamp, "first atexit handler")  # after every handler the command registered: runs first
+    faulthandler.dump_traceback_later(dump_every, repeat=True, file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
