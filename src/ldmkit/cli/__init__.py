@@ -59,5 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The `ldm` command and `python -m ldmkit.cli`: `main`, then the process's end
+    (`process_exit.finish`: seconds sooner after a job that used a GPU)."""
+    from .process_exit import finish
+
+    finish(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

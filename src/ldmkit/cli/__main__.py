@@ -1,7 +1,5 @@
 """`python -m ldmkit.cli ...` (what torchrun runs): the same as the `ldm` command."""
 
-import sys
+from ldmkit.cli import entry
 
-from ldmkit.cli import main
-
-sys.exit(main())
+entry()
