@@ -13,7 +13,12 @@ shows where it waits. Stamps, in order:
 - the caller stamps the process's end (`date +%s.%N`): what comes after the last handler is
   module teardown and C++ destructors (CUDA, NCCL).
 
-    python3 benchmarks/exit_probe.py [--shutdown-workers] -- train --data emoji --preset emoji ...
+With `--ldm-exit` the process ends as the `ldm` command ends it (`ldmkit.cli.process_exit.finish`:
+after CUDA, Python's exit work and then `os._exit`, skipping the interpreter's teardown); the
+stamp `finish` marks its start. Without it the probe exits as a plain Python program does,
+as `ldm` did before v18.
+
+    python3 benchmarks/exit_probe.py [--shutdown-workers] [--ldm-exit] train --data emoji --preset emoji ...
     python3 benchmarks/exit_probe.py --smoke     # CPU: the tiny preset, a few steps
 """
 
@@ -30,15 +35,18 @@ def stamp(what: str) -> None:
 
 
 atexit.register(stamp, "last atexit handler")  # before anything else registers: runs last
+PROBE_FLAGS = ("--shutdown-workers", "--ldm-exit", "--dump-every", "--smoke")
 
 
 def main() -> int:
     argv = sys.argv[1:]
-    ldm_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
-    dump_every = 1.0
-    if "--dump-every" in own:
-        dump_every = float(own[own.index("--dump-every") + 1])
+    own: list[str] = []  # the probe's flags come first; `ldm`'s arguments from the first other one
+    while argv and argv[0] in PROBE_FLAGS:
+        own.append(argv.pop(0))
+        if own[-1] == "--dump-every":
+            own.append(argv.pop(0))
+    ldm_args = argv[1:] if argv[:1] == ["--"] else argv  # torchrun drops a `--`, python keeps it
+    dump_every = float(own[own.index("--dump-every") + 1]) if "--dump-every" in own else 1.0
     if "--smoke" in own:
         import tempfile
         ldm_args = ["train", "--data", "emoji", "--preset", "tiny", "--vae-steps", "3", "--steps", "3",
@@ -58,6 +66,11 @@ def main() -> int:
         stamp("shutdown_compile_workers done")
     atexit.register(stamp, "first atexit handler")  # after every handler the command registered: runs first
     faulthandler.dump_traceback_later(dump_every, repeat=True, file=sys.stderr)
+    if "--ldm-exit" in own:
+        from ldmkit.cli import process_exit
+
+        stamp("finish")
+        process_exit.finish(rc)
     return rc
 
 

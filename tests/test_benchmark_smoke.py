@@ -228,3 +228,16 @@ def test_step_graph_check_under_torchrun_smoke(tmp_path):
     rows = json.loads((tmp_path / "gan.json").read_text())["rows"]
     assert [(r["ranks"], r["ranks_agree"], r["captured"]) for r in rows] == [(2, True, False)] * 2
     assert len(set(rows[0]["losses"])) == 3
+
+
+def test_exit_probe_smoke():
+    """benchmarks/exit_probe.py --smoke (the tiny preset on the CPU), ending as `ldm` does: its
+    stamps in order, after the command's last line."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH.parent / "exit_probe.py"), "--ldm-exit", "--smoke"],
+                          check=True, capture_output=True, text=True)
+    stamps = [line.split()[1:-1] for line in done.stderr.splitlines() if line.startswith("exit_probe ")]
+    assert stamps == [["start"], ["main", "returned"], ["finish"], ["first", "atexit", "handler"],
+                      ["last", "atexit", "handler"]]
+    assert done.stderr.index("diffusion stage done") < done.stderr.index("exit_probe main returned")
