@@ -29,11 +29,6 @@ from torch import nn
 
 from ldmkit.nn.switches import TRITON_IMPORTABLE
 
-try:  # the base class of the compiler's own failures (torch >= 2.6)
-    from torch._dynamo.exc import ShortenTraceback as CompilerFailure
-except ImportError:  # pragma: no cover - older torch
-    from torch._dynamo.exc import BackendCompilerFailed as CompilerFailure
-
 TRITON_MIN_CAPABILITY = (7, 0)
 
 
@@ -96,11 +91,24 @@ def call_or_fallback(state: dict[str, Any], compiled: Callable[..., Any], plain:
     if not state.get("failed"):
         try:
             return compiled(*args, **kwargs)
-        except CompilerFailure as err:
+        except Exception as err:
+            if not isinstance(err, _compiler_failure()):
+                raise
             state["failed"] = _reason(err)
             _FAILED[_device_type(args, kwargs)] = state["failed"]
             warn_uncompiled(what, state["failed"], flag)
     return plain(*args, **kwargs)
+
+
+def _compiler_failure() -> type[Exception]:
+    """The base class of the compiler's own failures. Imported here, not with this module: a
+    compiled call has imported torch._dynamo already, and `import ldmkit` should not (~1 s)."""
+    try:
+        from torch._dynamo.exc import ShortenTraceback  # torch >= 2.6
+        return ShortenTraceback
+    except ImportError:  # pragma: no cover - older torch
+        from torch._dynamo.exc import BackendCompilerFailed
+        return BackendCompilerFailed
 
 
 def _device_type(args: tuple, kwargs: dict[str, Any]) -> str:

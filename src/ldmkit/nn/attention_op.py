@@ -31,9 +31,15 @@ ENABLED = switch_on(ENV_SWITCH)
 MAX_HEAD_DIM = 128
 
 
-@torch.compiler.assume_constant_result
 def _cudnn_attention_device() -> bool:
     return _cudnn_attention_device_cached(torch.cuda.current_device())
+
+
+# What `torch.compiler.assume_constant_result` does (dynamo calls the function while tracing and
+# keeps its result as a constant), without importing torch._dynamo when ldmkit is imported: that
+# import took ~1 s of every `ldm` command's start. tests/test_import_time.py checks that the
+# decorator still sets nothing more.
+_cudnn_attention_device._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=None)

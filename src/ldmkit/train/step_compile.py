@@ -28,7 +28,6 @@ supports, a compiler failing on the first step), the stages train uncompiled aft
 from __future__ import annotations
 
 import torch
-import torch._inductor.config as inductor_config
 from torch import nn
 
 from ldmkit.compile_fallback import EagerFallback, compile_allowed
@@ -43,6 +42,8 @@ def compile_for_training(module: nn.Module, run: RunConfig, dist: DistInfo, *,
     The compiled form falls back to `module` itself if compiling fails on the first step."""
     if not compiles_for_training(run, dist):
         return module, False
+    import torch._inductor.config as inductor_config  # here: importing it takes ~1 s, and compiling needs it anyway
+
     mode = run.compile_mode if graphs_allowed else "default"
     if hasattr(inductor_config, "force_layout_optimization"):  # a private switch: absent in other versions
         inductor_config.force_layout_optimization = True
