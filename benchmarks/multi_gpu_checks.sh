@@ -50,6 +50,7 @@ if [ "$PART" = 1 ]; then
     # shellcheck disable=SC2046
     run exit_probe_1gpu_shutdown 120 python3 exit_probe.py --shutdown-workers $(emoji_train /tmp/exit_probe_b)
 elif [ "$PART" = gan ]; then
+    : "${BASE_SRC:?set BASE_SRC to the src/ of the checkout to compare with (see the header of this script)}"
     gan() {  # gan GPU SRC NAME PRESET STEPS: the GAN-phase VAE step alone, timed
         CUDA_VISIBLE_DEVICES=$1 PYTHONPATH=$2 run "$3" 240 python3 step_graph_check.py --stage vae --gan \
             --graph-only --presets "$4" --check-steps 5 --warmup 5 --steps "$5" --out "$OUT/$3.json"
