@@ -173,3 +173,26 @@ def test_train_compile_mode_comes_from_the_preset_and_the_flag():
     for flag, wanted in (("--no-step-graph", False), ("--step-graph", True)):
         args = parser.parse_args(["train", "--data", "emoji", "--out", "RUN", flag])
         assert config_from_args(args).step_graph is wanted
+
+
+def test_help_names_each_default_once_and_never_none():
+    """`ldm VERB --help` shows a flag's default where it has one to show (0 included), and never
+    "(default: None)", "(default: False)" or a second default after the one the help text names."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "verb")
+    for name, sub in subparsers.choices.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if action.help is None or action.dest == "help":
+                continue
+            params = {**vars(action), "prog": name}
+            shown = formatter._get_help_string(action) % params
+            where = f"ldm {name} {action.option_strings}: {shown}"
+            if "default" in action.help.lower():
+                assert shown == action.help % params, where
+            else:
+                assert shown.lower().count("default") <= 1, where
+            for empty in ("(default: None)", "(default: False)", "(default: [])"):
+                assert empty not in shown, where
+    eval_help = subparsers.choices["eval"].format_help()
+    assert "seed of the first sample (default: 0)" in " ".join(eval_help.split())

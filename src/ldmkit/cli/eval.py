@@ -13,6 +13,8 @@ from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import bundled_names
 
+from .help_format import DefaultsHelpFormatter
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "al. 2019) and the accuracy of a classifier on the requested class. Each number is printed beside the "
         "baseline of real training images against the same test images, at the same n. Only the Inception-v3 "
         "distance is called FID; others are named after their extractor (FD_classifier, FD_efficientnet_lite0).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", default=None,
                    help=f"run folder, inference file or bundled model ({', '.join(bundled_names())}) to sample "

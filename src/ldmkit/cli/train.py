@@ -8,6 +8,8 @@ from pathlib import Path
 from ldmkit.errors import UserError
 from ldmkit.train.config import COMPILE_MODES
 
+from .help_format import DefaultsHelpFormatter
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint.pt (exact resume) and model.safetensors (for `ldm generate`). Run the same command under "
         "torchrun for several GPUs (`torchrun --nproc_per_node N -m ldmkit.cli train ...`); --batch-size is then "
         "the global batch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True,
                    help="a folder (DIR/train and DIR/val, one subfolder per class, or a flat folder), "
