@@ -18,7 +18,7 @@ from PIL import Image
 
 from ldmkit.models import UNET_PRESETS, VAE_PRESETS
 from ldmkit.train import RunConfig, apply_overrides, load_inference_file, preset_config, run_training
-from ldmkit.train.diffusion_stage import make_schedule
+from ldmkit.train.config import make_schedule
 from ldmkit.train.previews import generate_latents
 
 @pytest.fixture(autouse=True)

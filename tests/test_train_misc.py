@@ -135,7 +135,14 @@ def test_config_overrides_round_trip_and_errors():
     with pytest.raises(UserError, match="unknown training preset"):
         preset_config("huge")
     for bad, match in (({"precision": "fp8"}, "precision"), ({"cond_drop": 1.5}, "cond_drop"),
-                       ({"batch_size": 0}, "batch_size")):
+                       ({"batch_size": 0}, "batch_size"), ({"lr": -1.0}, "lr must be > 0"),
+                       ({"vae_lr": 0.0}, "vae.lr"), ({"vae.disc_lr": -1.0}, "vae.disc_lr"),
+                       ({"weight_decay": -0.1}, "weight_decay"), ({"kl_weight": -1.0}, "vae.kl_weight"),
+                       ({"vae.latent_stats_images": 0}, "latent_stats_images"),
+                       ({"diffusion.sample_per_class": 0}, "sample_per_class"),
+                       ({"diffusion.sample_steps": 0}, "sample_steps"),
+                       ({"diffusion.num_train_timesteps": 1}, "num_steps"),
+                       ({"diffusion.beta_start": 2.0}, "beta_start")):
         with pytest.raises(UserError, match=match):
             validate(apply_overrides(preset_config("tiny"), bad))
     for name in TRAIN_PRESETS:

@@ -13,9 +13,12 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ldmkit.errors import UserError
+
+if TYPE_CHECKING:
+    from ldmkit.diffusion.schedules import NoiseSchedule
 
 STAGES = ("all", "vae", "diffusion")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -248,6 +251,15 @@ def _set_model_field(config: RunConfig, key: str, value: Any) -> None:
     stage.model = {**stage.model, name: value}
 
 
+def make_schedule(cfg: DiffusionTrainConfig) -> NoiseSchedule:
+    """The training noise schedule described by the config (`UserError` for an impossible one)."""
+    from ldmkit.diffusion.schedules import NoiseSchedule  # here: the config module stays torch-free
+
+    betas = {} if cfg.schedule == "cosine" else {"beta_start": cfg.beta_start, "beta_end": cfg.beta_end}
+    return NoiseSchedule.create(cfg.schedule, cfg.num_train_timesteps, zero_terminal_snr=cfg.zero_terminal_snr,
+                                **betas)
+
+
 def validate(config: RunConfig) -> None:
     """Raise `UserError` for values no run can use (checked before any work starts)."""
     def need(ok: bool, message: str) -> None:
@@ -269,6 +281,22 @@ def validate(config: RunConfig) -> None:
     need(0.0 <= d.cond_drop < 1.0, "cond_drop must be in [0, 1)")
     need(0.0 <= d.ema_decay <= 1.0, "ema_decay must be in [0, 1]")
     need(d.min_snr_gamma is None or d.min_snr_gamma > 0, "min_snr_gamma must be positive")
+    # Optimiser and loss settings that PyTorch would reject only once training starts (as a
+    # traceback) or that would train something other than asked (a negative loss weight).
+    for name, value in (("lr", d.lr), ("vae.lr", v.lr), ("vae.disc_lr", v.disc_lr)):
+        need(value > 0, f"{name} must be > 0, got {value}")
+    for name, value in (("weight_decay", d.weight_decay), ("vae.weight_decay", v.weight_decay),
+                        ("vae.kl_weight", v.kl_weight), ("vae.perceptual_weight", v.perceptual_weight),
+                        ("vae.disc_weight", v.disc_weight)):
+        need(value >= 0, f"{name} must be >= 0, got {value}")
+    need(v.latent_stats_images > 0, "vae.latent_stats_images must be > 0")
+    need(d.sample_per_class > 0, "diffusion.sample_per_class must be > 0")
+    # The noise schedule and the preview sampler's step count are otherwise first checked after
+    # the VAE stage (the schedule) or at the first preview grid (the steps).
+    make_schedule(d)
+    need(isinstance(d.sample_steps, int) and 1 <= d.sample_steps <= d.num_train_timesteps,
+         f"diffusion.sample_steps must be from 1 to num_train_timesteps ({d.num_train_timesteps}), "
+         f"got {d.sample_steps}")
     for name, value in (("steps", d.steps), ("vae_steps", v.steps), ("warmup", d.warmup)):
         need(value >= 0, f"{name} must be >= 0")
     for name, value in (("batch_size", d.batch_size), ("vae_batch_size", v.batch_size),

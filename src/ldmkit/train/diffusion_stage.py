@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldmkit.diffusion import NoiseSchedule, diffusion_loss
+from ldmkit.diffusion import diffusion_loss
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.train.batches import IndexStream, per_rank_batch, rank_slice
-from ldmkit.train.config import DiffusionTrainConfig
+from ldmkit.train.config import make_schedule
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.ema import EMA
 from ldmkit.train.grad_sync import GradientMean
@@ -42,12 +42,6 @@ from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
-
-
-def make_schedule(cfg: DiffusionTrainConfig) -> NoiseSchedule:
-    """The training noise schedule described by the config."""
-    betas = {} if cfg.schedule == "cosine" else {"beta_start": cfg.beta_start, "beta_end": cfg.beta_end}
-    return NoiseSchedule.create(cfg.schedule, cfg.num_train_timesteps, zero_terminal_snr=cfg.zero_terminal_snr, **betas)
 
 
 class DiffusionTrainer:
