@@ -158,6 +158,17 @@ class LatentDiffusionPipeline:
             labels = [-1] * (n or (1 if self.takes_text else 16))
         return [seed + k for k in range(len(labels))], labels
 
+    def check_prompt(self, prompt: str | None) -> None:
+        """`UserError` unless this model can take `prompt` (None: no prompt): a text-to-image model
+        needs one and a loaded text encoder, any other model takes none."""
+        if self.takes_text:
+            if prompt is None:
+                raise UserError("this is a text-to-image model: give a prompt (--prompt)")
+            if self.text_encoder is None:
+                raise UserError(f"this model needs a CLIP text encoder, none is loaded; expected {TEXT_ENCODER_LAYOUT}")
+        elif prompt is not None:
+            raise UserError("this model takes no prompt: it has no cross-attention (it is not text-conditioned)")
+
     def _denoiser(self, labels: Sequence[int], prompt: str | None, negative_prompt: str, cfg: float | None,
                   cfg_rescale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The guided denoiser `(x, t) -> prediction` for one batch."""
@@ -168,11 +179,8 @@ class LatentDiffusionPipeline:
             kwargs = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in kwargs.items()}
             return unet(x.to(self.dtype), t, **kwargs).float()
 
+        self.check_prompt(prompt)
         if self.takes_text:
-            if prompt is None:
-                raise UserError("this is a text-to-image model: give a prompt (--prompt)")
-            if self.text_encoder is None:
-                raise UserError(f"this model needs a CLIP text encoder, none is loaded; expected {TEXT_ENCODER_LAYOUT}")
             # Classifier-free guidance with the negative prompt ("" = SD's unconditional) as the null.
             # [2, 77, width] in the UNet's dtype once per batch: model_fn's cast is then a no-op and
             # every step passes the same tensor, whose keys and values a CompiledUNet computes once
@@ -182,8 +190,6 @@ class LatentDiffusionPipeline:
             uncond = {"context": context[1:].expand(batch, -1, -1)}
             scale = DEFAULT_TEXT_CFG if cfg is None else cfg
             return classifier_free_guidance(model_fn, scale, cond=cond, uncond=uncond, rescale=cfg_rescale)
-        if prompt is not None:
-            raise UserError("this model takes no prompt: it has no cross-attention (it is not text-conditioned)")
         if self.num_classes:
             class_labels = torch.tensor(list(labels), device=self.device)
             scale = DEFAULT_CFG if cfg is None else cfg

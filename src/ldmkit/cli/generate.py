@@ -70,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1 (got {args.steps})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.init_image is None and (args.mask is not None or args.strength is not None):
         raise UserError("--mask and --strength need --init-image")
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
+    pipe.check_prompt(args.prompt)  # before the progress bar: a mistake is then one line
     seeds, labels = pipe.plan(args.n, args.classes, args.seed)
     sampling = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
                     prompt=args.prompt, negative_prompt=args.negative_prompt)
