@@ -55,9 +55,11 @@ def test_user_mistakes_are_one_line_errors(argv, message, capsys, tmp_path, monk
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("flags, message", [(["--batch-size", "0"], "--batch-size"), (["--prompt", "a cat"], "no prompt")])
+@pytest.mark.parametrize("flags, message", [(["--batch-size", "0"], "--batch-size"),
+                                            (["--prompt", "a cat"], "no prompt")])
 def test_generate_mistakes_stop_before_the_progress_bar(model_file, flags, message, capsys, tmp_path):
-    assert main(["generate", "--model", str(model_file), "--n", "2", "--steps", "2", "--out", str(tmp_path), *flags]) == 2
+    argv = ["generate", "--model", str(model_file), "--n", "2", "--steps", "2", "--out", str(tmp_path), *flags]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "generating" not in err and len(err.strip().splitlines()) == 1
 

@@ -16,6 +16,7 @@ from ldmkit.errors import UserError
 
 from . import eval as eval_verb
 from . import convert, generate, info, train
+from .warning_lines import warning_lines
 
 VERBS = [train, generate, info, eval_verb, convert]
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        result = args.run(args)
+        with warning_lines(f"ldm {args.verb}{_which_process()}"):
+            result = args.run(args)
     except UserError as err:
         print(f"ldm {args.verb}{_which_process()}: error: {err}", file=sys.stderr)
         return 2

@@ -58,17 +58,18 @@ class FolderImageDataset(ImageDataset):
         return torch.tensor(self.labels, dtype=torch.int64)  # no need to decode for labels
 
 
-def drop_unreadable(listing: ImageListing, where: Path) -> ImageListing:
-    """Check every file once (in threads: it is I/O bound) and drop the bad ones, warning once."""
+def drop_unreadable(listing: ImageListing, where: str) -> ImageListing:
+    """Check every file once (in threads: it is I/O bound) and drop the bad ones, warning once.
+    `where` names the files for the messages ("'DIR'", "the val split held out of 'DIR'")."""
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
         readable = list(pool.map(check_image_file, listing.files, chunksize=64))
     bad = [path for path, ok in zip(listing.files, readable) if not ok]
     if bad:
         examples = ", ".join(path.name for path in bad[:3]) + (", ..." if len(bad) > 3 else "")
-        warnings.warn(f"Skipping {len(bad)} of {len(listing)} files in '{where}' that are not "
-                      f"readable images ({examples}).", stacklevel=3)
+        warnings.warn(f"{len(bad)} of the {len(listing)} files of {where} are not readable images; "
+                      f"skipping them ({examples}).", stacklevel=3)
     if len(bad) == len(listing):
-        raise UserError(f"None of the {len(listing)} image files in '{where}' could be read.")
+        raise UserError(f"None of the {len(listing)} image files of {where} could be read.")
     kept = ImageListing(class_names=listing.class_names)
     for path, label, ok in zip(listing.files, listing.labels, readable):
         if ok:
@@ -91,17 +92,18 @@ def load_folder_dataset(
     train_dir, val_dir = split_folders(root)
     train = list_split(train_dir)
     if split == "val" and val_dir is not None:
-        chosen, where = list_val_folder(val_dir, train.class_names), val_dir
+        chosen, where = list_val_folder(val_dir, train.class_names), f"'{val_dir}'"
     elif val_dir is not None:
-        chosen, where = train, train_dir
+        chosen, where = train, f"'{train_dir}'"
     else:
         held_train, held_val = hold_out(train, train_dir, val_fraction, seed)
-        chosen, where = (held_val, train_dir) if split == "val" else (held_train, train_dir)
+        chosen = held_val if split == "val" else held_train
+        where = f"the {split} split held out of '{train_dir}'" if split == "val" else f"'{train_dir}'"
         if not chosen.files:
             raise UserError(f"'{train_dir}' has {len(train)} images: too few to hold out a val split "
                             f"(val_fraction={val_fraction}); add images or a '{root / 'val'}' folder.")
     if not chosen.files:
-        raise UserError(f"No {split} images found in '{where}'.")
+        raise UserError(f"No {split} images found in {where}.")
     chosen = drop_unreadable(chosen, where)
     return FolderImageDataset(chosen, source=str(root), split=split, channels=channels,
                               image_size=image_size, flip=flip)
