@@ -23,3 +23,17 @@ def test_ldmkit_warnings_print_as_one_line_and_others_as_before(capsys, monkeypa
     assert warnings.showwarning is before  # restored after the block
     assert capsys.readouterr().err == "ldm train: warning: 3 of the 9 files are not readable images\n"
     assert passed_on == ["a library's own warning"]
+
+
+def test_ldm_verbs_run_inside_warning_lines(capsys, monkeypatch):
+    from ldmkit.cli import info, main
+
+    def run_that_warns(args):
+        warnings.warn_explicit("a skipped file", UserWarning, folder.__file__, 1)
+        return 0
+
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    warnings.simplefilter("always")
+    monkeypatch.setattr(info, "run", run_that_warns)
+    assert main(["info", "anything"]) == 0
+    assert capsys.readouterr().err == "ldm info: warning: a skipped file\n"
