@@ -135,6 +135,9 @@ def test_unknown_missing_and_misshapen_keys_are_named(models, tmp_path) -> None:
     save_file({**state, "mystery": torch.zeros(1)}, str(path))
     with pytest.raises(UserError, match="unexpected keys: mystery"):
         load_bundle(path, num_heads=4, norm_groups=NORM_GROUPS)
+    save_file({"mystery": torch.zeros(1)}, str(path))  # some other model's weights
+    with pytest.raises(UserError, match="not a CompVis / Stable Diffusion checkpoint"):
+        load_bundle(path, num_heads=4, norm_groups=NORM_GROUPS)
     missing = {k: v for k, v in state.items() if k != "first_stage_model.decoder.mid.attn_1.q.weight"}
     save_file(missing, str(path))
     with pytest.raises(UserError, match=r"missing keys: decoder\.mid\.attn_1\.q\.weight"):

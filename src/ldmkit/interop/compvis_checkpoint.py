@@ -79,14 +79,15 @@ def _partition(weights: dict[str, torch.Tensor]) -> Groups:
             groups["vae"][key] = value
         elif not key.startswith((VAE + "loss.", "loss.")):  # autoencoder training losses (LPIPS, GAN)
             unknown.append(key)
+    if not groups["unet"] and not groups["vae"]:  # first: a file of something else is not "a layout problem"
+        raise UserError(
+            "not a CompVis / Stable Diffusion checkpoint (nor an ldmkit model file): no model.diffusion_model.* "
+            "or first_stage_model.* weights"
+        )
     if unknown:
         openclip = any(k.startswith("cond_stage_model.model.") for k in unknown)
         hint = " (SD 2.x's OpenCLIP text encoder is not supported)" if openclip else ""
         check_keys(unknown, [], "CompVis checkpoint" + hint)
-    if not groups["unet"] and not groups["vae"]:
-        raise UserError(
-            "not a CompVis / Stable Diffusion checkpoint: no model.diffusion_model.* or first_stage_model.* weights"
-        )
     return groups
 
 
