@@ -15,10 +15,10 @@ from ldmkit import __version__
 from ldmkit.errors import UserError
 
 from . import eval as eval_verb
-from . import convert, generate, info, train
+from . import convert, generate, info, serve, train
 from .warning_lines import warning_lines
 
-VERBS = [train, generate, info, eval_verb, convert]
+VERBS = [train, generate, serve, info, eval_verb, convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

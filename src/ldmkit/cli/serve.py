@@ -1,0 +1,74 @@
+"""`ldm serve`: a web page (and its JSON API) that generates from one model."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+
+from ldmkit.compiled_unet import COMPILE_CHOICES
+from ldmkit.errors import UserError
+from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
+
+from .help_format import DefaultsHelpFormatter
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a web page that generates images from a model",
+        description="Load a model once and serve a web page for generating from it: pick a class (or write a "
+        "prompt for a text-to-image model), the number of images, sampler, steps, guidance and seed; the images "
+        "appear on the page with their seeds, the same images `ldm generate --seed` writes. The page's JSON API: "
+        "GET /api/info, POST /api/generate (src/ldmkit/serve/server.py). The server has no login: keep the "
+        "default --host 127.0.0.1 unless everyone who can reach the machine may use it. Ctrl-C stops it.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a bundled model ({', '.join(bundled_names())}), a run folder, an inference .safetensors "
+                   "file, a diffusers pipeline folder or a CompVis/SD checkpoint")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 opens the page to the network (no login)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    p.add_argument("--max-images", type=int, default=64, help="most images one request may ask for")
+    p.add_argument("--max-steps", type=int, default=200, help="most sampler steps one request may ask for")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="CLIP tokenizer folder for a CompVis/SD single-file --model (it stores none)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                   help="torch.compile the UNet (with CUDA graphs on a GPU); auto does so on CUDA for requests "
+                   "of 256 images or more, so with the default --max-images never")
+    p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ldmkit.pipeline import LatentDiffusionPipeline
+    from ldmkit.serve import GenerationService, Limits, make_server
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be from 0 to 65535 (got {args.port})")
+    for flag, value in (("--max-images", args.max_images), ("--max-steps", args.max_steps)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1 (got {value})")
+    options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
+    pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
+    service = GenerationService(pipe, name=str(args.model),
+                                limits=Limits(max_images=args.max_images, max_steps=args.max_steps))
+    try:
+        server = make_server(service, args.host, args.port, quiet=args.quiet)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} is already in use on {args.host}: pass another --port "
+                            "(--port 0 picks a free one)") from None
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    host, port = server.server_address[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(f"serving {service.kind} model {args.model} ({pipe.image_size} px, {pipe.device}) at "
+          f"http://{shown}:{port}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,115 @@
+"""The HTTP side of `ldm serve`: the web page and a small JSON API, on the standard library's
+threading HTTP server (no web framework to install for one page and two endpoints).
+
+    GET  /               the page (`page.html`): a form built from /api/info, images below it
+    GET  /api/info       the model: kind, classes, image size, samplers, defaults, limits
+    POST /api/generate   a JSON request (`service.GenerationService`) -> JSON: the images as
+                         base64 PNGs, their seeds and classes, seconds taken
+
+A mistake in a request is a 400 with {"error": "..."} in the words `ldm generate` would use;
+anything else that fails is a 500 whose traceback goes to the server's stderr, not the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from ldmkit.errors import UserError
+
+from .service import GenerationService
+
+MAX_BODY_BYTES = 64 * 1024  # a request is a few fields; anything larger is not one
+
+
+def page_html() -> bytes:
+    return resources.files("ldmkit.serve").joinpath("page.html").read_bytes()
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    service: GenerationService  # set on the subclass `make_server` builds
+    quiet: bool = False
+    server_version = "ldmkit"
+
+    # ------------------------------------------------------------------ routes
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = urlsplit(self.path).path
+        if path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, page_html(), "text/html; charset=utf-8")
+        elif path == "/api/info":
+            self._send_json(HTTPStatus.OK, self.service.describe())
+        else:
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        if path != "/api/generate":
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {path}"})
+            return
+        try:
+            request = self._read_json()
+            result = self.service.generate(request)
+        except UserError as err:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
+        except _BodyTooLarge as err:
+            self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(err)})
+            return
+        except Exception as err:  # the server keeps serving; the details go to its own log
+            traceback.print_exc(file=sys.stderr)
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                            {"error": f"generation failed ({type(err).__name__}); the server's log has the details"})
+            return
+        self._send_json(HTTPStatus.OK, {
+            "images": ["data:image/png;base64," + base64.b64encode(png).decode("ascii") for png in result.pngs],
+            "seeds": result.seeds,
+            "classes": result.classes,
+            "seconds": round(result.seconds, 3),
+        })
+
+    # ----------------------------------------------------------------- helpers
+    def _read_json(self) -> Any:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise UserError("send the request as a JSON body with a Content-Length")
+        if int(length) > MAX_BODY_BYTES:
+            raise _BodyTooLarge(f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are read")
+        body = self.rfile.read(int(length))
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"the request body is not JSON: {err}") from None
+
+    def _send_json(self, status: HTTPStatus, payload: Any) -> None:
+        self._send(status, json.dumps(payload).encode("utf-8"), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        if not self.quiet:
+            super().log_message(format, *args)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def make_server(service: GenerationService, host: str = "127.0.0.1", port: int = 8000, *,
+                quiet: bool = False) -> ThreadingHTTPServer:
+    """A server for `service` bound to host:port (port 0: any free port; read it back from
+    `server.server_address`). Run it with `serve_forever()`; `shutdown()` from another thread."""
+    handler = type("RequestHandler", (_RequestHandler,), {"service": service, "quiet": quiet})
+    return ThreadingHTTPServer((host, port), handler)

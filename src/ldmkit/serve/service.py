@@ -1,0 +1,150 @@
+"""What the web page and the HTTP API may ask of one loaded model: its description, and a
+generation job checked as `ldm generate` checks its flags, run one at a time.
+
+A request is a JSON object; every field is optional:
+
+    {"n": 8, "class": "Animals & Nature", "prompt": null, "negative_prompt": "",
+     "sampler": "dpmpp-2m", "steps": 25, "cfg": null, "seed": 0}
+
+`class` (a name or an id) makes all `n` images of that class; without it a class-conditional
+model spreads them over its classes, as `ldm generate --n N` does. Image k has seed `seed + k`,
+so the page's image is the one `ldm generate --seed SEED+k` writes for the same settings.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ldmkit.data.images import to_pil
+from ldmkit.diffusion.samplers import SAMPLERS
+from ldmkit.errors import UserError
+from ldmkit.pipeline import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_CFG, LatentDiffusionPipeline
+
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: a server shared by several people should not let one of
+    them hold the GPU for an hour."""
+
+    max_images: int = 64
+    max_steps: int = 200
+
+
+@dataclass
+class GeneratedImages:
+    """One job's result: PNG files in order, with the seed and class name (or None) of each."""
+
+    pngs: list[bytes]
+    seeds: list[int]
+    classes: list[str | None]
+    seconds: float
+
+
+def _integer(request: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = request.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{key} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise UserError(f"{key} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _text(request: Mapping[str, Any], key: str) -> str | None:
+    value = request.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UserError(f"{key} must be a string, got {value!r}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise UserError(f"{key} is longer than {MAX_PROMPT_CHARS} characters")
+    return value
+
+
+class GenerationService:
+    """A loaded pipeline behind a lock: requests may arrive on several threads, the model runs
+    one job at a time (a second job would only compete for the same device)."""
+
+    FIELDS = ("n", "class", "prompt", "negative_prompt", "sampler", "steps", "cfg", "seed")
+
+    def __init__(self, pipe: LatentDiffusionPipeline, *, name: str, limits: Limits = Limits()) -> None:
+        self.pipe = pipe
+        self.name = name
+        self.limits = limits
+        self._lock = threading.Lock()
+
+    @property
+    def kind(self) -> str:
+        if self.pipe.takes_text:
+            return "text"
+        return "class" if self.pipe.num_classes else "unconditional"
+
+    def describe(self) -> dict[str, Any]:
+        """The model and the choices a request has (the page builds its form from this)."""
+        default_cfg = {"text": DEFAULT_TEXT_CFG, "class": DEFAULT_CFG, "unconditional": None}[self.kind]
+        return {
+            "model": self.name,
+            "kind": self.kind,
+            "classes": list(self.pipe.class_names),
+            "image_size": self.pipe.image_size,
+            "channels": self.pipe.vae.config.out_channels,
+            "device": str(self.pipe.device),
+            "samplers": list(SAMPLERS),
+            "defaults": {"sampler": DEFAULT_SAMPLER, "steps": min(DEFAULT_STEPS, self.max_steps), "cfg": default_cfg,
+                         "n": min(self.pipe.num_classes or 8, self.limits.max_images), "seed": 0},
+            "limits": {"max_images": self.limits.max_images, "max_steps": self.max_steps},
+        }
+
+    @property
+    def max_steps(self) -> int:
+        return min(self.limits.max_steps, self.pipe.schedule.num_steps)
+
+    def generate(self, request: Mapping[str, Any]) -> GeneratedImages:
+        """Check `request` (`UserError` naming the first bad field) and run it."""
+        if not isinstance(request, Mapping):
+            raise UserError("the request must be a JSON object")
+        unknown = sorted(set(request) - set(self.FIELDS))
+        if unknown:
+            raise UserError(f"unknown field(s) {', '.join(unknown)}; a request takes {', '.join(self.FIELDS)}")
+        defaults = self.describe()["defaults"]
+        n = _integer(request, "n", defaults["n"], 1, self.limits.max_images)
+        steps = _integer(request, "steps", defaults["steps"], 1, self.max_steps)
+        seed = _integer(request, "seed", 0, 0, 2**63 - 1 - self.limits.max_images)
+        sampler = request.get("sampler") or DEFAULT_SAMPLER
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        cfg = request.get("cfg")
+        if cfg is not None and (isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not -50 <= cfg <= 50):
+            raise UserError(f"cfg must be a number from -50 to 50 (or null for the model's default), got {cfg!r}")
+        prompt, negative = _text(request, "prompt"), _text(request, "negative_prompt") or ""
+        if prompt == "" and self.pipe.takes_text:
+            raise UserError("this is a text-to-image model: write a prompt")
+        self.pipe.check_prompt(prompt)
+        chosen = request.get("class")
+        if chosen is not None and (isinstance(chosen, bool) or not isinstance(chosen, (str, int))):
+            raise UserError(f"class must be a class name or id, got {chosen!r}")
+        classes = None if chosen is None or chosen == "" else [chosen]
+        if classes and not self.pipe.num_classes:
+            raise UserError(f"this {self.kind} model has no classes: leave class out")
+        seeds, labels = self.pipe.plan(n, classes, seed)  # n of the one class, or n spread over all
+        with self._lock:
+            start = time.perf_counter()
+            images = self.pipe.generate_uint8(seeds, labels, sampler=sampler, steps=steps,
+                                              cfg=None if cfg is None else float(cfg), prompt=prompt,
+                                              negative_prompt=negative)
+            seconds = time.perf_counter() - start
+        pngs = []
+        for image in to_pil(images):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            pngs.append(buffer.getvalue())
+        names = [self.pipe.class_names[c] if c >= 0 else None for c in labels]
+        return GeneratedImages(pngs=pngs, seeds=seeds, classes=names, seconds=seconds)

@@ -1,0 +1,177 @@
+"""`ldm serve`: the page, /api/info and /api/generate over real HTTP on a tiny random model; the
+page's images are the ones `ldm generate` makes for the same seeds; mistakes are 400s that say
+what is wrong, and the server keeps serving after them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import save_tiny_class_model
+
+from ldmkit.cli import main
+from ldmkit.pipeline import LatentDiffusionPipeline
+from ldmkit.serve import GenerationService, Limits, make_server
+from ldmkit.serve.server import page_html
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return save_tiny_class_model(tmp_path_factory.mktemp("model") / "model.safetensors", CLASSES)
+
+
+@pytest.fixture(scope="module")
+def pipe(model_file) -> LatentDiffusionPipeline:
+    return LatentDiffusionPipeline.from_pretrained(model_file, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def url(pipe):
+    service = GenerationService(pipe, name="tiny", limits=Limits(max_images=6, max_steps=10))
+    server = make_server(service, "127.0.0.1", 0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def call(url: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url + path, data=body, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def generate(url: str, **fields) -> tuple[int, dict]:
+    status, body = call(url, "/api/generate", json.dumps(fields).encode())
+    return status, json.loads(body)
+
+
+def test_page_and_info(url):
+    status, page = call(url, "/")
+    assert status == 200 and b"<form" in page and b"api/generate" in page
+    status, body = call(url, "/api/info")
+    info = json.loads(body)
+    assert status == 200 and info["kind"] == "class" and info["classes"] == CLASSES
+    assert info["image_size"] == 16 and "dpmpp-2m" in info["samplers"]
+    assert info["limits"] == {"max_images": 6, "max_steps": 10} and info["defaults"]["n"] == 3
+    assert info["defaults"]["steps"] == 10  # the default 25 capped at the limit: a request without steps works
+
+
+def test_generated_images_are_ldm_generates_for_the_same_seeds(url, model_file, tmp_path):
+    status, result = generate(url, n=2, **{"class": "blue"}, steps=3, seed=11, cfg=1.5)
+    assert status == 200 and result["seeds"] == [11, 12] and result["classes"] == ["blue", "blue"]
+    assert main(["generate", "--model", str(model_file), "--class", "blue", "--n", "2", "--steps", "3",
+                 "--seed", "11", "--cfg", "1.5", "--out", str(tmp_path), "--quiet"]) == 0
+    for k, (src, seed) in enumerate(zip(result["images"], result["seeds"])):
+        assert src.startswith("data:image/png;base64,")
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+        written = np.asarray(Image.open(tmp_path / f"{k:05d}_seed{seed}_class2.png"))
+        assert served.shape == (16, 16, 3) and np.array_equal(served, written)
+
+
+def test_without_a_class_the_images_go_round_the_classes(url):
+    status, result = generate(url, n=4, steps=2, sampler="ddim")
+    assert status == 200 and result["classes"] == ["red", "green", "blue", "red"] and len(result["images"]) == 4
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"n": 0}, "n must be from 1 to 6"),
+    ({"n": 7}, "n must be from 1 to 6"),
+    ({"n": "2"}, "n must be an integer"),
+    ({"steps": 11}, "steps must be from 1 to 10"),
+    ({"seed": -1}, "seed must be from 0"),
+    ({"sampler": "plms"}, "unknown sampler"),
+    ({"class": "purple"}, "unknown class 'purple'"),
+    ({"cfg": "high"}, "cfg must be a number"),
+    ({"prompt": "a cat"}, "takes no prompt"),
+    ({"num": 2}, "unknown field(s) num"),
+])
+def test_mistakes_are_400s_that_name_the_field(url, fields, message):
+    status, result = generate(url, **fields)
+    assert status == 400 and message in result["error"]
+
+
+def test_bad_bodies_and_paths(url):
+    status, body = call(url, "/api/generate", b"{not json")
+    assert status == 400 and "not JSON" in json.loads(body)["error"]
+    status, body = call(url, "/api/generate", b"[1, 2]")
+    assert status == 400 and "JSON object" in json.loads(body)["error"]
+    status, body = call(url, "/api/generate", b" " * (64 * 1024 + 1))
+    assert status == 413
+    assert call(url, "/nothing")[0] == 404 and call(url, "/api/info", b"{}")[0] == 404
+    assert generate(url, n=1, steps=1)[0] == 200  # still serving
+
+
+def test_a_failure_inside_generation_is_a_500_and_the_server_goes_on(url, pipe, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(pipe, "generate_uint8", broken)
+    status, result = generate(url, n=1, steps=1)
+    assert status == 500 and "RuntimeError" in result["error"] and "out of memory" not in result["error"]
+    assert "out of memory, say" in capsys.readouterr().err  # the details stay in the server's log
+    monkeypatch.undo()
+    assert generate(url, n=1, steps=1)[0] == 200
+
+
+def test_ldm_serve_says_when_the_port_is_taken(url, model_file, capsys):
+    port = url.rsplit(":", 1)[1]
+    assert main(["serve", "--model", str(model_file), "--port", port, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} is already in use" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_element_the_page_script_uses_is_on_the_page():
+    page = page_html().decode()
+    script = page[page.index("<script>"):]
+    used = set(re.findall(r'\$\("([a-z_]+)"\)', script))
+    assert {"form", "go", "images", "status", "class", "prompt", "seed"} <= used
+    missing = [name for name in used if f'id="{name}"' not in page]
+    assert not missing, f"the script looks up ids the page lacks: {missing}"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_page_script_parses(tmp_path):
+    page = page_html().decode()
+    script = page[page.index("<script>") + len("<script>"):page.index("</script>")]
+    (tmp_path / "page.js").write_text(script)
+    result = subprocess.run(["node", "--check", str(tmp_path / "page.js")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_text_to_image_model_takes_a_prompt_and_no_class(tmp_path):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tiny_sd import save_sd_pipeline
+
+    from ldmkit.errors import UserError
+
+    text_pipe = LatentDiffusionPipeline.from_pretrained(save_sd_pipeline(tmp_path / "sd"), device="cpu")
+    service = GenerationService(text_pipe, name="tiny-sd")
+    info = service.describe()
+    assert info["kind"] == "text" and info["classes"] == [] and info["defaults"]["cfg"] == 7.5
+    result = service.generate({"prompt": "a cat", "negative_prompt": "at", "n": 1, "steps": 2, "seed": 3})
+    expected = text_pipe.generate_uint8([3], [-1], steps=2, prompt="a cat", negative_prompt="at")
+    served = np.asarray(Image.open(io.BytesIO(result.pngs[0])))
+    assert result.classes == [None] and np.array_equal(served, expected[0].permute(1, 2, 0).numpy())
+    for request, message in (({"n": 1}, "give a prompt"), ({"prompt": ""}, "write a prompt"),
+                             ({"prompt": "a cat", "class": 1}, "has no classes")):
+        with pytest.raises(UserError, match=message):
+            service.generate(request)
