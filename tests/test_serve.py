@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -175,3 +176,17 @@ def test_a_text_to_image_model_takes_a_prompt_and_no_class(tmp_path):
                              ({"prompt": "a cat", "class": 1}, "has no classes")):
         with pytest.raises(UserError, match=message):
             service.generate(request)
+
+
+def test_ldm_serve_as_a_command_starts_serves_and_stops_on_ctrl_c(tmp_path):
+    """benchmarks/serve_check.py runs `ldm serve` as its own process (the bundled emoji model),
+    asks for images over HTTP and sends SIGINT: the command must exit 0 after saying so."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_check.py"
+    out = tmp_path / "serve.json"
+    done = subprocess.run([sys.executable, str(script), "--n", "2", "--steps", "2", "--repeat", "1",
+                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["info"]["model"] == "emoji" and result["info"]["kind"] == "class"
+    assert result["requests"][0]["images"] == 2 and result["requests"][0]["size"] == [64, 64]
+    assert result["exit_status"] == 0 and result["last_line"] == "stopped"
