@@ -1,7 +1,7 @@
 """`ldm serve` as a user runs it: start the command, load the page, ask for images, stop it with
 Ctrl-C (SIGINT), and time each part.
 
-    python3 benchmarks/serve_check.py --model emoji --n 64 --repeat 3 --out serve.json
+    python3 benchmarks/serve_check.py --model emoji --n 64 3 --repeat 3 --out serve.json
 
 The server runs as its own process (`python -m ldmkit.cli serve --port 0`), and this script
 reads the address from its first line, so what is timed is the command's startup, the page, the
@@ -39,10 +39,12 @@ def _post(url: str, payload: dict) -> tuple[dict, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="emoji", help="what `ldm serve --model` gets")
-    parser.add_argument("--n", type=int, default=64, help="images per request")
+    parser.add_argument("--n", type=int, nargs="+", default=[64],
+                        help="images per request: --repeat requests of each size, in this order")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps per request")
     parser.add_argument("--repeat", type=int, default=3, help="requests to time")
     parser.add_argument("--device", default="auto", help="`ldm serve --device`")
+    parser.add_argument("--compile", default="auto", help="`ldm serve --compile`")
     parser.add_argument("--out", default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     command = [sys.executable, "-m", "ldmkit.cli", "serve", "--model", args.model, "--port", "0", "--quiet",
-               "--device", args.device, "--max-images", str(max(args.n, 1))]
+               "--device", args.device, "--compile", args.compile, "--max-images", str(max(args.n))]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         first = server.stdout.readline()
@@ -64,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         info, result["info_s"] = _get(url + "api/info")
         result["page_bytes"], result["info"] = len(page), json.loads(info)
         runs = []
-        for k in range(args.repeat):
-            answer, wall = _post(url + "api/generate", {"n": args.n, "steps": args.steps, "seed": 1000 * k})
+        for k, n in enumerate(n for n in args.n for _ in range(args.repeat)):
+            answer, wall = _post(url + "api/generate", {"n": n, "steps": args.steps, "seed": 1000 * k})
             image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0].split(",", 1)[1])))
             runs.append({"wall_s": wall, "server_s": answer["seconds"], "images": len(answer["images"]),
                          "size": list(image.size), "img_per_s": len(answer["images"]) / wall})
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         stop = time.perf_counter()
         server.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest, _ = server.communicate(timeout=120)
-    result.update(stop_s=time.perf_counter() - stop, exit_status=server.returncode, last_line=rest.strip())
+    later_lines = rest.strip().splitlines()
+    result.update(stop_s=time.perf_counter() - stop, exit_status=server.returncode,
+                  later_lines=later_lines, last_line=later_lines[-1] if later_lines else "")
 
     print(f"{result['first_line']}\n")
     print(f"{'part':<28}{'seconds':>10}  note")

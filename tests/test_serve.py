@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tiny_models import save_tiny_class_model
 
@@ -190,3 +191,33 @@ def test_ldm_serve_as_a_command_starts_serves_and_stops_on_ctrl_c(tmp_path):
     assert result["info"]["model"] == "emoji" and result["info"]["kind"] == "class"
     assert result["requests"][0]["images"] == 2 and result["requests"][0]["size"] == [64, 64]
     assert result["exit_status"] == 0 and result["last_line"] == "stopped"
+
+
+class _PaddingService(GenerationService):
+    """The service as it runs a compiled UNet (padded batches), here on the eager UNet."""
+
+    compiled = True
+
+
+def test_compiled_serving_pads_to_powers_of_two_and_keeps_the_same_images(pipe):
+    plain = GenerationService(pipe, name="tiny", limits=Limits(max_images=40))
+    padded = _PaddingService(pipe, name="tiny", limits=Limits(max_images=40))
+    assert [plain.batch_size(n) for n in (1, 3, 5, 40)] == [1, 3, 5, 40]
+    assert [padded.batch_size(n) for n in (1, 2, 3, 5, 17, 40)] == [1, 2, 4, 8, 32, 40]
+    request = {"n": 5, "steps": 2, "seed": 7, "class": "green"}
+    ours, theirs = padded.generate(request), plain.generate(request)
+    assert ours.seeds == theirs.seeds == [7, 8, 9, 10, 11] and ours.classes == ["green"] * 5
+    assert ours.pngs == theirs.pngs  # the 3 padding images (batch of 8) were made and dropped
+
+
+def test_compiled_serving_runs_whole_batches(pipe, monkeypatch):
+    calls = []
+
+    def record(seeds, labels, *, batch_size, **sampling):
+        calls.append((list(seeds), list(labels), batch_size))
+        return torch.zeros(len(seeds), 3, 16, 16, dtype=torch.uint8)
+
+    service = _PaddingService(pipe, name="tiny", limits=Limits(max_images=64))
+    monkeypatch.setattr(pipe, "generate_uint8", record)
+    result = service.generate({"n": 3, "steps": 1, "seed": 4})
+    assert calls == [([4, 5, 6, 6], [0, 1, 2, 2], 4)] and len(result.pngs) == 3

@@ -69,6 +69,13 @@ def _text(request: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
+def _pad(values: list[int], batch: int) -> list[int]:
+    """`values` extended to a whole number of batches by repeating its last entry: the extra
+    images are made and dropped (each image depends only on its own seed, so the kept ones are
+    the same as without them)."""
+    return values + [values[-1]] * (-len(values) % batch)
+
+
 class GenerationService:
     """A loaded pipeline behind a lock: requests may arrive on several threads, the model runs
     one job at a time (a second job would only compete for the same device)."""
@@ -104,6 +111,26 @@ class GenerationService:
         }
 
     @property
+    def compiled(self) -> bool:
+        """Whether requests run the compiled UNet (`ldm serve` asks for it on CUDA: a server lives
+        long enough to repay each compile many times)."""
+        return self.pipe.compile == "on"
+
+    def batch_size(self, n: int) -> int:
+        """The sampler batch a request of `n` images runs in. Eagerly, `n` itself (up to 64). The
+        compiled UNet is built for one batch size at a time (static shapes, one CUDA graph each),
+        so there a request runs in the smallest power of two that holds it, or in the largest batch
+        (max_images, at most 64): at most eight compiles over the server's life, each paid by the
+        first request of its size, at the cost of up to twice the images' work for the padding."""
+        largest = min(self.limits.max_images, 64)
+        if not self.compiled:
+            return min(n, largest)
+        bucket = 1
+        while bucket < min(n, largest):
+            bucket *= 2
+        return min(bucket, largest)
+
+    @property
     def max_steps(self) -> int:
         return min(self.limits.max_steps, self.pipe.schedule.num_steps)
 
@@ -135,11 +162,13 @@ class GenerationService:
         if classes and not self.pipe.num_classes:
             raise UserError(f"this {self.kind} model has no classes: leave class out")
         seeds, labels = self.pipe.plan(n, classes, seed)  # n of the one class, or n spread over all
+        batch = self.batch_size(n)
+        padded_seeds, padded_labels = (_pad(seeds, batch), _pad(labels, batch)) if self.compiled else (seeds, labels)
         with self._lock:
             start = time.perf_counter()
-            images = self.pipe.generate_uint8(seeds, labels, sampler=sampler, steps=steps,
-                                              cfg=None if cfg is None else float(cfg), prompt=prompt,
-                                              negative_prompt=negative)
+            images = self.pipe.generate_uint8(padded_seeds, padded_labels, batch_size=batch, sampler=sampler,
+                                              steps=steps, cfg=None if cfg is None else float(cfg), prompt=prompt,
+                                              negative_prompt=negative)[:n]
             seconds = time.perf_counter() - start
         pngs = []
         for image in to_pil(images):
