@@ -24,7 +24,7 @@ from tiny_models import save_tiny_class_model
 
 from ldmkit.cli import main
 from ldmkit.pipeline import LatentDiffusionPipeline
-from ldmkit.serve import GenerationService, Limits, make_server
+from ldmkit.serve import GenerationService, JobRunner, Limits, make_server
 from ldmkit.serve.server import page_html
 
 CLASSES = ["red", "green", "blue"]
@@ -41,9 +41,20 @@ def pipe(model_file) -> LatentDiffusionPipeline:
 
 
 @pytest.fixture(scope="module")
-def url(pipe):
+def runner_thread():
+    """A JobRunner on a thread of its own, as `ldm serve` runs one on its main thread."""
+    runner, stop = JobRunner(), threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    yield runner, thread
+    stop.set()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def url(pipe, runner_thread):
     service = GenerationService(pipe, name="tiny", limits=Limits(max_images=6, max_steps=10))
-    server = make_server(service, "127.0.0.1", 0, quiet=True)
+    server = make_server(service, "127.0.0.1", 0, runner=runner_thread[0], quiet=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -86,6 +97,32 @@ def test_generated_images_are_ldm_generates_for_the_same_seeds(url, model_file, 
         served = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
         written = np.asarray(Image.open(tmp_path / f"{k:05d}_seed{seed}_class2.png"))
         assert served.shape == (16, 16, 3) and np.array_equal(served, written)
+
+
+def test_the_model_runs_on_the_runners_thread_not_the_requests(url, pipe, runner_thread, monkeypatch):
+    threads = []
+    real = pipe.generate_uint8
+
+    def on_which_thread(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipe, "generate_uint8", on_which_thread)
+    assert generate(url, n=1, steps=1)[0] == 200 and generate(url, n=2, steps=1)[0] == 200
+    assert threads == [runner_thread[1]] * 2
+
+
+def test_job_runner_returns_results_and_raises_errors_in_the_submitting_thread():
+    runner, stop = JobRunner(), threading.Event()
+    worker = threading.Thread(target=runner.run, args=(stop,))
+    worker.start()
+    assert runner.submit(lambda: threading.current_thread()) is worker
+    with pytest.raises(ZeroDivisionError):
+        runner.submit(lambda: 1 / 0)
+    assert runner.submit(lambda: "still running") == "still running"
+    stop.set()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
 
 
 def test_without_a_class_the_images_go_round_the_classes(url):

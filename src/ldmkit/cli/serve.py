@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import threading
 
 from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ldmkit.device import resolve_device
     from ldmkit.pipeline import LatentDiffusionPipeline
-    from ldmkit.serve import GenerationService, Limits, make_server
+    from ldmkit.serve import GenerationService, JobRunner, Limits, make_server
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be from 0 to 65535 (got {args.port})")
@@ -60,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=compile, **options)
     service = GenerationService(pipe, name=str(args.model),
                                 limits=Limits(max_images=args.max_images, max_steps=args.max_steps))
+    runner = JobRunner()
     try:
-        server = make_server(service, args.host, args.port, quiet=args.quiet)
+        server = make_server(service, args.host, args.port, runner=runner, quiet=args.quiet)
     except OSError as err:
         if err.errno == errno.EADDRINUSE:
             raise UserError(f"port {args.port} is already in use on {args.host}: pass another --port "
@@ -74,10 +76,14 @@ def run(args: argparse.Namespace) -> int:
     if service.compiled:
         print("the UNet is compiled for each batch size when a request first needs it (a request of n images "
               "runs in a batch of the next power of two): that request waits tens of seconds", flush=True)
+    # Requests are answered on the server's threads; the model runs here, on the main thread
+    # (serve/jobs.py says why), until Ctrl-C.
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     try:
-        server.serve_forever()
+        runner.run()
     except KeyboardInterrupt:
         print("stopped", flush=True)
     finally:
+        server.shutdown()
         server.server_close()
     return 0

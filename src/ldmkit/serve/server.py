@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from ldmkit.errors import UserError
 
+from .jobs import JobRunner
 from .service import GenerationService
 
 MAX_BODY_BYTES = 64 * 1024  # a request is a few fields; anything larger is not one
@@ -35,6 +36,7 @@ def page_html() -> bytes:
 
 class _RequestHandler(BaseHTTPRequestHandler):
     service: GenerationService  # set on the subclass `make_server` builds
+    runner: JobRunner | None = None
     quiet: bool = False
     server_version = "ldmkit"
 
@@ -54,8 +56,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {path}"})
             return
         try:
-            request = self._read_json()
-            result = self.service.generate(request)
+            job = self.service.prepare(self._read_json())  # mistakes answered at once, even mid-job
+            result = self.runner.submit(lambda: self.service.run(job)) if self.runner else self.service.run(job)
         except UserError as err:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
             return
@@ -108,8 +110,10 @@ class _BodyTooLarge(Exception):
 
 
 def make_server(service: GenerationService, host: str = "127.0.0.1", port: int = 8000, *,
-                quiet: bool = False) -> ThreadingHTTPServer:
+                runner: JobRunner | None = None, quiet: bool = False) -> ThreadingHTTPServer:
     """A server for `service` bound to host:port (port 0: any free port; read it back from
-    `server.server_address`). Run it with `serve_forever()`; `shutdown()` from another thread."""
-    handler = type("RequestHandler", (_RequestHandler,), {"service": service, "quiet": quiet})
+    `server.server_address`). Run it with `serve_forever()`; `shutdown()` from another thread.
+    With a `runner`, generation runs on the thread in `runner.run()` (needed for a compiled UNet
+    with CUDA graphs: `jobs.py`); without, on each request's own thread."""
+    handler = type("RequestHandler", (_RequestHandler,), {"service": service, "runner": runner, "quiet": quiet})
     return ThreadingHTTPServer((host, port), handler)

@@ -38,6 +38,16 @@ class Limits:
 
 
 @dataclass
+class Job:
+    """A checked request: image k has seed `seeds[k]` and class id `labels[k]` (-1: none)."""
+
+    seeds: list[int]
+    labels: list[int]
+    batch_size: int
+    sampling: dict[str, Any]
+
+
+@dataclass
 class GeneratedImages:
     """One job's result: PNG files in order, with the seed and class name (or None) of each."""
 
@@ -135,7 +145,12 @@ class GenerationService:
         return min(self.limits.max_steps, self.pipe.schedule.num_steps)
 
     def generate(self, request: Mapping[str, Any]) -> GeneratedImages:
-        """Check `request` (`UserError` naming the first bad field) and run it."""
+        """Check `request` and run it, in this thread (the server checks in the request's thread
+        and runs on its `JobRunner`'s: `prepare`, then `run`)."""
+        return self.run(self.prepare(request))
+
+    def prepare(self, request: Mapping[str, Any]) -> Job:
+        """Check `request` (`UserError` naming the first bad field) and turn it into a job."""
         if not isinstance(request, Mapping):
             raise UserError("the request must be a JSON object")
         unknown = sorted(set(request) - set(self.FIELDS))
@@ -162,18 +177,22 @@ class GenerationService:
         if classes and not self.pipe.num_classes:
             raise UserError(f"this {self.kind} model has no classes: leave class out")
         seeds, labels = self.pipe.plan(n, classes, seed)  # n of the one class, or n spread over all
-        batch = self.batch_size(n)
-        padded_seeds, padded_labels = (_pad(seeds, batch), _pad(labels, batch)) if self.compiled else (seeds, labels)
+        sampling = dict(sampler=sampler, steps=steps, cfg=None if cfg is None else float(cfg), prompt=prompt,
+                        negative_prompt=negative)
+        return Job(seeds=seeds, labels=labels, batch_size=self.batch_size(n), sampling=sampling)
+
+    def run(self, job: Job) -> GeneratedImages:
+        """Generate `job`'s images (padded to whole batches where the UNet is compiled)."""
+        n, batch = len(job.seeds), job.batch_size
+        seeds, labels = (_pad(job.seeds, batch), _pad(job.labels, batch)) if self.compiled else (job.seeds, job.labels)
         with self._lock:
             start = time.perf_counter()
-            images = self.pipe.generate_uint8(padded_seeds, padded_labels, batch_size=batch, sampler=sampler,
-                                              steps=steps, cfg=None if cfg is None else float(cfg), prompt=prompt,
-                                              negative_prompt=negative)[:n]
+            images = self.pipe.generate_uint8(seeds, labels, batch_size=batch, **job.sampling)[:n]
             seconds = time.perf_counter() - start
         pngs = []
         for image in to_pil(images):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             pngs.append(buffer.getvalue())
-        names = [self.pipe.class_names[c] if c >= 0 else None for c in labels]
-        return GeneratedImages(pngs=pngs, seeds=seeds, classes=names, seconds=seconds)
+        names = [self.pipe.class_names[c] if c >= 0 else None for c in job.labels]
+        return GeneratedImages(pngs=pngs, seeds=list(job.seeds), classes=names, seconds=seconds)

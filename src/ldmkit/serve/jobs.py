@@ -1,0 +1,61 @@
+"""Generation jobs run on one thread, whichever thread the HTTP request arrived on.
+
+The HTTP server answers each request on a thread of its own; the model must not follow it
+there. torch.compile's CUDA graphs (inductor's cudagraph trees) keep their state in the thread
+that set them up: a compiled UNet called from a request's thread stopped with an assertion inside
+`cudagraph_trees.get_obj` on an H200 (benchmarks/NOTES.md v19). So request threads hand their job
+to a `JobRunner` and wait, and one thread (in `ldm serve`, the main one, where everything else
+that touches the model ran) runs the jobs in arrival order, one at a time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class _Job:
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class JobRunner:
+    """`submit(work)` from any thread returns `work()` as run by the thread in `run`."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[_Job] = queue.Queue()
+
+    def submit(self, work: Callable[[], T]) -> T:
+        """Queue `work`, wait for the runner thread to run it, and return its result (or raise
+        its exception here, in the caller's thread)."""
+        job = _Job(work)
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Run submitted jobs until `stop` is set (or forever); the short wait between checks keeps
+        Ctrl-C (KeyboardInterrupt, delivered to the main thread) prompt."""
+        while stop is None or not stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                job.result = job.work()
+            except KeyboardInterrupt:
+                job.error = RuntimeError("the server was stopped during this job")
+                raise
+            except BaseException as err:  # handed to the waiting request thread, which answers with it
+                job.error = err
+            finally:
+                job.done.set()
