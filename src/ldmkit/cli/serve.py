@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # A server lives long: "auto" compiles on CUDA whatever a request's size (`ldm generate`'s
     # auto waits for 256 images), and the service keeps the number of batch sizes small.
-    compile = args.compile if args.compile != "auto" else ("on" if device.type == "cuda" else "off")
-    pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=compile, **options)
+    compile_setting = args.compile if args.compile != "auto" else ("on" if device.type == "cuda" else "off")
+    pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=compile_setting,
+                                                   **options)
     service = GenerationService(pipe, name=str(args.model),
                                 limits=Limits(max_images=args.max_images, max_steps=args.max_steps))
     runner = JobRunner()
