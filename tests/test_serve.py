@@ -258,3 +258,24 @@ def test_compiled_serving_runs_whole_batches(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "generate_uint8", record)
     result = service.generate({"n": 3, "steps": 1, "seed": 4})
     assert calls == [([4, 5, 6, 6], [0, 1, 2, 2], 4)] and len(result.pngs) == 3
+
+
+def test_warm_up_runs_each_size_before_serving_and_checks_them_all_first(model_file, monkeypatch, capsys):
+    import ldmkit.serve
+
+    ran = []
+    monkeypatch.setattr(GenerationService, "run", lambda self, job: ran.append(job.batch_size))
+
+    class Serving(Exception):
+        pass
+
+    def no_server(*args, **kwargs):
+        raise Serving(list(ran))
+
+    monkeypatch.setattr(ldmkit.serve, "make_server", no_server)
+    with pytest.raises(Serving) as serving:
+        main(["serve", "--model", str(model_file), "--device", "cpu", "--warm-up", "2", "5"])
+    assert serving.value.args[0] == [2, 5]  # both ran before the server was made
+    ran.clear()
+    assert main(["serve", "--model", str(model_file), "--device", "cpu", "--warm-up", "2", "99"]) == 2
+    assert ran == [] and "--warm-up 99: n must be from 1 to 64" in capsys.readouterr().err

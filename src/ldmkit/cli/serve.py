@@ -39,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="torch.compile the UNet (with CUDA graphs on a GPU); auto does so on CUDA, where the "
                    "first request of each batch size (a power of two up to 64) waits for its compile, tens of "
                    "seconds, and later ones run several times faster than uncompiled")
+    p.add_argument("--warm-up", type=int, nargs="+", default=None, metavar="N",
+                   help="before serving, generate one request of each of these sizes, so that their compiles "
+                   "happen at startup rather than in a user's first request (e.g. --warm-up 1 8 64)")
     p.add_argument("--quiet", action="store_true", help="do not log each request")
     p.set_defaults(run=run)
 
@@ -62,6 +65,16 @@ def run(args: argparse.Namespace) -> int:
                                                    **options)
     service = GenerationService(pipe, name=str(args.model),
                                 limits=Limits(max_images=args.max_images, max_steps=args.max_steps))
+    warm_up = []
+    for n in args.warm_up or ():  # all checked before the first runs
+        try:
+            warm_up.append(service.prepare({"n": n, "steps": 1}))  # a compile does not depend on the steps
+        except UserError as err:
+            raise UserError(f"--warm-up {n}: {err}") from None
+    for job in warm_up:
+        compiling = " (compiling, tens of seconds)" if service.compiled else ""
+        print(f"warming up: a batch of {job.batch_size}{compiling}", flush=True)
+        service.run(job)
     runner = JobRunner()
     try:
         server = make_server(service, args.host, args.port, runner=runner, quiet=args.quiet)
