@@ -4,7 +4,7 @@ Ctrl-C (SIGINT), and time each part.
     python3 benchmarks/serve_check.py --model emoji --n 64 3 --repeat 3 --out serve.json
 
 The server runs as its own process (`python -m ldmkit.cli serve --port 0`), and this script
-reads the address from its first line, so what is timed is the command's startup, the page, the
+reads the address from the line that announces it, so what is timed is the command's startup, the page, the
 API and the shutdown, not an in-process stand-in. A table is printed last.
 """
 
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="requests to time")
     parser.add_argument("--device", default="auto", help="`ldm serve --device`")
     parser.add_argument("--compile", default="auto", help="`ldm serve --compile`")
+    parser.add_argument("--warm-up", type=int, nargs="+", default=None, help="`ldm serve --warm-up`")
+    parser.add_argument("--prompt", default=None, help="the requests' prompt (text-to-image models)")
     parser.add_argument("--out", default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
@@ -53,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     command = [sys.executable, "-m", "ldmkit.cli", "serve", "--model", args.model, "--port", "0", "--quiet",
                "--device", args.device, "--compile", args.compile, "--max-images", str(max(args.n))]
+    command += ["--warm-up", *map(str, args.warm_up)] if args.warm_up else []
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         first = server.stdout.readline()
+        while first.startswith("warming up"):  # --warm-up's lines come before the address
+            first = server.stdout.readline()
         found = re.search(r"at (http://\S+/)", first)
         if not found:
             raise SystemExit(f"ldm serve did not start: {first!r} (exit status {server.poll()})")
@@ -67,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         result["page_bytes"], result["info"] = len(page), json.loads(info)
         runs = []
         for k, n in enumerate(n for n in args.n for _ in range(args.repeat)):
-            answer, wall = _post(url + "api/generate", {"n": n, "steps": args.steps, "seed": 1000 * k})
+            request = {"n": n, "steps": args.steps, "seed": 1000 * k}
+            if args.prompt is not None:
+                request["prompt"] = args.prompt
+            answer, wall = _post(url + "api/generate", request)
             image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0].split(",", 1)[1])))
             runs.append({"wall_s": wall, "server_s": answer["seconds"], "images": len(answer["images"]),
                          "size": list(image.size), "img_per_s": len(answer["images"]) / wall})
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{result['first_line']}\n")
     print(f"{'part':<28}{'seconds':>10}  note")
-    print(f"{'startup (to the first line)':<28}{result['startup_s']:>10.2f}")
+    print(f"{'startup (until serving)':<28}{result['startup_s']:>10.2f}")
     print(f"{'GET /':<28}{result['page_s']:>10.3f}  {result['page_bytes']} bytes")
     print(f"{'GET /api/info':<28}{result['info_s']:>10.3f}")
     for k, run in enumerate(runs):
