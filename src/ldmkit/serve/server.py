@@ -30,6 +30,10 @@ from .service import GenerationService
 MAX_BODY_BYTES = 64 * 1024  # a request is a few fields; anything larger is not one
 
 
+class _BodyTooLarge(Exception):
+    """A request body over MAX_BODY_BYTES: answered 413, not read."""
+
+
 def page_html() -> bytes:
     return resources.files("ldmkit.serve").joinpath("page.html").read_bytes()
 
@@ -103,10 +107,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
         if not self.quiet:
             super().log_message(format, *args)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def make_server(service: GenerationService, host: str = "127.0.0.1", port: int = 8000, *,

@@ -104,9 +104,14 @@ class GenerationService:
             return "text"
         return "class" if self.pipe.num_classes else "unconditional"
 
+    def defaults(self) -> dict[str, Any]:
+        """What a request that leaves a field out gets."""
+        default_cfg = {"text": DEFAULT_TEXT_CFG, "class": DEFAULT_CFG, "unconditional": None}[self.kind]
+        return {"sampler": DEFAULT_SAMPLER, "steps": min(DEFAULT_STEPS, self.max_steps), "cfg": default_cfg,
+                "n": min(self.pipe.num_classes or 8, self.limits.max_images), "seed": 0}
+
     def describe(self) -> dict[str, Any]:
         """The model and the choices a request has (the page builds its form from this)."""
-        default_cfg = {"text": DEFAULT_TEXT_CFG, "class": DEFAULT_CFG, "unconditional": None}[self.kind]
         return {
             "model": self.name,
             "kind": self.kind,
@@ -115,8 +120,7 @@ class GenerationService:
             "channels": self.pipe.vae.config.out_channels,
             "device": str(self.pipe.device),
             "samplers": list(SAMPLERS),
-            "defaults": {"sampler": DEFAULT_SAMPLER, "steps": min(DEFAULT_STEPS, self.max_steps), "cfg": default_cfg,
-                         "n": min(self.pipe.num_classes or 8, self.limits.max_images), "seed": 0},
+            "defaults": self.defaults(),
             "limits": {"max_images": self.limits.max_images, "max_steps": self.max_steps},
         }
 
@@ -156,7 +160,7 @@ class GenerationService:
         unknown = sorted(set(request) - set(self.FIELDS))
         if unknown:
             raise UserError(f"unknown field(s) {', '.join(unknown)}; a request takes {', '.join(self.FIELDS)}")
-        defaults = self.describe()["defaults"]
+        defaults = self.defaults()
         n = _integer(request, "n", defaults["n"], 1, self.limits.max_images)
         steps = _integer(request, "steps", defaults["steps"], 1, self.max_steps)
         seed = _integer(request, "seed", 0, 0, 2**63 - 1 - self.limits.max_images)
