@@ -96,3 +96,43 @@ def test_cuda_runs_the_unet_channels_last(monkeypatch):
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert seen == [False]  # the UNet got x channels_last, not as the caller laid it out
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _sampled_batch_sizes(pipe: LatentDiffusionPipeline) -> list[int]:
+    """The size of every batch `pipe` samples from now on (recorded outside the compiled code,
+    where dynamo's cached graphs would replay a hook's side effects onto an older list)."""
+    seen: list[int] = []
+    sample_batch = pipe.generate_latents
+
+    def recorded(seeds, labels, **sampling):
+        seen.append(len(seeds))
+        return sample_batch(seeds, labels, **sampling)
+
+    pipe.generate_latents = recorded
+    return seen
+
+
+def test_compiled_jobs_run_every_batch_at_one_size_and_keep_the_same_images(monkeypatch):
+    """A short last batch would be a second compile of the static-shaped UNet: it is filled up
+    with copies of its last image, which are dropped. The kept images are the unpadded ones."""
+    monkeypatch.setattr(compiled_unet, "compile_options", lambda device: {"backend": "eager", "dynamic": False})
+    plain, fast = _pipeline("off"), _pipeline("on")
+    seeds, labels = [3, 4, 5, 6, 7], [0, 1, 2, 0, 1]
+    plain_batches, fast_batches = _sampled_batch_sizes(plain), _sampled_batch_sizes(fast)
+    expected = plain.generate_uint8(seeds, labels, batch_size=2, steps=2, cfg=2.0)
+    got = fast.generate_uint8(seeds, labels, batch_size=2, steps=2, cfg=2.0)
+    assert plain_batches == [2, 2, 1] and fast_batches == [2, 2, 2]
+    assert torch.equal(got, expected) and got.shape[0] == 5
+
+
+def test_one_short_batch_is_padded_only_when_asked(monkeypatch):
+    """A job smaller than one batch compiles for its own size (`ldm generate --n 10`: padding it
+    to 64 would be six times the work), unless the caller reuses compiles across jobs."""
+    monkeypatch.setattr(compiled_unet, "compile_options", lambda device: {"backend": "eager", "dynamic": False})
+    pipe = _pipeline("on")
+    batches = _sampled_batch_sizes(pipe)
+    alone = pipe.generate_uint8([3, 4, 5], [0, 1, 2], batch_size=8, steps=1, cfg=2.0)
+    assert batches == [3]
+    batches.clear()
+    whole = pipe.generate_uint8([3, 4, 5], [0, 1, 2], batch_size=8, whole_batches=True, steps=1, cfg=2.0)
+    assert batches == [8] and torch.equal(whole, alone)

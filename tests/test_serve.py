@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from tiny_models import save_tiny_class_model
 
+from ldmkit import compiled_unet
 from ldmkit.cli import main
 from ldmkit.pipeline import LatentDiffusionPipeline
 from ldmkit.serve import GenerationService, JobRunner, Limits, make_server
@@ -230,15 +230,18 @@ def test_ldm_serve_as_a_command_starts_serves_and_stops_on_ctrl_c(tmp_path):
     assert result["exit_status"] == 0 and result["last_line"] == "stopped"
 
 
-class _PaddingService(GenerationService):
-    """The service as it runs a compiled UNet (padded batches), here on the eager UNet."""
+@pytest.fixture
+def compiled_pipe(model_file, monkeypatch) -> LatentDiffusionPipeline:
+    """The pipeline as `ldm serve` runs it on CUDA (compile "on"), with dynamo's "eager" backend:
+    the compiled path's batching, without inductor's minutes on a 2-core CPU."""
+    monkeypatch.setattr(compiled_unet, "compile_options", lambda device: {"backend": "eager", "dynamic": False})
+    return LatentDiffusionPipeline.from_pretrained(model_file, device="cpu", compile="on")
 
-    compiled = True
 
-
-def test_compiled_serving_pads_to_powers_of_two_and_keeps_the_same_images(pipe):
+def test_compiled_serving_pads_to_powers_of_two_and_keeps_the_same_images(pipe, compiled_pipe):
     plain = GenerationService(pipe, name="tiny", limits=Limits(max_images=40))
-    padded = _PaddingService(pipe, name="tiny", limits=Limits(max_images=40))
+    padded = GenerationService(compiled_pipe, name="tiny", limits=Limits(max_images=40))
+    assert not plain.compiled and padded.compiled
     assert [plain.batch_size(n) for n in (1, 3, 5, 40)] == [1, 3, 5, 40]
     assert [padded.batch_size(n) for n in (1, 2, 3, 5, 17, 40)] == [1, 2, 4, 8, 32, 40]
     request = {"n": 5, "steps": 2, "seed": 7, "class": "green"}
@@ -247,17 +250,17 @@ def test_compiled_serving_pads_to_powers_of_two_and_keeps_the_same_images(pipe):
     assert ours.pngs == theirs.pngs  # the 3 padding images (batch of 8) were made and dropped
 
 
-def test_compiled_serving_runs_whole_batches(pipe, monkeypatch):
-    calls = []
+def test_compiled_serving_runs_whole_batches(compiled_pipe, monkeypatch):
+    sampled = []
+    sample_batch = compiled_pipe.generate_latents
 
-    def record(seeds, labels, *, batch_size, **sampling):
-        calls.append((list(seeds), list(labels), batch_size))
-        return torch.zeros(len(seeds), 3, 16, 16, dtype=torch.uint8)
+    def record(seeds, labels, **sampling):
+        sampled.append((list(seeds), list(labels)))
+        return sample_batch(seeds, labels, **sampling)
 
-    service = _PaddingService(pipe, name="tiny", limits=Limits(max_images=64))
-    monkeypatch.setattr(pipe, "generate_uint8", record)
-    result = service.generate({"n": 3, "steps": 1, "seed": 4})
-    assert calls == [([4, 5, 6, 6], [0, 1, 2, 2], 4)] and len(result.pngs) == 3
+    monkeypatch.setattr(compiled_pipe, "generate_latents", record)
+    result = GenerationService(compiled_pipe, name="tiny").generate({"n": 3, "steps": 1, "seed": 4})
+    assert sampled == [([4, 5, 6, 6], [0, 1, 2, 2])] and len(result.pngs) == 3
 
 
 def test_warm_up_runs_each_size_before_serving_and_checks_them_all_first(model_file, monkeypatch, capsys):

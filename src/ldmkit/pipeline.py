@@ -288,28 +288,46 @@ class LatentDiffusionPipeline:
         labels: Sequence[int],
         *,
         batch_size: int = 64,
+        whole_batches: bool = False,
         progress: Callable[[int], None] | None = None,
         **sampling: Any,
     ) -> torch.Tensor:
-        """Generate in batches of `batch_size`; returns uint8 [N, C, H, W] on the CPU."""
+        """Generate in batches of `batch_size`; returns uint8 [N, C, H, W] on the CPU.
+
+        The compiled UNet has static shapes: a batch of a new size is a new compile (tens of
+        seconds on a GPU, where a batch of the C1 UNet's 25 steps takes milliseconds). Where it
+        runs, a job's short last batch is therefore filled up to `batch_size` with copies of its
+        last image's seed and class, and the copies dropped: each image depends only on its own
+        seed (`SeededNoise`), so the images kept are the ones an unpadded batch makes.
+        `whole_batches` pads a job of one short batch too (a server reusing one compile per size).
+        """
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+        pad = self._compiles(len(seeds)) and (whole_batches or len(seeds) > batch_size)
         out = []
         self._job_images = len(seeds)  # "auto" compilation looks at the whole job, not one batch
         try:
             for start in range(0, len(seeds), batch_size):
-                chunk = slice(start, start + batch_size)
-                latents = self.generate_latents(seeds[chunk], labels[chunk], **sampling)
+                batch = slice(start, start + batch_size)
+                batch_seeds, batch_labels = list(seeds[batch]), list(labels[batch])
+                kept = len(batch_seeds)
+                if pad:
+                    batch_seeds, batch_labels = _fill(batch_seeds, batch_size), _fill(batch_labels, batch_size)
+                latents = self.generate_latents(batch_seeds, batch_labels, **sampling)[:kept]
                 out.append(self.decode(latents).cpu())
                 if progress is not None:
-                    progress(len(seeds[chunk]))
+                    progress(kept)
         finally:
             self._job_images = None
         return torch.cat(out)
 
+    def _compiles(self, num_images: int) -> bool:
+        """Whether a job of `num_images` runs the compiled UNet."""
+        return wants_compile(self.compile, self.device, num_images)
+
     def _unet_for(self, num_images: int) -> Callable[..., torch.Tensor]:
         """The UNet a job of `num_images` runs: the compiled one (built once) or the module."""
-        if not wants_compile(self.compile, self.device, num_images):
+        if not self._compiles(num_images):
             return self.unet
         if self._compiled is None:
             self._compiled = CompiledUNet(self.unet, self.device)
@@ -340,6 +358,11 @@ class LatentDiffusionPipeline:
             raise UserError(f"mask size {pil.size[0]}x{pil.size[1]} differs from the image's {size[0]}x{size[1]}")
         binary = torch.from_numpy((np.asarray(pil.convert("L")) >= 128).astype(np.float32))[None, None]
         return F.max_pool2d(binary, self.vae.config.downsample_factor).to(self.device)
+
+
+def _fill(values: list[int], size: int) -> list[int]:
+    """`values` extended to `size` entries by repeating its last one."""
+    return values + [values[-1]] * (size - len(values))
 
 
 def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Image:

@@ -59,7 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                    help="torch.compile the UNet (with CUDA graphs on a GPU); auto does so on CUDA for jobs of "
-                   "256 images or more, where it repays the tens of seconds it takes (default: auto)")
+                   "256 images or more, where it repays the tens of seconds it takes. Compiled, every batch "
+                   "runs at --batch-size (a short last batch is filled up and the extra images dropped), so "
+                   "the job compiles once (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 

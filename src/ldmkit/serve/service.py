@@ -79,13 +79,6 @@ def _text(request: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
-def _pad(values: list[int], batch: int) -> list[int]:
-    """`values` extended to a whole number of batches by repeating its last entry: the extra
-    images are made and dropped (each image depends only on its own seed, so the kept ones are
-    the same as without them)."""
-    return values + [values[-1]] * (-len(values) % batch)
-
-
 class GenerationService:
     """A loaded pipeline behind a lock: requests may arrive on several threads, the model runs
     one job at a time (a second job would only compete for the same device)."""
@@ -186,12 +179,11 @@ class GenerationService:
         return Job(seeds=seeds, labels=labels, batch_size=self.batch_size(n), sampling=sampling)
 
     def run(self, job: Job) -> GeneratedImages:
-        """Generate `job`'s images (padded to whole batches where the UNet is compiled)."""
-        n, batch = len(job.seeds), job.batch_size
-        seeds, labels = (_pad(job.seeds, batch), _pad(job.labels, batch)) if self.compiled else (job.seeds, job.labels)
+        """Generate `job`'s images (in whole batches where the UNet is compiled: see `batch_size`)."""
         with self._lock:
             start = time.perf_counter()
-            images = self.pipe.generate_uint8(seeds, labels, batch_size=batch, **job.sampling)[:n]
+            images = self.pipe.generate_uint8(job.seeds, job.labels, batch_size=job.batch_size,
+                                              whole_batches=self.compiled, **job.sampling)
             seconds = time.perf_counter() - start
         pngs = []
         for image in to_pil(images):
