@@ -3,7 +3,8 @@ threading HTTP server (no web framework to install for one page and two endpoint
 
     GET  /               the page (`page.html`): a form built from /api/info, images below it
     GET  /api/info       the model: kind, classes, image size, samplers, defaults, limits
-    POST /api/generate   a JSON request (`service.GenerationService`) -> JSON: the images as
+    POST /api/generate   a JSON request (`service.GenerationService`; img2img's start image
+                         and inpainting's mask inside it as base64) -> JSON: the images as
                          base64 PNGs, their seeds and classes, seconds taken
 
 A mistake in a request is a 400 with {"error": "..."} in the words `ldm generate` would use;
@@ -27,7 +28,7 @@ from ldmkit.errors import UserError
 from .jobs import JobRunner
 from .service import GenerationService
 
-MAX_BODY_BYTES = 64 * 1024  # a request is a few fields; anything larger is not one
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a few fields and at most two images (a 1024 px PNG is ~2-4 MB in base64)
 
 
 class _BodyTooLarge(Exception):

@@ -4,11 +4,15 @@ generation job checked as `ldm generate` checks its flags, run one at a time.
 A request is a JSON object; every field is optional:
 
     {"n": 8, "class": "Animals & Nature", "prompt": null, "negative_prompt": "",
-     "sampler": "dpmpp-2m", "steps": 25, "cfg": null, "seed": 0}
+     "sampler": "dpmpp-2m", "steps": 25, "cfg": null, "seed": 0,
+     "init_image": null, "mask": null, "strength": null}
 
 `class` (a name or an id) makes all `n` images of that class; without it a class-conditional
 model spreads them over its classes, as `ldm generate --n N` does. Image k has seed `seed + k`,
 so the page's image is the one `ldm generate --seed SEED+k` writes for the same settings.
+`init_image`, `mask` and `strength` are `ldm generate`'s --init-image, --mask and --strength
+(img2img and inpainting), the images as base64 PNG or JPEG of the model's size
+(`request_images.py`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from ldmkit.data.images import to_pil
 from ldmkit.diffusion.samplers import SAMPLERS
 from ldmkit.errors import UserError
 from ldmkit.pipeline import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_CFG, LatentDiffusionPipeline
+
+from .request_images import request_image
 
 MAX_PROMPT_CHARS = 2000
 
@@ -45,6 +53,8 @@ class Job:
     labels: list[int]
     batch_size: int
     sampling: dict[str, Any]
+    init_image: Image.Image | None = None  # img2img / inpainting, encoded when the job runs
+    mask: Image.Image | None = None
 
 
 @dataclass
@@ -83,7 +93,8 @@ class GenerationService:
     """A loaded pipeline behind a lock: requests may arrive on several threads, the model runs
     one job at a time (a second job would only compete for the same device)."""
 
-    FIELDS = ("n", "class", "prompt", "negative_prompt", "sampler", "steps", "cfg", "seed")
+    FIELDS = ("n", "class", "prompt", "negative_prompt", "sampler", "steps", "cfg", "seed", "init_image", "mask",
+              "strength")
 
     def __init__(self, pipe: LatentDiffusionPipeline, *, name: str, limits: Limits = Limits()) -> None:
         self.pipe = pipe
@@ -176,14 +187,39 @@ class GenerationService:
         seeds, labels = self.pipe.plan(n, classes, seed)  # n of the one class, or n spread over all
         sampling = dict(sampler=sampler, steps=steps, cfg=None if cfg is None else float(cfg), prompt=prompt,
                         negative_prompt=negative)
-        return Job(seeds=seeds, labels=labels, batch_size=self.batch_size(n), sampling=sampling)
+        init_image, mask = self._start_images(request, sampling)
+        return Job(seeds=seeds, labels=labels, batch_size=self.batch_size(n), sampling=sampling,
+                   init_image=init_image, mask=mask)
+
+    def _start_images(self, request: Mapping[str, Any],
+                      sampling: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
+        """img2img's start image and inpainting's mask, with `strength` put in `sampling`: the
+        checks and defaults of `ldm generate --init-image/--mask/--strength`."""
+        size = self.pipe.image_size
+        init_image, mask = request_image(request, "init_image", size), request_image(request, "mask", size)
+        strength = request.get("strength")
+        if init_image is None:
+            if mask is not None or strength is not None:
+                raise UserError("mask and strength need an init_image")
+            return None, None
+        if strength is None:
+            strength = 1.0 if mask is not None else 0.75
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise UserError(f"strength must be a number in (0, 1], got {strength!r}")
+        sampling["strength"] = float(strength)
+        return init_image, mask
 
     def run(self, job: Job) -> GeneratedImages:
         """Generate `job`'s images (in whole batches where the UNet is compiled: see `batch_size`)."""
         with self._lock:
             start = time.perf_counter()
+            sampling = dict(job.sampling)
+            if job.init_image is not None:  # the VAE encodes here, on the thread that runs the model
+                sampling["init"] = self.pipe.encode_image(job.init_image)
+            if job.mask is not None:
+                sampling["mask"] = self.pipe.prepare_mask(job.mask, size=job.mask.size)
             images = self.pipe.generate_uint8(job.seeds, job.labels, batch_size=job.batch_size,
-                                              whole_batches=self.compiled, **job.sampling)
+                                              whole_batches=self.compiled, **sampling)
             seconds = time.perf_counter() - start
         pngs = []
         for image in to_pil(images):
