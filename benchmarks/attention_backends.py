@@ -11,6 +11,11 @@ latents), and SDPA's default choice on that stack already is cuDNN, for ldmkit a
 alike; so asking for it buys nothing there (it was built, measured at parity, and removed).
 
     python3 benchmarks/attention_backends.py --out results/attention.json   # on the GPU machine
+
+`--head-size-sweep` times SD's 64x64 self-attention (8 heads, 4,096 tokens; C2's batch 16 and
+E2's batch 2) at head sizes 32-80 instead: whether head size 40 pays for the head-size-64
+kernel it runs in (then 40 costs what 64 does), or for the softmax's exponentials, which do
+not depend on the head size (then 32, 40 and 64 cost about the same).
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ def shapes(c1_batch: int, e1_batch: int, c2_batch: int, e2_batch: int) -> list[t
             out += [(f"{tag} self {side}x{side}", b, 8, n, n, d), (f"{tag} cross {side}x{side}", b, 8, n, 77, d)]
         out += [(f"{tag} self 8x8", b, 8, 64, 64, 160)]
     return out
+
+
+def head_size_sweep() -> list[tuple]:
+    return [(f"{tag} self 64x64 d{d}", b, 8, 4096, 4096, d) for tag, b in (("C2", 16), ("E2", 2))
+            for d in (32, 40, 48, 64, 80)]
 
 
 def attention_flops(b: int, h: int, n: int, m: int, d: int, backward: bool) -> float:
@@ -87,16 +97,17 @@ def main() -> None:
     ap.add_argument("--out", help="JSON file for the rows")
     ap.add_argument("--iters", type=int, default=20, help="timed calls per row (median)")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--head-size-sweep", action="store_true", help="SD's 64x64 self-attention at head sizes 32-80")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda":
         raise SystemExit("attention_backends.py times CUDA kernels; run it on the GPU machine")
     rows = []
-    for shape in shapes(256, 128, 32, 2):
+    for shape in head_size_sweep() if args.head_size_sweep else shapes(256, 128, 32, 2):
         for backend in BACKENDS:
             rows.append(measure(shape, backend, device, args.iters, args.warmup))
             r = rows[-1]
-            print(f"{r['shape']:<18} {backend:<9} " + (r.get("error") or
+            print(f"{r['shape']:<22} {backend:<9} " + (r.get("error") or
                   f"fwd {r['fwd_ms']:7.3f} ms {r['fwd_tflops']:5.0f} TF/s  fwd+bwd {r['fwd_bwd_ms']:7.3f} ms "
                   f"{r['fwd_bwd_tflops']:5.0f} TF/s  err {r['rel_err']:.1e}"), flush=True)
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -36,6 +36,31 @@ def _post(url: str, payload: dict) -> tuple[dict, float]:
         return json.loads(response.read()), time.perf_counter() - start
 
 
+def _png_data_url(pixels) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _start_fields(start: str, size: int) -> dict:
+    """The request fields of `--start`: img2img's start image, inpainting's mask too."""
+    if start == "none":
+        return {}
+    import numpy as np
+
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    red, green = np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size))
+    image = np.stack([red, green, np.full((size, size), 128, np.uint8)], axis=-1)
+    fields = {"init_image": _png_data_url(image)}
+    if start == "inpaint":
+        mask = np.zeros((size, size), np.uint8)
+        mask[:, : size // 2] = 255
+        fields["mask"] = _png_data_url(mask)
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="emoji", help="what `ldm serve --model` gets")
@@ -47,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", default="auto", help="`ldm serve --compile`")
     parser.add_argument("--warm-up", type=int, nargs="+", default=None, help="`ldm serve --warm-up`")
     parser.add_argument("--prompt", default=None, help="the requests' prompt (text-to-image models)")
+    parser.add_argument("--start", choices=("none", "img2img", "inpaint"), default="none",
+                        help="send a start image (a colour gradient of the model's size; inpaint: and a "
+                        "mask of its left half)")
     parser.add_argument("--out", default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
@@ -65,16 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         if not found:
             raise SystemExit(f"ldm serve did not start: {first!r} (exit status {server.poll()})")
         url = found.group(1)
-        result: dict = {"model": args.model, "n": args.n, "steps": args.steps, "first_line": first.strip(),
+        result: dict = {"model": args.model, "n": args.n, "steps": args.steps, "start": args.start,
+                        "first_line": first.strip(),
                         "startup_s": time.perf_counter() - start}
         page, result["page_s"] = _get(url)
         info, result["info_s"] = _get(url + "api/info")
         result["page_bytes"], result["info"] = len(page), json.loads(info)
+        start_fields = _start_fields(args.start, result["info"]["image_size"])
         runs = []
         for k, n in enumerate(n for n in args.n for _ in range(args.repeat)):
             request = {"n": n, "steps": args.steps, "seed": 1000 * k}
             if args.prompt is not None:
                 request["prompt"] = args.prompt
+            request.update(start_fields)
             answer, wall = _post(url + "api/generate", request)
             image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0].split(",", 1)[1])))
             runs.append({"wall_s": wall, "server_s": answer["seconds"], "images": len(answer["images"]),
