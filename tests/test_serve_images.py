@@ -133,6 +133,12 @@ def test_bad_start_images_are_400s_that_say_what_is_wrong(url, fields, message):
     assert status == 400 and message in result["error"], result
 
 
+def test_an_image_claiming_too_many_pixels_is_refused_before_decoding(url, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses past twice this: 16x16 now counts as a bomb
+    status, result = post(url, {"n": 1, "steps": 1, "init_image": data_url(photo())})
+    assert status == 400 and "claims too many pixels" in result["error"], result
+
+
 def test_the_python_service_raises_the_same_errors(service):
     with pytest.raises(UserError, match="this model takes 16x16"):
         service.generate({"init_image": data_url(photo(32))})

@@ -42,6 +42,8 @@ def request_image(request: Mapping[str, Any], key: str, size: int) -> Image.Imag
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, OSError):
         raise UserError(f"{key} is not a PNG, JPEG or WebP image") from None
+    except Image.DecompressionBombError:  # a header claiming billions of pixels
+        raise UserError(f"{key} claims too many pixels to be opened") from None
     if image.size != (size, size):  # checked from the header, before the pixels are decoded
         width, height = image.size
         raise UserError(f"{key} is {width}x{height} px; this model takes {size}x{size} (scale or crop it first)")
