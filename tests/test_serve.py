@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tiny_models import save_tiny_class_model
 
@@ -284,3 +285,26 @@ def test_warm_up_runs_each_size_before_serving_and_checks_them_all_first(model_f
     ran.clear()
     assert main(["serve", "--model", str(model_file), "--device", "cpu", "--warm-up", "2", "99"]) == 2
     assert ran == [] and "--warm-up 99: n must be from 1 to 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, setting, expected", [
+    ("cuda", "auto", "on"), ("cpu", "auto", "off"), ("cuda", "off", "off"), ("cpu", "on", "on")])
+def test_serve_compiles_by_default_on_cuda_only(model_file, monkeypatch, device, setting, expected):
+    """`ldm serve --compile auto` compiles on CUDA whatever a request's size (a server lives long
+    enough to repay it), unlike `ldm generate`'s auto; checked here with the device patched in."""
+    import ldmkit.device
+
+    asked = []
+
+    class Loaded(Exception):
+        pass
+
+    def from_pretrained(path, *, device, compile, **options):
+        asked.append((device, compile))
+        raise Loaded
+
+    monkeypatch.setattr(ldmkit.device, "resolve_device", lambda name: torch.device(device))  # run() imports it
+    monkeypatch.setattr(LatentDiffusionPipeline, "from_pretrained", from_pretrained)
+    with pytest.raises(Loaded):
+        main(["serve", "--model", str(model_file), "--compile", setting])
+    assert asked == [(device, expected)]
