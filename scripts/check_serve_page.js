@@ -1,8 +1,9 @@
 // Drives `ldm serve`'s page in jsdom against a live server, as a user would: the form is built,
 // a start image is chosen (img2img), paint is laid over it (inpainting), a start image is dropped,
-// a bad strength is refused. Not part of the test suite (it needs node and jsdom from npm):
+// a long job shows its steps and progress bar, a bad strength is refused. Not part of the test
+// suite (it needs node and jsdom from npm). With `ldm serve` running in another terminal:
 //
-//   ldm serve --model emoji --device cpu --port 8765 --quiet &
+//   ldm serve --model emoji --device cpu --port 8765 --quiet
 //   npm install jsdom && node scripts/check_serve_page.js http://127.0.0.1:8765
 //
 // jsdom has no canvas, so a stub 2D context keeps an RGBA buffer (fillRect, arc + fill,
@@ -79,6 +80,15 @@ function parseColor(s) { const m = /^#(..)(..)(..)$/.exec(s); return m ? [1, 2, 
   $("form").dispatchEvent(new window.Event("submit", { cancelable: true }));
   await wait(3000);
   console.log("plain: keys:", Object.keys(sent[2]).join(","), "| status:", $("status").textContent);
+  // a longer job: the page shows its steps while the request is out
+  $("n").value = "40"; $("steps").value = "50";
+  const seen = new Set();
+  const watch = setInterval(() => { seen.add($("status").textContent + (window.document.getElementById("bar").hidden ? "" : ` [bar ${$("bar").value}/${$("bar").max}]`)); }, 100);
+  $("form").dispatchEvent(new window.Event("submit", { cancelable: true }));
+  for (let k = 0; k < 100 && $("go").disabled; k++) await wait(200);
+  clearInterval(watch);
+  console.log("long job, statuses seen:", [...seen].filter((t) => t.includes("step")).slice(0, 4).join(" | "), "| then:", $("status").textContent, "| bar hidden:", $("bar").hidden, "| job_id sent:", sent[3].job_id);
+  $("steps").value = "25"; $("n").value = "2";
   // a bad strength the server refuses
   $("init_file").dispatchEvent(new window.Event("change")); await wait(50);
   $("strength").value = "1.5";

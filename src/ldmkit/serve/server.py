@@ -3,6 +3,7 @@ threading HTTP server (no web framework to install for one page and two endpoint
 
     GET  /               the page (`page.html`): a form built from /api/info, images below it
     GET  /api/info       the model: kind, classes, image size, samplers, defaults, limits
+    GET  /api/progress?job=ID   where the job the client named ID stands (`progress.py`)
     POST /api/generate   a JSON request (`service.GenerationService`; img2img's start image
                          and inpainting's mask inside it as base64) -> JSON: the images as
                          base64 PNGs, their seeds and classes, seconds taken
@@ -21,7 +22,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ldmkit.errors import UserError
 
@@ -47,11 +48,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ routes
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, page_html(), "text/html; charset=utf-8")
         elif path == "/api/info":
             self._send_json(HTTPStatus.OK, self.service.describe())
+        elif path == "/api/progress":
+            job_id = parse_qs(url.query).get("job", [""])[0]
+            if not job_id:
+                self._send_json(HTTPStatus.BAD_REQUEST, {"error": "name the job: /api/progress?job=ID"})
+            else:
+                self._send_json(HTTPStatus.OK, self.service.progress.report(job_id))
         else:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
 
@@ -62,6 +70,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         try:
             job = self.service.prepare(self._read_json())  # mistakes answered at once, even mid-job
+            self.service.progress.queued(job.job_id)
             result = self.runner.submit(lambda: self.service.run(job)) if self.runner else self.service.run(job)
         except UserError as err:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})

@@ -12,12 +12,14 @@ model spreads them over its classes, as `ldm generate --n N` does. Image k has s
 so the page's image is the one `ldm generate --seed SEED+k` writes for the same settings.
 `init_image`, `mask` and `strength` are `ldm generate`'s --init-image, --mask and --strength
 (img2img and inpainting), the images as base64 PNG or JPEG of the model's size
-(`request_images.py`).
+(`request_images.py`). `job_id` (letters, digits, - and _; the client's choice) lets the client
+follow the job on the service's `ProgressBoard` while the request is out (`progress.py`).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -28,12 +30,15 @@ from PIL import Image
 
 from ldmkit.data.images import to_pil
 from ldmkit.diffusion.samplers import SAMPLERS
+from ldmkit.diffusion.samplers.context import img2img_steps
 from ldmkit.errors import UserError
 from ldmkit.pipeline import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_CFG, LatentDiffusionPipeline
 
+from .progress import ProgressBoard
 from .request_images import request_image
 
 MAX_PROMPT_CHARS = 2000
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class Job:
     sampling: dict[str, Any]
     init_image: Image.Image | None = None  # img2img / inpainting, encoded when the job runs
     mask: Image.Image | None = None
+    job_id: str | None = None  # the client's name for the job on the ProgressBoard
+    total_steps: int = 0  # sampler steps over all batches (what the board counts to)
 
 
 @dataclass
@@ -94,12 +101,13 @@ class GenerationService:
     one job at a time (a second job would only compete for the same device)."""
 
     FIELDS = ("n", "class", "prompt", "negative_prompt", "sampler", "steps", "cfg", "seed", "init_image", "mask",
-              "strength")
+              "strength", "job_id")
 
     def __init__(self, pipe: LatentDiffusionPipeline, *, name: str, limits: Limits = Limits()) -> None:
         self.pipe = pipe
         self.name = name
         self.limits = limits
+        self.progress = ProgressBoard()
         self._lock = threading.Lock()
 
     @property
@@ -188,8 +196,13 @@ class GenerationService:
         sampling = dict(sampler=sampler, steps=steps, cfg=None if cfg is None else float(cfg), prompt=prompt,
                         negative_prompt=negative)
         init_image, mask = self._start_images(request, sampling)
-        return Job(seeds=seeds, labels=labels, batch_size=self.batch_size(n), sampling=sampling,
-                   init_image=init_image, mask=mask)
+        job_id = request.get("job_id")
+        if job_id is not None and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+            raise UserError(f"job_id must be 1-64 letters, digits, - or _, got {job_id!r}")
+        batch_size = self.batch_size(n)
+        steps_per_batch = img2img_steps(steps, sampling["strength"]) if init_image is not None else steps
+        return Job(seeds=seeds, labels=labels, batch_size=batch_size, sampling=sampling, init_image=init_image,
+                   mask=mask, job_id=job_id, total_steps=-(-n // batch_size) * steps_per_batch)
 
     def _start_images(self, request: Mapping[str, Any],
                       sampling: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
@@ -211,20 +224,26 @@ class GenerationService:
 
     def run(self, job: Job) -> GeneratedImages:
         """Generate `job`'s images (in whole batches where the UNet is compiled: see `batch_size`)."""
-        with self._lock:
-            start = time.perf_counter()
-            sampling = dict(job.sampling)
-            if job.init_image is not None:  # the VAE encodes here, on the thread that runs the model
-                sampling["init"] = self.pipe.encode_image(job.init_image)
-            if job.mask is not None:
-                sampling["mask"] = self.pipe.prepare_mask(job.mask, size=job.mask.size)
-            images = self.pipe.generate_uint8(job.seeds, job.labels, batch_size=job.batch_size,
-                                              whole_batches=self.compiled, **sampling)
-            seconds = time.perf_counter() - start
-        pngs = []
-        for image in to_pil(images):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            pngs.append(buffer.getvalue())
+        try:
+            with self._lock:
+                start = time.perf_counter()
+                self.progress.started(job.job_id, job.total_steps)
+                sampling = dict(job.sampling)
+                if job.job_id is not None:
+                    sampling["callback"] = lambda step, t, x: self.progress.advanced(job.job_id)
+                if job.init_image is not None:  # the VAE encodes here, on the thread that runs the model
+                    sampling["init"] = self.pipe.encode_image(job.init_image)
+                if job.mask is not None:
+                    sampling["mask"] = self.pipe.prepare_mask(job.mask, size=job.mask.size)
+                images = self.pipe.generate_uint8(job.seeds, job.labels, batch_size=job.batch_size,
+                                                  whole_batches=self.compiled, **sampling)
+                seconds = time.perf_counter() - start
+            pngs = []
+            for image in to_pil(images):
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                pngs.append(buffer.getvalue())
+        finally:
+            self.progress.finished(job.job_id)
         names = [self.pipe.class_names[c] if c >= 0 else None for c in job.labels]
         return GeneratedImages(pngs=pngs, seeds=list(job.seeds), classes=names, seconds=seconds)
