@@ -2,6 +2,10 @@
 jobs), running (sampler steps done of how many), or done. The page polls it while its request
 is out, so a job of minutes (a large model on a CPU) shows a progress bar, not a frozen page.
 
+Steps are counted as the sampler issues them (its callback; nothing waits on the device for it),
+so on a GPU the count may run a step or two ahead of the kernels: the launch queue holds about
+that much of a UNet's work.
+
 Ids come from the clients (`job_id` in the request), so nothing has to answer before the job
 ends; an unknown or forgotten id reads as "unknown". The board keeps the last `keep` ids.
 """
