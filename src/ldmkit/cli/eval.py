@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
@@ -60,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                    help="torch.compile the UNet for generation (CUDA graphs on a GPU); auto: on CUDA for 256+ samples")
     p.add_argument("--out", default="report.json", help="write the JSON report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while generating")
     p.set_defaults(run=run)
 
 
@@ -101,6 +103,19 @@ def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batc
     out["reconstruction_vs_real"] = dist
     out["real_vs_real"] = real
     return out
+
+
+def labels_in_data_order(model_classes: list[str], data_classes: list[str], labels: list[int]) -> torch.Tensor:
+    """The model's class ids of `labels` as the data's ids for the same class names (the class
+    accuracy compares them with the classifier's, which learned the data's order). `UserError`
+    when the two do not have the same classes: the model was trained on other data."""
+    if sorted(model_classes) != sorted(data_classes):
+        shown = ", ".join(model_classes[:6]) + (", ..." if len(model_classes) > 6 else "")
+        wanted = ", ".join(data_classes[:6]) + (", ..." if len(data_classes) > 6 else "")
+        raise UserError(f"the model's classes ({shown}) are not the data's ({wanted}): evaluate a model against "
+                        "the data it was trained on")
+    data_id = {name: k for k, name in enumerate(data_classes)}
+    return torch.tensor([data_id[model_classes[c]] for c in labels])
 
 
 def _read_samples(path: str, class_names: list[str], channels: int, limit: int):
@@ -151,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--image-size is needed when no --model says the image size")
     channels = pipe.vae.config.in_channels if pipe else None
     train, val, (real_train, train_labels), (real_test, test_labels) = _real_data(args, image_size, channels)
+    if pipe is not None and pipe.num_classes and train.class_names:  # before any work, not after it
+        labels_in_data_order(list(pipe.class_names), list(train.class_names), [])
 
     report: dict = {"data": args.data, "model": args.model, "samples": args.samples, "n": args.n}
     classifier_path = _classifier_path(args)
@@ -185,10 +202,15 @@ def run(args: argparse.Namespace) -> int:
         for scale in args.cfg:
             seeds, labels = pipe.plan(args.n, None, args.seed)
             t0 = time.time()
+            bar = tqdm(total=len(seeds), unit="img", disable=args.quiet, desc=f"generating (cfg {scale:g})")
             images = pipe.generate_uint8(seeds, labels, sampler=args.sampler, steps=args.steps, cfg=scale,
-                                         batch_size=args.batch_size)
+                                         batch_size=args.batch_size, progress=bar.update)
+            bar.close()
             info = {"cfg": scale, "sampler": args.sampler, "steps": args.steps, "seconds": time.time() - t0}
-            fake_labels = torch.tensor(labels) if pipe.num_classes else None
+            fake_labels = None
+            if pipe.num_classes:
+                fake_labels = (labels_in_data_order(list(pipe.class_names), list(train.class_names), labels)
+                               if train.class_names else torch.tensor(labels))
             runs.append((info, images, fake_labels))
 
     report["results"] = []

@@ -1,0 +1,102 @@
+"""`ldm eval --model`: samples generated from a model, judged against a real folder dataset, one
+report per guidance scale; the model's classes matched to the data's by name, and a model of
+other data refused before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import save_tiny_class_model
+
+from ldmkit.cli import main
+from ldmkit.cli.eval import labels_in_data_order
+from ldmkit.errors import UserError
+
+MODEL_CLASSES = ["red", "green", "blue"]  # the folders sort as blue, green, red: ids differ by name
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+QUICK = ["--features", "classifier", "--train-classifier", "--classifier-epochs", "1", "--kid-subsets", "2",
+         "--kid-subset-size", "3", "--device", "cpu"]  # a one-epoch classifier, tiny KID subsets
+
+
+def make_folder_data(root: Path, classes: list[str], per_class: tuple[int, int] = (8, 4)) -> Path:
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val"), per_class):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            colour = np.array(COLOURS.get(name, (128, 128, 128)), dtype=np.int16)
+            for i in range(count):
+                pixels = np.clip(colour + rng.integers(-30, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return save_tiny_class_model(tmp_path_factory.mktemp("model") / "model.safetensors", MODEL_CLASSES)
+
+
+def test_labels_follow_the_class_names_not_the_ids():
+    labels = labels_in_data_order(MODEL_CLASSES, ["blue", "green", "red"], [0, 1, 2, 0])
+    assert labels.tolist() == [2, 1, 0, 2]
+    with pytest.raises(UserError, match=r"the model's classes \(red, green, blue\) are not the data's \(a, b\)"):
+        labels_in_data_order(MODEL_CLASSES, ["a", "b"], [0])
+
+
+def test_eval_generates_and_reports_each_guidance_scale(model_file, tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    report = tmp_path / "report.json"
+    code = main(["eval", "--model", str(model_file), "--data", str(data), "--n", "6", "--steps", "2",
+                 "--cfg", "1", "2", "--vae", *QUICK, "--out", str(report)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "generating (cfg 1)" in err and "generating (cfg 2)" in err  # a progress bar per scale
+    result = json.loads(report.read_text())
+    assert [run["cfg"] for run in result["results"]] == [1.0, 2.0]
+    for run in result["results"]:
+        assert {"FD_classifier", "KID_classifier"} <= set(run["metrics"])
+        assert 0 <= run["metrics"]["class_accuracy"]["model"] <= 1
+    assert result["vae"]["psnr"] > 0 and (tmp_path / "classifier.safetensors").is_file()
+
+
+def test_eval_quiet_draws_no_bar(model_file, tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    assert main(["eval", "--model", str(model_file), "--data", str(data), "--n", "3", "--steps", "1", "--k", "1",
+                 *QUICK, "--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    assert "generating" not in capsys.readouterr().err
+
+
+def test_a_model_of_other_data_is_refused_before_any_work(model_file, tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", ["cats", "dogs"])
+    code = main(["eval", "--model", str(model_file), "--data", str(data), "--train-classifier", "--device", "cpu",
+                 "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "the model's classes (red, green, blue) are not the data's (cats, dogs)" in err
+    assert not (tmp_path / "classifier.safetensors").exists()  # no classifier trained first
+
+
+def test_class_accuracy_reads_the_models_ids_by_name(model_file, tmp_path, monkeypatch):
+    """The accuracy's labels are the data's ids for the model's class names: a model whose class
+    `red` is id 0 is judged against the data's `red`, id 2."""
+    import ldmkit.eval as eval_package
+
+    seen = {}
+    real_evaluate = eval_package.evaluate
+
+    def record(images, fake_labels, *args, **kwargs):
+        seen["labels"] = fake_labels.tolist()
+        return real_evaluate(images, fake_labels, *args, **kwargs)
+
+    monkeypatch.setattr(eval_package, "evaluate", record)
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    assert main(["eval", "--model", str(model_file), "--data", str(data), "--n", "3", "--steps", "1", "--k", "1",
+                 *QUICK, "--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    assert seen["labels"] == [2, 1, 0]  # plan(3): one per model class, red, green, blue
+    assert torch.equal(labels_in_data_order(MODEL_CLASSES, ["blue", "green", "red"], [0, 1, 2]),
+                       torch.tensor(seen["labels"]))
