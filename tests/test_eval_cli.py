@@ -100,3 +100,16 @@ def test_class_accuracy_reads_the_models_ids_by_name(model_file, tmp_path, monke
     assert seen["labels"] == [2, 1, 0]  # plan(3): one per model class, red, green, blue
     assert torch.equal(labels_in_data_order(MODEL_CLASSES, ["blue", "green", "red"], [0, 1, 2]),
                        torch.tensor(seen["labels"]))
+
+
+def test_a_classifier_of_other_classes_is_refused(model_file, tmp_path, capsys):
+    colours = make_folder_data(tmp_path / "colours", MODEL_CLASSES)
+    assert main(["eval", "--model", str(model_file), "--data", str(colours), "--n", "3", "--steps", "1", "--k", "1",
+                 *QUICK, "--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    pets = make_folder_data(tmp_path / "pets", ["cats", "dogs"])
+    np.savez(tmp_path / "s.npz", images=np.zeros((4, 3, 16, 16), np.uint8), labels=np.arange(4) % 2)
+    code = main(["eval", "--samples", str(tmp_path / "s.npz"), "--data", str(pets), "--image-size", "16",
+                 "--classifier", str(tmp_path / "classifier.safetensors"), "--device", "cpu",
+                 "--out", str(tmp_path / "r2.json")])
+    assert code == 2
+    assert "was trained on other classes (blue, green, red)" in capsys.readouterr().err

@@ -183,6 +183,11 @@ def run(args: argparse.Namespace) -> int:
     elif classifier_path is not None and not classifier_path.is_file():
         raise UserError(f"--classifier {classifier_path} does not exist (add --train-classifier to make it)")
     classifier = load_classifier(classifier_path, device=device) if classifier_path else None
+    known = classifier.config.class_names if classifier is not None else []
+    if known and train.class_names and list(known) != list(train.class_names):
+        raise UserError(f"the classifier {classifier_path} was trained on other classes ({', '.join(known[:6])}"
+                        f"{', ...' if len(known) > 6 else ''}) than the data's; pass --train-classifier to train "
+                        "one on this data")
     extractor = resolve_features(args.features, classifier=classifier, inception_weights=args.inception_weights,
                                  device=device)
     report["features"] = extractor.name
