@@ -111,3 +111,33 @@ def test_cli_img2img_and_inpaint_write_images(model_file, image_file, tmp_path) 
     assert main([*args, "--mask", str(mask), "--out", str(tmp_path / "inpaint")]) == 0
     assert len(list((tmp_path / "inpaint").glob("*_class0.png"))) == 2
     assert main(["generate", "--model", str(model_file), "--mask", str(mask), "--quiet"]) == 2  # no --init-image
+
+
+def test_cli_fit_scales_and_crops_the_start_image_as_training_did(model_file, pipe, tmp_path) -> None:
+    """A 42x26 photo (not a multiple of 4) is refused as is, and with --fit becomes the centre
+    square scaled to 16x16: the same images as the Python API given that square."""
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (26, 42, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    mask = np.zeros((26, 42), dtype=np.uint8)
+    mask[:, :21] = 255
+    Image.fromarray(mask).save(tmp_path / "photo_mask.png")
+    args = ["generate", "--model", str(model_file), "--init-image", str(tmp_path / "photo.png"), "--class", "red",
+            "--n", "2", "--steps", "3", "--sampler", "ddim", "--device", "cpu", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "as_is")]) == 2  # 42x26: "must be a multiple of 4 ... --fit"
+    assert main([*args, "--fit", "--strength", "0.5", "--out", str(tmp_path / "fit")]) == 0
+    square = pipe.fit_image(tmp_path / "photo.png")
+    assert square.size == (16, 16)
+    expected = pipe.img2img(square, strength=0.5, classes=["red"], n=2, sampler="ddim", steps=3)
+    for k, image in enumerate(expected):
+        written = Image.open(tmp_path / "fit" / f"0000{k}_seed{k}_class0.png")
+        assert np.array_equal(np.asarray(written), np.asarray(image))
+    assert main([*args, "--fit", "--mask", str(tmp_path / "photo_mask.png"), "--out", str(tmp_path / "in")]) == 0
+    Image.new("L", (16, 16)).save(tmp_path / "small_mask.png")
+    assert main([*args, "--fit", "--mask", str(tmp_path / "small_mask.png"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["generate", "--model", str(model_file), "--fit", "--quiet"]) == 2  # --fit without --init-image
+
+
+def test_the_size_error_names_the_way_out(pipe, tmp_path) -> None:
+    Image.new("RGB", (18, 16)).save(tmp_path / "odd.png")
+    with pytest.raises(UserError, match=r"fit it to the model's 16x16 \(`ldm generate --fit`"):
+        pipe.img2img(tmp_path / "odd.png", classes=[0])

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ldmkit.compiled_unet import CompiledUNet, wants_compile
+from ldmkit.data.decode import resize_center_crop
 from ldmkit.data.images import to_pil, to_uint8
 from ldmkit.device import resolve_device
 from ldmkit.diffusion import (
@@ -342,10 +343,17 @@ class LatentDiffusionPipeline:
         width, height = pil.size
         step = self.vae.config.downsample_factor * self.unet.config.downsample_factor
         if width % step or height % step:
-            raise UserError(f"image size {width}x{height} must be a multiple of {step} for this model; resize it")
+            size = self.image_size
+            raise UserError(f"image size {width}x{height} must be a multiple of {step} for this model; resize it, "
+                            f"or fit it to the model's {size}x{size} (`ldm generate --fit`, `pipe.fit_image`)")
         pixels = torch.from_numpy(np.asarray(pil.convert(mode), dtype=np.float32).copy())
         pixels = pixels.reshape(height, width, -1).permute(2, 0, 1)[None] / 127.5 - 1  # [1, C, H, W] in [-1, 1]
         return self.vae.encode(pixels.to(self.device, self.dtype)).float()
+
+    def fit_image(self, image: Image.Image | str | Path, what: str = "image") -> Image.Image:
+        """`image` upright (its EXIF orientation applied), its shorter side scaled to the model's
+        image size and the centre square cropped: what training did to its images."""
+        return resize_center_crop(ImageOps.exif_transpose(open_image(image, what)), self.image_size)
 
     def prepare_mask(self, mask: Image.Image | str | Path, size: tuple[int, int]) -> torch.Tensor:
         """A mask image (white = regenerate) -> [1, 1, h, w] in {0, 1} at latent resolution.

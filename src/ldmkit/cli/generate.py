@@ -45,6 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "or 1.0 with --mask)")
     p.add_argument("--mask", default=None, metavar="PATH",
                    help="inpainting: mask image of the init image's size, white = regenerate, black = keep")
+    p.add_argument("--fit", action="store_true",
+                   help="scale --init-image (and --mask) so the shorter side is the model's image size and crop "
+                   "the centre square, as training did to its images (default: use them at their own size, "
+                   "which must be a multiple of the model's downsampling)")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
                    help="CLIP tokenizer folder for a CompVis/SD single-file --model (it stores none)")
     p.add_argument("--cfg", type=float, default=None,
@@ -74,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be at least 1 (got {args.steps})")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if args.init_image is None and (args.mask is not None or args.strength is not None):
-        raise UserError("--mask and --strength need --init-image")
+    if args.init_image is None and (args.mask is not None or args.strength is not None or args.fit):
+        raise UserError("--mask, --strength and --fit need --init-image")
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
     pipe.check_prompt(args.prompt)  # before the progress bar: a mistake is then one line
@@ -84,10 +88,17 @@ def run(args: argparse.Namespace) -> int:
                     prompt=args.prompt, negative_prompt=args.negative_prompt)
     if args.init_image is not None:
         image = open_image(args.init_image, "--init-image")
+        mask = open_image(args.mask, "--mask") if args.mask is not None else None
+        if mask is not None and mask.size != image.size:  # checked before --fit would hide it
+            raise UserError(f"--mask is {mask.size[0]}x{mask.size[1]}, --init-image {image.size[0]}x{image.size[1]}: "
+                            "draw the mask on the image it is for")
+        if args.fit:
+            image = pipe.fit_image(image, "--init-image")
+            mask = pipe.fit_image(mask, "--mask") if mask is not None else None
         strength = args.strength if args.strength is not None else (1.0 if args.mask else 0.75)
         sampling.update(init=pipe.encode_image(image), strength=strength)
-        if args.mask is not None:
-            sampling["mask"] = pipe.prepare_mask(open_image(args.mask, "--mask"), size=image.size)
+        if mask is not None:
+            sampling["mask"] = pipe.prepare_mask(mask, size=image.size)
     bar = tqdm(total=len(seeds), unit="img", disable=args.quiet, desc="generating")
     images = pipe.generate_uint8(seeds, labels, batch_size=args.batch_size, progress=bar.update, **sampling)
     bar.close()
