@@ -105,17 +105,16 @@ def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batc
     return out
 
 
-def labels_in_data_order(model_classes: list[str], data_classes: list[str], labels: list[int]) -> torch.Tensor:
-    """The model's class ids of `labels` as the data's ids for the same class names (the class
-    accuracy compares them with the classifier's, which learned the data's order). `UserError`
-    when the two do not have the same classes: the model was trained on other data."""
+def data_ids_of_model_classes(model_classes: list[str], data_classes: list[str]) -> list[int]:
+    """Entry k: the data's id of the model's class k, matched by name (the class accuracy compares
+    the model's labels with the classifier's, which learned the data's order). `UserError` when
+    the two do not have the same classes: the model was trained on other data."""
     if sorted(model_classes) != sorted(data_classes):
         shown = ", ".join(model_classes[:6]) + (", ..." if len(model_classes) > 6 else "")
         wanted = ", ".join(data_classes[:6]) + (", ..." if len(data_classes) > 6 else "")
         raise UserError(f"the model's classes ({shown}) are not the data's ({wanted}): evaluate a model against "
                         "the data it was trained on")
-    data_id = {name: k for k, name in enumerate(data_classes)}
-    return torch.tensor([data_id[model_classes[c]] for c in labels])
+    return [data_classes.index(name) for name in model_classes]
 
 
 def _read_samples(path: str, class_names: list[str], channels: int, limit: int):
@@ -166,8 +165,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--image-size is needed when no --model says the image size")
     channels = pipe.vae.config.in_channels if pipe else None
     train, val, (real_train, train_labels), (real_test, test_labels) = _real_data(args, image_size, channels)
-    if pipe is not None and pipe.num_classes and train.class_names:  # before any work, not after it
-        labels_in_data_order(list(pipe.class_names), list(train.class_names), [])
+    data_ids = None  # of the model's classes; checked before any work, not after it
+    if pipe is not None and pipe.num_classes and train.class_names:
+        data_ids = data_ids_of_model_classes(list(pipe.class_names), list(train.class_names))
 
     report: dict = {"data": args.data, "model": args.model, "samples": args.samples, "n": args.n}
     classifier_path = _classifier_path(args)
@@ -214,8 +214,7 @@ def run(args: argparse.Namespace) -> int:
             info = {"cfg": scale, "sampler": args.sampler, "steps": args.steps, "seconds": time.time() - t0}
             fake_labels = None
             if pipe.num_classes:
-                fake_labels = (labels_in_data_order(list(pipe.class_names), list(train.class_names), labels)
-                               if train.class_names else torch.tensor(labels))
+                fake_labels = torch.tensor([data_ids[c] for c in labels] if data_ids else labels)
             runs.append((info, images, fake_labels))
 
     report["results"] = []
