@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from serve_http import post
 from tiny_models import save_tiny_class_model
 
 from ldmkit.cli import main
@@ -63,15 +61,6 @@ def left_half_mask(size: int = SIZE) -> Image.Image:
     mask = np.zeros((size, size), dtype=np.uint8)
     mask[:, : size // 2] = 255
     return Image.fromarray(mask)
-
-
-def post(url: str, fields: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/api/generate", data=json.dumps(fields).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def served_arrays(result: dict) -> list[np.ndarray]:

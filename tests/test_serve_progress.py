@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 from PIL import Image
+from serve_http import post, request_json
 from tiny_models import save_tiny_class_model
 
 from ldmkit.pipeline import LatentDiffusionPipeline
@@ -66,23 +64,6 @@ def url(service):
     stop.set()
 
 
-def get(url: str, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url + path, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def post(url: str, fields: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/api/generate", data=json.dumps(fields).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def test_a_job_reports_its_steps_and_the_one_behind_it_waits(url, service, monkeypatch):
     """Job "first" is held at its third step of four; "second", sent meanwhile, waits behind it."""
     reached, release = threading.Event(), threading.Event()
@@ -99,22 +80,22 @@ def test_a_job_reports_its_steps_and_the_one_behind_it_waits(url, service, monke
     first = threading.Thread(target=lambda: answers.update(first=post(url, {"n": 2, "steps": 4, "job_id": "first"})))
     first.start()
     assert reached.wait(30)
-    assert get(url, "/api/progress?job=first") == (200, {"state": "running", "step": 3, "steps": 4})
+    assert request_json(url, "/api/progress?job=first") == (200, {"state": "running", "step": 3, "steps": 4})
     second = threading.Thread(target=lambda: answers.update(second=post(url, {"n": 1, "steps": 2,
                                                                              "job_id": "second"})))
     second.start()
     for _ in range(200):  # until the second request has been checked and queued
-        if get(url, "/api/progress?job=second")[1]["state"] != "unknown":
+        if request_json(url, "/api/progress?job=second")[1]["state"] != "unknown":
             break
         threading.Event().wait(0.01)
-    assert get(url, "/api/progress?job=second") == (200, {"state": "queued", "ahead": 1})
+    assert request_json(url, "/api/progress?job=second") == (200, {"state": "queued", "ahead": 1})
     release.set()
     first.join(30)
     second.join(30)
     assert answers["first"][0] == 200 and len(answers["first"][1]["images"]) == 2
     assert answers["second"][0] == 200
-    assert get(url, "/api/progress?job=first") == (200, {"state": "done"})
-    assert get(url, "/api/progress?job=second") == (200, {"state": "done"})
+    assert request_json(url, "/api/progress?job=first") == (200, {"state": "done"})
+    assert request_json(url, "/api/progress?job=second") == (200, {"state": "done"})
 
 
 def test_the_steps_counted_are_the_steps_that_run(service):
@@ -128,8 +109,8 @@ def test_the_steps_counted_are_the_steps_that_run(service):
 
 
 def test_progress_mistakes(url):
-    assert get(url, "/api/progress?job=nobody") == (200, {"state": "unknown"})
-    status, answer = get(url, "/api/progress")
+    assert request_json(url, "/api/progress?job=nobody") == (200, {"state": "unknown"})
+    status, answer = request_json(url, "/api/progress")
     assert status == 400 and "/api/progress?job=ID" in answer["error"]
     for bad in ("", "x" * 65, "a b", 7):
         status, answer = post(url, {"n": 1, "steps": 1, "job_id": bad})
