@@ -1,8 +1,8 @@
 // Drives `ldm serve`'s page in jsdom against a live server, as a user would: the form is built,
 // a start image is chosen (img2img), paint is laid over it (inpainting), the start image is
-// dropped, a long job shows its steps and progress bar, a bad strength is refused. Each check
-// prints a line; the script exits 1 at the first one that fails. Not part of the test suite (it
-// needs node and jsdom from npm). With `ldm serve` running in another terminal:
+// dropped, a long job shows its steps and progress bar and can be stopped, a bad strength is
+// refused. Each check prints a line; the script exits 1 at the first one that fails. Not part
+// of the test suite (it needs node and jsdom from npm). With `ldm serve` in another terminal:
 //
 //   ldm serve --model emoji --device cpu --port 8765 --quiet
 //   npm install jsdom && node scripts/check_serve_page.js http://127.0.0.1:8765
@@ -206,6 +206,16 @@ function maskColumns(dataUrl) {  // the columns of the mask PNG with any white p
   check("the bar goes when the images come", $("bar").hidden && $("status").textContent.startsWith("40 images"),
         $("status").textContent);
   check("the request named its job", /^[A-Za-z0-9_-]+$/.test(sent[sent.length - 1].job_id));
+
+  submit();  // the same long job again, stopped once it runs
+  for (let k = 0; k < 100 && $("bar").hidden; k++) await wait(100);
+  check("a running job offers Stop", !$("stop").hidden);
+  $("stop").click();
+  await answered();
+  check("Stop ends it at its next step, not as an error",
+        /^stopped at step \d+ of 50$/.test($("status").textContent) && $("status").className === "",
+        $("status").textContent);
+  check("and the Stop button goes", $("stop").hidden);
 
   $("n").value = "2";
   $("steps").value = "25";

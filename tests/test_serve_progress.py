@@ -15,7 +15,7 @@ from tiny_models import save_tiny_class_model
 
 from ldmkit.pipeline import LatentDiffusionPipeline
 from ldmkit.serve import GenerationService, JobRunner, Limits, make_server
-from ldmkit.serve.progress import ProgressBoard
+from ldmkit.serve.progress import JobStopped, ProgressBoard
 
 
 def test_the_board_follows_a_job_from_queued_to_done():
@@ -36,6 +36,25 @@ def test_the_board_follows_a_job_from_queued_to_done():
     board.queued(None)  # a request without an id is not followed
     board.advanced("c")  # nor is an unknown id made up
     assert board.report("c") == {"state": "unknown"}
+
+
+def test_the_board_stops_a_job_at_its_next_step_or_before_it_starts():
+    board = ProgressBoard()
+    board.queued("a")
+    board.queued("b")
+    board.started("a", steps=4)
+    board.advanced("a")
+    assert board.stop("a") and board.stop("b") and not board.stop("a") and not board.stop("c")
+    assert board.report("a") == {"state": "running", "step": 1, "steps": 4, "stopping": True}
+    assert board.report("b") == {"state": "queued", "ahead": 1, "stopping": True}
+    with pytest.raises(JobStopped, match="stopped at step 2 of 4"):
+        board.advanced("a")
+    board.finished("a", stopped=True)
+    with pytest.raises(JobStopped, match="before it started"):
+        board.started("b", steps=2)
+    board.finished("b", stopped=True)
+    assert board.report("a") == board.report("b") == {"state": "stopped"}
+    assert not board.stop("a")  # over
 
 
 def test_the_board_forgets_the_oldest_jobs():
@@ -64,30 +83,44 @@ def url(service):
     stop.set()
 
 
-def test_a_job_reports_its_steps_and_the_one_behind_it_waits(url, service, monkeypatch):
-    """Job "first" is held at its third step of four; "second", sent meanwhile, waits behind it."""
+def hold(service, monkeypatch, job_id: str, step: int) -> tuple[threading.Event, threading.Event]:
+    """Hold `job_id` in its runner thread once `step` steps are done: (reached, release)."""
     reached, release = threading.Event(), threading.Event()
     advanced = service.progress.advanced
 
-    def advance_and_hold(job_id):
-        advanced(job_id)
-        if job_id == "first" and service.progress.report(job_id)["step"] == 3:
+    def advance_and_hold(this_job):
+        advanced(this_job)
+        if this_job == job_id and service.progress.report(this_job).get("step") == step:
             reached.set()
             release.wait(30)
 
     monkeypatch.setattr(service.progress, "advanced", advance_and_hold)
-    answers = {}
-    first = threading.Thread(target=lambda: answers.update(first=post(url, {"n": 2, "steps": 4, "job_id": "first"})))
-    first.start()
+    return reached, release
+
+
+def send(url: str, answers: dict, fields: dict) -> threading.Thread:
+    """POST `fields` on a thread of its own; its answer lands in answers[job_id]."""
+    thread = threading.Thread(target=lambda: answers.update({fields["job_id"]: post(url, fields)}))
+    thread.start()
+    return thread
+
+
+def until_queued(url: str, job_id: str) -> None:
+    for _ in range(500):  # until the request has been checked and its job queued
+        if request_json(url, f"/api/progress?job={job_id}")[1]["state"] != "unknown":
+            return
+        threading.Event().wait(0.01)
+
+
+def test_a_job_reports_its_steps_and_the_one_behind_it_waits(url, service, monkeypatch):
+    """Job "first" is held at its third step of four; "second", sent meanwhile, waits behind it."""
+    reached, release = hold(service, monkeypatch, "first", 3)
+    answers: dict = {}
+    first = send(url, answers, {"n": 2, "steps": 4, "job_id": "first"})
     assert reached.wait(30)
     assert request_json(url, "/api/progress?job=first") == (200, {"state": "running", "step": 3, "steps": 4})
-    second = threading.Thread(target=lambda: answers.update(second=post(url, {"n": 1, "steps": 2,
-                                                                             "job_id": "second"})))
-    second.start()
-    for _ in range(200):  # until the second request has been checked and queued
-        if request_json(url, "/api/progress?job=second")[1]["state"] != "unknown":
-            break
-        threading.Event().wait(0.01)
+    second = send(url, answers, {"n": 1, "steps": 2, "job_id": "second"})
+    until_queued(url, "second")
     assert request_json(url, "/api/progress?job=second") == (200, {"state": "queued", "ahead": 1})
     release.set()
     first.join(30)
@@ -96,6 +129,35 @@ def test_a_job_reports_its_steps_and_the_one_behind_it_waits(url, service, monke
     assert answers["second"][0] == 200
     assert request_json(url, "/api/progress?job=first") == (200, {"state": "done"})
     assert request_json(url, "/api/progress?job=second") == (200, {"state": "done"})
+
+
+def test_a_running_job_and_a_waiting_one_can_be_stopped(url, service, monkeypatch):
+    reached, release = hold(service, monkeypatch, "long", 2)
+    answers: dict = {}
+    long = send(url, answers, {"n": 2, "steps": 6, "job_id": "long"})
+    assert reached.wait(30)
+    waiting = send(url, answers, {"n": 1, "steps": 2, "job_id": "waiting"})
+    until_queued(url, "waiting")
+    assert request_json(url, "/api/stop", {"job_id": "long"}) == (200, {"stopped": True})
+    assert request_json(url, "/api/stop", {"job_id": "waiting"}) == (200, {"stopped": True})
+    assert request_json(url, "/api/stop", {"job_id": "long"}) == (200, {"stopped": False})  # asked already
+    assert request_json(url, "/api/progress?job=long")[1] == {"state": "running", "step": 2, "steps": 6,
+                                                               "stopping": True}
+    release.set()
+    long.join(30)
+    waiting.join(30)
+    assert answers["long"] == (409, {"error": "stopped at step 3 of 6", "stopped": True})  # at its next step
+    assert answers["waiting"][0] == 409 and "before it started" in answers["waiting"][1]["error"]
+    assert request_json(url, "/api/progress?job=long") == (200, {"state": "stopped"})
+    assert request_json(url, "/api/stop", {"job_id": "long"}) == (200, {"stopped": False})  # over
+    assert post(url, {"n": 1, "steps": 1})[0] == 200  # the server goes on
+
+
+def test_stop_mistakes(url):
+    assert request_json(url, "/api/stop", {"job_id": "nobody"}) == (200, {"stopped": False})
+    for body in ({}, {"job_id": 3}, {"job_id": ""}, [1]):
+        status, answer = request_json(url, "/api/stop", body)
+        assert status == 400 and "job_id" in answer["error"], body
 
 
 def test_the_steps_counted_are_the_steps_that_run(service):

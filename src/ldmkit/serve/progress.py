@@ -1,10 +1,12 @@
 """Where each job of a server stands, by the id its client chose: waiting (behind how many
-jobs), running (sampler steps done of how many), or done. The page polls it while its request
-is out, so a job of minutes (a large model on a CPU) shows a progress bar, not a frozen page.
+jobs), running (sampler steps done of how many), done, or stopped. The page polls it while its
+request is out, so a job of minutes (a large model on a CPU) shows a progress bar, not a frozen
+page, and a Stop button can end it.
 
 Steps are counted as the sampler issues them (its callback; nothing waits on the device for it),
 so on a GPU the count may run a step or two ahead of the kernels: the launch queue holds about
-that much of a UNet's work.
+that much of a UNet's work. A stop takes effect at the job's next step (or, for a job still
+waiting, before it starts): the runner is never interrupted inside a step.
 
 Ids come from the clients (`job_id` in the request), so nothing has to answer before the job
 ends; an unknown or forgotten id reads as "unknown". The board keeps the last `keep` ids.
@@ -15,6 +17,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from typing import Any
+
+
+class JobStopped(Exception):
+    """Raised in the job's own thread at its next step after `ProgressBoard.stop`."""
 
 
 class ProgressBoard:
@@ -38,33 +44,52 @@ class ProgressBoard:
                 self._put(job_id, {"state": "queued", "ticket": self._tickets})
 
     def started(self, job_id: str | None, steps: int) -> None:
-        """The job runs `steps` sampler steps in all (over all its batches)."""
+        """The job runs `steps` sampler steps in all (over all its batches); `JobStopped` if it
+        was stopped while it waited."""
         if job_id is not None:
             with self._lock:
+                if self._jobs.get(job_id, {}).get("stop"):
+                    raise JobStopped(f"stopped before it started (job {job_id})")
                 self._put(job_id, {"state": "running", "step": 0, "steps": steps})
 
     def advanced(self, job_id: str | None) -> None:
-        """One more sampler step of the job is done."""
+        """One more sampler step of the job is done; `JobStopped` if a stop was asked for."""
         if job_id is not None:
             with self._lock:
                 entry = self._jobs.get(job_id)
-                if entry is not None and entry["state"] == "running":
-                    entry["step"] = min(entry["step"] + 1, entry["steps"])
+                if entry is None or entry["state"] != "running":
+                    return
+                entry["step"] = min(entry["step"] + 1, entry["steps"])
+                if entry.get("stop"):
+                    raise JobStopped(f"stopped at step {entry['step']} of {entry['steps']}")
 
-    def finished(self, job_id: str | None) -> None:
-        """The job ended (its images were made, or it failed)."""
+    def stop(self, job_id: str) -> bool:
+        """Ask the job to stop at its next step (or not to start); False if it is not waiting or
+        running (unknown, done, already stopped)."""
+        with self._lock:
+            entry = self._jobs.get(job_id)
+            if entry is None or entry["state"] not in ("queued", "running") or entry.get("stop"):
+                return False
+            entry["stop"] = True
+            return True
+
+    def finished(self, job_id: str | None, stopped: bool = False) -> None:
+        """The job ended: its images were made (or it failed), or it was stopped."""
         if job_id is not None:
             with self._lock:
-                self._put(job_id, {"state": "done"})
+                self._put(job_id, {"state": "stopped" if stopped else "done"})
 
     def report(self, job_id: str) -> dict[str, Any]:
-        """{"state": "unknown" | "queued" | "running" | "done"}; a queued job also says how many
-        jobs are ahead of it (queued before it, or running), a running one its step and steps."""
+        """{"state": "unknown" | "queued" | "running" | "done" | "stopped"}; a queued job also says
+        how many jobs are ahead of it (queued before it, or running), a running one its step and
+        steps; either says "stopping": true once a stop was asked for."""
         with self._lock:
             entry = self._jobs.get(job_id)
             if entry is None:
                 return {"state": "unknown"}
-            report = {key: value for key, value in entry.items() if key != "ticket"}
+            report = {key: value for key, value in entry.items() if key not in ("ticket", "stop")}
+            if entry.get("stop"):
+                report["stopping"] = True
             if entry["state"] == "queued":
                 report["ahead"] = sum(other["state"] == "running" or
                                       (other["state"] == "queued" and other["ticket"] < entry["ticket"])

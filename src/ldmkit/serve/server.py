@@ -4,6 +4,8 @@ threading HTTP server (no web framework to install for one page and two endpoint
     GET  /               the page (`page.html`): a form built from /api/info, images below it
     GET  /api/info       the model: kind, classes, image size, samplers, defaults, limits
     GET  /api/progress?job=ID   where the job the client named ID stands (`progress.py`)
+    POST /api/stop       {"job_id": ID}: stop that job at its next step (its request then
+                         answers 409 with {"error": "stopped at step k of n", "stopped": true})
     POST /api/generate   a JSON request (`service.GenerationService`; img2img's start image
                          and inpainting's mask inside it as base64) -> JSON: the images as
                          base64 PNGs, their seeds and classes, seconds taken
@@ -27,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from ldmkit.errors import UserError
 
 from .jobs import JobRunner
+from .progress import JobStopped
 from .service import GenerationService
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a few fields and at most two images (a 1024 px PNG is ~2-4 MB in base64)
@@ -65,6 +68,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
+        if path == "/api/stop":
+            self._stop()
+            return
         if path != "/api/generate":
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {path}"})
             return
@@ -74,6 +80,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             result = self.runner.submit(lambda: self.service.run(job)) if self.runner else self.service.run(job)
         except UserError as err:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
+        except JobStopped as err:
+            self._send_json(HTTPStatus.CONFLICT, {"error": str(err), "stopped": True})
             return
         except _BodyTooLarge as err:
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(err)})
@@ -89,6 +98,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
             "classes": result.classes,
             "seconds": round(result.seconds, 3),
         })
+
+    def _stop(self) -> None:
+        try:
+            request = self._read_json()
+        except (UserError, _BodyTooLarge) as err:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
+        job_id = request.get("job_id") if isinstance(request, dict) else None
+        if not isinstance(job_id, str) or not job_id:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": 'send {"job_id": ID}, the id the job was sent with'})
+            return
+        self._send_json(HTTPStatus.OK, {"stopped": self.service.progress.stop(job_id)})
 
     # ----------------------------------------------------------------- helpers
     def _read_json(self) -> Any:

@@ -34,7 +34,7 @@ from ldmkit.diffusion.samplers.context import img2img_steps
 from ldmkit.errors import UserError
 from ldmkit.pipeline import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_CFG, LatentDiffusionPipeline
 
-from .progress import ProgressBoard
+from .progress import JobStopped, ProgressBoard
 from .request_images import request_image
 
 MAX_PROMPT_CHARS = 2000
@@ -223,7 +223,9 @@ class GenerationService:
         return init_image, mask
 
     def run(self, job: Job) -> GeneratedImages:
-        """Generate `job`'s images (in whole batches where the UNet is compiled: see `batch_size`)."""
+        """Generate `job`'s images (in whole batches where the UNet is compiled: see `batch_size`).
+        `JobStopped` when the job's client stopped it (`progress.py`)."""
+        stopped = False
         try:
             with self._lock:
                 start = time.perf_counter()
@@ -243,7 +245,10 @@ class GenerationService:
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
                 pngs.append(buffer.getvalue())
+        except JobStopped:
+            stopped = True
+            raise
         finally:
-            self.progress.finished(job.job_id)
+            self.progress.finished(job.job_id, stopped=stopped)
         names = [self.pipe.class_names[c] if c >= 0 else None for c in job.labels]
         return GeneratedImages(pngs=pngs, seeds=list(job.seeds), classes=names, seconds=seconds)
