@@ -21,8 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "prompt for a text-to-image model), the number of images, sampler, steps, guidance and seed; the images "
         "appear on the page with their seeds, the same images `ldm generate --seed` writes. A start image "
         "(img2img) and paint over part of it (inpainting) work as --init-image and --mask. The page's JSON API: "
-        "GET /api/info, POST /api/generate (src/ldmkit/serve/server.py). The server has no login: keep the "
-        "default --host 127.0.0.1 unless everyone who can reach the machine may use it. Ctrl-C stops it.",
+        "GET /api/info, POST /api/generate, GET /api/progress, POST /api/stop (src/ldmkit/serve/server.py). The "
+        "server has no login: keep the default --host 127.0.0.1 unless everyone who can reach the machine may "
+        "use it. Ctrl-C stops it.",
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", default=DEFAULT_MODEL,
