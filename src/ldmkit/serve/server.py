@@ -1,5 +1,5 @@
 """The HTTP side of `ldm serve`: the web page and a small JSON API, on the standard library's
-threading HTTP server (no web framework to install for one page and two endpoints).
+threading HTTP server (no web framework to install for one page and four endpoints).
 
     GET  /               the page (`page.html`): a form built from /api/info, images below it
     GET  /api/info       the model: kind, classes, image size, samplers, defaults, limits
@@ -102,8 +102,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _stop(self) -> None:
         try:
             request = self._read_json()
-        except (UserError, _BodyTooLarge) as err:
+        except UserError as err:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
+        except _BodyTooLarge as err:
+            self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(err)})
             return
         job_id = request.get("job_id") if isinstance(request, dict) else None
         if not isinstance(job_id, str) or not job_id:
