@@ -24,6 +24,9 @@ class JobStopped(Exception):
 
 
 class ProgressBoard:
+    """The jobs' states by id, shared by the request threads (queued, stop, report) and the
+    runner's thread (started, advanced, finished); one lock guards them."""
+
     def __init__(self, keep: int = 256) -> None:
         self.keep = keep
         self._lock = threading.Lock()
