@@ -12,7 +12,7 @@ size), the update rule and the img2img / mask handling from `diffusion.sample`, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +293,23 @@ class LatentDiffusionPipeline:
         progress: Callable[[int], None] | None = None,
         **sampling: Any,
     ) -> torch.Tensor:
-        """Generate in batches of `batch_size`; returns uint8 [N, C, H, W] on the CPU.
+        """Generate in batches of `batch_size`; returns uint8 [N, C, H, W] on the CPU (see
+        `iter_uint8`, which yields each batch as it is made)."""
+        return torch.cat(list(self.iter_uint8(seeds, labels, batch_size=batch_size, whole_batches=whole_batches,
+                                              progress=progress, **sampling)))
+
+    def iter_uint8(
+        self,
+        seeds: Sequence[int],
+        labels: Sequence[int],
+        *,
+        batch_size: int = 64,
+        whole_batches: bool = False,
+        progress: Callable[[int], None] | None = None,
+        **sampling: Any,
+    ) -> Iterator[torch.Tensor]:
+        """Each batch's images, uint8 [b, C, H, W] on the CPU, as soon as it is decoded (a caller
+        writing files loses nothing made before an interrupt).
 
         The compiled UNet has static shapes: a batch of a new size is a new compile (tens of
         seconds on a GPU, where a batch of the C1 UNet's 25 steps takes milliseconds). Where it
@@ -305,7 +321,6 @@ class LatentDiffusionPipeline:
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
         pad = self._compiles(len(seeds)) and (whole_batches or len(seeds) > batch_size)
-        out = []
         self._job_images = len(seeds)  # "auto" compilation looks at the whole job, not one batch
         try:
             for start in range(0, len(seeds), batch_size):
@@ -315,12 +330,12 @@ class LatentDiffusionPipeline:
                 if pad:
                     batch_seeds, batch_labels = _fill(batch_seeds, batch_size), _fill(batch_labels, batch_size)
                 latents = self.generate_latents(batch_seeds, batch_labels, **sampling)[:kept]
-                out.append(self.decode(latents).cpu())
+                images = self.decode(latents).cpu()
                 if progress is not None:
                     progress(kept)
+                yield images
         finally:
             self._job_images = None
-        return torch.cat(out)
 
     def _compiles(self, num_images: int) -> bool:
         """Whether a job of `num_images` runs the compiled UNet."""

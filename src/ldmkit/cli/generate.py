@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -12,6 +13,7 @@ from ldmkit.errors import UserError
 from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
 
 SAMPLERS = ["dpmpp-2m", "ddim", "ddpm", "euler", "heun"]
+GRID_MAX_IMAGES = 1024  # OUT/grid.png by default up to this many images (10,000 at 256 px: a 2.6 GB image)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +60,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="guidance rescale factor in [0, 1] (Lin et al. 2024); 0 is off (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default: 0)")
     p.add_argument("--out", default="samples", help="folder for the PNG files (default: ./samples)")
-    p.add_argument("--grid", default=None, help="also write all images as one grid PNG here (default: OUT/grid.png)")
+    p.add_argument("--grid", default=None,
+                   help=f"also write all images as one grid PNG here (default: OUT/grid.png, for jobs of up to "
+                   f"{GRID_MAX_IMAGES} images)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep the images already in --out under their file names and make only the missing ones "
+                   "(image k depends only on its seed: an interrupted job resumes exactly)")
     p.add_argument("--batch-size", type=int, default=64, help="images per sampler batch (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.init_image is None and (args.mask is not None or args.strength is not None or args.fit):
         raise UserError("--mask, --strength and --fit need --init-image")
+    out = _out_folder(args.out)
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
     pipe.check_prompt(args.prompt)  # before the progress bar: a mistake is then one line
@@ -99,21 +107,46 @@ def run(args: argparse.Namespace) -> int:
         sampling.update(init=pipe.encode_image(image), strength=strength)
         if mask is not None:
             sampling["mask"] = pipe.prepare_mask(mask, size=image.size)
-    bar = tqdm(total=len(seeds), unit="img", disable=args.quiet, desc="generating")
-    images = pipe.generate_uint8(seeds, labels, batch_size=args.batch_size, progress=bar.update, **sampling)
+    names = [f"{k:05d}_seed{seed}" + (f"_class{c}" if c >= 0 else "") + ".png"
+             for k, (seed, c) in enumerate(zip(seeds, labels))]
+    todo = [k for k, name in enumerate(names) if not (args.skip_existing and (out / name).is_file())]
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, desc="generating")
+    written = 0
+    try:  # each batch is written as it comes: an interrupt keeps what was made
+        for images in pipe.iter_uint8([seeds[k] for k in todo], [labels[k] for k in todo],
+                                      batch_size=args.batch_size, progress=bar.update, **sampling):
+            for image in to_pil(images):
+                save_png(image, out / names[todo[written]])
+                written += 1
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"ldm generate: interrupted: {written} of {len(todo)} images written to {out}/; the same command "
+              "with --skip-existing makes the rest", file=sys.stderr)
+        return 130
     bar.close()
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pils = to_pil(images)
-    for k, (img, s, c) in enumerate(zip(pils, seeds, labels)):
-        suffix = f"_class{c}" if c >= 0 else ""
-        save_png(img, out / f"{k:05d}_seed{s}{suffix}.png")
-    nrow = _grid_columns(labels)
+    done = f"wrote {written} images to {out}/" + (f" ({len(names) - len(todo)} were there)" if len(todo) < len(names)
+                                                 else "")
+    if args.grid is None and len(names) > GRID_MAX_IMAGES:
+        print(f"{done}; no grid of {len(names)} images (more than {GRID_MAX_IMAGES}: pass --grid PATH for one)")
+        return 0
     grid_path = Path(args.grid) if args.grid else out / "grid.png"
-    save_png(make_grid(images, nrow=nrow), grid_path)
-    print(f"wrote {len(pils)} images to {out}/ and the grid {grid_path}")
+    tiles = [open_image(out / name, "generated image") for name in names]  # from disk: --skip-existing's too
+    save_png(make_grid(tiles, nrow=_grid_columns(labels)), grid_path)
+    print(f"{done} and the grid {grid_path}")
     return 0
+
+
+def _out_folder(path: str) -> Path:
+    """The output folder, made now: a path that cannot be one fails before the work, not after."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--out {out} is a file, not a folder") from None
+    except OSError as err:
+        raise UserError(f"cannot make the --out folder {out}: {err.strerror or err}") from None
+    return out
 
 
 def _grid_columns(labels: list[int]) -> int:

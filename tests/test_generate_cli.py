@@ -1,0 +1,95 @@
+"""`ldm generate` keeps its work: each batch is written as it is made, an interrupted job keeps
+its files and `--skip-existing` makes exactly the rest; a big job skips the grid unless asked;
+an --out that cannot be a folder fails before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import save_tiny_class_model
+
+from ldmkit.cli import generate as generate_cli
+from ldmkit.cli import main
+from ldmkit.pipeline import LatentDiffusionPipeline
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return save_tiny_class_model(tmp_path_factory.mktemp("model") / "model.safetensors", CLASSES)
+
+
+def generate(model_file: Path, out: Path, *flags: str) -> int:
+    return main(["generate", "--model", str(model_file), "--n", "6", "--steps", "2", "--batch-size", "2",
+                 "--device", "cpu", "--quiet", "--out", str(out), *flags])
+
+
+def pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {path.name: np.asarray(Image.open(path)) for path in sorted(folder.glob("0*.png"))}
+
+
+def test_an_interrupted_job_keeps_its_batches_and_resumes_exactly(model_file, tmp_path, monkeypatch, capsys):
+    assert generate(model_file, tmp_path / "whole") == 0  # 6 images, round the classes, in batches of 2
+    whole = pngs(tmp_path / "whole")
+    assert len(whole) == 6
+
+    real_iter = LatentDiffusionPipeline.iter_uint8
+
+    def interrupted_after_two_batches(self, seeds, labels, **options):
+        for k, images in enumerate(real_iter(self, seeds, labels, **options)):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield images
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "iter_uint8", interrupted_after_two_batches)
+    assert generate(model_file, tmp_path / "cut") == 130
+    assert "interrupted: 4 of 6 images written" in capsys.readouterr().err
+    assert len(pngs(tmp_path / "cut")) == 4 and not (tmp_path / "cut" / "grid.png").exists()
+    assert not list((tmp_path / "cut").glob(".*.tmp"))  # no half-written file left
+    monkeypatch.undo()
+
+    made = []
+    real_latents = LatentDiffusionPipeline.generate_latents
+
+    def recorded(self, seeds, labels, **sampling):
+        made.extend(seeds)
+        return real_latents(self, seeds, labels, **sampling)
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "generate_latents", recorded)
+    assert generate(model_file, tmp_path / "cut", "--skip-existing") == 0
+    assert made == [4, 5]  # only the two images the interrupt left
+    assert "wrote 2 images" in capsys.readouterr().out
+    resumed = pngs(tmp_path / "cut")
+    assert resumed.keys() == whole.keys() and all(np.array_equal(resumed[k], whole[k]) for k in whole)
+    grids = [np.asarray(Image.open(folder / "grid.png")) for folder in (tmp_path / "cut", tmp_path / "whole")]
+    assert np.array_equal(*grids)
+
+
+def test_without_skip_existing_every_image_is_made_again(model_file, tmp_path):
+    assert generate(model_file, tmp_path) == 0
+    Image.new("RGB", (16, 16), (0, 0, 0)).save(tmp_path / "00000_seed0_class0.png")
+    assert generate(model_file, tmp_path) == 0
+    assert np.asarray(Image.open(tmp_path / "00000_seed0_class0.png")).any()  # the black stand-in was replaced
+
+
+def test_a_big_job_skips_the_grid_unless_asked(model_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(generate_cli, "GRID_MAX_IMAGES", 4)
+    assert generate(model_file, tmp_path / "a") == 0
+    assert not (tmp_path / "a" / "grid.png").exists()
+    assert "no grid of 6 images (more than 4: pass --grid PATH for one)" in capsys.readouterr().out
+    assert generate(model_file, tmp_path / "b", "--grid", str(tmp_path / "big_grid.png")) == 0
+    assert (tmp_path / "big_grid.png").is_file()
+
+
+def test_an_out_that_cannot_be_a_folder_fails_before_the_model_loads(model_file, tmp_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "from_pretrained", never)
+    (tmp_path / "taken").write_text("a file")
+    assert generate(model_file, tmp_path / "taken") == 2
+    assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
