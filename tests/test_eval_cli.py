@@ -110,3 +110,33 @@ def test_a_classifier_of_other_classes_is_refused(model_file, tmp_path, capsys):
                  "--out", str(tmp_path / "r2.json")])
     assert code == 2
     assert "was trained on other classes (blue, green, red)" in capsys.readouterr().err
+
+
+def test_an_interrupted_eval_keeps_the_scales_already_judged(model_file, tmp_path, monkeypatch, capsys):
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    calls = []
+    real_generate = LatentDiffusionPipeline.generate_uint8
+
+    def interrupted_at_the_second_scale(self, *args, **kwargs):
+        calls.append(kwargs["cfg"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "generate_uint8", interrupted_at_the_second_scale)
+    report = tmp_path / "report.json"
+    assert main(["eval", "--model", str(model_file), "--data", str(data), "--n", "3", "--steps", "1", "--k", "1",
+                 "--cfg", "1", "3", *QUICK, "--quiet", "--out", str(report)]) == 130
+    assert calls == [1.0, 3.0]  # the second scale was generated only after the first was judged
+    assert [run["cfg"] for run in json.loads(report.read_text())["results"]] == [1.0]
+
+
+def test_an_out_that_is_a_folder_fails_before_any_work(model_file, tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    (tmp_path / "reports").mkdir()
+    assert main(["eval", "--model", str(model_file), "--data", str(data), *QUICK,
+                 "--out", str(tmp_path / "reports")]) == 2
+    assert "is a folder; give the report's file name" in capsys.readouterr().err
+    assert not (tmp_path / "classifier.safetensors").exists()  # where --train-classifier would have put it

@@ -57,3 +57,20 @@ def test_save_png_is_atomic_and_round_trips(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         save_png(torch.zeros(2, 3, 4, 4), tmp_path / "two.png")
     assert not (tmp_path / "two.png").exists()
+
+
+def test_atomic_write_text_replaces_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    from ldmkit import atomic
+
+    target = tmp_path / "deep" / "report.json"
+    atomic.atomic_write_text(target, '{"old": "é"}')
+    assert target.read_text(encoding="utf-8") == '{"old": "é"}'
+
+    def power_cut(src, dst):
+        raise KeyboardInterrupt  # between the temporary file and the rename
+
+    monkeypatch.setattr(atomic.os, "replace", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.atomic_write_text(target, '{"new": 1}')
+    assert target.read_text(encoding="utf-8") == '{"old": "é"}'
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"], "no temporary file left"

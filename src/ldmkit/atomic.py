@@ -56,3 +56,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(f)
 
     return atomic_save(path, write_path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Replace `path` by `text` in UTF-8 (JSON reports, configs, tokenizer files)."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

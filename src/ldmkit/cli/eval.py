@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ldmkit.atomic import atomic_write_text
 from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import bundled_names
@@ -138,6 +139,39 @@ def _read_samples(path: str, class_names: list[str], channels: int, limit: int):
     return samples.images, samples.labels
 
 
+def _sample_runs(args: argparse.Namespace, pipe, class_names: list[str], channels: int, data_ids: list[int] | None):
+    """(info, uint8 images, labels in the data's ids or None) for --samples, or for each --cfg in
+    turn, generated only when the one before has been judged and written."""
+    if args.samples:
+        images, labels = _read_samples(args.samples, class_names, channels, args.n)
+        yield {"samples": args.samples}, images, labels
+        return
+    for scale in args.cfg:
+        seeds, labels = pipe.plan(args.n, None, args.seed)
+        t0 = time.time()
+        bar = tqdm(total=len(seeds), unit="img", disable=args.quiet, desc=f"generating (cfg {scale:g})")
+        images = pipe.generate_uint8(seeds, labels, sampler=args.sampler, steps=args.steps, cfg=scale,
+                                     batch_size=args.batch_size, progress=bar.update)
+        bar.close()
+        info = {"cfg": scale, "sampler": args.sampler, "steps": args.steps, "seconds": time.time() - t0}
+        fake_labels = None
+        if pipe.num_classes:
+            fake_labels = torch.tensor([data_ids[c] for c in labels] if data_ids else labels)
+        yield info, images, fake_labels
+
+
+def _report_path(path: str) -> Path:
+    """--out, checked and its folder made before any work (not after an hour of it)."""
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the report's file name (e.g. {out / 'report.json'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot make the folder of --out {out}: {err.strerror or err}") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ldmkit.device import resolve_device
     from ldmkit.eval import (
@@ -153,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --model (to generate samples) or --samples DIR (already generated)")
     if args.n < 1:
         raise UserError(f"--n must be at least 1 (got {args.n})")
+    out = _report_path(args.out)
     device = resolve_device(args.device)
 
     pipe = None
@@ -199,26 +234,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"VAE: PSNR {report['vae']['psnr']:.2f} dB, SSIM {report['vae']['ssim']:.4f}; reconstructions vs real: "
               + ", ".join(f"{k} {v:.4f}" for k, v in report["vae"]["reconstruction_vs_real"].items()))
 
-    runs = []
-    if args.samples:
-        images, labels = _read_samples(args.samples, train.class_names, real_test.shape[1], args.n)
-        runs.append(({"samples": args.samples}, images, labels))
-    else:
-        for scale in args.cfg:
-            seeds, labels = pipe.plan(args.n, None, args.seed)
-            t0 = time.time()
-            bar = tqdm(total=len(seeds), unit="img", disable=args.quiet, desc=f"generating (cfg {scale:g})")
-            images = pipe.generate_uint8(seeds, labels, sampler=args.sampler, steps=args.steps, cfg=scale,
-                                         batch_size=args.batch_size, progress=bar.update)
-            bar.close()
-            info = {"cfg": scale, "sampler": args.sampler, "steps": args.steps, "seconds": time.time() - t0}
-            fake_labels = None
-            if pipe.num_classes:
-                fake_labels = torch.tensor([data_ids[c] for c in labels] if data_ids else labels)
-            runs.append((info, images, fake_labels))
-
     report["results"] = []
-    for info, images, fake_labels in runs:
+    for info, images, fake_labels in _sample_runs(args, pipe, train.class_names, real_test.shape[1], data_ids):
         result = evaluate(images, fake_labels, real_train, real_test, extractor, classifier, args.k,
                           real_test_labels=test_labels if len(train.class_names) else None,
                           kid_subsets=args.kid_subsets, kid_subset_size=min(args.kid_subset_size, images.shape[0]))
@@ -226,9 +243,6 @@ def run(args: argparse.Namespace) -> int:
         report["results"].append(result)
         print(("\n" + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")).strip())
         print(format_report(result))
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+        atomic_write_text(out, json.dumps(report, indent=2))  # after each scale: an interrupt keeps those done
     print(f"report written to {out}")
     return 0

@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ldmkit.atomic import atomic_save
 from ldmkit.errors import UserError
 from ldmkit.eval.extractor import FeatureExtractor, check_uint8_images
 
@@ -109,12 +110,11 @@ class ClassifierNet(nn.Module):
 def save_classifier(model: ClassifierNet, path: str | Path, *, val_accuracy: float | None = None) -> None:
     """Write weights as safetensors; config (and validation accuracy) go in the metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": _FORMAT, "config": json.dumps(model.config.to_dict())}
     if val_accuracy is not None:
         metadata["val_accuracy"] = repr(float(val_accuracy))
-    save_file(state, str(path), metadata=metadata)
+    atomic_save(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ClassifierNet:

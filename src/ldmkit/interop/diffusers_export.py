@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ldmkit.atomic import atomic_write_text
 from ldmkit.errors import UserError
 from ldmkit.interop.bundle import ModelBundle
 from ldmkit.interop.diffusers_config import autoencoder_config_to_diffusers, unet_config_to_diffusers
@@ -34,8 +35,7 @@ def _diffusers_version() -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _write_unet(folder: Path, bundle: ModelBundle) -> None:
@@ -65,8 +65,7 @@ def _write_text_encoder(folder: Path, bundle: ModelBundle) -> None:
     _write_json(folder / "text_encoder" / "config.json", {**config, "architectures": ["CLIPTextModel"]})
     write_safetensors(folder / "text_encoder" / "model.safetensors", weights, {"format": "pt"})
     for name, text in tokenizer_files.items():
-        (folder / "tokenizer").mkdir(parents=True, exist_ok=True)
-        (folder / "tokenizer" / name).write_text(text, encoding="utf-8")
+        atomic_write_text(folder / "tokenizer" / name, text)
 
 
 def _model_index(with_text: bool) -> dict[str, Any]:

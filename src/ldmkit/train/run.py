@@ -21,6 +21,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from ldmkit.atomic import atomic_write_text
 from ldmkit.data import load_image_dataset
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
@@ -154,7 +155,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
         say(f"resuming {out_dir} from the {state['stage']} stage at step {state['step']}")
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
     say(f"data: {train_set.describe()}")
 
     vae = vae_file
