@@ -131,6 +131,7 @@ def test_an_interrupted_eval_keeps_the_scales_already_judged(model_file, tmp_pat
                  "--cfg", "1", "3", *QUICK, "--quiet", "--out", str(report)]) == 130
     assert calls == [1.0, 3.0]  # the second scale was generated only after the first was judged
     assert [run["cfg"] for run in json.loads(report.read_text())["results"]] == [1.0]
+    assert f"interrupted; {report} has the 1 judged before it" in capsys.readouterr().err
 
 
 def test_an_out_that_is_a_folder_fails_before_any_work(model_file, tmp_path, capsys):

@@ -93,3 +93,11 @@ def test_an_out_that_cannot_be_a_folder_fails_before_the_model_loads(model_file,
     (tmp_path / "taken").write_text("a file")
     assert generate(model_file, tmp_path / "taken") == 2
     assert f"--out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_kept_files_of_another_size_give_a_line_not_a_traceback(model_file, tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "00000_seed0_class0.png")  # made by some other model
+    assert generate(model_file, tmp_path, "--skip-existing") == 2
+    err = capsys.readouterr().err
+    assert "wrote 5 images" in err and "differ in size or mode" in err and "Traceback" not in err
+    assert len(pngs(tmp_path)) == 6 and not (tmp_path / "grid.png").exists()

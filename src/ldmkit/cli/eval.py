@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -235,14 +236,19 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v:.4f}" for k, v in report["vae"]["reconstruction_vs_real"].items()))
 
     report["results"] = []
-    for info, images, fake_labels in _sample_runs(args, pipe, train.class_names, real_test.shape[1], data_ids):
-        result = evaluate(images, fake_labels, real_train, real_test, extractor, classifier, args.k,
-                          real_test_labels=test_labels if len(train.class_names) else None,
-                          kid_subsets=args.kid_subsets, kid_subset_size=min(args.kid_subset_size, images.shape[0]))
-        result.update(info)
-        report["results"].append(result)
-        print(("\n" + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")).strip())
-        print(format_report(result))
-        atomic_write_text(out, json.dumps(report, indent=2))  # after each scale: an interrupt keeps those done
+    try:
+        for info, images, fake_labels in _sample_runs(args, pipe, train.class_names, real_test.shape[1], data_ids):
+            result = evaluate(images, fake_labels, real_train, real_test, extractor, classifier, args.k,
+                              real_test_labels=test_labels if len(train.class_names) else None,
+                              kid_subsets=args.kid_subsets, kid_subset_size=min(args.kid_subset_size, images.shape[0]))
+            result.update(info)
+            report["results"].append(result)
+            print(("\n" + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")).strip())
+            print(format_report(result))
+            atomic_write_text(out, json.dumps(report, indent=2))  # after each scale: an interrupt keeps those done
+    except KeyboardInterrupt:
+        kept = f"{out} has the {len(report['results'])} judged before it" if report["results"] else "no report written"
+        print(f"ldm eval: interrupted; {kept}", file=sys.stderr)
+        return 130
     print(f"report written to {out}")
     return 0

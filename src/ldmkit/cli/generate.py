@@ -132,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     grid_path = Path(args.grid) if args.grid else out / "grid.png"
     tiles = [open_image(out / name, "generated image") for name in names]  # from disk: --skip-existing's too
+    if len({(tile.size, tile.mode) for tile in tiles}) > 1:
+        raise UserError(f"{done}, but they and the files kept by --skip-existing differ in size or mode (made by "
+                        "another model?), so no grid was written")
     save_png(make_grid(tiles, nrow=_grid_columns(labels)), grid_path)
     print(f"{done} and the grid {grid_path}")
     return 0
