@@ -141,3 +141,13 @@ def test_an_out_that_is_a_folder_fails_before_any_work(model_file, tmp_path, cap
                  "--out", str(tmp_path / "reports")]) == 2
     assert "is a folder; give the report's file name" in capsys.readouterr().err
     assert not (tmp_path / "classifier.safetensors").exists()  # where --train-classifier would have put it
+
+
+def test_k_and_sampler_mistakes_stop_before_any_work(model_file, tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    base = ["eval", "--model", str(model_file), "--data", str(data), *QUICK, "--out", str(tmp_path / "r.json")]
+    assert main([*base, "--n", "2", "--k", "3"]) == 2
+    assert "precision/recall with --k 3 needs more than k images in each set" in capsys.readouterr().err
+    assert main([*base, "--n", "6", "--sampler", "plms"]) == 2
+    assert "unknown sampler 'plms'" in capsys.readouterr().err
+    assert not (tmp_path / "classifier.safetensors").exists()

@@ -101,3 +101,26 @@ def test_kept_files_of_another_size_give_a_line_not_a_traceback(model_file, tmp_
     err = capsys.readouterr().err
     assert "wrote 5 images" in err and "differ in size or mode" in err and "Traceback" not in err
     assert len(pngs(tmp_path)) == 6 and not (tmp_path / "grid.png").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "100000"], "steps must be an integer from 1 to 1000, got 100000"),
+    (["--cfg-rescale", "5"], "guidance rescale must be in [0, 1], got 5.0"),
+])
+def test_sampling_mistakes_stop_before_the_progress_bar(model_file, tmp_path, capsys, flags, message):
+    assert main(["generate", "--model", str(model_file), "--n", "1", "--out", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "generating" not in err
+
+
+def test_grid_mistakes_and_a_full_disk_are_one_line(model_file, tmp_path, monkeypatch, capsys):
+    assert generate(model_file, tmp_path / "a", "--grid", str(tmp_path)) == 2
+    assert "is a folder; give the grid's file name" in capsys.readouterr().err
+
+    def full_disk(image, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ldmkit.data.images.save_png", full_disk)
+    assert generate(model_file, tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "00000_seed0_class0.png: No space left on device" in err

@@ -32,7 +32,9 @@ from ldmkit.diffusion import (
     classifier_free_guidance,
     sample,
 )
-from ldmkit.diffusion.samplers import sampler_options
+from ldmkit.diffusion.guidance import check_rescale
+from ldmkit.diffusion.samplers import get_sampler, sampler_options
+from ldmkit.diffusion.timesteps import check_steps
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
 
@@ -158,6 +160,13 @@ class LatentDiffusionPipeline:
         else:
             labels = [-1] * (n or (1 if self.takes_text else 16))
         return [seed + k for k in range(len(labels))], labels
+
+    def check_sampling(self, sampler: str, steps: int, cfg_rescale: float = 0.0) -> None:
+        """`UserError` for a sampler, step count or guidance rescale this model cannot run: the
+        checks the sampling loop makes, made before a command draws its progress bar."""
+        get_sampler(sampler)
+        check_steps(steps, self.schedule)
+        check_rescale(cfg_rescale)
 
     def check_prompt(self, prompt: str | None) -> None:
         """`UserError` unless this model can take `prompt` (None: no prompt): a text-to-image model

@@ -196,11 +196,17 @@ def run(args: argparse.Namespace) -> int:
         from ldmkit.pipeline import LatentDiffusionPipeline
 
         pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=args.compile)
+        if not args.samples:
+            pipe.check_sampling(args.sampler, args.steps)
     image_size = pipe.image_size if pipe else args.image_size
     if image_size is None:
         raise UserError("--image-size is needed when no --model says the image size")
     channels = pipe.vae.config.in_channels if pipe else None
     train, val, (real_train, train_labels), (real_test, test_labels) = _real_data(args, image_size, channels)
+    smallest = min(args.n, len(real_train), len(real_test))
+    if not 1 <= args.k < smallest:
+        raise UserError(f"precision/recall with --k {args.k} needs more than k images in each set, and k >= 1: "
+                        f"--n {args.n}, {len(real_train)} training and {len(real_test)} test images here")
     data_ids = None  # of the model's classes; checked before any work, not after it
     if pipe is not None and pipe.num_classes and train.class_names:
         data_ids = data_ids_of_model_classes(list(pipe.class_names), list(train.class_names))

@@ -87,10 +87,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.init_image is None and (args.mask is not None or args.strength is not None or args.fit):
         raise UserError("--mask, --strength and --fit need --init-image")
-    out = _out_folder(args.out)
+    out = _folder(args.out, "--out")
+    if args.grid is not None:
+        grid = Path(args.grid)
+        if grid.is_dir():
+            raise UserError(f"--grid {grid} is a folder; give the grid's file name (e.g. {grid / 'grid.png'})")
+        _folder(grid.parent, "--grid")
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
     pipe.check_prompt(args.prompt)  # before the progress bar: a mistake is then one line
+    pipe.check_sampling(args.sampler, args.steps, args.cfg_rescale)
     seeds, labels = pipe.plan(args.n, args.classes, args.seed)
     sampling = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
                     prompt=args.prompt, negative_prompt=args.negative_prompt)
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         for images in pipe.iter_uint8([seeds[k] for k in todo], [labels[k] for k in todo],
                                       batch_size=args.batch_size, progress=bar.update, **sampling):
             for image in to_pil(images):
-                save_png(image, out / names[todo[written]])
+                _write(save_png, image, out / names[todo[written]])
                 written += 1
     except KeyboardInterrupt:
         bar.close()
@@ -135,21 +141,30 @@ def run(args: argparse.Namespace) -> int:
     if len({(tile.size, tile.mode) for tile in tiles}) > 1:
         raise UserError(f"{done}, but they and the files kept by --skip-existing differ in size or mode (made by "
                         "another model?), so no grid was written")
-    save_png(make_grid(tiles, nrow=_grid_columns(labels)), grid_path)
+    _write(save_png, make_grid(tiles, nrow=_grid_columns(labels)), grid_path)
     print(f"{done} and the grid {grid_path}")
     return 0
 
 
-def _out_folder(path: str) -> Path:
-    """The output folder, made now: a path that cannot be one fails before the work, not after."""
-    out = Path(path)
+def _write(save, image, path: Path) -> None:
+    """`save(image, path)`, a file system's refusal (read-only, full, no such place) as one line."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"--out {out} is a file, not a folder") from None
+        save(image, path)
     except OSError as err:
-        raise UserError(f"cannot make the --out folder {out}: {err.strerror or err}") from None
-    return out
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _folder(path: str | Path, flag: str) -> Path:
+    """A folder for the output, made now: a path that cannot be one fails before the work, not
+    after it."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{flag} {folder} is a file, not a folder") from None
+    except OSError as err:
+        raise UserError(f"cannot make the {flag} folder {folder}: {err.strerror or err}") from None
+    return folder
 
 
 def _grid_columns(labels: list[int]) -> int:

@@ -45,6 +45,13 @@ def _concat_kwargs(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[s
     return merged
 
 
+def check_rescale(rescale: float) -> float:
+    """Validate a guidance rescale factor phi: a number in [0, 1]."""
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
+        raise UserError(f"guidance rescale must be in [0, 1], got {rescale!r}")
+    return rescale
+
+
 def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
     """Lin et al. 2024, eq. 15: x_rescaled = x_cfg std(x_pos) / std(x_cfg), per sample;
     eq. 16: phi x_rescaled + (1 - phi) x_cfg."""
@@ -70,8 +77,7 @@ def classifier_free_guidance(
             (e.g. `{"class_labels": labels}` and `{"class_labels": null_labels}`).
         rescale: phi in [0, 1] of Lin et al. 2024 (0 = off).
     """
-    if not 0 <= rescale <= 1:
-        raise UserError(f"guidance rescale must be in [0, 1], got {rescale!r}")
+    check_rescale(rescale)
     cond, uncond = dict(cond), dict(uncond)
     both = _concat_kwargs(cond, uncond) if scale not in (0, 1) else None
 
