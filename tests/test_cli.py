@@ -205,3 +205,30 @@ def test_help_names_each_default_once_and_never_none():
                 assert empty not in shown, where
     eval_help = subparsers.choices["eval"].format_help()
     assert "seed of the first sample (default: 0)" in " ".join(eval_help.split())
+
+
+def test_a_file_system_refusal_is_one_line(model_file, tmp_path, capsys):
+    """Writing under a file (not a folder) fails in the file system: one line and exit 1, not a
+    traceback, for training and for conversion alike."""
+    (tmp_path / "a_file").write_text("x")
+    assert main(["train", "--data", "emoji", "--preset", "tiny", "--out", str(tmp_path / "a_file" / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ldm train: error: Not a directory") and len(err.strip().splitlines()) == 1
+    assert main(["convert", str(model_file), str(tmp_path / "a_file" / "out.safetensors")]) == 1
+    assert "ldm convert: error: Not a directory" in capsys.readouterr().err
+
+
+def test_a_safetensors_write_failure_names_the_file(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from ldmkit.atomic import atomic_save_safetensors
+
+    def failing(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: disk quota exceeded")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    with pytest.raises(OSError, match="disk quota exceeded") as raised:
+        atomic_save_safetensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)})
+    assert raised.value.filename == str(tmp_path / "w.safetensors")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left

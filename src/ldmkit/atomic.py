@@ -7,6 +7,7 @@ power cut. Used for checkpoints, model files and images alike.
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -34,7 +35,10 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
     is removed if anything fails before the swap. Returns the final path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # the folder's name is taken by a file: say that, not "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
     # A name of our own (not mkstemp, which makes 0600 files) so the file gets the usual mode.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -61,3 +65,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Replace `path` by `text` in UTF-8 (JSON reports, configs, tokenizer files)."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """`safetensors.torch.save_file` through `atomic_save`; its I/O failures (a `SafetensorError`,
+    not an `OSError`) come out as `OSError`s naming `path`, which `ldm` prints as one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as err:
+            raise OSError(errno.EIO, f"could not write the safetensors file ({err})", str(path)) from None
+
+    return atomic_save(path, write)

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `ldm info ... | head`: the reader left, nothing to report
         return 0
+    except OSError as err:  # the file system said no: a missing or read-only place, a full disk
+        where = f": {err.filename}" if err.filename else ""
+        print(f"ldm {args.verb}{_which_process()}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ldm {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ldmkit.atomic import atomic_save
+from ldmkit.atomic import atomic_save_safetensors
 from ldmkit.errors import UserError
 from ldmkit.eval.extractor import FeatureExtractor, check_uint8_images
 
@@ -114,7 +114,7 @@ def save_classifier(model: ClassifierNet, path: str | Path, *, val_accuracy: flo
     metadata = {"format": _FORMAT, "config": json.dumps(model.config.to_dict())}
     if val_accuracy is not None:
         metadata["val_accuracy"] = repr(float(val_accuracy))
-    atomic_save(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    atomic_save_safetensors(path, state, metadata)
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ClassifierNet:

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ldmkit.atomic import atomic_save
+from ldmkit.atomic import atomic_save_safetensors
 from ldmkit.errors import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
@@ -77,4 +77,4 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tenso
         ptr = value.untyped_storage().data_ptr()
         flat[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
-    atomic_save(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+    atomic_save_safetensors(path, flat, metadata)
