@@ -292,20 +292,9 @@ class LatentDiffusionPipeline:
         init, latent_mask = self.encode_image(pil), self.prepare_mask(mask, size=pil.size)
         return to_pil(self.generate_uint8(seeds, labels, init=init, strength=strength, mask=latent_mask, **sampling))
 
-    def generate_uint8(
-        self,
-        seeds: Sequence[int],
-        labels: Sequence[int],
-        *,
-        batch_size: int = 64,
-        whole_batches: bool = False,
-        progress: Callable[[int], None] | None = None,
-        **sampling: Any,
-    ) -> torch.Tensor:
-        """Generate in batches of `batch_size`; returns uint8 [N, C, H, W] on the CPU (see
-        `iter_uint8`, which yields each batch as it is made)."""
-        return torch.cat(list(self.iter_uint8(seeds, labels, batch_size=batch_size, whole_batches=whole_batches,
-                                              progress=progress, **sampling)))
+    def generate_uint8(self, seeds: Sequence[int], labels: Sequence[int], **options: Any) -> torch.Tensor:
+        """All of `iter_uint8`'s batches (same options) as one uint8 [N, C, H, W] on the CPU."""
+        return torch.cat(list(self.iter_uint8(seeds, labels, **options)))
 
     def iter_uint8(
         self,
