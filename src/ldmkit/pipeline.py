@@ -42,6 +42,12 @@ DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 2.0  # class-conditional models
 DEFAULT_TEXT_CFG = 7.5  # text-to-image (Stable Diffusion's usual scale)
+DEFAULT_STRENGTH = 0.75  # img2img; inpainting redraws its masked part from noise (strength 1)
+
+
+def default_strength(masked: bool) -> float:
+    """The strength a start image gets when none is given: 1 with a mask, else DEFAULT_STRENGTH."""
+    return 1.0 if masked else DEFAULT_STRENGTH
 TEXT_ENCODER_LAYOUT = (
     "a diffusers pipeline folder with text_encoder/ (config.json, model.safetensors) and tokenizer/ "
     "(vocab.json, merges.txt), or a file made by `ldm convert` from one (or from a CompVis checkpoint "
@@ -275,7 +281,7 @@ class LatentDiffusionPipeline:
                                      progress=progress)
         return to_pil(images)
 
-    def img2img(self, image: Image.Image | str | Path, strength: float = 0.75, *, n: int | None = None,
+    def img2img(self, image: Image.Image | str | Path, strength: float = DEFAULT_STRENGTH, *, n: int | None = None,
                 classes: Sequence[str | int] | None = None, seed: int = 0, **sampling: Any) -> list[Image.Image]:
         """Images like `image`: its latents noised to `strength` (0 = unchanged, 1 = a fresh image)
         and denoised from there (SDEdit). `sampling` as for `generate` (prompt, cfg, steps, ...)."""

@@ -79,7 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.data.images import make_grid, save_png, to_pil
-    from ldmkit.pipeline import LatentDiffusionPipeline, open_image
+    from ldmkit.pipeline import LatentDiffusionPipeline, default_strength, open_image
 
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1 (got {args.steps})")
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fit:
             image = pipe.fit_image(image, "--init-image")
             mask = pipe.fit_image(mask, "--mask") if mask is not None else None
-        strength = args.strength if args.strength is not None else (1.0 if args.mask else 0.75)
+        strength = args.strength if args.strength is not None else default_strength(mask is not None)
         sampling.update(init=pipe.encode_image(image), strength=strength)
         if mask is not None:
             sampling["mask"] = pipe.prepare_mask(mask, size=image.size)

@@ -32,7 +32,14 @@ from ldmkit.data.images import to_pil
 from ldmkit.diffusion.samplers import SAMPLERS
 from ldmkit.diffusion.samplers.context import img2img_steps
 from ldmkit.errors import UserError
-from ldmkit.pipeline import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_CFG, LatentDiffusionPipeline
+from ldmkit.pipeline import (
+    DEFAULT_CFG,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    DEFAULT_TEXT_CFG,
+    LatentDiffusionPipeline,
+    default_strength,
+)
 
 from .progress import JobStopped, ProgressBoard
 from .request_images import request_image
@@ -177,8 +184,7 @@ class GenerationService:
         steps = _integer(request, "steps", defaults["steps"], 1, self.max_steps)
         seed = _integer(request, "seed", 0, 0, 2**63 - 1 - self.limits.max_images)
         sampler = request.get("sampler") or DEFAULT_SAMPLER
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.pipe.check_sampling(sampler, steps)  # the sampler's name (the steps are in range above)
         cfg = request.get("cfg")
         if cfg is not None and (isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not -50 <= cfg <= 50):
             raise UserError(f"cfg must be a number from -50 to 50 (or null for the model's default), got {cfg!r}")
@@ -216,7 +222,7 @@ class GenerationService:
                 raise UserError("mask and strength need an init_image")
             return None, None
         if strength is None:
-            strength = 1.0 if mask is not None else 0.75
+            strength = default_strength(mask is not None)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise UserError(f"strength must be a number in (0, 1], got {strength!r}")
         sampling["strength"] = float(strength)
