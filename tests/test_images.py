@@ -74,3 +74,28 @@ def test_atomic_write_text_replaces_whole_or_not_at_all(tmp_path: Path, monkeypa
         atomic.atomic_write_text(target, '{"new": 1}')
     assert target.read_text(encoding="utf-8") == '{"old": "é"}'
     assert [p.name for p in target.parent.iterdir()] == ["report.json"], "no temporary file left"
+
+
+def test_a_failed_atomic_write_names_the_callers_file_not_the_temporary_one(tmp_path: Path) -> None:
+    """A full disk while the temporary file is written comes out as the same error for the file the
+    caller named (what `ldm` prints), not for `.name.PID.tmp`; errors of other files pass as they are."""
+    import errno
+
+    from ldmkit.atomic import atomic_save
+
+    def disk_full(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    target = tmp_path / "report.json"
+    with pytest.raises(OSError) as caught:
+        atomic_save(target, disk_full)
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+    assert list(tmp_path.iterdir()) == []
+
+    def missing_source(tmp: Path) -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/elsewhere/input.bin")
+
+    with pytest.raises(FileNotFoundError) as caught:
+        atomic_save(target, missing_source)
+    assert caught.value.filename == "/elsewhere/input.bin"

@@ -46,6 +46,11 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno is not None and err.filename in (str(tmp), tmp):  # the caller never named the temporary file
+            raise type(err)(err.errno, err.strerror, str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
