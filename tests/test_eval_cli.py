@@ -151,3 +151,30 @@ def test_k_and_sampler_mistakes_stop_before_any_work(model_file, tmp_path, capsy
     assert main([*base, "--n", "6", "--sampler", "plms"]) == 2
     assert "unknown sampler 'plms'" in capsys.readouterr().err
     assert not (tmp_path / "classifier.safetensors").exists()
+
+
+def test_samples_of_ldm_generate_are_judged_by_their_class_names(model_file, tmp_path, monkeypatch):
+    """`ldm eval --samples` on `ldm generate`'s folder: the ids in the file names are the model's
+    (red=0), the data's folders sort blue, green, red; the labels judged are the data's ids of the
+    same names, from the folder's classes.json, or from --model where a folder has none."""
+    import ldmkit.eval as eval_package
+
+    seen = []
+    real_evaluate = eval_package.evaluate
+
+    def record(images, fake_labels, *args, **kwargs):
+        seen.append(fake_labels.tolist())
+        return real_evaluate(images, fake_labels, *args, **kwargs)
+
+    monkeypatch.setattr(eval_package, "evaluate", record)
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    samples = tmp_path / "samples"
+    assert main(["generate", "--model", str(model_file), "--n", "3", "--steps", "1", "--device", "cpu", "--quiet",
+                 "--out", str(samples)]) == 0
+    assert json.loads((samples / "classes.json").read_text()) == {"class_names": MODEL_CLASSES}
+    judge = ["eval", "--samples", str(samples), "--data", str(data), "--image-size", "16", "--n", "3", "--k", "1",
+             *QUICK, "--out", str(tmp_path / "r.json")]
+    assert main(judge) == 0
+    (samples / "classes.json").unlink()
+    assert main([*judge, "--model", str(model_file)]) == 0
+    assert seen == [[2, 1, 0], [2, 1, 0]]  # red, green, blue in the data's ids

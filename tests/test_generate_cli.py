@@ -124,3 +124,15 @@ def test_grid_mistakes_and_a_full_disk_are_one_line(model_file, tmp_path, monkey
     assert generate(model_file, tmp_path / "b") == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "00000_seed0_class0.png: No space left on device" in err
+
+
+def test_skip_existing_refuses_the_images_of_a_model_with_other_classes(model_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert generate(model_file, out, "--n", "2") == 0
+    assert (out / "classes.json").read_text().count("red") == 1  # what the ids in the names are
+    (out / "classes.json").write_text('{"class_names": ["cat", "dog", "cow"]}')  # as another model left it
+    before = pngs(out)
+    assert generate(model_file, out, "--skip-existing") == 2
+    assert f"--skip-existing: the images in {out}/ are of a model with other classes" in capsys.readouterr().err
+    after = pngs(out)  # nothing made, nothing lost
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)

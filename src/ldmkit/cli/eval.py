@@ -119,8 +119,9 @@ def data_ids_of_model_classes(model_classes: list[str], data_classes: list[str])
     return [data_classes.index(name) for name in model_classes]
 
 
-def _read_samples(path: str, class_names: list[str], channels: int, limit: int):
-    """Generated images from a PNG folder or an `.npz` file -> (uint8 [N,C,H,W], labels or None)."""
+def _read_samples(path: str, class_names: list[str], channels: int, limit: int, model_classes: list[str] | None):
+    """Generated images from a PNG folder or an `.npz` file -> (uint8 [N,C,H,W], labels or None).
+    A folder's class ids are the ids of its `classes.json`'s names, else of `model_classes`'."""
     from ldmkit.eval import read_sample_folder
 
     if path.endswith(".npz"):
@@ -136,7 +137,8 @@ def _read_samples(path: str, class_names: list[str], channels: int, limit: int):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise UserError(f"{path}: 'images' must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         return images, labels
-    samples = read_sample_folder(path, class_names=class_names, channels=channels, limit=limit)
+    samples = read_sample_folder(path, class_names=class_names, channels=channels, limit=limit,
+                                 sample_class_names=model_classes)
     return samples.images, samples.labels
 
 
@@ -144,7 +146,8 @@ def _sample_runs(args: argparse.Namespace, pipe, class_names: list[str], channel
     """(info, uint8 images, labels in the data's ids or None) for --samples, or for each --cfg in
     turn, generated only when the one before has been judged and written."""
     if args.samples:
-        images, labels = _read_samples(args.samples, class_names, channels, args.n)
+        images, labels = _read_samples(args.samples, class_names, channels, args.n,
+                                       list(pipe.class_names) if pipe is not None else None)
         yield {"samples": args.samples}, images, labels
         return
     for scale in args.cfg:

@@ -79,6 +79,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.data.images import make_grid, save_png, to_pil
+    from ldmkit.eval.samples_io import (
+        GRID_FILE,
+        SAMPLE_CLASSES_FILE,
+        read_sample_classes,
+        sample_filename,
+        write_sample_classes,
+    )
     from ldmkit.pipeline import LatentDiffusionPipeline, default_strength, open_image
 
     if args.steps < 1:
@@ -113,9 +120,14 @@ def run(args: argparse.Namespace) -> int:
         sampling.update(init=pipe.encode_image(image), strength=strength)
         if mask is not None:
             sampling["mask"] = pipe.prepare_mask(mask, size=image.size)
-    names = [f"{k:05d}_seed{seed}" + (f"_class{c}" if c >= 0 else "") + ".png"
-             for k, (seed, c) in enumerate(zip(seeds, labels))]
+    names = [sample_filename(k, seed, c if c >= 0 else None) for k, (seed, c) in enumerate(zip(seeds, labels))]
     todo = [k for k, name in enumerate(names) if not (args.skip_existing and (out / name).is_file())]
+    if pipe.class_names:  # what the ids in the names mean, for `ldm eval --samples` (another model's differ)
+        kept = read_sample_classes(out) if args.skip_existing and len(todo) < len(names) else None
+        if kept is not None and kept != pipe.class_names:
+            raise UserError(f"--skip-existing: the images in {out}/ are of a model with other classes "
+                            f"({SAMPLE_CLASSES_FILE}); give another --out")
+        write_sample_classes(out, pipe.class_names)
     bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, desc="generating")
     written = 0
     try:  # each batch is written as it comes: an interrupt keeps what was made
@@ -136,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.grid is None and len(names) > GRID_MAX_IMAGES:
         print(f"{done}; no grid of {len(names)} images (more than {GRID_MAX_IMAGES}: pass --grid PATH for one)")
         return 0
-    grid_path = Path(args.grid) if args.grid else out / "grid.png"
+    grid_path = Path(args.grid) if args.grid else out / GRID_FILE
     tiles = [open_image(out / name, "generated image") for name in names]  # from disk: --skip-existing's too
     if len({(tile.size, tile.mode) for tile in tiles}) > 1:
         raise UserError(f"{done}, but they and the files kept by --skip-existing differ in size or mode (made by "

@@ -25,7 +25,15 @@ from ldmkit.eval.metrics import (
 )
 from ldmkit.eval.reconstruction import psnr, reconstruction_metrics, ssim
 from ldmkit.eval.report import distribution_metrics, evaluate, format_report
-from ldmkit.eval.samples_io import SampleSet, dataset_to_uint8, read_sample_folder, sample_filename
+from ldmkit.eval.samples_io import (
+    SAMPLE_CLASSES_FILE,
+    SampleSet,
+    dataset_to_uint8,
+    read_sample_classes,
+    read_sample_folder,
+    sample_filename,
+    write_sample_classes,
+)
 
 __all__ = [
     "ClassifierConfig",
@@ -35,6 +43,7 @@ __all__ = [
     "FEATURE_NAMES",
     "FeatureExtractor",
     "InceptionFeatures",
+    "SAMPLE_CLASSES_FILE",
     "SampleSet",
     "dataset_to_uint8",
     "distribution_metrics",
@@ -47,6 +56,7 @@ __all__ = [
     "load_classifier",
     "precision_recall",
     "psnr",
+    "read_sample_classes",
     "read_sample_folder",
     "reconstruction_metrics",
     "resolve_features",
@@ -54,4 +64,5 @@ __all__ = [
     "save_classifier",
     "ssim",
     "train_classifier",
+    "write_sample_classes",
 ]

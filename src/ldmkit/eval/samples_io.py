@@ -2,12 +2,16 @@
 
 Sample files are named `{index:05d}_seed{seed}_class{class_id}.png` (what `ldm generate`
 writes, see `sample_filename`); `_class-{name}` with a class name is accepted too, and
-both tags are optional. Everything `ldm eval` compares is uint8 `[N, C, H, W]`, the form
-images take on disk, so generated and real images are quantised the same way.
+both tags are optional. A class id in a file name is the id of the model that made it, which need
+not be the evaluation data's: `ldm generate` writes the model's class names beside the files
+(`classes.json`, see `write_sample_classes`), and an id is matched to the data's class by that name.
+Everything `ldm eval` compares is uint8 `[N, C, H, W]`, the form images take on disk, so generated
+and real images are quantised the same way.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldmkit.atomic import atomic_write_text
 from ldmkit.errors import UserError
 
-__all__ = ["SampleSet", "sample_filename", "read_sample_folder", "dataset_to_uint8"]
+__all__ = ["SampleSet", "sample_filename", "read_sample_folder", "dataset_to_uint8", "write_sample_classes",
+           "read_sample_classes", "SAMPLE_CLASSES_FILE"]
+
+SAMPLE_CLASSES_FILE = "classes.json"  # beside generated samples: {"class_names": [name of id 0, ...]}
+GRID_FILE = "grid.png"  # `ldm generate`'s grid of the samples beside them, not a sample
 
 _SEED_TAG = re.compile(r"_seed(-?\d+)")
 _CLASS_TAG = re.compile(r"_class(?:(\d+)|-(.+))$")  # last tag of the stem: id, or "-" + name
@@ -45,24 +54,52 @@ class SampleSet:
     paths: list[Path]
 
 
+def write_sample_classes(folder: str | Path, class_names: Sequence[str]) -> Path:
+    """Write the class names of the model whose samples `folder` holds (the ids in their names)."""
+    return atomic_write_text(Path(folder) / SAMPLE_CLASSES_FILE, json.dumps({"class_names": list(class_names)}, indent=1))
+
+
+def read_sample_classes(folder: str | Path) -> list[str] | None:
+    """The class names `write_sample_classes` left in `folder`, or None when there are none."""
+    path = Path(folder) / SAMPLE_CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())["class_names"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a list of class names ({type(err).__name__}: {err}); remove it to read the "
+                        "ids in the file names as the data's") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: 'class_names' must be a list of strings")
+    return names
+
+
 def _normalise_name(name: str) -> str:
     # "T-shirt/top" must match a file tag "T-shirt_top": compare letters and digits only.
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
-def _class_id(path: Path, class_names: Sequence[str] | None) -> int | None:
+def _class_id(path: Path, class_names: Sequence[str] | None, id_names: Sequence[str] | None) -> int | None:
+    """The class of the sample at `path` as an index into `class_names` (the data's)."""
     match = _CLASS_TAG.search(path.stem)
     if match is None:
         return None
     if match.group(1) is not None:
-        return int(match.group(1))
-    wanted = _normalise_name(match.group(2))
+        sample_id = int(match.group(1))
+        if not (id_names and class_names):  # nothing to translate the model's ids with
+            return sample_id
+        if sample_id >= len(id_names):
+            raise UserError(f"{path.name}: class id {sample_id}, but the samples' model has {len(id_names)} classes "
+                            f"({SAMPLE_CLASSES_FILE})")
+        name = id_names[sample_id]
+    else:
+        name = match.group(2)
     names = [_normalise_name(n) for n in class_names or []]
     if not names:
-        raise UserError(f"{path.name} names its class ({match.group(2)!r}) but no class names are known")
-    if wanted not in names:
-        raise UserError(f"{path.name}: unknown class {match.group(2)!r}; known classes: {', '.join(class_names)}")
-    return names.index(wanted)
+        raise UserError(f"{path.name} names its class ({name!r}) but no class names are known")
+    if _normalise_name(name) not in names:
+        raise UserError(f"{path.name}: unknown class {name!r}; the data's classes: {', '.join(class_names)}")
+    return names.index(_normalise_name(name))
 
 
 def _sort_key(path: Path) -> tuple[int, str]:
@@ -83,17 +120,20 @@ def read_sample_folder(
     class_names: Sequence[str] | None = None,
     channels: int | None = None,
     limit: int | None = None,
+    sample_class_names: Sequence[str] | None = None,
 ) -> SampleSet:
-    """Read every `*.png` in `folder` (sorted by index) into a `SampleSet`.
+    """Read every `*.png` in `folder` but `grid.png` (sorted by index) into a `SampleSet`.
 
     `channels` forces 1 (grayscale) or 3 (RGB); by default the first image decides (mode
-    "L" -> 1, anything else -> 3). `class_names` resolves `_class-{name}` tags. Labels are
-    None when no file carries a class tag; a folder where only some do is an error.
+    "L" -> 1, anything else -> 3). Labels index `class_names` (the data's): a `_class-{name}`
+    tag by its name, a `_class{id}` tag by the name of its id among the samples' model's classes
+    (the folder's `classes.json`, else `sample_class_names`, else the id is taken as the data's
+    own). Labels are None when no file carries a class tag; a folder where only some do is an error.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"sample folder not found: {folder}")
-    paths = sorted(folder.glob("*.png"), key=_sort_key)[:limit]
+    paths = sorted((p for p in folder.glob("*.png") if p.name != GRID_FILE), key=_sort_key)[:limit]
     if not paths:
         raise UserError(f"no .png files in {folder}")
     if channels is None:
@@ -108,7 +148,8 @@ def read_sample_folder(
         raise UserError(f"samples in {folder} differ in size: {sorted(shapes)}")
     images = torch.from_numpy(np.stack(arrays))
 
-    ids = [_class_id(p, class_names) for p in paths]
+    id_names = read_sample_classes(folder) or sample_class_names
+    ids = [_class_id(p, class_names, id_names) for p in paths]
     tagged = sum(i is not None for i in ids)
     if 0 < tagged < len(ids):
         raise UserError(f"only {tagged} of {len(ids)} samples in {folder} have a _class tag")
