@@ -56,7 +56,8 @@ class SampleSet:
 
 def write_sample_classes(folder: str | Path, class_names: Sequence[str]) -> Path:
     """Write the class names of the model whose samples `folder` holds (the ids in their names)."""
-    return atomic_write_text(Path(folder) / SAMPLE_CLASSES_FILE, json.dumps({"class_names": list(class_names)}, indent=1))
+    text = json.dumps({"class_names": list(class_names)}, indent=1)
+    return atomic_write_text(Path(folder) / SAMPLE_CLASSES_FILE, text)
 
 
 def read_sample_classes(folder: str | Path) -> list[str] | None:
