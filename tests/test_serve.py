@@ -189,6 +189,35 @@ def test_every_element_the_page_script_uses_is_on_the_page():
     assert not missing, f"the script looks up ids the page lacks: {missing}"
 
 
+def _browser_accepts(attributes: dict[str, str], value: float) -> bool:
+    """Whether a browser submits a form holding `value` in an `<input type=number>` with these
+    attributes (HTML's range and step rules: a value off `min + k * step` blocks the submit)."""
+    low, high = float(attributes.get("min", "-inf")), float(attributes.get("max", "inf"))
+    if not low <= value <= high:
+        return False
+    step = attributes.get("step", "1")
+    if step == "any":
+        return True
+    steps = (value - (low if low > float("-inf") else 0.0)) / float(step)
+    return abs(steps - round(steps)) < 1e-9
+
+
+def test_the_pages_number_fields_take_the_values_a_user_types():
+    """A real browser refuses to submit a number off its field's step (no request is sent): the
+    guidance scale and strength must take any value in range, the defaults among them."""
+    page = page_html().decode()
+    fields = {m.group(1): dict(re.findall(r'(\w+)="([^"]*)"', m.group(0)))
+              for m in re.finditer(r'<input id="(\w+)" type="number"[^>]*>', page)}
+    assert {"n", "steps", "cfg", "seed", "strength", "brush"} <= fields.keys()
+    for value in (7.5, 2.0, 1.25, 1.0, 3.33):
+        assert _browser_accepts(fields["cfg"], value), f"guidance scale {value}"
+    for value in (0.75, 1.0, 0.33, 0.5, 0.05):  # 0.75: the server's default; 1: with paint
+        assert _browser_accepts(fields["strength"], value), f"strength {value}"
+    assert not _browser_accepts(fields["strength"], 1.5)  # out of range: the browser's own message
+    assert _browser_accepts(fields["n"], 40) and not _browser_accepts(fields["n"], 2.5)
+    assert not _browser_accepts(fields["seed"], -1)
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_page_script_parses(tmp_path):
     page = page_html().decode()
