@@ -28,3 +28,33 @@ def _forget_compile_failures():
     yield
     compile_fallback._FAILED.clear()
     compile_fallback._WARNED.clear()
+
+
+# ---- a stand-in for the bundled models (tests/test_pretrained.py, tests/test_model_sources.py)
+
+
+@pytest.fixture(scope="module")
+def fp32_file(tmp_path_factory):
+    """A random tiny class-conditional model (red, green, blue) at 16 px, as `ldm train` writes it."""
+    from tiny_models import save_tiny_class_model
+
+    return save_tiny_class_model(tmp_path_factory.mktemp("run") / "model.safetensors", ["red", "green", "blue"])
+
+
+@pytest.fixture(scope="module")
+def bundled_folder(fp32_file, tmp_path_factory):
+    """A stand-in for `ldmkit/pretrained/` holding emoji.safetensors (fp16) and no fashion-mnist file."""
+    from ldmkit.interop import convert
+
+    folder = tmp_path_factory.mktemp("pretrained")
+    convert(fp32_file, folder / "emoji.safetensors", dtype="fp16")
+    return folder
+
+
+@pytest.fixture
+def registry(bundled_folder, monkeypatch):
+    """The bundled models read from `bundled_folder` for this test."""
+    from ldmkit import pretrained
+
+    monkeypatch.setattr(pretrained, "bundled_dir", lambda: bundled_folder)
+    return bundled_folder

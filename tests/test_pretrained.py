@@ -13,12 +13,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from tiny_models import save_tiny_class_model
 
 from ldmkit import pretrained
 from ldmkit.cli import build_parser, main
 from ldmkit.errors import UserError
-from ldmkit.interop import convert, load_bundle
+from ldmkit.interop import load_bundle
 from ldmkit.models import AutoencoderKL
 from ldmkit.models.presets import VAE_PRESETS
 from ldmkit.pipeline import LatentDiffusionPipeline
@@ -27,26 +26,6 @@ from ldmkit.train.inference_file import save_inference_file
 CLASSES = ["red", "green", "blue"]
 MAX_BYTES = 15_000_000
 REAL_DIR = pretrained.bundled_dir()  # read before any test points the registry elsewhere
-
-
-@pytest.fixture(scope="module")
-def fp32_file(tmp_path_factory) -> Path:
-    """A random tiny class-conditional model at 16 px, as `ldm train` writes it (fp32)."""
-    return save_tiny_class_model(tmp_path_factory.mktemp("run") / "model.safetensors", CLASSES)
-
-
-@pytest.fixture(scope="module")
-def bundled_folder(fp32_file, tmp_path_factory) -> Path:
-    """A stand-in for `ldmkit/pretrained/` holding emoji.safetensors (fp16) and no fashion-mnist file."""
-    folder = tmp_path_factory.mktemp("pretrained")
-    convert(fp32_file, folder / "emoji.safetensors", dtype="fp16")
-    return folder
-
-
-@pytest.fixture
-def registry(bundled_folder, monkeypatch) -> Path:
-    monkeypatch.setattr(pretrained, "bundled_dir", lambda: bundled_folder)
-    return bundled_folder
 
 
 def test_names_resolve_to_bundled_files_in_any_case(registry):

@@ -23,6 +23,7 @@ from ldmkit.diffusion import NoiseSchedule
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.pretrained import resolve_model_source
+from ldmkit.run_files import run_file_message, unfinished_run_message
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -87,7 +88,13 @@ def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
     """
     from ldmkit.interop import compvis_checkpoint, diffusers_folder, ldmkit_file
 
+    asked = path
     path = Path(resolve_model_source(path))
+    # A bundled name is named as such, not by the path its file was built at.
+    source = f"the bundled model {str(asked).lower()!r}" if path != Path(asked) else None
+    not_a_model = unfinished_run_message(path) or run_file_message(path)
+    if not_a_model:
+        raise UserError(not_a_model)
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / diffusers_folder.EXPORT_INFO).is_file():
             bundle = diffusers_folder.read_pipeline_folder(path)
@@ -101,18 +108,22 @@ def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
                 "a diffusers pipeline folder (model_index.json, unet/, vae/, ...) or a diffusers model "
                 "folder (config.json + diffusion_pytorch_model.safetensors)"
             )
-        return _override(bundle, options, allowed=("image_size", "prediction"))
+        return _override(bundle, options, allowed=("image_size", "prediction"), source=source)
     if not path.exists():
         raise UserError(f"no such model file or folder: {path}")
     if _is_ldmkit_file(path):
-        return _override(ldmkit_file.read_ldmkit_file(path), options, allowed=("image_size", "prediction"))
+        return _override(ldmkit_file.read_ldmkit_file(path), options, allowed=("image_size", "prediction"),
+                         source=source)
     return compvis_checkpoint.read_compvis_checkpoint(path, **options)
 
 
-def _override(bundle: ModelBundle, options: dict[str, Any], allowed: tuple[str, ...]) -> ModelBundle:
+def _override(bundle: ModelBundle, options: dict[str, Any], allowed: tuple[str, ...],
+              source: str | None = None) -> ModelBundle:
+    bundle.source = source or bundle.source
     unknown = sorted(k for k, v in options.items() if v is not None and k not in allowed)
     if unknown:
-        raise UserError(f"{', '.join(unknown)} only apply to CompVis single-file checkpoints, not {bundle.source}")
+        verb = "applies" if len(unknown) == 1 else "apply"
+        raise UserError(f"{', '.join(unknown)} {verb} only to CompVis single-file checkpoints, not {bundle.source}")
     for key in allowed:
         if options.get(key) is not None:
             setattr(bundle, key, options[key])

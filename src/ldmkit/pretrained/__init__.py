@@ -2,7 +2,7 @@
 
 Each bundled model is an ldmkit inference file (written by `ldm convert RUN FILE --dtype fp16`)
 lying next to this module. Loaders pass whatever the user typed through `resolve_model_source`:
-an existing file or folder always wins, so a run folder that happens to be called `emoji`
+an existing file or model folder always wins, so a run folder that happens to be called `emoji`
 still loads; otherwise a bundled name (any case) becomes its file; anything else is passed on
 unchanged so the loaders' own "no such model" errors still speak.
 """
@@ -55,9 +55,19 @@ def bundled_model_path(name: str) -> Path:
     return path
 
 
+# Any of these in a folder makes it a model (or a run) that its name must reach, even a bundled name.
+_MODEL_MARKERS = ("model.safetensors", "vae.safetensors", "model_index.json", "config.json", "checkpoint.pt",
+                  "log.jsonl")
+
+
 def resolve_model_source(source: str | os.PathLike) -> str | os.PathLike:
-    """`source` itself when it exists on disk or is no bundled name; else the bundled file it names."""
-    if Path(source).exists() or str(source).lower() not in BUNDLED:
+    """`source` itself when it is a file, a folder holding a model, or no bundled name; else the
+    bundled file it names. A folder of other things (`ldm generate --out emoji`'s images) does not
+    hide the bundled model of its name."""
+    path = Path(source)
+    if str(source).lower() not in BUNDLED or path.is_file():
+        return source
+    if path.is_dir() and any((path / marker).exists() for marker in _MODEL_MARKERS):
         return source
     return bundled_model_path(str(source))
 

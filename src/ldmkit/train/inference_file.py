@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.run_files import run_file_message
 from ldmkit.train.checkpoint import atomic_write
 
 MODEL_FILE = "model.safetensors"
@@ -92,14 +93,21 @@ def resolve_inference_path(path: str | os.PathLike, *, require_unet: bool = True
 def read_inference_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The decoded metadata of an inference file (or RUN folder), without loading weights."""
     path = resolve_inference_path(path, require_unet=False)
+    not_a_model = run_file_message(path)  # a run's checkpoint or latent cache, passed for its model
+    if not_a_model:
+        raise UserError(not_a_model)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-        meta = {k: json.loads(v) for k, v in raw.items()}
     except Exception as e:
         raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is a safetensors file but not an ldmkit model file (no ldmkit metadata)")
+    if raw.get("format") != json.dumps(FORMAT):  # other safetensors files' metadata need not be JSON
+        raise UserError(f"{path} is a safetensors file but not an ldmkit model file (no ldmkit metadata); "
+                        "`ldm convert` makes one from diffusers or Stable Diffusion weights")
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except ValueError as e:
+        raise UserError(f"{path}: its ldmkit metadata is damaged ({e})") from None
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer ldmkit; upgrade to load it")
     return meta

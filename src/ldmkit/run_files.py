@@ -1,0 +1,52 @@
+"""The files of a training run folder that are not models, named when a user passes one where a
+model is expected (`--model RUN/checkpoint.pt`, `--vae RUN/latents.safetensors`, a run still
+training): the message then says what the file is and what to pass instead, rather than how the
+file failed to parse as a model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A run folder's own files besides its model files (train/run.py writes them).
+_NOT_MODELS = {
+    "checkpoint.pt": "the training checkpoint (for resuming)",
+    "latents.safetensors": "the cache of the encoded dataset",
+    "log.jsonl": "the training log",
+    "config.json": "the run's configuration",
+}
+_MODEL_FILES = ("model.safetensors", "vae.safetensors")
+
+
+def _is_run_folder(folder: Path) -> bool:
+    if (folder / "checkpoint.pt").is_file() or (folder / "log.jsonl").is_file():
+        return True
+    try:  # a run that failed at once leaves only its config.json: ldmkit's keys, not a diffusers class
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(config, dict) and {"vae", "diffusion"} <= config.keys() and "_class_name" not in config
+
+
+def _finished(folder: Path) -> str:
+    made = [name for name in _MODEL_FILES if (folder / name).is_file()]
+    if made:
+        return f"pass the run folder {folder} (its {made[0]})"
+    return f"its training has not written a model yet; resume it (the same `ldm train` command) and pass {folder}"
+
+
+def run_file_message(path: str | Path) -> str | None:
+    """What `path` is, when it is one of a run folder's non-model files; else None."""
+    path = Path(path)
+    what = _NOT_MODELS.get(path.name)
+    if what is None or not _is_run_folder(path.parent):
+        return None
+    return f"{path} is {what} of the ldmkit run {path.parent}, not a model: {_finished(path.parent)}"
+
+
+def unfinished_run_message(folder: str | Path) -> str | None:
+    """A line for a run folder with no model file yet (stopped or failed before its first stage
+    ended); None for anything else."""
+    folder = Path(folder)
+    if not folder.is_dir() or not _is_run_folder(folder) or any((folder / n).is_file() for n in _MODEL_FILES):
+        return None
+    return f"{folder} is an ldmkit run with no model file yet: {_finished(folder)}"
