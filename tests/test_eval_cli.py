@@ -156,7 +156,7 @@ def test_k_and_sampler_mistakes_stop_before_any_work(model_file, tmp_path, capsy
 def test_samples_of_ldm_generate_are_judged_by_their_class_names(model_file, tmp_path, monkeypatch):
     """`ldm eval --samples` on `ldm generate`'s folder: the ids in the file names are the model's
     (red=0), the data's folders sort blue, green, red; the labels judged are the data's ids of the
-    same names, from the folder's classes.json, or from --model where a folder has none."""
+    same names, from the folder's samples.json, or from --model where a folder has none."""
     import ldmkit.eval as eval_package
 
     seen = []
@@ -171,10 +171,28 @@ def test_samples_of_ldm_generate_are_judged_by_their_class_names(model_file, tmp
     samples = tmp_path / "samples"
     assert main(["generate", "--model", str(model_file), "--n", "3", "--steps", "1", "--device", "cpu", "--quiet",
                  "--out", str(samples)]) == 0
-    assert json.loads((samples / "classes.json").read_text()) == {"class_names": MODEL_CLASSES}
+    assert json.loads((samples / "samples.json").read_text())["class_names"] == MODEL_CLASSES
     judge = ["eval", "--samples", str(samples), "--data", str(data), "--image-size", "16", "--n", "3", "--k", "1",
              *QUICK, "--out", str(tmp_path / "r.json")]
     assert main(judge) == 0
-    (samples / "classes.json").unlink()
+    (samples / "samples.json").unlink()
     assert main([*judge, "--model", str(model_file)]) == 0
     assert seen == [[2, 1, 0], [2, 1, 0]]  # red, green, blue in the data's ids
+
+
+def test_a_samples_file_that_is_not_an_npz_or_has_wrong_labels_is_one_line(tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    judge = ["eval", "--data", str(data), "--features", "classifier", "--device", "cpu",
+             "--out", str(tmp_path / "r.json")]
+    for name, content in [("text.npz", b"not an archive"), ("cut.npz", b"PK\x03\x04cut"), ("empty.npz", b"")]:
+        (tmp_path / name).write_bytes(content)
+        assert main([*judge, "--samples", str(tmp_path / name), "--image-size", "16"]) == 2
+        err = capsys.readouterr().err
+        assert f"--samples {tmp_path / name} is not a readable .npz file" in err and "Traceback" not in err
+    images = np.zeros((4, 3, 16, 16), np.uint8)
+    np.savez(tmp_path / "labels.npz", images=images, labels=np.array([0, 1, 50, -1]))
+    assert main([*judge, "--samples", str(tmp_path / "labels.npz")]) == 2  # the size read off the samples
+    assert "class labels [-1, 50] are not ids of the data's 3 classes (0 to 2)" in capsys.readouterr().err
+    np.savez(tmp_path / "four.npz", images=images, labels=np.array([0, 1, 2, 0]))
+    assert main([*judge, "--samples", str(tmp_path / "four.npz"), "--k", "4"]) == 2
+    assert "--k 4 needs more than k images in each set, and k >= 1: 4 samples," in capsys.readouterr().err

@@ -14,12 +14,12 @@ from ldmkit.eval.extractor import FeatureExtractor
 from ldmkit.eval.reconstruction import psnr, reconstruction_metrics, ssim
 from ldmkit.eval.report import evaluate, format_report
 from ldmkit.eval.samples_io import (
-    SAMPLE_CLASSES_FILE,
+    SAMPLES_FILE,
     dataset_to_uint8,
     read_sample_classes,
     read_sample_folder,
     sample_filename,
-    write_sample_classes,
+    write_samples_info,
 )
 
 
@@ -204,7 +204,7 @@ def test_read_sample_folder_class_names_and_order(tmp_path):
 
 def test_read_sample_folder_reads_ids_by_the_names_of_the_samples_model(tmp_path):
     """A `_class{id}` tag is the id of the model that made the sample: with that model's class
-    names (its `classes.json`, or given) the label is the data's id of the same name."""
+    names (its `samples.json`, or given) the label is the data's id of the same name."""
     gray = np.zeros((4, 4), dtype=np.uint8)
     for i, class_id in enumerate([0, 1, 2, 0]):
         _write(tmp_path, sample_filename(i, seed=i, class_id=class_id), gray + i)
@@ -212,23 +212,23 @@ def test_read_sample_folder_reads_ids_by_the_names_of_the_samples_model(tmp_path
     assert read_sample_folder(tmp_path, class_names=data_classes).labels.tolist() == [0, 1, 2, 0]  # nothing known
     given = read_sample_folder(tmp_path, class_names=data_classes, sample_class_names=["red", "green", "blue"])
     assert given.labels.tolist() == [2, 1, 0, 2]
-    write_sample_classes(tmp_path, ["green", "Red", "blue"])  # the folder's own names win over the given ones
+    write_samples_info(tmp_path, ["green", "Red", "blue"], {})  # the folder's own names win over the given ones
     assert read_sample_classes(tmp_path) == ["green", "Red", "blue"]
     own = read_sample_folder(tmp_path, class_names=data_classes, sample_class_names=["red", "green", "blue"])
     assert own.labels.tolist() == [1, 2, 0, 1]
     assert read_sample_folder(tmp_path).labels.tolist() == [0, 1, 2, 0]  # no data names: the ids as they are
 
-    write_sample_classes(tmp_path, ["green", "red"])
+    write_samples_info(tmp_path, ["green", "red"], {})
     with pytest.raises(UserError, match="class id 2, but the samples' model has 2 classes"):
         read_sample_folder(tmp_path, class_names=data_classes)
-    write_sample_classes(tmp_path, ["green", "red", "cyan"])
+    write_samples_info(tmp_path, ["green", "red", "cyan"], {})
     with pytest.raises(UserError, match="unknown class 'cyan'; the data's classes: blue, green, red"):
         read_sample_folder(tmp_path, class_names=data_classes)
-    (tmp_path / SAMPLE_CLASSES_FILE).write_text('{"class_names": [1, 2]}')
+    (tmp_path / SAMPLES_FILE).write_text('{"class_names": [1, 2]}')
     with pytest.raises(UserError, match="must be a list of strings"):
         read_sample_folder(tmp_path, class_names=data_classes)
-    (tmp_path / SAMPLE_CLASSES_FILE).write_text("{not json")
-    with pytest.raises(UserError, match="is not a list of class names"):
+    (tmp_path / SAMPLES_FILE).write_text("{not json")
+    with pytest.raises(UserError, match="is not ldmkit.s description of the samples"):
         read_sample_folder(tmp_path, class_names=data_classes)
 
 

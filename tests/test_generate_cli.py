@@ -106,6 +106,8 @@ def test_kept_files_of_another_size_give_a_line_not_a_traceback(model_file, tmp_
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "100000"], "steps must be an integer from 1 to 1000, got 100000"),
     (["--cfg-rescale", "5"], "guidance rescale must be in [0, 1], got 5.0"),
+    (["--cfg", "nan"], "the guidance scale (--cfg) must be a finite number, got nan"),  # was black images, exit 0
+    (["--seed", "-1"], "--seed must be from 0 to 2**63 - n, got -1"),
 ])
 def test_sampling_mistakes_stop_before_the_progress_bar(model_file, tmp_path, capsys, flags, message):
     assert main(["generate", "--model", str(model_file), "--n", "1", "--out", str(tmp_path), *flags]) == 2
@@ -129,10 +131,46 @@ def test_grid_mistakes_and_a_full_disk_are_one_line(model_file, tmp_path, monkey
 def test_skip_existing_refuses_the_images_of_a_model_with_other_classes(model_file, tmp_path, capsys):
     out = tmp_path / "out"
     assert generate(model_file, out, "--n", "2") == 0
-    assert (out / "classes.json").read_text().count("red") == 1  # what the ids in the names are
-    (out / "classes.json").write_text('{"class_names": ["cat", "dog", "cow"]}')  # as another model left it
+    assert (out / "samples.json").read_text().count("red") == 1  # what the ids in the names are
+    (out / "samples.json").write_text('{"class_names": ["cat", "dog", "cow"]}')  # as another model left it
     before = pngs(out)
     assert generate(model_file, out, "--skip-existing") == 2
     assert f"--skip-existing: the images in {out}/ are of a model with other classes" in capsys.readouterr().err
     after = pngs(out)  # nothing made, nothing lost
     assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+
+
+def test_skip_existing_keeps_only_whole_images_of_the_same_job(model_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert generate(model_file, out) == 0
+    before = pngs(out)
+    assert generate(model_file, out, "--skip-existing", "--steps", "3") == 2  # other settings: refused
+    err = capsys.readouterr().err
+    assert f"--skip-existing: the images in {out}/ were made with other settings (steps 2, now 3)" in err
+    assert generate(model_file, out, "--skip-existing", "--cfg", "2") == 0  # the default, given: the same job
+    assert "wrote 0 images" in capsys.readouterr().out
+    (out / "00001_seed1_class1.png").write_bytes(b"")  # a file cut short (a full disk, a killed copy)
+    assert generate(model_file, out, "--skip-existing") == 0
+    assert "wrote 1 images" in capsys.readouterr().out
+    after = pngs(out)
+    assert all(np.array_equal(after[k], before[k]) for k in before)  # remade exactly
+
+
+def test_a_model_that_fails_to_load_leaves_no_out_folder(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "out")]) == 2
+    assert "no such model" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    (tmp_path / "notes.txt").write_text("a file")
+    assert main(["generate", "--model", str(tmp_path / "no-such-model"), "--out",
+                 str(tmp_path / "notes.txt" / "out")]) == 2  # checked before the model is looked for
+    assert f"cannot make the --out folder {tmp_path / 'notes.txt' / 'out'}: {tmp_path / 'notes.txt'} is a file" \
+        in capsys.readouterr().err
+
+
+def test_start_image_mistakes_are_named(model_file, tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    assert generate(model_file, tmp_path / "a", "--init-image", str(tmp_path / "photos")) == 2
+    assert f"--init-image {tmp_path / 'photos'} is a folder; give an image file" in capsys.readouterr().err
+    Image.new("RGB", (256, 256)).save(tmp_path / "big.png")  # 16 times the model's 16 px: hours on a CPU
+    assert generate(model_file, tmp_path / "a", "--init-image", str(tmp_path / "big.png")) == 2
+    assert "image size 256x256 is more than 8 times this model's 16x16" in capsys.readouterr().err
+    assert generate(model_file, tmp_path / "a", "--init-image", str(tmp_path / "big.png"), "--fit") == 0

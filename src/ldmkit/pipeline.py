@@ -12,6 +12,7 @@ size), the update rule and the img2img / mask handling from `diffusion.sample`, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,14 +166,18 @@ class LatentDiffusionPipeline:
             labels = [k % self.num_classes for k in range(total)]
         else:
             labels = [-1] * (n or (1 if self.takes_text else 16))
+        if not 0 <= seed <= 2**63 - len(labels):  # every image's seed, checked before any work
+            raise UserError(f"--seed must be from 0 to 2**63 - n, got {seed} for {len(labels)} images")
         return [seed + k for k in range(len(labels))], labels
 
-    def check_sampling(self, sampler: str, steps: int, cfg_rescale: float = 0.0) -> None:
-        """`UserError` for a sampler, step count or guidance rescale this model cannot run: the
-        checks the sampling loop makes, made before a command draws its progress bar."""
+    def check_sampling(self, sampler: str, steps: int, cfg_rescale: float = 0.0, cfg: float | None = None) -> None:
+        """`UserError` for a sampler, step count, guidance scale or rescale this model cannot run:
+        the checks the sampling loop makes, made before a command draws its progress bar."""
         get_sampler(sampler)
         check_steps(steps, self.schedule)
         check_rescale(cfg_rescale)
+        if cfg is not None and not math.isfinite(cfg):  # NaN guidance made black images, and exit 0
+            raise UserError(f"the guidance scale (--cfg) must be a finite number, got {cfg}")
 
     def check_prompt(self, prompt: str | None) -> None:
         """`UserError` unless this model can take `prompt` (None: no prompt): a text-to-image model
@@ -204,13 +209,22 @@ class LatentDiffusionPipeline:
             batch = len(labels)
             cond = {"context": context[:1].expand(batch, -1, -1)}
             uncond = {"context": context[1:].expand(batch, -1, -1)}
-            scale = DEFAULT_TEXT_CFG if cfg is None else cfg
+            scale = self.guidance_scale(cfg)
             return classifier_free_guidance(model_fn, scale, cond=cond, uncond=uncond, rescale=cfg_rescale)
         if self.num_classes:
             class_labels = torch.tensor(list(labels), device=self.device)
-            scale = DEFAULT_CFG if cfg is None else cfg
-            return class_guidance(model_fn, class_labels, self.num_classes, scale, rescale=cfg_rescale)
+            return class_guidance(model_fn, class_labels, self.num_classes, self.guidance_scale(cfg),
+                                  rescale=cfg_rescale)
         return lambda x, t: model_fn(x, t)  # no guidance without a condition
+
+    def guidance_scale(self, cfg: float | None) -> float | None:
+        """The guidance scale sampling uses for `cfg` (None: this model's kind's default); None for
+        an unconditional model, which has no condition to guide by."""
+        if self.takes_text:
+            return DEFAULT_TEXT_CFG if cfg is None else cfg
+        if self.num_classes:
+            return DEFAULT_CFG if cfg is None else cfg
+        return None
 
     # -------------------------------------------------------------- generation
     @torch.no_grad()
@@ -361,8 +375,12 @@ class LatentDiffusionPipeline:
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.vae.config.in_channels]
         width, height = pil.size
         step = self.vae.config.downsample_factor * self.unet.config.downsample_factor
+        size = self.image_size
+        if size and max(width, height) > MAX_IMAGE_SCALE * size:  # a phone photo on a 64 px model: hours, GBs
+            raise UserError(f"image size {width}x{height} is more than {MAX_IMAGE_SCALE} times this model's "
+                            f"{size}x{size}; resize it, or fit it to the model's size (`ldm generate --fit`, "
+                            "`pipe.fit_image`)")
         if width % step or height % step:
-            size = self.image_size
             raise UserError(f"image size {width}x{height} must be a multiple of {step} for this model; resize it, "
                             f"or fit it to the model's {size}x{size} (`ldm generate --fit`, `pipe.fit_image`)")
         pixels = torch.from_numpy(np.asarray(pil.convert(mode), dtype=np.float32).copy())
@@ -392,11 +410,16 @@ def _fill(values: list[int], size: int) -> list[int]:
     return values + [values[-1]] * (size - len(values))
 
 
+MAX_IMAGE_SCALE = 8  # start images up to this many times the model's size (each step runs the UNet at it)
+
+
 def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Image:
     """A PIL image as given, or read from a path; `UserError` naming `what` if it cannot be."""
     if isinstance(image, Image.Image):
         return image
     path = Path(image)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give an image file")
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     try:

@@ -119,36 +119,70 @@ def data_ids_of_model_classes(model_classes: list[str], data_classes: list[str])
     return [data_classes.index(name) for name in model_classes]
 
 
-def _read_samples(path: str, class_names: list[str], channels: int, limit: int, model_classes: list[str] | None):
-    """Generated images from a PNG folder or an `.npz` file -> (uint8 [N,C,H,W], labels or None).
-    A folder's class ids are the ids of its `classes.json`'s names, else of `model_classes`'."""
-    from ldmkit.eval import read_sample_folder
+def _npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`images` (and `labels`) of an `.npz` file; a file that is not one is one line, not numpy's traceback."""
+    import zipfile
 
-    if path.endswith(".npz"):
-        import numpy as np
+    import numpy as np
 
-        if not Path(path).is_file():
-            raise UserError(f"--samples {path} does not exist")
-        with np.load(path) as data:
+    if not Path(path).is_file():
+        raise UserError(f"--samples {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise UserError(f"--samples {path} holds one array, not the arrays of an .npz file")
             if "images" not in data:
                 raise UserError(f"{path} has no 'images' array (found: {', '.join(data.files)})")
             images = torch.from_numpy(data["images"][:limit])
             labels = torch.from_numpy(data["labels"][:limit]).long() if "labels" in data else None
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise UserError(f"{path}: 'images' must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        return images, labels
-    samples = read_sample_folder(path, class_names=class_names, channels=channels, limit=limit,
-                                 sample_class_names=model_classes)
-    return samples.images, samples.labels
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"--samples {path} is not a readable .npz file ({type(err).__name__}: {err})") from None
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise UserError(f"{path}: 'images' must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    return images, labels
 
 
-def _sample_runs(args: argparse.Namespace, pipe, class_names: list[str], channels: int, data_ids: list[int] | None):
+def _samples_image_size(path: str) -> int:
+    """The height of the samples at `path` (the real images are read at it when no --model says)."""
+    if path.endswith(".npz"):
+        return int(_npz_arrays(path, 1)[0].shape[-2])
+    from ldmkit.eval.samples_io import GRID_FILE
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"--samples {path} does not exist")
+    first = next((p for p in sorted(folder.glob("*.png")) if p.name != GRID_FILE), None)
+    if first is None:
+        raise UserError(f"no .png files in {folder}")
+    from ldmkit.pipeline import open_image
+
+    return open_image(first, "sample").size[1]
+
+
+def _read_samples(path: str, class_names: list[str], channels: int, limit: int, model_classes: list[str] | None):
+    """Generated images from a PNG folder or an `.npz` file -> (uint8 [N,C,H,W], labels or None),
+    labels checked to be the data's class ids. A folder's class ids are the ids of its
+    `samples.json`'s names, else of `model_classes`'."""
+    from ldmkit.eval import read_sample_folder
+
+    if path.endswith(".npz"):
+        images, labels = _npz_arrays(path, limit)
+    else:
+        samples = read_sample_folder(path, class_names=class_names, channels=channels, limit=limit,
+                                     sample_class_names=model_classes)
+        images, labels = samples.images, samples.labels
+    if labels is not None and class_names and not bool(((labels >= 0) & (labels < len(class_names))).all()):
+        wrong = sorted({int(v) for v in labels if not 0 <= v < len(class_names)})[:5]
+        raise UserError(f"--samples {path}: class labels {wrong} are not ids of the data's {len(class_names)} "
+                        f"classes (0 to {len(class_names) - 1})")
+    return images, labels
+
+
+def _sample_runs(args: argparse.Namespace, pipe, samples: tuple | None, data_ids: list[int] | None):
     """(info, uint8 images, labels in the data's ids or None) for --samples, or for each --cfg in
     turn, generated only when the one before has been judged and written."""
-    if args.samples:
-        images, labels = _read_samples(args.samples, class_names, channels, args.n,
-                                       list(pipe.class_names) if pipe is not None else None)
-        yield {"samples": args.samples}, images, labels
+    if samples is not None:  # read, and checked, before any work
+        yield {"samples": args.samples}, *samples
         return
     for scale in args.cfg:
         seeds, labels = pipe.plan(args.n, None, args.seed)
@@ -200,21 +234,30 @@ def run(args: argparse.Namespace) -> int:
 
         pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=args.compile)
         if not args.samples:
-            pipe.check_sampling(args.sampler, args.steps)
+            for scale in args.cfg:
+                pipe.check_sampling(args.sampler, args.steps, cfg=scale)
     image_size = pipe.image_size if pipe else args.image_size
+    if image_size is None and args.samples:
+        image_size = _samples_image_size(args.samples)  # the real images are compared at the samples' size
     if image_size is None:
         raise UserError("--image-size is needed when no --model says the image size")
     channels = pipe.vae.config.in_channels if pipe else None
     train, val, (real_train, train_labels), (real_test, test_labels) = _real_data(args, image_size, channels)
-    smallest = min(args.n, len(real_train), len(real_test))
+    samples, n = None, args.n
+    if args.samples:
+        samples = _read_samples(args.samples, list(train.class_names), real_test.shape[1], args.n,
+                                list(pipe.class_names) if pipe is not None else None)
+        n = samples[0].shape[0]
+    smallest = min(n, len(real_train), len(real_test))
     if not 1 <= args.k < smallest:
+        samples_made = f"--n {n}" if samples is None else f"{n} samples"
         raise UserError(f"precision/recall with --k {args.k} needs more than k images in each set, and k >= 1: "
-                        f"--n {args.n}, {len(real_train)} training and {len(real_test)} test images here")
+                        f"{samples_made}, {len(real_train)} training and {len(real_test)} test images here")
     data_ids = None  # of the model's classes; checked before any work, not after it
     if pipe is not None and pipe.num_classes and train.class_names:
         data_ids = data_ids_of_model_classes(list(pipe.class_names), list(train.class_names))
 
-    report: dict = {"data": args.data, "model": args.model, "samples": args.samples, "n": args.n}
+    report: dict = {"data": args.data, "model": args.model, "samples": args.samples, "n": n}
     classifier_path = _classifier_path(args)
     if args.train_classifier:
         t0 = time.time()
@@ -246,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
 
     report["results"] = []
     try:
-        for info, images, fake_labels in _sample_runs(args, pipe, train.class_names, real_test.shape[1], data_ids):
+        for info, images, fake_labels in _sample_runs(args, pipe, samples, data_ids):
             result = evaluate(images, fake_labels, real_train, real_test, extractor, classifier, args.k,
                               real_test_labels=test_labels if len(train.class_names) else None,
                               kid_subsets=args.kid_subsets, kid_subset_size=min(args.kid_subset_size, images.shape[0]))

@@ -79,13 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.data.images import make_grid, save_png, to_pil
-    from ldmkit.eval.samples_io import (
-        GRID_FILE,
-        SAMPLE_CLASSES_FILE,
-        read_sample_classes,
-        sample_filename,
-        write_sample_classes,
-    )
+    from ldmkit.cli.generate_output import check_folder, check_same_job, job_settings, make_folder, readable_png
+    from ldmkit.eval.samples_io import GRID_FILE, sample_filename, write_samples_info
     from ldmkit.pipeline import LatentDiffusionPipeline, default_strength, open_image
 
     if args.steps < 1:
@@ -94,16 +89,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.init_image is None and (args.mask is not None or args.strength is not None or args.fit):
         raise UserError("--mask, --strength and --fit need --init-image")
-    out = _folder(args.out, "--out")
+    out = check_folder(args.out, "--out")  # made once the model has loaded
     if args.grid is not None:
         grid = Path(args.grid)
         if grid.is_dir():
             raise UserError(f"--grid {grid} is a folder; give the grid's file name (e.g. {grid / 'grid.png'})")
-        _folder(grid.parent, "--grid")
+        check_folder(grid.parent, "--grid")
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
     pipe.check_prompt(args.prompt)  # before the progress bar: a mistake is then one line
-    pipe.check_sampling(args.sampler, args.steps, args.cfg_rescale)
+    pipe.check_sampling(args.sampler, args.steps, args.cfg_rescale, args.cfg)
     seeds, labels = pipe.plan(args.n, args.classes, args.seed)
     sampling = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
                     prompt=args.prompt, negative_prompt=args.negative_prompt)
@@ -120,14 +115,20 @@ def run(args: argparse.Namespace) -> int:
         sampling.update(init=pipe.encode_image(image), strength=strength)
         if mask is not None:
             sampling["mask"] = pipe.prepare_mask(mask, size=image.size)
+    if args.cfg is not None and pipe.guidance_scale(args.cfg) is None:
+        print("ldm generate: warning: --cfg has no effect: this model is unconditional (no class or prompt to "
+              "guide by)", file=sys.stderr)
+    make_folder(out, "--out")
+    if args.grid is not None:
+        make_folder(Path(args.grid).parent, "--grid")
     names = [sample_filename(k, seed, c if c >= 0 else None) for k, (seed, c) in enumerate(zip(seeds, labels))]
-    todo = [k for k, name in enumerate(names) if not (args.skip_existing and (out / name).is_file())]
-    if pipe.class_names:  # what the ids in the names mean, for `ldm eval --samples` (another model's differ)
-        kept = read_sample_classes(out) if args.skip_existing and len(todo) < len(names) else None
-        if kept is not None and kept != pipe.class_names:
-            raise UserError(f"--skip-existing: the images in {out}/ are of a model with other classes "
-                            f"({SAMPLE_CLASSES_FILE}); give another --out")
-        write_sample_classes(out, pipe.class_names)
+    kept = {k for k, name in enumerate(names) if args.skip_existing and readable_png(out / name)}
+    settings = job_settings(args, pipe.image_size, pipe.guidance_scale(args.cfg), sampling.get("strength"))
+    if kept:  # only images of this very job may be kept
+        check_same_job(out, pipe.class_names, settings)
+    todo = [k for k in range(len(names)) if k not in kept]
+    # What the ids in the names mean (for `ldm eval --samples`) and the settings (for --skip-existing).
+    write_samples_info(out, pipe.class_names, settings)
     bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, desc="generating")
     written = 0
     try:  # each batch is written as it comes: an interrupt keeps what was made
@@ -164,19 +165,6 @@ def _write(save, image, path: Path) -> None:
         save(image, path)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-
-
-def _folder(path: str | Path, flag: str) -> Path:
-    """A folder for the output, made now: a path that cannot be one fails before the work, not
-    after it."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"{flag} {folder} is a file, not a folder") from None
-    except OSError as err:
-        raise UserError(f"cannot make the {flag} folder {folder}: {err.strerror or err}") from None
-    return folder
 
 
 def _grid_columns(labels: list[int]) -> int:

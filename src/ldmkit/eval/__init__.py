@@ -26,13 +26,14 @@ from ldmkit.eval.metrics import (
 from ldmkit.eval.reconstruction import psnr, reconstruction_metrics, ssim
 from ldmkit.eval.report import distribution_metrics, evaluate, format_report
 from ldmkit.eval.samples_io import (
-    SAMPLE_CLASSES_FILE,
+    SAMPLES_FILE,
     SampleSet,
     dataset_to_uint8,
     read_sample_classes,
     read_sample_folder,
+    read_samples_info,
     sample_filename,
-    write_sample_classes,
+    write_samples_info,
 )
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
     "FEATURE_NAMES",
     "FeatureExtractor",
     "InceptionFeatures",
-    "SAMPLE_CLASSES_FILE",
+    "SAMPLES_FILE",
     "SampleSet",
     "dataset_to_uint8",
     "distribution_metrics",
@@ -58,11 +59,12 @@ __all__ = [
     "psnr",
     "read_sample_classes",
     "read_sample_folder",
+    "read_samples_info",
     "reconstruction_metrics",
     "resolve_features",
     "sample_filename",
     "save_classifier",
     "ssim",
     "train_classifier",
-    "write_sample_classes",
+    "write_samples_info",
 ]

@@ -4,7 +4,8 @@ Sample files are named `{index:05d}_seed{seed}_class{class_id}.png` (what `ldm g
 writes, see `sample_filename`); `_class-{name}` with a class name is accepted too, and
 both tags are optional. A class id in a file name is the id of the model that made it, which need
 not be the evaluation data's: `ldm generate` writes the model's class names beside the files
-(`classes.json`, see `write_sample_classes`), and an id is matched to the data's class by that name.
+(`samples.json`, with the job's settings; see `write_samples_info`), and an id is matched to the
+data's class by that name.
 Everything `ldm eval` compares is uint8 `[N, C, H, W]`, the form images take on disk, so generated
 and real images are quantised the same way.
 """
@@ -24,10 +25,10 @@ from PIL import Image
 from ldmkit.atomic import atomic_write_text
 from ldmkit.errors import UserError
 
-__all__ = ["SampleSet", "sample_filename", "read_sample_folder", "dataset_to_uint8", "write_sample_classes",
-           "read_sample_classes", "SAMPLE_CLASSES_FILE"]
+__all__ = ["SampleSet", "sample_filename", "read_sample_folder", "dataset_to_uint8", "write_samples_info",
+           "read_samples_info", "read_sample_classes", "SAMPLES_FILE"]
 
-SAMPLE_CLASSES_FILE = "classes.json"  # beside generated samples: {"class_names": [name of id 0, ...]}
+SAMPLES_FILE = "samples.json"  # beside generated samples: {"class_names": [name of id 0, ...], "settings": {...}}
 GRID_FILE = "grid.png"  # `ldm generate`'s grid of the samples beside them, not a sample
 
 _SEED_TAG = re.compile(r"_seed(-?\d+)")
@@ -54,25 +55,33 @@ class SampleSet:
     paths: list[Path]
 
 
-def write_sample_classes(folder: str | Path, class_names: Sequence[str]) -> Path:
-    """Write the class names of the model whose samples `folder` holds (the ids in their names)."""
-    text = json.dumps({"class_names": list(class_names)}, indent=1)
-    return atomic_write_text(Path(folder) / SAMPLE_CLASSES_FILE, text)
+def write_samples_info(folder: str | Path, class_names: Sequence[str], settings: dict) -> Path:
+    """Write, beside samples, the class names of the model that made them (the ids in their file
+    names) and the job's settings (what `ldm generate --skip-existing` must match)."""
+    text = json.dumps({"class_names": list(class_names), "settings": settings}, indent=1)
+    return atomic_write_text(Path(folder) / SAMPLES_FILE, text)
 
 
-def read_sample_classes(folder: str | Path) -> list[str] | None:
-    """The class names `write_sample_classes` left in `folder`, or None when there are none."""
-    path = Path(folder) / SAMPLE_CLASSES_FILE
+def read_samples_info(folder: str | Path) -> dict | None:
+    """What `write_samples_info` left in `folder` (`class_names`, `settings`), or None."""
+    path = Path(folder) / SAMPLES_FILE
     if not path.is_file():
         return None
     try:
-        names = json.loads(path.read_text())["class_names"]
+        info = json.loads(path.read_text())
+        names = info["class_names"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path} is not a list of class names ({type(err).__name__}: {err}); remove it to read the "
-                        "ids in the file names as the data's") from None
+        raise UserError(f"{path} is not ldmkit's description of the samples ({type(err).__name__}: {err}); remove "
+                        "it to read the ids in the file names as the data's") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path}: 'class_names' must be a list of strings")
-    return names
+    return info
+
+
+def read_sample_classes(folder: str | Path) -> list[str] | None:
+    """The class names of the model whose samples `folder` holds, or None when not written."""
+    info = read_samples_info(folder)
+    return None if info is None else info["class_names"]
 
 
 def _normalise_name(name: str) -> str:
@@ -91,7 +100,7 @@ def _class_id(path: Path, class_names: Sequence[str] | None, id_names: Sequence[
             return sample_id
         if sample_id >= len(id_names):
             raise UserError(f"{path.name}: class id {sample_id}, but the samples' model has {len(id_names)} classes "
-                            f"({SAMPLE_CLASSES_FILE})")
+                            f"({SAMPLES_FILE})")
         name = id_names[sample_id]
     else:
         name = match.group(2)
@@ -128,7 +137,7 @@ def read_sample_folder(
     `channels` forces 1 (grayscale) or 3 (RGB); by default the first image decides (mode
     "L" -> 1, anything else -> 3). Labels index `class_names` (the data's): a `_class-{name}`
     tag by its name, a `_class{id}` tag by the name of its id among the samples' model's classes
-    (the folder's `classes.json`, else `sample_class_names`, else the id is taken as the data's
+    (the folder's `samples.json`, else `sample_class_names`, else the id is taken as the data's
     own). Labels are None when no file carries a class tag; a folder where only some do is an error.
     """
     folder = Path(folder)

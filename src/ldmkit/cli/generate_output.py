@@ -1,0 +1,78 @@
+"""`ldm generate`'s output folder: checked before the model loads and made after it (a model that
+fails to load leaves no empty folder behind), and the files `--skip-existing` may keep: readable
+PNGs of the same job (a different model, step count or guidance would mix two jobs' images)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from ldmkit.errors import UserError
+from ldmkit.eval.samples_io import SAMPLES_FILE, read_samples_info
+
+
+def check_folder(path: str | Path, flag: str) -> Path:
+    """`UserError` now if `path` cannot become a folder (a file, under a file, not writable);
+    the folder itself is made by `make_folder` once the work is sure to start."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot make the {flag} folder {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot make the {flag} folder {folder}: {existing} is not writable")
+    return folder
+
+
+def make_folder(folder: Path, flag: str) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{flag} {folder} is a file, not a folder") from None
+    except OSError as err:
+        raise UserError(f"cannot make the {flag} folder {folder}: {err.strerror or err}") from None
+    return folder
+
+
+def job_settings(args: argparse.Namespace, image_size: int | None, cfg: float | None, strength: float | None) -> dict:
+    """What decides image k besides its seed and class: equal settings, equal images. `cfg` and
+    `strength` as sampling resolves them (a default and the same value given are one job)."""
+    def path_of(value: str | None) -> str | None:
+        return None if value is None else str(Path(value).resolve())
+
+    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model.lower()
+    return {"model": model, "image_size": image_size, "sampler": args.sampler, "steps": args.steps, "cfg": cfg,
+            "cfg_rescale": args.cfg_rescale, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+            "init_image": path_of(args.init_image), "mask": path_of(args.mask), "strength": strength,
+            "fit": bool(args.fit)}
+
+
+def readable_png(path: Path) -> bool:
+    """Whether `path` is a whole PNG (an empty or cut file is made again, not kept)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, SyntaxError, ValueError):  # PIL's verify raises SyntaxError for a damaged PNG
+        return False
+
+
+def check_same_job(out: Path, class_names: list[str], settings: dict) -> None:
+    """`UserError` unless the images kept in `out` were made by this job (as `samples.json` says;
+    a folder without one, from before ldmkit wrote it, is taken as it is)."""
+    info = read_samples_info(out)
+    if info is None:
+        return
+    if info["class_names"] != class_names:
+        raise UserError(f"--skip-existing: the images in {out}/ are of a model with other classes ({SAMPLES_FILE}); "
+                        "give another --out")
+    kept = info.get("settings") or {}
+    changed = [f"{key} {kept.get(key)!r}, now {value!r}" for key, value in settings.items() if kept.get(key) != value]
+    if changed:
+        raise UserError(f"--skip-existing: the images in {out}/ were made with other settings ({'; '.join(changed)}); "
+                        "give another --out, or leave out --skip-existing to make them all again")
