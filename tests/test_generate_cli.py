@@ -174,3 +174,10 @@ def test_start_image_mistakes_are_named(model_file, tmp_path, capsys):
     assert generate(model_file, tmp_path / "a", "--init-image", str(tmp_path / "big.png")) == 2
     assert "image size 256x256 is more than 8 times this model's 16x16" in capsys.readouterr().err
     assert generate(model_file, tmp_path / "a", "--init-image", str(tmp_path / "big.png"), "--fit") == 0
+
+
+def test_cfg_for_an_unconditional_model_is_a_warning(tmp_path, capsys):
+    unconditional = save_tiny_class_model(tmp_path / "model.safetensors", [])
+    assert main(["generate", "--model", str(unconditional), "--n", "1", "--steps", "1", "--cfg", "3", "--device",
+                 "cpu", "--quiet", "--out", str(tmp_path / "out")]) == 0
+    assert "warning: --cfg has no effect: this model is unconditional" in capsys.readouterr().err
