@@ -14,10 +14,10 @@ from ldmkit.train.inference_file import save_inference_file
 
 def tiny_class_models(num_classes: int, seed: int = 0) -> tuple[AutoencoderKL, UNet]:
     """A `tiny` f4 VAE and a two-level tiny UNet with a non-zero output layer (so samples depend
-    on the network, as after training)."""
+    on the network, as after training); no classes: unconditional."""
     torch.manual_seed(seed)
     vae = AutoencoderKL(VAE_PRESETS["tiny"]())
-    unet = UNet(UNET_PRESETS["tiny"](num_classes=num_classes, channel_mult=(1, 2), attention_levels=(1,),
+    unet = UNet(UNET_PRESETS["tiny"](num_classes=num_classes or None, channel_mult=(1, 2), attention_levels=(1,),
                                      zero_init_output=False))
     return vae, unet
 
