@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         sampling.update(init=pipe.encode_image(image), strength=strength)
         if mask is not None:
             sampling["mask"] = pipe.prepare_mask(mask, size=image.size)
+    if args.negative_prompt and not pipe.takes_text:
+        raise UserError("--negative-prompt needs a text-to-image model; this one takes no prompt")
     if args.cfg is not None and pipe.guidance_scale(args.cfg) is None:
         print("ldm generate: warning: --cfg has no effect: this model is unconditional (no class or prompt to "
               "guide by)", file=sys.stderr)
