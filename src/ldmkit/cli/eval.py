@@ -58,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall")
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
     p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size")
-    p.add_argument("--image-size", type=int, default=None, help="real image size when no --model gives it")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="size to read the real images at when no --model gives it (default: the --samples' size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                    help="torch.compile the UNet for generation (CUDA graphs on a GPU); auto: on CUDA for 256+ samples")
