@@ -24,7 +24,7 @@ from tiny_models import save_tiny_class_model
 
 from ldmkit import compiled_unet
 from ldmkit.cli import main
-from ldmkit.pipeline import LatentDiffusionPipeline
+from ldmkit.pipeline import DEFAULT_SAMPLER, LatentDiffusionPipeline
 from ldmkit.serve import GenerationService, JobRunner, Limits, make_server
 from ldmkit.serve import server
 from ldmkit.serve.server import page_html
@@ -139,6 +139,10 @@ def test_without_a_class_the_images_go_round_the_classes(url):
     ({"steps": 11}, "steps must be from 1 to 10"),
     ({"seed": -1}, "seed must be from 0"),
     ({"sampler": "plms"}, "unknown sampler"),
+    ({"sampler": ["ddim"]}, "sampler must be a sampler name (a string), got ['ddim']"),  # was a 500
+    ({"sampler": {}}, "sampler must be a sampler name"),  # these two were the default sampler
+    ({"sampler": 0}, "sampler must be a sampler name"),
+    ({"sampler": False}, "sampler must be a sampler name"),
     ({"class": "purple"}, "unknown class 'purple'"),
     ({"cfg": "high"}, "cfg must be a number"),
     ({"prompt": "a cat"}, "takes no prompt"),
@@ -147,6 +151,25 @@ def test_without_a_class_the_images_go_round_the_classes(url):
 def test_mistakes_are_400s_that_name_the_field(url, fields, message):
     status, result = generate(url, **fields)
     assert status == 400 and message in result["error"]
+
+
+def test_a_null_or_empty_sampler_is_the_default(url, pipe, monkeypatch):
+    used = []
+    real = pipe.generate_uint8
+    monkeypatch.setattr(pipe, "generate_uint8", lambda *a, **kw: used.append(kw["sampler"]) or real(*a, **kw))
+    for sampler in (None, ""):
+        assert generate(url, n=1, steps=1, sampler=sampler)[0] == 200
+    assert used == [DEFAULT_SAMPLER] * 2
+
+
+def test_bodies_json_cannot_hold_are_400s(url):
+    """json.loads raises ValueError for an integer of over 4300 digits and RecursionError for
+    arrays nested thousands deep: a 500 before, and /api/stop answered nothing at all."""
+    for body in (b'{"n": ' + b"9" * 5000 + b"}", b"[" * 5000 + b"]" * 5000):
+        for path in ("/api/generate", "/api/stop"):
+            status, answer = call(url, path, body)
+            assert status == 400 and "request body" in json.loads(answer)["error"], (path, body[:10])
+    assert generate(url, n=1, steps=1)[0] == 200
 
 
 def test_bad_bodies_and_paths(url, monkeypatch):

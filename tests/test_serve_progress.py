@@ -15,7 +15,7 @@ from tiny_models import save_tiny_class_model
 
 from ldmkit.pipeline import LatentDiffusionPipeline
 from ldmkit.serve import GenerationService, JobRunner, Limits, make_server
-from ldmkit.serve.progress import JobStopped, ProgressBoard
+from ldmkit.serve.progress import JobIdInUse, JobStopped, ProgressBoard
 
 
 def test_the_board_follows_a_job_from_queued_to_done():
@@ -62,6 +62,37 @@ def test_the_board_forgets_the_oldest_jobs():
     for name in "abcd":
         board.finished(name)
     assert board.report("a") == {"state": "unknown"} and board.report("d") == {"state": "done"}
+
+
+def test_an_id_names_one_job_at_a_time_and_is_free_once_it_is_over():
+    board = ProgressBoard()
+    board.queued("a")
+    with pytest.raises(JobIdInUse, match="job_id 'a' is in use by a queued job"):
+        board.queued("a")
+    board.started("a", steps=2)
+    assert board.stop("a")
+    with pytest.raises(JobIdInUse, match="in use by a running job"):
+        board.queued("a")
+    assert board.report("a") == {"state": "running", "step": 0, "steps": 2, "stopping": True}  # flag kept
+    board.finished("a", stopped=True)
+    board.queued("a")  # stopped: the id is free, and the new job does not inherit the old stop
+    assert board.report("a") == {"state": "queued", "ahead": 0}
+    board.started("a", steps=1)
+    board.finished("a")
+    board.queued("a")  # done: free as well
+    assert board.report("a")["state"] == "queued"
+
+
+def test_the_board_never_forgets_a_waiting_or_running_job():
+    board = ProgressBoard(keep=2)
+    board.queued("waits")
+    board.queued("runs")
+    board.started("runs", steps=3)
+    for name in "abc":
+        board.finished(name)
+    assert board.report("waits")["state"] == "queued" and board.report("runs")["state"] == "running"
+    assert board.report("a") == {"state": "unknown"}  # the oldest finished one goes, the last two stay
+    assert board.report("b") == board.report("c") == {"state": "done"} and board.stop("waits")
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +208,32 @@ def test_progress_mistakes(url):
     for bad in ("", "x" * 65, "a b", 7):
         status, answer = post(url, {"n": 1, "steps": 1, "job_id": bad})
         assert status == 400 and "job_id must be" in answer["error"], bad
+
+
+def test_a_second_job_with_the_id_of_a_running_one_is_refused(url, service, monkeypatch):
+    """The user-testing report: a second "dup" made the running one read as queued, and a stop
+    answered true was lost by both. Now the second is a 409 before it queues, the first stops."""
+    reached, release = hold(service, monkeypatch, "dup", 1)
+    answers: dict = {}
+    first = send(url, answers, {"n": 1, "steps": 4, "job_id": "dup"})
+    assert reached.wait(30)
+    status, answer = post(url, {"n": 1, "steps": 4, "job_id": "dup"})
+    assert status == 409 and answer == {"error": "job_id 'dup' is in use by a running job: send another id "
+                                                 "(an id is free again once its job is done or stopped)"}
+    assert request_json(url, "/api/progress?job=dup") == (200, {"state": "running", "step": 1, "steps": 4})
+    assert request_json(url, "/api/stop", {"job_id": "dup"}) == (200, {"stopped": True})
+    release.set()
+    first.join(30)
+    assert answers["dup"] == (409, {"error": "stopped at step 2 of 4", "stopped": True})
+    assert post(url, {"n": 1, "steps": 2, "job_id": "dup"})[0] == 200  # over: the id may be used again
+    assert request_json(url, "/api/progress?job=dup") == (200, {"state": "done"})
+
+
+def test_generate_in_process_refuses_an_id_in_use_too(service):
+    service.progress.queued("taken")
+    try:
+        with pytest.raises(JobIdInUse):
+            service.generate({"n": 1, "steps": 1, "job_id": "taken"})
+    finally:
+        service.progress.finished("taken")
+    assert len(service.generate({"n": 1, "steps": 1, "job_id": "taken"}).pngs) == 1

@@ -9,7 +9,12 @@ that much of a UNet's work. A stop takes effect at the job's next step (or, for 
 waiting, before it starts): the runner is never interrupted inside a step.
 
 Ids come from the clients (`job_id` in the request), so nothing has to answer before the job
-ends; an unknown or forgotten id reads as "unknown". The board keeps the last `keep` ids.
+ends; an unknown or forgotten id reads as "unknown". An id names one job at a time: while its job
+waits or runs, a second job with the same id is refused (`JobIdInUse`), since its entry would
+replace the first's (a running job reported as queued, a stop asked for one job lost by both).
+Once the job is done or stopped its id is free: a new job's entry replaces the finished one. The
+board keeps the last `keep` finished ids; a waiting or running job is never forgotten (its entry
+holds its stop flag).
 """
 
 from __future__ import annotations
@@ -19,8 +24,15 @@ from collections import OrderedDict
 from typing import Any
 
 
+ACTIVE = ("queued", "running")
+
+
 class JobStopped(Exception):
     """Raised in the job's own thread at its next step after `ProgressBoard.stop`."""
+
+
+class JobIdInUse(Exception):
+    """`ProgressBoard.queued` for an id whose job still waits or runs (the server answers 409)."""
 
 
 class ProgressBoard:
@@ -36,13 +48,20 @@ class ProgressBoard:
     def _put(self, job_id: str, entry: dict[str, Any]) -> None:
         self._jobs[job_id] = entry
         self._jobs.move_to_end(job_id)
-        while len(self._jobs) > self.keep:
-            self._jobs.popitem(last=False)
+        # Only finished entries count and go, oldest first: an active job's entry holds its stop flag.
+        finished = [name for name, job in self._jobs.items() if job["state"] not in ACTIVE]
+        for old in finished[:max(0, len(finished) - self.keep)]:
+            del self._jobs[old]
 
     def queued(self, job_id: str | None) -> None:
-        """The job is waiting for the runner."""
+        """The job is waiting for the runner; `JobIdInUse` if another job with this id still waits
+        or runs (checked and queued under one lock: two requests cannot both take the id)."""
         if job_id is not None:
             with self._lock:
+                state = self._jobs.get(job_id, {}).get("state")
+                if state in ACTIVE:
+                    raise JobIdInUse(f"job_id {job_id!r} is in use by a {state} job: send another id "
+                                     "(an id is free again once its job is done or stopped)")
                 self._tickets += 1
                 self._put(job_id, {"state": "queued", "ticket": self._tickets})
 
@@ -71,7 +90,7 @@ class ProgressBoard:
         running (unknown, done, already stopped)."""
         with self._lock:
             entry = self._jobs.get(job_id)
-            if entry is None or entry["state"] not in ("queued", "running") or entry.get("stop"):
+            if entry is None or entry["state"] not in ACTIVE or entry.get("stop"):
                 return False
             entry["stop"] = True
             return True

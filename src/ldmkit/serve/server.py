@@ -8,7 +8,8 @@ threading HTTP server (no web framework to install for one page and four endpoin
                          answers 409 with {"error": "stopped at step k of n", "stopped": true})
     POST /api/generate   a JSON request (`service.GenerationService`; img2img's start image
                          and inpainting's mask inside it as base64) -> JSON: the images as
-                         base64 PNGs, their seeds and classes, seconds taken
+                         base64 PNGs, their seeds and classes, seconds taken; a 409 when its
+                         job_id names a job that still waits or runs (`progress.py`)
 
 A mistake in a request is a 400 with {"error": "..."} in the words `ldm generate` would use;
 anything else that fails is a 500 whose traceback goes to the server's stderr, not the client.
@@ -29,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from ldmkit.errors import UserError
 
 from .jobs import JobRunner
-from .progress import JobStopped
+from .progress import JobIdInUse, JobStopped
 from .service import GenerationService
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a few fields and at most two images (a 1024 px PNG is ~2-4 MB in base64)
@@ -84,6 +85,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except JobStopped as err:
             self._send_json(HTTPStatus.CONFLICT, {"error": str(err), "stopped": True})
             return
+        except JobIdInUse as err:  # refused before it queued: the other job's entry stays as it was
+            self._send_json(HTTPStatus.CONFLICT, {"error": str(err)})
+            return
         except _BodyTooLarge as err:
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(err)})
             return
@@ -124,8 +128,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(length))
         try:
             return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except ValueError as err:  # not UTF-8, not JSON, or a number of over 4300 digits
             raise UserError(f"the request body is not JSON: {err}") from None
+        except RecursionError:  # arrays nested thousands deep: the parser's stack, not the server's fault
+            raise UserError("the request body nests too deeply to be read") from None
 
     def _send_json(self, status: HTTPStatus, payload: Any) -> None:
         self._send(status, json.dumps(payload).encode("utf-8"), "application/json")

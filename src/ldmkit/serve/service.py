@@ -13,7 +13,10 @@ so the page's image is the one `ldm generate --seed SEED+k` writes for the same 
 `init_image`, `mask` and `strength` are `ldm generate`'s --init-image, --mask and --strength
 (img2img and inpainting), the images as base64 PNG or JPEG of the model's size
 (`request_images.py`). `job_id` (letters, digits, - and _; the client's choice) lets the client
-follow the job on the service's `ProgressBoard` while the request is out (`progress.py`).
+follow the job on the service's `ProgressBoard` while the request is out (`progress.py`); it
+names one job at a time, and is free again once that job is done or stopped. Null (or "" for the
+names and images a form sends) means the default; any other value of the wrong JSON type is a
+mistake named by its field, never quietly defaulted.
 """
 
 from __future__ import annotations
@@ -81,12 +84,18 @@ class GeneratedImages:
     seconds: float
 
 
+def _shown(value: Any) -> str:
+    """`value` for a one-line error: a client's 10 MB array is not echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _integer(request: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = request.get(key, default)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{key} must be an integer, got {value!r}")
+        raise UserError(f"{key} must be an integer, got {_shown(value)}")
     if not low <= value <= high:
         raise UserError(f"{key} must be from {low} to {high}, got {value}")
     return value
@@ -97,9 +106,21 @@ def _text(request: Mapping[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise UserError(f"{key} must be a string, got {value!r}")
+        raise UserError(f"{key} must be a string, got {_shown(value)}")
     if len(value) > MAX_PROMPT_CHARS:
         raise UserError(f"{key} is longer than {MAX_PROMPT_CHARS} characters")
+    return value
+
+
+def _sampler(request: Mapping[str, Any]) -> str:
+    """The sampler's name. Absent, null or "" (an empty form field) is the default; any other
+    non-string is the client's mistake, not a reason to fall back quietly (a list used to reach
+    the sampler table and fail there as a 500)."""
+    value = request.get("sampler")
+    if value is None or value == "":
+        return DEFAULT_SAMPLER
+    if not isinstance(value, str):
+        raise UserError(f"sampler must be a sampler name (a string), got {_shown(value)}")
     return value
 
 
@@ -169,8 +190,11 @@ class GenerationService:
 
     def generate(self, request: Mapping[str, Any]) -> GeneratedImages:
         """Check `request` and run it, in this thread (the server checks in the request's thread
-        and runs on its `JobRunner`'s: `prepare`, then `run`)."""
-        return self.run(self.prepare(request))
+        and runs on its `JobRunner`'s: `prepare`, `progress.queued`, then `run`). `JobIdInUse`
+        when its job_id names a job that still waits or runs."""
+        job = self.prepare(request)
+        self.progress.queued(job.job_id)
+        return self.run(job)
 
     def prepare(self, request: Mapping[str, Any]) -> Job:
         """Check `request` (`UserError` naming the first bad field) and turn it into a job."""
@@ -183,18 +207,19 @@ class GenerationService:
         n = _integer(request, "n", defaults["n"], 1, self.limits.max_images)
         steps = _integer(request, "steps", defaults["steps"], 1, self.max_steps)
         seed = _integer(request, "seed", 0, 0, 2**63 - 1 - self.limits.max_images)
-        sampler = request.get("sampler") or DEFAULT_SAMPLER
+        sampler = _sampler(request)
         self.pipe.check_sampling(sampler, steps)  # the sampler's name (the steps are in range above)
         cfg = request.get("cfg")
         if cfg is not None and (isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not -50 <= cfg <= 50):
-            raise UserError(f"cfg must be a number from -50 to 50 (or null for the model's default), got {cfg!r}")
+            raise UserError(f"cfg must be a number from -50 to 50 (or null for the model's default), "
+                            f"got {_shown(cfg)}")
         prompt, negative = _text(request, "prompt"), _text(request, "negative_prompt") or ""
         if prompt == "" and self.pipe.takes_text:
             raise UserError("this is a text-to-image model: write a prompt")
         self.pipe.check_prompt(prompt)
         chosen = request.get("class")
         if chosen is not None and (isinstance(chosen, bool) or not isinstance(chosen, (str, int))):
-            raise UserError(f"class must be a class name or id, got {chosen!r}")
+            raise UserError(f"class must be a class name or id, got {_shown(chosen)}")
         classes = None if chosen is None or chosen == "" else [chosen]
         if classes and not self.pipe.num_classes:
             raise UserError(f"this {self.kind} model has no classes: leave class out")
@@ -204,7 +229,7 @@ class GenerationService:
         init_image, mask = self._start_images(request, sampling)
         job_id = request.get("job_id")
         if job_id is not None and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
-            raise UserError(f"job_id must be 1-64 letters, digits, - or _, got {job_id!r}")
+            raise UserError(f"job_id must be 1-64 letters, digits, - or _, got {_shown(job_id)}")
         batch_size = self.batch_size(n)
         steps_per_batch = img2img_steps(steps, sampling["strength"]) if init_image is not None else steps
         return Job(seeds=seeds, labels=labels, batch_size=batch_size, sampling=sampling, init_image=init_image,
@@ -224,7 +249,7 @@ class GenerationService:
         if strength is None:
             strength = default_strength(mask is not None)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise UserError(f"strength must be a number in (0, 1], got {strength!r}")
+            raise UserError(f"strength must be a number in (0, 1], got {_shown(strength)}")
         sampling["strength"] = float(strength)
         return init_image, mask
 
