@@ -122,7 +122,7 @@ def test_cli_convert_and_its_errors(tmp_path, capsys) -> None:
     assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "x.safetensors")]) == 2
     assert main(["convert", str(folder), str(tmp_path / "y.safetensors"), "--no-ema"]) == 2  # CompVis-only option
     errors = capsys.readouterr().err
-    assert "ends in .safetensors" in errors and "no such model" in errors and "only apply to CompVis" in errors
+    assert "ends in .safetensors" in errors and "no such model" in errors and "only to CompVis" in errors
 
 
 def test_load_model_asks_which_component(tmp_path) -> None:

@@ -17,12 +17,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "tokenizer/), a diffusers model folder (config.json + diffusion_pytorch_model.safetensors or .bin), "
         "a CompVis / Stable Diffusion single-file checkpoint (.safetensors, or .ckpt read with "
         "torch.load(weights_only=True)), or an ldmkit run folder / model file. Weights are only renamed; "
-        "unknown or missing weights are an error.",
+        "unknown or missing weights are an error. An existing ldmkit file OUT is replaced. A diffusers OUT "
+        "must be a new or empty folder, or with --overwrite a diffusers folder (an earlier export), which "
+        "is then replaced whole; the export is written beside it and moved into place once complete, so a "
+        "failed conversion leaves OUT as it was. A folder holding anything else is never written into.",
     )
     p.add_argument("src", metavar="SRC", help="the model file or folder to convert")
     p.add_argument("out", metavar="OUT",
                    help="output: a .safetensors file (--to ldmkit) or a folder (--to diffusers)")
     p.add_argument("--to", choices=["ldmkit", "diffusers"], default="ldmkit", help="output format (default: ldmkit)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--to diffusers: replace OUT if it already holds a diffusers folder, all of it (files "
+                   "you added there included); other non-empty folders are refused even so")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="storage precision of an ldmkit file's weights (default: fp32)")
     ema = p.add_mutually_exclusive_group()
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                    image_size=args.image_size, norm_groups=args.norm_groups)
     if args.image_size is not None and args.image_size < 1:
         raise UserError(f"--image-size must be positive (got {args.image_size})")
-    bundle = convert(args.src, args.out, to=args.to, dtype=args.dtype,
+    bundle = convert(args.src, args.out, to=args.to, dtype=args.dtype, overwrite=args.overwrite,
                      **{k: v for k, v in options.items() if v is not None})
     for note in bundle.notes:
         print(f"note: {note}")

@@ -15,12 +15,14 @@ TARGETS = ("ldmkit", "diffusers")
 
 
 def convert(
-    src: str | os.PathLike, out: str | os.PathLike, *, to: str = "ldmkit", dtype: str = "fp32", **options: Any
+    src: str | os.PathLike, out: str | os.PathLike, *, to: str = "ldmkit", dtype: str = "fp32",
+    overwrite: bool = False, **options: Any
 ) -> ModelBundle:
     """Read `src` (see `load_bundle` for the sources and `options`) and write it to `out`:
-    an ldmkit `.safetensors` inference file (`to="ldmkit"`) or a diffusers folder
-    (`to="diffusers"`). Returns the bundle that was written."""
-    from ldmkit.interop.diffusers_export import write_diffusers_folder
+    an ldmkit `.safetensors` inference file (`to="ldmkit"`, replacing any file there) or a
+    diffusers folder (`to="diffusers"`: a new or empty folder, or with `overwrite` an earlier
+    diffusers folder, replaced whole). Returns the bundle that was written."""
+    from ldmkit.interop.diffusers_export import check_destination, write_diffusers_folder
     from ldmkit.interop.ldmkit_file import write_ldmkit_file
 
     if to not in TARGETS:
@@ -29,6 +31,10 @@ def convert(
     src = resolve_model_source(src)  # a bundled name: compare its file with `out` below
     if Path(src).resolve() == out.resolve():
         raise UserError(f"the output {out} is the source itself")
+    if to == "diffusers":  # before the source is read: a large one takes a while
+        check_destination(out, overwrite)
+        if out.resolve() in Path(src).resolve().parents:
+            raise UserError(f"the source {src} is inside the output folder {out}: choose another output")
     bundle = load_bundle(src, **options)
     if to == "ldmkit":
         if out.suffix != ".safetensors":
@@ -37,5 +43,5 @@ def convert(
     else:
         if dtype != "fp32":
             raise UserError("--dtype applies to ldmkit files; a diffusers folder is written in fp32")
-        write_diffusers_folder(out, bundle)
+        write_diffusers_folder(out, bundle, overwrite=overwrite)
     return bundle

@@ -7,21 +7,31 @@
 
 `ldmkit.json` keeps what diffusers' configs cannot (class names, the image size), so
 ldmkit -> diffusers -> ldmkit gives back the same bundle. Weights are renamed, never recomputed.
+
+The folder is written whole, never into an earlier one: a reader picks the layout from what it
+finds (model_index.json, ldmkit.json, a top-level config.json), so a VAE written over a pipeline
+export left a folder still read as the old pipeline. The export goes to a hidden folder beside
+the destination and is renamed into place once complete; a destination that is not empty is
+refused unless `overwrite`, and even then only a diffusers folder is replaced (never a run folder,
+or a folder of other files, which `ldm convert --overwrite` would otherwise wipe).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ldmkit.atomic import atomic_write_text
+from ldmkit.atomic import atomic_write_text, fsync_directory
 from ldmkit.errors import UserError
 from ldmkit.interop.bundle import ModelBundle
 from ldmkit.interop.diffusers_config import autoencoder_config_to_diffusers, unet_config_to_diffusers
 from ldmkit.interop.diffusers_folder import EXPORT_INFO, WEIGHTS
+from ldmkit.interop.ldmkit_file import RUN_FILES
 from ldmkit.interop.diffusers_keys import autoencoder_state_dict_to_diffusers, unet_state_dict_to_diffusers
 from ldmkit.interop.diffusers_scheduler import schedule_to_diffusers
 from ldmkit.interop.weights_io import write_safetensors
@@ -85,22 +95,92 @@ def _model_index(with_text: bool) -> dict[str, Any]:
     return index
 
 
-def write_diffusers_folder(folder: str | os.PathLike, bundle: ModelBundle) -> Path:
-    """Write `bundle` under `folder` (created; existing files of the same names are replaced)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
+def is_diffusers_folder(folder: Path) -> bool:
+    """Whether `folder` holds a diffusers pipeline or model folder (an earlier export, or a
+    diffusers download): the only kind of folder `overwrite` may replace."""
+    if any((folder / name).exists() for name in RUN_FILES):  # an ldmkit run: checkpoints, logs
+        return False
+    if (folder / "model_index.json").is_file() or (folder / EXPORT_INFO).is_file():
+        return True
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "_diffusers_version" in config
+
+
+def check_destination(folder: Path, overwrite: bool = False) -> None:
+    """`UserError` unless `folder` may receive an export: absent, an empty folder, or (with
+    `overwrite`) a diffusers folder to replace whole."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder")
+    if not any(folder.iterdir()):
+        return
+    if not is_diffusers_folder(folder):
+        raise UserError(f"{folder} is not empty and is not a diffusers folder: choose a new or empty folder "
+                        "(--overwrite replaces only an earlier diffusers export)")
+    if not overwrite:
+        raise UserError(f"{folder} already holds a diffusers folder: pass --overwrite to replace it, "
+                        "or choose a new folder")
+
+
+def _beside(folder: Path, what: str) -> Path:
+    """A hidden name in `folder`'s parent (a rename within one file system is atomic)."""
+    return folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{what}")
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Rename the finished export `new` to `folder`, replacing an empty or earlier one. Two
+    renames, not one: should the process die between them, the old export is kept under the
+    hidden .old name beside `folder`."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()  # os.replace onto an empty folder works on POSIX, not on Windows
+    if not folder.exists():
+        os.replace(new, folder)
+    else:
+        old = _beside(folder, "old")
+        os.replace(folder, old)
+        try:
+            os.replace(new, folder)
+        except BaseException:  # put the earlier export back where it was
+            os.replace(old, folder)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_directory(folder.parent)
+
+
+def write_diffusers_folder(folder: str | os.PathLike, bundle: ModelBundle, *, overwrite: bool = False) -> Path:
+    """Write `bundle` as the diffusers folder `folder`: a new or empty folder, or (`overwrite`)
+    one that holds a diffusers folder, replaced whole (`check_destination`). Nothing changes at
+    `folder` until the export is complete."""
+    check_destination(Path(folder), overwrite)
+    folder = Path(os.path.realpath(folder))  # a link's target is replaced, not the link
+    if bundle.components not in (["unet"], ["vae"]) and (bundle.unet is None or bundle.vae is None):
+        raise UserError(
+            f"{bundle.source}: a diffusers pipeline folder needs a UNet and a VAE (have {', '.join(bundle.components)})"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    new = _beside(folder, "tmp")
+    try:
+        _write_bundle(new, bundle)
+        _swap_in(new, folder)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)  # gone already unless something failed
+    return folder
+
+
+def _write_bundle(folder: Path, bundle: ModelBundle) -> None:
+    """A model folder for a lone UNet or VAE, else a pipeline folder."""
+    folder.mkdir()
     present = bundle.components
     if present == ["unet"]:
         _write_unet(folder, bundle)
-        return folder
+        return
     if present == ["vae"]:
         _write_vae(folder, bundle)
-        return folder
-    if bundle.unet is None or bundle.vae is None:
-        raise UserError(
-            f"{bundle.source}: a diffusers pipeline folder needs a UNet and a VAE (have {', '.join(present)})"
-        )
+        return
     _write_unet(folder / "unet", bundle)
     _write_vae(folder / "vae", bundle)
     if bundle.schedule is not None:
@@ -114,4 +194,3 @@ def write_diffusers_folder(folder: str | os.PathLike, bundle: ModelBundle) -> Pa
         _write_json(folder / "model_index.json", _model_index(True))
     _write_json(folder / EXPORT_INFO, {"format": "ldmkit-diffusers-export", "class_names": list(bundle.class_names),
                                        "image_size": bundle.resolved_image_size()})
-    return folder

@@ -1,0 +1,103 @@
+"""`ldm convert --to diffusers` into a folder that exists: an earlier export is replaced whole
+(with --overwrite) or refused, never mixed with the new one; other folders are never written into.
+
+The user-testing report: a VAE-only run converted over a pipeline export said "wrote vae", but the
+folder still read as the old pipeline (its config.json and weights landed beside unet/ and vae/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_models import save_tiny_class_model, tiny_class_models
+
+from ldmkit.cli import main
+from ldmkit.errors import UserError
+from ldmkit.interop import convert, diffusers_export, load_bundle
+from ldmkit.interop.bundle import ModelBundle
+from ldmkit.interop.ldmkit_file import write_ldmkit_file
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> tuple[Path, Path]:
+    """(a UNet + VAE model file, a VAE-only model file)."""
+    folder = tmp_path_factory.mktemp("sources")
+    pipeline = save_tiny_class_model(folder / "pipeline.safetensors", ["red", "green"])
+    vae_only = write_ldmkit_file(folder / "vae.safetensors", ModelBundle(vae=tiny_class_models(2)[0], source="vae"))
+    return pipeline, vae_only
+
+
+def info(folder: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["info", str(folder), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_a_new_export_over_an_old_one_is_refused_or_replaces_it_whole(sources, tmp_path, capsys):
+    pipeline, vae_only = sources
+    out = tmp_path / "X"
+    assert main(["convert", str(pipeline), str(out), "--to", "diffusers"]) == 0
+    assert info(out, capsys)["components"] == ["unet", "vae"]
+    assert main(["convert", str(vae_only), str(out), "--to", "diffusers"]) == 2
+    assert "already holds a diffusers folder: pass --overwrite" in capsys.readouterr().err
+    assert info(out, capsys)["components"] == ["unet", "vae"]  # untouched
+    assert main(["convert", str(vae_only), str(out), "--to", "diffusers", "--overwrite"]) == 0
+    assert info(out, capsys)["components"] == ["vae"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert main(["convert", str(pipeline), str(out), "--to", "diffusers", "--overwrite"]) == 0  # and back
+    assert info(out, capsys)["class_names"] == ["red", "green"]
+    assert not (out / "config.json").exists() and leftovers(tmp_path) == []
+
+
+def test_an_empty_folder_is_written_into(sources, tmp_path):
+    (tmp_path / "empty").mkdir()
+    convert(sources[1], tmp_path / "empty", to="diffusers")
+    assert load_bundle(tmp_path / "empty").components == ["vae"] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("contents", [{"notes.txt": "mine"}, {"model.safetensors": "a run", "config.json": "{}"},
+                                      {"config.json": '{"_class_name": "Other"}'}])
+def test_other_folders_are_refused_even_with_overwrite(sources, tmp_path, contents):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, text in contents.items():
+        (out / name).write_text(text)
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="is not empty and is not a diffusers folder"):
+            convert(sources[1], out, to="diffusers", overwrite=overwrite)
+    assert {p.name: p.read_text() for p in out.iterdir()} == contents
+
+
+def test_a_failed_export_leaves_the_old_one_as_it_was(sources, tmp_path, monkeypatch):
+    out = tmp_path / "X"
+    convert(sources[0], out, to="diffusers")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full_disk(folder, bundle):
+        raise OSError(28, "No space left on device", str(folder))
+
+    monkeypatch.setattr(diffusers_export, "_write_vae", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        convert(sources[1], out, to="diffusers", overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert leftovers(tmp_path) == []
+
+
+def test_the_source_inside_the_output_is_not_deleted(sources, tmp_path):
+    out = tmp_path / "X"
+    convert(sources[0], out, to="diffusers")
+    with pytest.raises(UserError, match="is inside the output folder"):
+        convert(out / "vae", out, to="diffusers", overwrite=True)
+    assert (out / "vae" / "config.json").is_file()
+
+
+def test_the_help_says_what_happens_to_an_existing_folder(capsys):
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in text and "replaced whole" in text and "never written into" in text
