@@ -205,3 +205,34 @@ def test_bad_arguments_raise_user_error(tmp_path: Path, kwargs: dict) -> None:
 def test_channels_one_gives_greyscale(class_folder: Path) -> None:
     dataset, _ = load_quietly(class_folder, image_size=SIZE, channels=1, flip=False)
     assert dataset.channels == 1 and dataset[0][0].shape == (1, SIZE, SIZE)
+
+
+def test_empty_class_folder_is_dropped_with_a_warning(class_folder: Path) -> None:
+    (class_folder / "train" / "birds").mkdir()
+    (class_folder / "train" / "birds" / "notes.txt").write_text("to do: add birds")
+    dataset, messages = load_quietly(class_folder, image_size=SIZE)
+    assert dataset.class_names == ["cats", "dogs"]
+    assert [m for m in messages if "birds" in m] == [
+        f"Ignoring 1 class folder(s) of '{class_folder / 'train'}' with no images: birds."]
+
+
+def test_symlink_loop_is_searched_once(tmp_path: Path) -> None:
+    train = tmp_path / "train"
+    for index in range(3):
+        rgb_file(train / "red" / f"{index}.png", (200, 0, 0))
+        rgb_file(train / "blue" / "deeper" / f"{index}.png", (0, 0, 200))
+        rgb_file(train / "green" / "real" / f"{index}.png", (0, 200, 0))
+    (train / "red" / "again").symlink_to(train / "red")  # a loop
+    (train / "blue" / "deeper" / "up").symlink_to(train / "blue")  # a loop, from further down
+    (train / "green" / "alias").symlink_to(train / "green" / "real")  # one folder reached twice
+    files = [f for split in ("train", "val") for f in load_image_dataset(tmp_path, split, image_size=4).files]
+    assert len(files) == 9 and len({Path(f).resolve() for f in files}) == 9  # each image once
+
+
+def test_symlinked_class_folder_is_a_class(tmp_path: Path) -> None:
+    for index in range(2):
+        rgb_file(tmp_path / "elsewhere" / "green" / f"{index}.png", (0, 200, 0))
+        rgb_file(tmp_path / "data" / "train" / "red" / f"{index}.png", (200, 0, 0))
+    (tmp_path / "data" / "train" / "green").symlink_to(tmp_path / "elsewhere" / "green")
+    dataset = load_image_dataset(tmp_path / "data", "train", image_size=4, val_fraction=0.5)
+    assert dataset.class_names == ["green", "red"] and dataset.as_label_tensor().tolist() == [0, 1]

@@ -14,8 +14,9 @@ from importlib import resources
 import numpy as np
 import torch
 
-from ldmkit.data.batch_transforms import convert_channels, resize_uint8_images
+from ldmkit.data.batch_transforms import fit_uint8_images, working_bytes
 from ldmkit.data.dataset import InMemoryImageDataset
+from ldmkit.data.memory import check_fits_in_memory
 
 ASSET_NAME = "emoji64.npz"
 NATIVE_SIZE = 64
@@ -36,8 +37,11 @@ def load_emoji_dataset(split: str, *, image_size: int, flip: bool, channels: int
     """The train or val part of the emoji set at `image_size` (bicubic resize if not 64)."""
     arrays = read_emoji_asset()
     keep = arrays["is_val"] if split == "val" else ~arrays["is_val"]
-    images = torch.from_numpy(arrays["images"][keep]).permute(0, 3, 1, 2)  # [N, 64, 64, 3] -> [N, 3, 64, 64]
-    images = convert_channels(resize_uint8_images(images.contiguous(), image_size), channels)
+    images = torch.from_numpy(arrays["images"][keep]).permute(0, 3, 1, 2).contiguous()  # [N, 3, 64, 64]
+    check_fits_in_memory(f"emoji [{split}]", images.shape[0], channels, image_size,
+                         working_bytes=working_bytes(images, image_size, channels),
+                         advice=f"a smaller --image-size (the emoji are drawn at {NATIVE_SIZE} px)")
+    images = fit_uint8_images(images, image_size, channels)
     return InMemoryImageDataset(
         images,
         torch.from_numpy(arrays["labels"][keep]),

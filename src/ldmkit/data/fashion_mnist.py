@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldmkit.data.batch_transforms import convert_channels, pad_uint8_images, resize_uint8_images
+from ldmkit.data.batch_transforms import fit_uint8_images, pad_uint8_images, resize_uint8_images, working_bytes
 from ldmkit.data.dataset import InMemoryImageDataset
+from ldmkit.data.memory import check_fits_in_memory
 from ldmkit.errors import UserError
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -104,9 +105,12 @@ def load_fashion_mnist_dataset(
     """Fashion-MNIST from `folder` (default: Debian's location) as an in-memory dataset."""
     root = Path(folder).expanduser() if folder else DEFAULT_DIR
     images, labels = read_fashion_mnist(root, split, default=not folder)
-    tensor = fit_to_size(torch.from_numpy(images.copy()).unsqueeze(1), image_size)  # [N, 1, S, S]
+    source = torch.from_numpy(images.copy()).unsqueeze(1)  # [N, 1, 28, 28]
+    check_fits_in_memory(f"fashion-mnist [{split}]", len(source), channels, image_size,
+                         working_bytes=working_bytes(source, image_size, channels),
+                         advice="a smaller --image-size (the images are 28 px)")
     return InMemoryImageDataset(
-        convert_channels(tensor, channels),
+        fit_uint8_images(source, image_size, channels, fit=fit_to_size),
         torch.from_numpy(labels),
         source="fashion-mnist" + (f":{folder}" if folder else ""),
         split=split,

@@ -44,21 +44,31 @@ def _images_directly_in(folder: Path) -> list[Path]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    found = []
+    """Images at any depth, through symlinked folders, each real folder searched once: a link
+    back to a folder above (a loop) or a second link to one would count its images again."""
+    found, searched = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in searched:
+            dirs[:] = []
+            continue
+        searched.add(real)
         dirs[:] = [d for d in dirs if _visible(d)]
         found += [Path(root, f) for f in files if _visible(f) and is_image_file(Path(f))]
     return sorted(found)
 
 
-def _class_folders(folder: Path) -> dict[str, list[Path]]:
-    """Subfolders that hold at least one image (at any depth), by name, sorted."""
-    classes = {}
+def _class_folders(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """(subfolders that hold at least one image at any depth, by name, sorted; the names of
+    those that hold none)."""
+    classes, empty = {}, []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name)):
         images = _images_under(sub)
         if images:
             classes[sub.name] = images
-    return classes
+        else:
+            empty.append(sub.name)
+    return classes, empty
 
 
 def split_folders(root: Path) -> tuple[Path, Path | None]:
@@ -80,7 +90,7 @@ def split_folders(root: Path) -> tuple[Path, Path | None]:
 
 def list_split(folder: Path) -> ImageListing:
     """All images of one split folder, labelled by class subfolder; UserError when none."""
-    classes = _class_folders(folder)
+    classes, empty = _class_folders(folder)
     if not classes:
         files = _images_directly_in(folder)
         if not files:
@@ -93,6 +103,10 @@ def list_split(folder: Path) -> ImageListing:
     if loose:
         warnings.warn(f"Ignoring {len(loose)} images directly inside '{folder}': it has class "
                       "subfolders, so only images inside those are used.", stacklevel=3)
+    if empty:
+        # Said out loud: a class the user meant to fill would otherwise just be missing.
+        warnings.warn(f"Ignoring {len(empty)} class folder(s) of '{folder}' with no images: "
+                      f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}.", stacklevel=3)
     listing = ImageListing(class_names=list(classes))
     for label, files in enumerate(classes.values()):
         listing.files += files

@@ -26,6 +26,13 @@ def _check_arguments(split: str, image_size: int, channels: int | None, val_frac
         raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction!r}.")
 
 
+def is_builtin_source(source: str | os.PathLike) -> bool:
+    """Whether `source` names a built-in dataset ("emoji", "fashion-mnist[:DIR]") rather than
+    a folder of images (a folder of a built-in's name must be written `./emoji`)."""
+    name = os.fspath(source)
+    return name == "emoji" or name == FASHION_MNIST_PREFIX or name.startswith(FASHION_MNIST_PREFIX + ":")
+
+
 def load_image_dataset(
     source: str | os.PathLike,
     split: str = "train",

@@ -68,7 +68,9 @@ class LatentSet:
 
 
 def _hash_tensor(h: "hashlib._Hash", tensor: torch.Tensor) -> None:
-    h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    # The array itself, not `.tobytes()`: hashlib reads the buffer in place, where a bytes copy
+    # of an in-memory dataset (GBs at a large image size) would double its memory for a moment.
+    h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def vae_fingerprint(vae: AutoencoderKL) -> str:
