@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from ldmkit.train.run import run_training
 
     config = config_from_args(args)
+    if not args.out.strip():
+        # Path("") is the current folder: the run would land among whatever files are there.
+        raise UserError("--out is empty: name the run folder to create, e.g. --out runs/first")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")

@@ -8,14 +8,17 @@
     RUN/model.safetensors    EMA UNet + VAE: the inference file
     RUN/samples/             sample grids and VAE reconstructions
 
-Order: processes -> (resume?) -> data (all errors before any work) -> models resolved against
-the data -> VAE stage (or --vae PATH) -> latent cache -> diffusion stage. The same command
-runs on one process or under torchrun; rank 0 writes every file.
+Order: processes -> (resume?) -> the checks that need no data (run folder, image size,
+precision, batch splits) -> data -> models resolved against the data -> RUN/config.json (every
+refusal comes before it, so a refused run leaves no half-made folder) -> VAE stage (or --vae
+PATH) -> latent cache -> diffusion stage. The same command runs on one process or under
+torchrun; rank 0 writes every file.
 """
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -25,6 +28,7 @@ from ldmkit.atomic import atomic_write_text
 from ldmkit.data import load_image_dataset
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
+from ldmkit.train.batches import per_rank_batch
 from ldmkit.train.checkpoint import CHECKPOINT_NAME, load_training_state, save_training_state
 from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, validate
 from ldmkit.train.context import StageContext
@@ -33,7 +37,9 @@ from ldmkit.train.distributed import DistInfo, barrier, cleanup, seed_everything
 from ldmkit.train.inference_file import VAE_FILE, load_inference_file, save_inference_file
 from ldmkit.train.latent_cache import load_or_build_latents
 from ldmkit.train.previews import save_reconstructions
+from ldmkit.train.run_paths import check_run_folder
 from ldmkit.train.signals import StopSignal
+from ldmkit.train.step_guard import Precision
 from ldmkit.train.vae_stage import train_vae
 
 CONFIG_NAME = "config.json"
@@ -63,10 +69,16 @@ def _resolve_models(config: RunConfig, channels: int, num_classes: int) -> None:
     unet = dict(config.diffusion.model or unet_model_dict(config.diffusion.preset))
     unet.update(in_channels=latent_channels, out_channels=latent_channels, num_classes=num_classes or None)
     config.diffusion.model = UNetConfig.from_dict(unet).to_dict()
-    factor = AutoencoderKLConfig.from_dict(config.vae.model).downsample_factor
+
+
+def _check_image_size(config: RunConfig) -> None:
+    """UserError unless the image size divides through the VAE and the UNet. Checked before the
+    data loads (which at a large size takes a while); the data changes no downsampling."""
+    factor = AutoencoderKLConfig.from_dict(config.vae.model or vae_model_dict(config.vae.preset)).downsample_factor
     if config.image_size % factor:
         raise UserError(f"image size {config.image_size} is not divisible by the VAE's downsample factor {factor}")
-    unet_factor = UNetConfig.from_dict(config.diffusion.model).downsample_factor
+    unet = config.diffusion.model or unet_model_dict(config.diffusion.preset)
+    unet_factor = UNetConfig.from_dict(unet).downsample_factor
     if (config.image_size // factor) % unet_factor:
         raise UserError(f"latents of {config.image_size // factor} px do not divide by the UNet's "
                         f"downsample factor {unet_factor}; pick another image size or UNet")
@@ -95,6 +107,27 @@ def _load_val(config: RunConfig, channels: int, log: Any) -> Any | None:
         return None
 
 
+def _check_stages(config: RunConfig, dist: DistInfo, trains_vae: bool) -> None:
+    """The refusals the stages would otherwise make after RUN/config.json exists (a half-made
+    run folder confuses `ldm info` and later runs): precision on this device, batch splits."""
+    Precision(config.precision, dist.device)
+    if trains_vae:
+        per_rank_batch(config.vae.batch_size, dist.world_size)
+    if config.stage != "vae":
+        per_rank_batch(config.diffusion.batch_size, dist.world_size)
+
+
+def _past_the_end(state: dict[str, Any], config: RunConfig) -> str | None:
+    """A line for a resume whose checkpoint is already beyond the asked-for steps (else the run
+    would end at once and report "done" without saying why nothing was trained)."""
+    flag, steps = ("--steps", config.diffusion.steps) if state["stage"] == "diffusion" else (
+        "--vae-steps", config.vae.steps)
+    if state.get("complete") or state["step"] <= steps:
+        return None
+    return (f"the checkpoint is already at {state['stage']} step {state['step']}, past {flag} {steps}: "
+            f"nothing to train in that stage (pass {flag} above {state['step']} to train on)")
+
+
 def run_training(config: RunConfig, out_dir: str | Path, *, resume: bool | None = None) -> Path:
     """Train per `config` into `out_dir` and return it.
 
@@ -105,6 +138,7 @@ def run_training(config: RunConfig, out_dir: str | Path, *, resume: bool | None 
     started = time.monotonic()
     out_dir = Path(out_dir)
     validate(config)
+    check_run_folder(config.data, out_dir)
     dist = setup_distributed(config.device)
     try:
         deadline = started + 60 * config.time_limit if config.time_limit else None
@@ -133,11 +167,6 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
-    train_set = load_image_dataset(config.data, "train", image_size=config.image_size, flip=False,
-                                   channels=config.channels)
-    config.channels = train_set.channels
-    val_set = _load_val(config, train_set.channels, say)
-    class_names = list(train_set.class_names)
     vae_file = None
     if state is not None and state["stage"] == "diffusion":
         # The VAE comes from the checkpoint, so its architecture is the saved one (which
@@ -146,13 +175,29 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
     elif config.vae_path:
         _, vae_file, _ = load_inference_file(config.vae_path, "cpu", require_unet=False)
         config.vae.model = vae_file.config.to_dict()
-        if vae_file.config.in_channels != train_set.channels:
-            raise UserError(f"the VAE in {config.vae_path} takes {vae_file.config.in_channels}-channel images, "
-                            f"the data has {train_set.channels}")
+    _check_image_size(config)
+    trains_vae = vae_file is None and (state is None or (state["stage"] == "vae" and not state.get("complete")))
+    _check_stages(config, dist, trains_vae)
+
+    train_set = load_image_dataset(config.data, "train", image_size=config.image_size, flip=False,
+                                   channels=config.channels)
+    config.channels = train_set.channels
+    val_set = _load_val(config, train_set.channels, say)
+    class_names = list(train_set.class_names)
+    if vae_file is not None and vae_file.config.in_channels != train_set.channels:
+        raise UserError(f"the VAE in {config.vae_path} takes {vae_file.config.in_channels}-channel images, "
+                        f"the data has {train_set.channels}")
     _resolve_models(config, train_set.channels, len(class_names))
     if state is not None:
         _check_resumable(RunConfig.from_dict(state["config"]), config, out_dir)
         say(f"resuming {out_dir} from the {state['stage']} stage at step {state['step']}")
+        if past := _past_the_end(state, config):
+            say(past)
+    if trains_vae and config.vae.steps == 0 and dist.is_main:
+        # Not refused: a 0-step VAE is a quick way to time or smoke-test the diffusion stage.
+        warnings.warn("--vae-steps 0 without --vae: the VAE keeps its random weights, so the UNet learns "
+                      "latents that decode to noise; give --vae-steps N or reuse a VAE with --vae PATH",
+                      stacklevel=2)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
