@@ -81,3 +81,10 @@ def test_another_projects_safetensors_is_not_an_ldmkit_model(tmp_path):
     save_file({"w": torch.zeros(2)}, str(hf), metadata={"format": "pt"})  # not JSON, as Hugging Face writes
     with pytest.raises(UserError, match="is a safetensors file but not an ldmkit model file"):
         read_inference_metadata(hf)
+
+
+def test_vae_takes_a_bundled_models_name(registry):
+    from ldmkit.train.inference_file import load_inference_file
+
+    unet, vae, meta = load_inference_file("emoji", require_unet=False)  # what `ldm train --vae emoji` reads
+    assert unet is not None and vae.config.in_channels == 3 and meta["class_names"] == ["red", "green", "blue"]

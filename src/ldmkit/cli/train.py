@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", choices=["all", "vae", "diffusion"], default="all",
                    help="all trains both; diffusion needs --vae or a RUN that already has a VAE")
     p.add_argument("--vae", default=None,
-                   help="reuse this VAE (a run folder or inference file) instead of training one")
+                   help="reuse this VAE (a run folder, an inference file or a bundled model's name, e.g. emoji) "
+                   "instead of training one")
     p.add_argument("--vae-steps", type=int, default=None, help="VAE optimisation steps (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="UNet optimisation steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.pretrained import resolve_model_source
 from ldmkit.run_files import run_file_message
 from ldmkit.train.checkpoint import atomic_write
 
@@ -76,8 +77,9 @@ def save_inference_file(
 
 
 def resolve_inference_path(path: str | os.PathLike, *, require_unet: bool = True) -> Path:
-    """A file as given, or the model file inside a RUN folder (the VAE file if allowed)."""
-    path = Path(path)
+    """A file as given, or the model file inside a RUN folder (the VAE file if allowed), or the
+    file of a bundled model's name (`--vae emoji`: its VAE)."""
+    path = Path(resolve_model_source(path))
     if path.is_dir():
         candidates = [path / MODEL_FILE] + ([] if require_unet else [path / VAE_FILE])
         for candidate in candidates:
