@@ -36,10 +36,8 @@ from ldmkit.diffusion.samplers import SAMPLERS
 from ldmkit.diffusion.samplers.context import img2img_steps
 from ldmkit.errors import UserError
 from ldmkit.pipeline import (
-    DEFAULT_CFG,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
-    DEFAULT_TEXT_CFG,
     LatentDiffusionPipeline,
     default_strength,
 )
@@ -146,8 +144,8 @@ class GenerationService:
 
     def defaults(self) -> dict[str, Any]:
         """What a request that leaves a field out gets."""
-        default_cfg = {"text": DEFAULT_TEXT_CFG, "class": DEFAULT_CFG, "unconditional": None}[self.kind]
-        return {"sampler": DEFAULT_SAMPLER, "steps": min(DEFAULT_STEPS, self.max_steps), "cfg": default_cfg,
+        return {"sampler": DEFAULT_SAMPLER, "steps": min(DEFAULT_STEPS, self.max_steps),
+                "cfg": self.pipe.guidance_scale(None),
                 "n": min(self.pipe.num_classes or 8, self.limits.max_images), "seed": 0}
 
     def describe(self) -> dict[str, Any]:
