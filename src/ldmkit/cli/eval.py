@@ -147,12 +147,12 @@ def _samples_image_size(path: str) -> int:
     """The height of the samples at `path` (the real images are read at it when no --model says)."""
     if path.endswith(".npz"):
         return int(_npz_arrays(path, 1)[0].shape[-2])
-    from ldmkit.eval.samples_io import GRID_FILE
+    from ldmkit.eval.samples_io import sample_paths
 
     folder = Path(path)
     if not folder.is_dir():
         raise UserError(f"--samples {path} does not exist")
-    first = next((p for p in sorted(folder.glob("*.png")) if p.name != GRID_FILE), None)
+    first = next(iter(sample_paths(folder)), None)
     if first is None:
         raise UserError(f"no .png files in {folder}")
     from ldmkit.pipeline import open_image

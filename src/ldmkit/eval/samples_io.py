@@ -25,8 +25,8 @@ from PIL import Image
 from ldmkit.atomic import atomic_write_text
 from ldmkit.errors import UserError
 
-__all__ = ["SampleSet", "sample_filename", "read_sample_folder", "dataset_to_uint8", "write_samples_info",
-           "read_samples_info", "read_sample_classes", "SAMPLES_FILE"]
+__all__ = ["SampleSet", "sample_filename", "sample_paths", "read_sample_folder", "dataset_to_uint8",
+           "write_samples_info", "read_samples_info", "read_sample_classes", "SAMPLES_FILE"]
 
 SAMPLES_FILE = "samples.json"  # beside generated samples: {"class_names": [name of id 0, ...], "settings": {...}}
 GRID_FILE = "grid.png"  # `ldm generate`'s grid of the samples beside them, not a sample
@@ -124,6 +124,11 @@ def _load_png(path: Path, channels: int) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)  # [C, H, W]
 
 
+def sample_paths(folder: Path) -> list[Path]:
+    """The sample PNGs in `folder` (every `*.png` but `grid.png`), sorted by index."""
+    return sorted((p for p in folder.glob("*.png") if p.name != GRID_FILE), key=_sort_key)
+
+
 def read_sample_folder(
     folder: str | Path,
     *,
@@ -143,7 +148,7 @@ def read_sample_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"sample folder not found: {folder}")
-    paths = sorted((p for p in folder.glob("*.png") if p.name != GRID_FILE), key=_sort_key)[:limit]
+    paths = sample_paths(folder)[:limit]
     if not paths:
         raise UserError(f"no .png files in {folder}")
     if channels is None:
