@@ -7,28 +7,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# A run folder's own files besides its model files (train/run.py writes them).
-_NOT_MODELS = {
-    "checkpoint.pt": "the training checkpoint (for resuming)",
-    "latents.safetensors": "the cache of the encoded dataset",
-    "log.jsonl": "the training log",
-    "config.json": "the run's configuration",
+# The files of a run folder (train/run.py's layout); the modules that write each take its name from here.
+MODEL_FILE = "model.safetensors"  # EMA UNet + VAE, for generation
+VAE_FILE = "vae.safetensors"  # the VAE alone, after the VAE stage
+CHECKPOINT_NAME = "checkpoint.pt"
+CACHE_NAME = "latents.safetensors"
+LOG_NAME = "log.jsonl"
+CONFIG_NAME = "config.json"
+MODEL_FILES = (MODEL_FILE, VAE_FILE)
+
+_NOT_MODELS = {  # a run folder's own files besides its model files
+    CHECKPOINT_NAME: "the training checkpoint (for resuming)",
+    CACHE_NAME: "the cache of the encoded dataset",
+    LOG_NAME: "the training log",
+    CONFIG_NAME: "the run's configuration",
 }
-_MODEL_FILES = ("model.safetensors", "vae.safetensors")
 
 
 def _is_run_folder(folder: Path) -> bool:
-    if (folder / "checkpoint.pt").is_file() or (folder / "log.jsonl").is_file():
+    if (folder / CHECKPOINT_NAME).is_file() or (folder / LOG_NAME).is_file():
         return True
     try:  # a run that failed at once leaves only its config.json: ldmkit's keys, not a diffusers class
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / CONFIG_NAME).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(config, dict) and {"vae", "diffusion"} <= config.keys() and "_class_name" not in config
 
 
 def _finished(folder: Path) -> str:
-    made = [name for name in _MODEL_FILES if (folder / name).is_file()]
+    made = [name for name in MODEL_FILES if (folder / name).is_file()]
     if made:
         return f"pass the run folder {folder} (its {made[0]})"
     return f"its training has not written a model yet; resume it (the same `ldm train` command) and pass {folder}"
@@ -47,6 +54,6 @@ def unfinished_run_message(folder: str | Path) -> str | None:
     """A line for a run folder with no model file yet (stopped or failed before its first stage
     ended); None for anything else."""
     folder = Path(folder)
-    if not folder.is_dir() or not _is_run_folder(folder) or any((folder / n).is_file() for n in _MODEL_FILES):
+    if not folder.is_dir() or not _is_run_folder(folder) or any((folder / n).is_file() for n in MODEL_FILES):
         return None
     return f"{folder} is an ldmkit run with no model file yet: {_finished(folder)}"

@@ -14,6 +14,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ldmkit.errors import UserError
+from ldmkit.run_files import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, MODEL_FILES
 
 DEFAULT_MODEL = "emoji"
 BUNDLED = {
@@ -56,8 +57,7 @@ def bundled_model_path(name: str) -> Path:
 
 
 # Any of these in a folder makes it a model (or a run) that its name must reach, even a bundled name.
-_MODEL_MARKERS = ("model.safetensors", "vae.safetensors", "model_index.json", "config.json", "checkpoint.pt",
-                  "log.jsonl")
+_MODEL_MARKERS = (*MODEL_FILES, "model_index.json", CONFIG_NAME, CHECKPOINT_NAME, LOG_NAME)
 
 
 def resolve_model_source(source: str | os.PathLike) -> str | os.PathLike:

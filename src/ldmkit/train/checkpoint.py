@@ -19,7 +19,6 @@ import torch
 from ldmkit.atomic import atomic_write
 from ldmkit.errors import UserError
 
-CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ldmkit-train-state"
 FORMAT_VERSION = 1
 

@@ -32,7 +32,8 @@ from ldmkit.train.config import make_schedule
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.ema import EMA
 from ldmkit.train.grad_sync import GradientMean
-from ldmkit.train.inference_file import MODEL_FILE, save_inference_file
+from ldmkit.run_files import MODEL_FILE
+from ldmkit.train.inference_file import save_inference_file
 from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid

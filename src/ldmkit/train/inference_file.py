@@ -21,11 +21,9 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.pretrained import resolve_model_source
-from ldmkit.run_files import run_file_message
+from ldmkit.run_files import MODEL_FILE, VAE_FILE, run_file_message
 from ldmkit.train.checkpoint import atomic_write
 
-MODEL_FILE = "model.safetensors"
-VAE_FILE = "vae.safetensors"
 FORMAT = "ldmkit-inference"
 FORMAT_VERSION = 1
 

@@ -28,11 +28,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ldmkit.models import AutoencoderKL
+from ldmkit.run_files import CACHE_NAME
 from ldmkit.train.checkpoint import atomic_write
 from ldmkit.train.distributed import DistInfo, barrier, broadcast_object
 from ldmkit.train.image_batches import ordered_batches
 
-CACHE_NAME = "latents.safetensors"
 FORMAT = "ldmkit-latents"
 
 

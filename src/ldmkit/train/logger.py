@@ -20,6 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ldmkit.run_files import LOG_NAME
+
 
 def _tensorboard_writer(folder: Path) -> Any | None:
     try:
@@ -68,7 +70,7 @@ class TrainLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(run_dir / "log.jsonl", "a", encoding="utf-8")
+        self._file = open(run_dir / LOG_NAME, "a", encoding="utf-8")
         self._tb = _tensorboard_writer(run_dir / "tensorboard")
         if not self.quiet:
             self._bar = tqdm(

@@ -29,12 +29,13 @@ from ldmkit.data import load_image_dataset
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
 from ldmkit.train.batches import per_rank_batch
-from ldmkit.train.checkpoint import CHECKPOINT_NAME, load_training_state, save_training_state
+from ldmkit.run_files import CHECKPOINT_NAME, CONFIG_NAME, VAE_FILE
+from ldmkit.train.checkpoint import load_training_state, save_training_state
 from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, validate
 from ldmkit.train.context import StageContext
 from ldmkit.train.diffusion_stage import DiffusionTrainer
 from ldmkit.train.distributed import DistInfo, barrier, cleanup, seed_everything, setup_distributed
-from ldmkit.train.inference_file import VAE_FILE, load_inference_file, save_inference_file
+from ldmkit.train.inference_file import load_inference_file, save_inference_file
 from ldmkit.train.latent_cache import load_or_build_latents
 from ldmkit.train.previews import save_reconstructions
 from ldmkit.train.run_paths import check_run_folder
@@ -42,7 +43,6 @@ from ldmkit.train.signals import StopSignal
 from ldmkit.train.step_guard import Precision
 from ldmkit.train.vae_stage import train_vae
 
-CONFIG_NAME = "config.json"
 T = TypeVar("T")
 # Fields that fix the architecture or the meaning of the latents: a resumed run must keep them.
 _FROZEN_TOP = ("image_size", "channels")
