@@ -13,7 +13,7 @@ import torch
 from ldmkit.cli import main
 from ldmkit.errors import UserError
 from ldmkit.interop import convert
-from ldmkit.pipeline import DEFAULT_CFG, LatentDiffusionPipeline
+from ldmkit.pipeline import DEFAULT_CFG, MAX_JOB_IMAGES, LatentDiffusionPipeline
 from tiny_sd import save_class_model
 
 SAMPLING = dict(sampler="ddim", steps=4)
@@ -48,6 +48,14 @@ def test_plan_seeds_and_classes(pipe) -> None:
         pipe.plan(1, ["purple"], 0)
     with pytest.raises(UserError, match="--n must be at least 1"):
         pipe.plan(0, None, 0)
+
+
+def test_plan_refuses_a_job_too_large_to_list_before_listing_it(pipe) -> None:
+    assert len(pipe.plan(MAX_JOB_IMAGES, None, 0)[0]) == MAX_JOB_IMAGES
+    with pytest.raises(UserError, match="1,000,001 images is more than one job makes"):
+        pipe.plan(MAX_JOB_IMAGES + 1, None, 0)
+    with pytest.raises(UserError, match="2,000,000 images"):  # n per listed class
+        pipe.plan(MAX_JOB_IMAGES, ["red", "blue"], 0)
 
 
 def test_image_k_depends_only_on_its_seed(pipe) -> None:

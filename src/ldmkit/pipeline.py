@@ -43,6 +43,7 @@ DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 2.0  # class-conditional models
 DEFAULT_TEXT_CFG = 7.5  # text-to-image (Stable Diffusion's usual scale)
+MAX_JOB_IMAGES = 1_000_000  # one job's list of seeds, classes and file names stays under ~200 MB
 DEFAULT_STRENGTH = 0.75  # img2img; inpainting redraws its masked part from noise (strength 1)
 
 
@@ -157,6 +158,10 @@ class LatentDiffusionPipeline:
         """
         if n is not None and n < 1:
             raise UserError(f"--n must be at least 1 (got {n})")
+        total = (n or 1) * len(classes) if classes else (n or 0)
+        if total > MAX_JOB_IMAGES:  # checked before the lists are built: 10**8 names took 7 GB
+            raise UserError(f"{total:,} images is more than one job makes (at most {MAX_JOB_IMAGES:,}); make them "
+                            f"in parts, into separate folders or with --seed moved on by each part's count")
         if classes:
             ids = [self.class_id(c) for c in classes]
             per_class = n or 1
