@@ -232,3 +232,12 @@ def test_a_safetensors_write_failure_names_the_file(tmp_path, monkeypatch):
         atomic_save_safetensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)})
     assert raised.value.filename == str(tmp_path / "w.safetensors")
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_info_names_a_built_in_datasets_folder_as_the_training_machines():
+    from ldmkit.cli.info import _dataset
+
+    assert _dataset("fashion-mnist:.carry/fmnist") == "fashion-mnist (read from .carry/fmnist where it was trained)"
+    assert _dataset("emoji") == "emoji"
+    assert _dataset("data/cats") == "data/cats"  # a folder: the path is the dataset's name
+    assert _dataset(None) == "-"

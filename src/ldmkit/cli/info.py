@@ -25,6 +25,19 @@ def _millions(module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f} M parameters"
 
 
+def _dataset(data: str | None) -> str:
+    """`ldm train --data`'s value as the summary shows it. A built-in dataset's folder is a path on
+    the machine that trained the model (the bundled fashion-mnist model's reads `.carry/fmnist`)."""
+    from ldmkit.data.load import is_builtin_source
+
+    if not data:
+        return "-"
+    name, _, folder = data.partition(":")
+    if folder and is_builtin_source(data):
+        return f"{name} (read from {folder} where it was trained)"
+    return data
+
+
 def describe(bundle) -> dict:
     """A JSON-safe summary of a `ModelBundle` (configs, not weights or tokenizer files)."""
     extra = {k: v for k, v in bundle.extra.items() if k not in ("tokenizer_files",)}
@@ -57,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         f"model:        {args.model}",
         f"holds:        {', '.join(info['components'])}",
         f"step:         {info['step'] if info['step'] is not None else '-'}",
-        f"dataset:      {info['dataset'] or '-'}  (image size {info['image_size']})",
+        f"dataset:      {_dataset(info['dataset'])}  (image size {info['image_size']})",
         f"classes:      {len(classes)}" + (": " + ", ".join(f"{i}={c}" for i, c in enumerate(classes))
                                            if classes else " (none)"),
     ]
