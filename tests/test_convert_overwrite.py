@@ -7,6 +7,8 @@ folder still read as the old pipeline (its config.json and weights landed beside
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,33 @@ def test_the_help_says_what_happens_to_an_existing_folder(capsys):
         main(["convert", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--overwrite" in text and "replaced whole" in text and "never written into" in text
+
+
+def _dead_pid() -> int:
+    """A process id no process has (the child's, once it has exited and been waited for)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_what_a_killed_export_left_beside_the_folder_is_put_back_or_removed(sources, tmp_path, capsys):
+    """SIGKILL skips `finally`: between `_swap_in`'s two renames it leaves the earlier export only
+    under a hidden .old name, and while writing, a half-written .tmp folder."""
+    out = tmp_path / "X"
+    convert(sources[0], out, to="diffusers")
+    dead = _dead_pid()
+    out.rename(tmp_path / f".X.{dead}.0badc0de.old")
+    (tmp_path / f".X.{dead}.5eed5eed.tmp" / "unet").mkdir(parents=True)
+    running = tmp_path / f".X.{os.getpid()}.00000000.tmp"  # another export, still running: not touched
+    running.mkdir()
+    with pytest.warns(UserWarning) as seen:
+        diffusers_export.recover_leftovers(out)
+    assert sorted(str(w.message).split(",")[0] for w in seen) == [
+        f"put back {out}", f"removed {tmp_path / f'.X.{dead}.5eed5eed.tmp'}"]
+    assert info(out, capsys)["components"] == ["unet", "vae"] and leftovers(tmp_path) == [running.name]
+    running.rmdir()
+
+    (tmp_path / f".X.{dead}.0badc0de.old").mkdir()  # killed after the swap: the new export is in place
+    assert main(["convert", str(sources[1]), str(out), "--to", "diffusers", "--overwrite"]) == 0
+    assert "ldm convert: warning: removed" in capsys.readouterr().err
+    assert info(out, capsys)["components"] == ["vae"] and leftovers(tmp_path) == []

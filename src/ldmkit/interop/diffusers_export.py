@@ -18,10 +18,12 @@ or a folder of other files, which `ldm convert --overwrite` would otherwise wipe
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import uuid
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -131,10 +133,43 @@ def _beside(folder: Path, what: str) -> Path:
     return folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{what}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
+
+
+def recover_leftovers(folder: Path) -> None:
+    """Tidy what a killed export (SIGKILL, power loss: `finally` never ran) left beside `folder`:
+    its unfinished .tmp folder is removed, and an earlier export it had moved aside (.old) is put
+    back where `folder` was, or removed when `folder` holds the finished new one. Only the names of
+    processes no longer running are touched; each change is a warning."""
+    if not folder.parent.is_dir():
+        return
+    prefix = f".{folder.name}."
+    for path in sorted(folder.parent.glob(glob.escape(prefix) + "*")):
+        parts = path.name[len(prefix) :].split(".")  # pid, random hex, tmp | old (_beside's names)
+        if len(parts) != 3 or not parts[0].isdigit() or parts[2] not in ("tmp", "old") or not path.is_dir():
+            continue
+        if _pid_alive(int(parts[0])):
+            continue
+        if parts[2] == "old" and not folder.exists():
+            os.replace(path, folder)
+            warnings.warn(f"put back {folder}, which an interrupted export had moved to {path.name}", stacklevel=2)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            warnings.warn(f"removed {path.parent / path.name}, left by an interrupted export", stacklevel=2)
+
+
 def _swap_in(new: Path, folder: Path) -> None:
     """Rename the finished export `new` to `folder`, replacing an empty or earlier one. Two
     renames, not one: should the process die between them, the old export is kept under the
-    hidden .old name beside `folder`."""
+    hidden .old name beside `folder`, and the next export to `folder` puts it back
+    (`recover_leftovers`)."""
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()  # os.replace onto an empty folder works on POSIX, not on Windows
     if not folder.exists():
@@ -155,6 +190,7 @@ def write_diffusers_folder(folder: str | os.PathLike, bundle: ModelBundle, *, ov
     """Write `bundle` as the diffusers folder `folder`: a new or empty folder, or (`overwrite`)
     one that holds a diffusers folder, replaced whole (`check_destination`). Nothing changes at
     `folder` until the export is complete."""
+    recover_leftovers(Path(os.path.realpath(folder)))
     check_destination(Path(folder), overwrite)
     folder = Path(os.path.realpath(folder))  # a link's target is replaced, not the link
     if bundle.components not in (["unet"], ["vae"]) and (bundle.unet is None or bundle.vae is None):
