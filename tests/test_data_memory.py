@@ -99,3 +99,14 @@ def test_available_memory_takes_the_tightest_known_limit(monkeypatch) -> None:
 def test_this_machine_reports_some_memory() -> None:
     available = memory.available_memory()
     assert available is None or available > 0
+
+
+def test_each_torchrun_process_on_the_machine_is_counted_as_holding_a_copy(monkeypatch) -> None:
+    monkeypatch.setattr(memory, "available_memory", lambda: 10 * 10**6)
+    memory.check_fits_in_memory("x", 3, 1, 1000)  # 3 MB: fits once
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc_per_node 4: 12 MB
+    with pytest.raises(UserError, match=r"3\.0 MB of memory in each of the 4 processes on this machine .* more than "
+                                        r"the 10\.0 MB available here: use .* or fewer processes per machine\."):
+        memory.check_fits_in_memory("x", 3, 1, 1000)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    memory.check_fits_in_memory("x", 3, 1, 1000)

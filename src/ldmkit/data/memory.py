@@ -83,14 +83,29 @@ def _size_text(count: int) -> str:
     return f"{count} bytes"
 
 
+def processes_on_this_machine() -> int:
+    """How many processes of this job load their own copy of the data here: torchrun's
+    LOCAL_WORLD_SIZE (one process per GPU), else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def check_fits_in_memory(what: str, count: int, channels: int, image_size: int, *,
                          working_bytes: int = 0, advice: str = "a smaller --image-size or fewer images") -> None:
     """UserError, before any loading, if `count` uint8 images of `channels` x `image_size`^2
-    (plus `working_bytes` of scratch space while loading) would not fit in memory."""
+    (plus `working_bytes` of scratch space while loading) would not fit in memory, once for each
+    process of the job on this machine (under torchrun each rank holds its own copy; counted
+    against the tightest limit, so a per-process `ulimit -v` is counted as if shared)."""
     stored = count * channels * image_size * image_size
+    copies = processes_on_this_machine()
     available = available_memory()
-    if available is None or stored + working_bytes <= available:
+    if available is None or (stored + working_bytes) * copies <= available:
         return
-    raise UserError(f"{what} at {image_size} px would take {_size_text(stored)} of memory ({count} images of "
+    held = f"{_size_text(stored)} of memory" + (f" in each of the {copies} processes on this machine" if copies > 1
+                                                else "")
+    raise UserError(f"{what} at {image_size} px would take {held} ({count} images of "
                     f"{channels}x{image_size}x{image_size} bytes), more than the {_size_text(max(available, 0))} "
-                    f"available here: use {advice}.")
+                    f"available here: use {advice}" + (" or fewer processes per machine" if copies > 1 else "")
+                    + ".")
