@@ -168,3 +168,18 @@ def test_inference_file_errors(tmp_path):
         load_inference_file(tmp_path / "vae.safetensors")
     unet, vae2, _ = load_inference_file(tmp_path, require_unet=False)  # a --stage vae RUN folder
     assert unet is None and torch.equal(vae2.latent_scale, vae.latent_scale)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_get_the_mode_a_new_file_gets(tmp_path, umask):
+    """safetensors' save_file makes 0600 files: a model converted by one account was unreadable by
+    the server's; every atomic save now gives 0o666 less the umask, as `open` does."""
+    from ldmkit.atomic import atomic_save_safetensors, atomic_write_text
+
+    before = os.umask(umask)
+    try:
+        saved = atomic_save_safetensors(tmp_path / "m.safetensors", {"w": torch.zeros(2)})
+        text = atomic_write_text(tmp_path / "c.json", "{}")
+    finally:
+        os.umask(before)
+    assert {oct(p.stat().st_mode & 0o777) for p in (saved, text)} == {oct(0o666 & ~umask)}

@@ -28,6 +28,20 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file here: 0o666 less the umask. Read from /proc where it
+    is there (os.umask can only be read by setting it, which races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> Path:
     """Replace `path` by what `write_path(tmp)` writes to a temporary path beside it.
 
@@ -39,10 +53,12 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # the folder's name is taken by a file: say that, not "File exists"
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
-    # A name of our own (not mkstemp, which makes 0600 files) so the file gets the usual mode.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write_path(tmp)
+        # The usual mode, as `open` would give: safetensors' save_file makes its files 0600
+        # (private to this user, so a server account could not read a converted model).
+        os.chmod(tmp, _new_file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
