@@ -89,6 +89,38 @@ def test_what_a_model_cannot_do_is_a_user_error(pipe, run_folder, tmp_path) -> N
         LatentDiffusionPipeline.from_pretrained(tmp_path / "missing.safetensors", device="cpu")
 
 
+def test_python_callers_get_the_checks_the_command_line_makes(pipe) -> None:
+    """The checks ran only in `ldm generate`, `ldm eval` and the server: from Python, NaN or
+    infinite guidance returned black images and a negative prompt was dropped without a word."""
+    for cfg in (float("nan"), float("inf")):
+        with pytest.raises(UserError, match="guidance scale .* must be a finite number"):
+            pipe.generate(1, classes=["red"], cfg=cfg, **SAMPLING)
+    with pytest.raises(UserError, match="guidance scale .* must be a number, got '2'"):
+        pipe.generate_latents([0], [0], cfg="2", **SAMPLING)
+    with pytest.raises(UserError, match="a negative prompt needs a text-to-image model"):
+        pipe.generate(1, negative_prompt="blurry", **SAMPLING)
+    with pytest.raises(UserError, match="image must be a PIL image or a file path, got Tensor"):
+        pipe.img2img(torch.zeros(3, 16, 16), **SAMPLING)
+
+
+def test_counts_and_seeds_are_whole_numbers_of_any_integer_type(pipe) -> None:
+    assert pipe.plan(np.int64(2), "blue", np.int64(7)) == ([7, 8], [2, 2])  # one class as a string, numpy ints
+    for bad in (dict(n=2.5), dict(n="2"), dict(seed=True), dict(seed="3"), dict(seed=None)):
+        with pytest.raises(UserError, match="must be a whole number"):
+            pipe.plan(bad.get("n"), None, bad.get("seed", 0))
+    with pytest.raises(UserError, match="batch_size must be a whole number"):
+        pipe.generate(1, batch_size=2.5, **SAMPLING)
+
+
+def test_class_names_must_match_the_unets_classes(pipe) -> None:
+    """guidance's null class is id `len(class_names)`: a list of another length conditioned on a
+    wrong id (or, empty, sampled the null class only)."""
+    parts = (pipe.unet, pipe.vae, pipe.schedule)
+    with pytest.raises(UserError, match="4 class names for a UNet with 3 classes"):
+        LatentDiffusionPipeline(*parts, class_names=["a", "b", "c", "d"], image_size=16)
+    assert LatentDiffusionPipeline(*parts, image_size=16).class_names == ["0", "1", "2"]
+
+
 def test_cli_generate_per_class_files(run_folder, tmp_path) -> None:
     out = tmp_path / "samples"
     assert main(["generate", "--model", str(run_folder), "--steps", "2", "--out", str(out),

@@ -8,6 +8,7 @@ data is affine, so a deterministic sampler must converge to the exact map
 where a_0 is alpha_bar at the sampler's first timestep.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,6 +149,10 @@ def test_seeded_noise_rows_follow_their_seed():
     assert torch.equal(a[0], torch.randn(2, 3, generator=torch.Generator().manual_seed(5)))
     with pytest.raises(UserError):
         SeededNoise([1.5], (2,))
+    for bad in (True, -1, 2**63, "5"):
+        with pytest.raises(UserError, match="seeds must be integers in"):
+            SeededNoise([bad], (2,))
+    assert torch.equal(SeededNoise([np.int64(5), np.uint32(6)], (2, 3)).draw(), a)  # numpy's integers are seeds
 
 
 def test_callback_reports_each_step_with_descending_t():

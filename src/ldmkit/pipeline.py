@@ -13,6 +13,8 @@ size), the update rule and the img2img / mask handling from `diffusion.sample`, 
 from __future__ import annotations
 
 import math
+import operator
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,7 @@ class LatentDiffusionPipeline:
         self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval()
         self.schedule = schedule
         self.prediction = prediction
-        self.class_names = list(class_names)
+        self.class_names = _class_names(unet, class_names)
         self.image_size = image_size
         self.sampler_defaults = dict(sampler_defaults or {})
         # "auto": torch.compile with CUDA graphs for jobs large enough to repay the compilation
@@ -156,6 +158,10 @@ class LatentDiffusionPipeline:
         all classes (class-conditional models), `n` images of the prompt (text models, default 1)
         or `n` unconditional images (default 16). Image k gets seed `seed + k`.
         """
+        n = None if n is None else _whole_number(n, "n")
+        seed = _whole_number(seed, "seed")
+        if isinstance(classes, (str, int)):  # one class: "Flags" is not the classes F, l, a, g, s
+            classes = [classes]
         if n is not None and n < 1:
             raise UserError(f"--n must be at least 1 (got {n})")
         total = (n or 1) * len(classes) if classes else (n or 0)
@@ -181,6 +187,8 @@ class LatentDiffusionPipeline:
         get_sampler(sampler)
         check_steps(steps, self.schedule)
         check_rescale(cfg_rescale)
+        if cfg is not None and (isinstance(cfg, bool) or not isinstance(cfg, (int, float))):
+            raise UserError(f"the guidance scale (--cfg) must be a number, got {cfg!r}")
         if cfg is not None and not math.isfinite(cfg):  # NaN guidance made black images, and exit 0
             raise UserError(f"the guidance scale (--cfg) must be a finite number, got {cfg}")
 
@@ -255,6 +263,9 @@ class LatentDiffusionPipeline:
         starts part-way (img2img); `mask` ([1, 1, h, w], 1 = regenerate) keeps `init` elsewhere.
         Without a mask, strength 1 ignores `init`: the plain generation path.
         """
+        self.check_sampling(sampler, steps, cfg_rescale, cfg)  # NaN guidance made black images from Python
+        if negative_prompt and not self.takes_text:
+            raise UserError("a negative prompt needs a text-to-image model; this one takes no prompt")
         shape = self.latent_shape if init is None else tuple(init.shape[1:])
         noise = SeededNoise(list(seeds), shape, device=self.device, dtype=torch.float32)
         x_T = noise.draw()  # [B, C_latent, h, w]
@@ -302,8 +313,8 @@ class LatentDiffusionPipeline:
 
     def img2img(self, image: Image.Image | str | Path, strength: float = DEFAULT_STRENGTH, *, n: int | None = None,
                 classes: Sequence[str | int] | None = None, seed: int = 0, **sampling: Any) -> list[Image.Image]:
-        """Images like `image`: its latents noised to `strength` (0 = unchanged, 1 = a fresh image)
-        and denoised from there (SDEdit). `sampling` as for `generate` (prompt, cfg, steps, ...)."""
+        """Images like `image`: its latents noised to `strength` in (0, 1] (near 0 = nearly unchanged,
+        1 = a fresh image) and denoised from there (SDEdit). `sampling` as for `generate` (prompt, cfg, steps, ...)."""
         seeds, labels = self.plan(n, classes, seed)
         init = self.encode_image(image)
         return to_pil(self.generate_uint8(seeds, labels, init=init, strength=strength, **sampling))
@@ -341,7 +352,7 @@ class LatentDiffusionPipeline:
         seed (`SeededNoise`), so the images kept are the ones an unpadded batch makes.
         `whole_batches` pads a job of one short batch too (a server reusing one compile per size).
         """
-        if batch_size < 1:
+        if _whole_number(batch_size, "batch_size") < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
         pad = self._compiles(len(seeds)) and (whole_batches or len(seeds) > batch_size)
         self._job_images = len(seeds)  # "auto" compilation looks at the whole job, not one batch
@@ -410,6 +421,30 @@ class LatentDiffusionPipeline:
         return F.max_pool2d(binary, self.vae.config.downsample_factor).to(self.device)
 
 
+def _whole_number(value: Any, what: str) -> int:
+    """`value` as an int (numpy's integers too), or a `UserError` naming `what`: `2.5` images or a
+    seed of `True` are mistakes, not numbers to round."""
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be a whole number, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise UserError(f"{what} must be a whole number, got {value!r}") from None
+
+
+def _class_names(unet: UNet, names: Sequence[str]) -> list[str]:
+    """The names of `unet`'s classes: as given, or "0".."n-1" for a class-conditional UNet given
+    none. Their count is the UNet's `num_classes`, whose id is the null class that guidance uses."""
+    count = unet.config.num_classes or 0
+    if isinstance(names, str):
+        raise UserError(f"class_names must be a list of names, got the string {names!r}")
+    names = [str(name) for name in names] or [str(k) for k in range(count)]
+    if len(names) != count:
+        raise UserError(f"{len(names)} class names for a UNet with {count} classes (num_classes="
+                        f"{unet.config.num_classes}): give one name per class, in id order")
+    return names
+
+
 def _fill(values: list[int], size: int) -> list[int]:
     """`values` extended to `size` entries by repeating its last one."""
     return values + [values[-1]] * (size - len(values))
@@ -422,6 +457,9 @@ def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Im
     """A PIL image as given, or read from a path; `UserError` naming `what` if it cannot be."""
     if isinstance(image, Image.Image):
         return image
+    if not isinstance(image, (str, os.PathLike)):
+        raise UserError(f"{what} must be a PIL image or a file path, got {type(image).__name__} (a [C, H, W] "
+                        "tensor, uint8 or in [-1, 1], becomes one with ldmkit.data.images.to_pil(t)[0])")
     path = Path(image)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give an image file")

@@ -9,6 +9,7 @@ generate script draws its per-seed latents.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -33,12 +34,9 @@ class SeededNoise:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        seeds = list(seeds)
+        seeds = [_seed(seed) for seed in seeds]
         if not seeds:
             raise UserError("SeededNoise needs at least one seed")
-        for seed in seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-                raise UserError(f"seeds must be integers in [0, 2**63), got {seed!r}")
         self.seeds = seeds
         self.shape = tuple(int(n) for n in shape_per_sample)
         self.device = torch.device(device)
@@ -72,3 +70,14 @@ class SeededNoise:
                 f"{tuple(x.shape)}"
             )
         return self.draw().to(device=x.device, dtype=x.dtype)
+
+
+def _seed(seed: object) -> int:
+    """A seed as an int: Python's or numpy's integers in [0, 2**63), never a bool."""
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value < 2**63:
+        raise UserError(f"seeds must be integers in [0, 2**63), got {seed!r}")
+    return value
