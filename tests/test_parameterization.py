@@ -156,3 +156,10 @@ def test_loss_draws_t_uniformly_and_reproducibly():
     assert counts.min() > 150 and counts.max() < 250  # 200 expected each, sd ~ 13
     with pytest.raises(UserError):
         diffusion_loss(fn, x0, s, min_snr_gamma=0.0)
+
+
+@pytest.mark.parametrize("output", [lambda x: x.mean(1, keepdim=True), lambda x: x[:1]])
+def test_a_model_returning_another_shape_is_refused_not_broadcast(output):
+    x0 = torch.randn(2, 4, 8, 8)
+    with pytest.raises(UserError, match="must return its input's shape"):
+        diffusion_loss(lambda x, t: output(x), x0, NoiseSchedule.create())

@@ -227,6 +227,14 @@ def test_user_errors():
     assert "karras_sigmas" in sampler_options("heun") and "eta" in sampler_options("ddim")
 
 
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "dpmpp-2m", "euler", "heun"])
+def test_a_denoiser_returning_another_shape_is_refused(name):
+    """A UNet with the wrong out_channels broadcast into a sample of the noise's shape."""
+    x_T = torch.randn(2, 4, 3)
+    with pytest.raises(UserError, match=r"denoiser returned shape \(2, 1, 3\) for an input of \(2, 4, 3\)"):
+        sample(lambda x, t: x[:, :1], x_T, LINEAR, sampler=name, steps=3)
+
+
 def test_zero_mask_returns_the_clean_init_even_when_the_last_level_is_not_clean():
     """DDIM with set_alpha_to_one=False (SD's config) ends at alpha_bar(t=0) < 1; the kept
     region must still come back as the clean init, not init plus a little noise."""

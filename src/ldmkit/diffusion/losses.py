@@ -67,6 +67,9 @@ def diffusion_loss(
     alpha, sigma = schedule.coefficients(t, x0)
     x_t = alpha * x0 + sigma * noise
     pred = model_fn(x_t, t.to(torch.float32))
+    if pred.shape != x0.shape:  # broadcasting a [B, 1, ...] or [1, ...] output gave a loss, and trained
+        raise UserError(f"the model returned shape {tuple(pred.shape)} for a batch of {tuple(x0.shape)}; it must "
+                        "return its input's shape (check the UNet's out_channels)")
     target = training_target(prediction, x0, noise, alpha, sigma)
     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     if min_snr_gamma is not None:

@@ -117,7 +117,11 @@ class SamplingContext:
 
     def predict(self, x: Tensor, level: int) -> tuple[Tensor, Tensor]:
         """Call the network at grid level `level` (< n); return its (x_0, eps) estimates."""
-        pred = self.denoiser(x, self._t_batch[level]).to(x.dtype)
+        pred = self.denoiser(x, self._t_batch[level])
+        if pred.shape != x.shape:  # a UNet with other out_channels would broadcast into a wrong sample
+            raise UserError(f"the denoiser returned shape {tuple(pred.shape)} for an input of {tuple(x.shape)}; "
+                            "it must return its input's shape (check the UNet's out_channels)")
+        pred = pred.to(x.dtype)
         alpha, sigma = self.alphas[level], self.sigmas_vp[level]
         x0 = x0_from(pred, x, alpha, sigma, self.prediction)
         return x0, eps_from(pred, x, alpha, sigma, self.prediction)
