@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.models.input_dtype import check_input_dtype
 from ldmkit.models.config_io import JsonConfig
 from ldmkit.models.distributions import DiagonalGaussian
 from ldmkit.models.vae_coders import Decoder, Encoder
@@ -95,6 +96,7 @@ class AutoencoderKL(nn.Module):
             raise UserError(f"images must have shape [B, {c.in_channels}, H, W], got {tuple(images.shape)}")
         if images.shape[-2] % f or images.shape[-1] % f:
             raise UserError(f"image size {tuple(images.shape[-2:])} is not divisible by the downsample factor {f}")
+        check_input_dtype(images, self.quant_conv.weight, "the images")
 
     def posterior(self, images: torch.Tensor) -> DiagonalGaussian:
         """q(z | x) for a batch of images in [-1, 1]."""
@@ -117,6 +119,7 @@ class AutoencoderKL(nn.Module):
     def _check_latents(self, z: torch.Tensor) -> None:
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise UserError(f"latents must have shape [B, {self.config.latent_channels}, h, w], got {tuple(z.shape)}")
+        check_input_dtype(z, self.post_quant_conv.weight, "the latents")
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Unnormalised latents `[B, latent, h, w]` -> images `[B, out, h*f, w*f]` (not clamped)."""

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldmkit.errors import UserError
+from ldmkit.models.input_dtype import check_input_dtype
 from ldmkit.models.unet_config import UNetConfig
 from ldmkit.nn import (
     DownSample,
@@ -212,6 +213,7 @@ class UNet(nn.Module):
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise UserError(f"UNet expects x of shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
+        check_input_dtype(x, self.conv_in.weight, "the UNet's input x")
         if c.context_dim is not None:
             if context is None or context.ndim != 3 or context.shape[-1] != c.context_dim:
                 got = None if context is None else tuple(context.shape)
