@@ -307,3 +307,18 @@ def test_latent_cache_is_reused_only_while_it_matches(tmp_path):
     (data / "red" / "extra.png").write_bytes((data / "red" / "000.png").read_bytes())  # the data changed
     log = Log()
     assert len(build(log)[0]) == len(dataset) + 1 and log.lines[0].startswith("encoding")
+
+
+def test_setting_the_head_count_or_size_drops_the_other():
+    """num_heads and head_dim are alternatives: `--set diffusion.model.num_heads=3` failed with "set
+    exactly one" because the preset's head_dim stayed."""
+    from ldmkit.models.unet_config import UNetConfig
+
+    config = apply_overrides(preset_config("tiny"), {"diffusion.model.num_heads": 2})
+    assert (config.diffusion.model["num_heads"], config.diffusion.model["head_dim"]) == (2, None)
+    validate(config)
+    config = apply_overrides(config, {"diffusion.model.head_dim": 16})
+    assert (config.diffusion.model["num_heads"], config.diffusion.model["head_dim"]) == (None, 16)
+    with pytest.raises(UserError, match="head_dim is 64 unless given: with num_heads, pass head_dim=None"):
+        UNetConfig(num_heads=8)
+    assert UNetConfig(num_heads=8, head_dim=None).heads_at(64) == (8, 8)

@@ -101,7 +101,8 @@ class UNetConfig(JsonConfig):
                 f"UNetConfig.attention_levels {bad_levels} out of range: levels are 0..{len(self.channel_mult) - 1}"
             )
         if (self.num_heads is None) == (self.head_dim is None):
-            raise UserError("UNetConfig: set exactly one of num_heads and head_dim")
+            raise UserError("UNetConfig: set exactly one of num_heads and head_dim (head_dim is 64 unless given: "
+                            "with num_heads, pass head_dim=None)")
         attended = [self.block_channels[lv] for lv in self.attention_levels]
         if self.mid_attention:
             attended.append(self.block_channels[-1])

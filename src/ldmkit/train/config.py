@@ -249,6 +249,9 @@ def _set_model_field(config: RunConfig, key: str, value: Any) -> None:
     if not stage.model:
         stage.model = (vae_model_dict if section == "vae" else unet_model_dict)(stage.preset)
     stage.model = {**stage.model, name: value}
+    heads = {"num_heads": "head_dim", "head_dim": "num_heads"}  # one or the other sets the attention's heads
+    if section == "diffusion" and name in heads and value is not None:
+        stage.model[heads[name]] = None
 
 
 def make_schedule(cfg: DiffusionTrainConfig) -> NoiseSchedule:
