@@ -241,3 +241,12 @@ def test_info_names_a_built_in_datasets_folder_as_the_training_machines():
     assert _dataset("emoji") == "emoji"
     assert _dataset("data/cats") == "data/cats"  # a folder: the path is the dataset's name
     assert _dataset(None) == "-"
+
+
+def test_a_user_error_is_a_value_error_for_python_callers():
+    import torch
+
+    from ldmkit.diffusion import NoiseSchedule, sample
+
+    with pytest.raises(ValueError, match="unknown sampler"):  # `except ValueError` catches ldmkit's refusals
+        sample(lambda x, t: x, torch.zeros(1, 2), NoiseSchedule.create(), sampler="plms")

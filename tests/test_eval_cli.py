@@ -196,3 +196,6 @@ def test_a_samples_file_that_is_not_an_npz_or_has_wrong_labels_is_one_line(tmp_p
     np.savez(tmp_path / "four.npz", images=images, labels=np.array([0, 1, 2, 0]))
     assert main([*judge, "--samples", str(tmp_path / "four.npz"), "--k", "4"]) == 2
     assert "--k 4 needs more than k images in each set, and k >= 1: 4 samples," in capsys.readouterr().err
+    np.savez(tmp_path / "other.npz", pixels=images)
+    assert main([*judge, "--samples", str(tmp_path / "other.npz"), "--image-size", "16"]) == 2
+    assert f"{tmp_path / 'other.npz'} has no 'images' array (found: pixels)" in capsys.readouterr().err

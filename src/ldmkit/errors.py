@@ -5,5 +5,8 @@ and keeps its traceback.
 """
 
 
-class UserError(Exception):
-    """A mistake in the user's input (a path, a flag, a file): shown without a traceback."""
+class UserError(ValueError):
+    """A mistake in the user's input (a path, a flag, a file): shown without a traceback.
+
+    A `ValueError`, so that `except ValueError` around a call catches a bad argument whether
+    ldmkit or a library under it refused it."""

@@ -136,6 +136,8 @@ def _npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tenso
                 raise UserError(f"{path} has no 'images' array (found: {', '.join(data.files)})")
             images = torch.from_numpy(data["images"][:limit])
             labels = torch.from_numpy(data["labels"][:limit]).long() if "labels" in data else None
+    except UserError:  # a ValueError too: keep its own message
+        raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"--samples {path} is not a readable .npz file ({type(err).__name__}: {err})") from None
     if images.dtype != torch.uint8 or images.ndim != 4:
