@@ -39,6 +39,20 @@ def test_a_bundled_model_is_named_by_its_name(registry):
     with pytest.raises(UserError, match="^tokenizer applies only to CompVis single-file checkpoints, not the "
                                         "bundled model 'emoji'$"):
         load_bundle("emoji", tokenizer="somewhere")
+    with pytest.raises(UserError, match="^unknown loading option foo; the options are image_size, prediction and, "
+                                        "for CompVis single-file checkpoints, use_ema, tokenizer"):
+        load_bundle("emoji", foo=1)
+
+
+def test_the_compvis_options_named_in_messages_are_the_readers_own():
+    import inspect
+
+    from ldmkit.interop.bundle import COMPVIS_OPTIONS
+    from ldmkit.interop.compvis_checkpoint import read_compvis_checkpoint
+
+    keywords = [name for name, p in inspect.signature(read_compvis_checkpoint).parameters.items()
+                if p.kind is p.KEYWORD_ONLY]
+    assert list(COMPVIS_OPTIONS) == keywords
 
 
 def _run_folder(root: Path, *, model: bool) -> Path:

@@ -109,6 +109,10 @@ def test_converted_file_and_diffusers_export_reproduce_the_folder(pipe, referenc
 def test_prompts_are_checked(pipe, tmp_path) -> None:
     with pytest.raises(UserError, match="give a prompt"):
         pipe.generate_latents([0], [-1], steps=2)
+    with pytest.raises(UserError, match="the prompt must be one string, got list"):
+        pipe.generate(1, prompt=["a cat", "a dog"], steps=2)
+    with pytest.raises(UserError, match=r"this model has no classes \(a text-to-image model: give a prompt\)"):
+        pipe.generate(1, classes=["cats"], prompt=PROMPT, steps=2)
     folder = save_sd_pipeline(tmp_path / "no_text", text_encoder=False)
     from ldmkit.pipeline import LatentDiffusionPipeline
 

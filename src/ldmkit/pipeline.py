@@ -139,7 +139,8 @@ class LatentDiffusionPipeline:
     def class_id(self, name_or_id: str | int) -> int:
         """Turn a class name (case-insensitive) or an id into a class id, or explain the choices."""
         if self.num_classes == 0:
-            raise UserError("this model is unconditional: it takes no --class")
+            kind = "a text-to-image model: give a prompt" if self.takes_text else "unconditional"
+            raise UserError(f"this model has no classes ({kind}); it takes no --class")
         text = str(name_or_id)
         if text.lstrip("-").isdigit():
             idx = int(text)
@@ -198,6 +199,9 @@ class LatentDiffusionPipeline:
         if self.takes_text:
             if prompt is None:
                 raise UserError("this is a text-to-image model: give a prompt (--prompt)")
+            if not isinstance(prompt, str):  # one prompt for the whole job (a list was told "prompts must be...")
+                raise UserError(f"the prompt must be one string, got {type(prompt).__name__}; for several prompts, "
+                                "call once per prompt")
             if self.text_encoder is None:
                 raise UserError(f"this model needs a CLIP text encoder, none is loaded; expected {TEXT_ENCODER_LAYOUT}")
         elif prompt is not None:

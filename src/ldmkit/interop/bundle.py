@@ -117,13 +117,22 @@ def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
     return compvis_checkpoint.read_compvis_checkpoint(path, **options)
 
 
+# `read_compvis_checkpoint`'s keyword options, which other sources refuse.
+COMPVIS_OPTIONS = ("use_ema", "tokenizer", "num_heads", "head_dim", "prediction", "scaling_factor", "image_size",
+                   "norm_groups")
+
+
 def _override(bundle: ModelBundle, options: dict[str, Any], allowed: tuple[str, ...],
               source: str | None = None) -> ModelBundle:
     bundle.source = source or bundle.source
-    unknown = sorted(k for k, v in options.items() if v is not None and k not in allowed)
+    given = sorted(k for k, v in options.items() if v is not None and k not in allowed)
+    unknown = [k for k in given if k not in COMPVIS_OPTIONS]
     if unknown:
-        verb = "applies" if len(unknown) == 1 else "apply"
-        raise UserError(f"{', '.join(unknown)} {verb} only to CompVis single-file checkpoints, not {bundle.source}")
+        raise UserError(f"unknown loading option {', '.join(unknown)}; the options are {', '.join(allowed)} and, for "
+                        f"CompVis single-file checkpoints, {', '.join(COMPVIS_OPTIONS)}")
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise UserError(f"{', '.join(given)} {verb} only to CompVis single-file checkpoints, not {bundle.source}")
     for key in allowed:
         if options.get(key) is not None:
             setattr(bundle, key, options[key])
