@@ -116,6 +116,7 @@ def test_cli_convert_and_its_errors(tmp_path, capsys) -> None:
     assert "wrote vae" in capsys.readouterr().out
     assert main(["convert", str(tmp_path / "vae.safetensors"), str(tmp_path / "vae_diffusers"),
                  "--to", "diffusers"]) == 0
+    assert f"wrote vae from {tmp_path / 'vae.safetensors'} to" in capsys.readouterr().out  # the file read
     reloaded = diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "vae_diffusers"))
     assert reloaded.config.scaling_factor == pytest.approx(0.18215)
     assert main(["convert", str(folder), str(tmp_path / "vae.pt")]) == 2  # an ldmkit file is .safetensors

@@ -67,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
                      **{k: v for k, v in options.items() if v is not None})
     for note in bundle.notes:
         print(f"note: {note}")
-    print(f"wrote {', '.join(bundle.components)} from {bundle.source} to {args.out}")
+    print(f"wrote {', '.join(bundle.components)} from {args.src} to {args.out}")  # the weights' origin: `ldm info`
     return 0
