@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "folder, an inference .safetensors file, a diffusers pipeline folder or a Stable Diffusion checkpoint: "
         "text-to-image (--prompt), class-conditional (--class), img2img (--init-image, --strength) and inpainting "
         "(--init-image, --mask). Image k uses seed SEED+k, so the same seed gives the same image whatever "
-        "--batch-size.",
+        "--batch-size (up to float rounding: a pixel may differ by a grey level).",
     )
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a bundled model ({', '.join(bundled_names())}; default: {DEFAULT_MODEL}), a run folder "
