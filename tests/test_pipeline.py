@@ -3,6 +3,7 @@ guidance defaults and the checks on what a model can be asked for."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -119,6 +120,15 @@ def test_class_names_must_match_the_unets_classes(pipe) -> None:
     with pytest.raises(UserError, match="4 class names for a UNet with 3 classes"):
         LatentDiffusionPipeline(*parts, class_names=["a", "b", "c", "d"], image_size=16)
     assert LatentDiffusionPipeline(*parts, image_size=16).class_names == ["0", "1", "2"]
+
+
+def test_the_networks_dtype_may_be_named(pipe) -> None:
+    parts = copy.deepcopy((pipe.unet, pipe.vae, pipe.schedule))  # the pipeline casts its networks in place
+    half = LatentDiffusionPipeline(*parts, class_names=pipe.class_names, image_size=16, dtype="bf16")
+    assert half.dtype == torch.bfloat16 and half.unet.conv_in.weight.dtype == torch.bfloat16
+    for bad in ("float8", torch.int32):
+        with pytest.raises(UserError, match="dtype must be a floating-point torch dtype or one of fp32"):
+            LatentDiffusionPipeline(*parts, class_names=pipe.class_names, image_size=16, dtype=bad)
 
 
 def test_cli_generate_per_class_files(run_folder, tmp_path) -> None:

@@ -93,3 +93,9 @@ def test_seed_input_errors(model: LatentDiffusionModel) -> None:
         model(torch.randn(2, 1, 64, 64), torch.randn(2, 512))
     with pytest.raises(UserError):
         LatentDiffusionModel(image_size=(64, 64, 3))
+
+
+@pytest.mark.parametrize("size", [32.0, (32, 32.0), "32", (0, 32), (True, 32)])
+def test_an_image_size_that_is_not_whole_numbers_is_one_line(size) -> None:
+    with pytest.raises(UserError, match="image_size must be a positive int or \\(height, width\\) of ints"):
+        LatentDiffusionModel(input_channels=3, latent_dim=8, image_size=size, num_heads=4)

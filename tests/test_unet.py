@@ -92,6 +92,12 @@ def test_missing_conditioning_and_bad_inputs_raise() -> None:
         UNet(tiny())(torch.randn(2, 4, 8, 8), 1)
     with pytest.raises(UserError):
         UNet(tiny())(x, torch.zeros(3))
+    labelled = UNet(tiny(num_classes=3))
+    with pytest.raises(UserError, match=r"class_labels must be ids in \[0, 3\] \(3: no class\), got \[-1, 11\]"):
+        labelled(x, 1, class_labels=torch.tensor([11, -1]))  # was torch's "index out of range in self"
+    with pytest.raises(UserError, match="class_labels must be an integer tensor of shape"):
+        labelled(x, 1, class_labels=[1, 0])
+    assert labelled(x, 1, class_labels=torch.tensor([3, 0])).shape == x.shape  # 3 is the null class
 
 
 @pytest.mark.parametrize(
@@ -104,6 +110,8 @@ def test_missing_conditioning_and_bad_inputs_raise() -> None:
         {"norm_groups": 3},
         {"num_classes": 0},
         {"channel_mult": ()},
+        {"num_heads": 0, "head_dim": None},  # was a ZeroDivisionError
+        {"head_dim": 2.5},
     ],
 )
 def test_invalid_configs_raise(overrides: dict) -> None:

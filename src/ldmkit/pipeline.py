@@ -78,13 +78,13 @@ class LatentDiffusionPipeline:
         device: torch.device | str = "cpu",
         text_encoder: torch.nn.Module | None = None,
         sampler_defaults: dict[str, Any] | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         compile: str = "auto",
     ) -> None:
         self.device = torch.device(device)
         # Networks held in bf16 on CUDA (the fastest measured inference setting, see
         # benchmarks/NOTES.md); fp32 on the CPU. The sampler state stays fp32 either way.
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = _network_dtype(dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.unet = unet.to(self.device, self.dtype).eval()
         self.vae = vae.to(self.device, self.dtype).eval()
         self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval()
@@ -102,7 +102,7 @@ class LatentDiffusionPipeline:
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: torch.dtype | None = None,
+    def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: torch.dtype | str | None = None,
                         compile: str = "auto", **options: Any) -> "LatentDiffusionPipeline":
         """Load any model source `ldmkit.interop.load_bundle` reads; `options` go to it (e.g.
         `tokenizer=DIR` for a CompVis checkpoint). `dtype` of the networks: default bf16 on
@@ -434,6 +434,20 @@ def _whole_number(value: Any, what: str) -> int:
         return operator.index(value)
     except TypeError:
         raise UserError(f"{what} must be a whole number, got {value!r}") from None
+
+
+_DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64,
+                "float64": torch.float64}
+
+
+def _network_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The networks' dtype: a floating-point torch dtype, or its name ("bf16", "float16", ...)."""
+    if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.lower()]
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise UserError(f"dtype must be a floating-point torch dtype or one of {', '.join(_DTYPE_NAMES)}, got {dtype!r}")
 
 
 def _class_names(unet: UNet, names: Sequence[str]) -> list[str]:

@@ -52,9 +52,11 @@ class LatentDiffusionModel(nn.Module):
         norm_groups: int = 32,
     ) -> None:
         super().__init__()
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if len(size) != 2 or min(size) < 1:
-            raise UserError(f"image_size must be an int or (height, width), got {image_size!r}")
+        size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(
+                isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in size):
+            raise UserError(f"image_size must be a positive int or (height, width) of ints, got {image_size!r}")
+        size = tuple(size)
         self.image_size = size
         self.input_channels, self.latent_dim = input_channels, latent_dim
         attention_levels = tuple(

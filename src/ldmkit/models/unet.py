@@ -187,8 +187,14 @@ class UNet(nn.Module):
         if c.num_classes is not None:
             if class_labels is None:
                 class_labels = torch.full((batch,), c.num_classes, dtype=torch.long, device=device)
-            if class_labels.shape != (batch,) or class_labels.is_floating_point():
+            if (not isinstance(class_labels, torch.Tensor) or class_labels.shape != (batch,)
+                    or class_labels.is_floating_point()):
                 raise UserError(f"class_labels must be an integer tensor of shape [{batch}]")
+            if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():  # free here; on a GPU, a sync
+                bad = class_labels[(class_labels < 0) | (class_labels > c.num_classes)]
+                if bad.numel():
+                    raise UserError(f"class_labels must be ids in [0, {c.num_classes}] ({c.num_classes}: no class), "
+                                    f"got {sorted(set(bad.tolist()))[:10]}")
             emb = emb + self.class_embed(class_labels)
         elif class_labels is not None:
             raise UserError("class_labels given, but this UNet has no class conditioning (num_classes=None)")

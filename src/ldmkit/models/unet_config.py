@@ -103,6 +103,10 @@ class UNetConfig(JsonConfig):
         if (self.num_heads is None) == (self.head_dim is None):
             raise UserError("UNetConfig: set exactly one of num_heads and head_dim (head_dim is 64 unless given: "
                             "with num_heads, pass head_dim=None)")
+        for name in ("num_heads", "head_dim"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
         attended = [self.block_channels[lv] for lv in self.attention_levels]
         if self.mid_attention:
             attended.append(self.block_channels[-1])
