@@ -157,6 +157,23 @@ def test_skip_existing_keeps_only_whole_images_of_the_same_job(model_file, tmp_p
     assert all(np.array_equal(after[k], before[k]) for k in before)  # remade exactly
 
 
+def test_another_jobs_images_that_would_stay_beside_this_ones_are_refused(model_file, tmp_path, capsys):
+    """A second job into the same folder overwrote its first images and left the rest: the grid and
+    `ldm eval --samples` then mixed two models' or settings' images."""
+    out = tmp_path / "out"
+    assert generate(model_file, out) == 0  # 6 images
+    before = pngs(out)
+    assert generate(model_file, out, "--n", "2", "--steps", "3") == 2
+    err = capsys.readouterr().err
+    assert f"{out}/ holds 4 images of another job (00002_seed2_class2.png, ...; steps 2, now 3)" in err
+    after = pngs(out)
+    assert all(np.array_equal(after[k], before[k]) for k in before)  # nothing overwritten
+    assert generate(model_file, out, "--n", "2") == 0  # the same job, fewer images: its own files may stay
+    (out / "samples.json").unlink()
+    assert generate(model_file, out, "--n", "1") == 2  # images of unknown origin
+    assert "no samples.json says which job made them" in capsys.readouterr().err
+
+
 def test_a_model_that_fails_to_load_leaves_no_out_folder(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "out")]) == 2
     assert "no such model" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -79,7 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.data.images import make_grid, save_png, to_pil
-    from ldmkit.cli.generate_output import check_folder, check_same_job, job_settings, make_folder, readable_png
+    from ldmkit.cli.generate_output import (check_folder, check_no_other_job, check_same_job, job_settings,
+                                            make_folder, readable_png)
     from ldmkit.eval.samples_io import GRID_FILE, sample_filename, write_samples_info
     from ldmkit.pipeline import LatentDiffusionPipeline, default_strength, open_image
 
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     settings = job_settings(args, pipe.image_size, pipe.guidance_scale(args.cfg), sampling.get("strength"))
     if kept:  # only images of this very job may be kept
         check_same_job(out, pipe.class_names, settings)
+    check_no_other_job(out, names, pipe.class_names, settings)  # nor may another job's stay beside them
     todo = [k for k in range(len(names)) if k not in kept]
     # What the ids in the names mean (for `ldm eval --samples`) and the settings (for --skip-existing).
     write_samples_info(out, pipe.class_names, settings)

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from ldmkit.errors import UserError
-from ldmkit.eval.samples_io import SAMPLES_FILE, read_samples_info
+from ldmkit.eval.samples_io import SAMPLES_FILE, read_samples_info, sample_paths
 
 
 def check_folder(path: str | Path, flag: str) -> Path:
@@ -62,6 +62,14 @@ def readable_png(path: Path) -> bool:
         return False
 
 
+def _job_differences(info: dict, class_names: list[str], settings: dict) -> list[str]:
+    """How the job `samples.json` recorded differs from this one ([] for the same job)."""
+    if info["class_names"] != class_names:
+        return [f"a model with other classes ({', '.join(info['class_names'][:5]) or 'none'})"]
+    kept = info.get("settings") or {}
+    return [f"{key} {kept.get(key)!r}, now {value!r}" for key, value in settings.items() if kept.get(key) != value]
+
+
 def check_same_job(out: Path, class_names: list[str], settings: dict) -> None:
     """`UserError` unless the images kept in `out` were made by this job (as `samples.json` says;
     a folder without one, from before ldmkit wrote it, is taken as it is)."""
@@ -71,8 +79,26 @@ def check_same_job(out: Path, class_names: list[str], settings: dict) -> None:
     if info["class_names"] != class_names:
         raise UserError(f"--skip-existing: the images in {out}/ are of a model with other classes ({SAMPLES_FILE}); "
                         "give another --out")
-    kept = info.get("settings") or {}
-    changed = [f"{key} {kept.get(key)!r}, now {value!r}" for key, value in settings.items() if kept.get(key) != value]
+    changed = _job_differences(info, class_names, settings)
     if changed:
         raise UserError(f"--skip-existing: the images in {out}/ were made with other settings ({'; '.join(changed)}); "
                         "give another --out, or leave out --skip-existing to make them all again")
+
+
+def check_no_other_job(out: Path, names: list[str], class_names: list[str], settings: dict) -> None:
+    """`UserError` if `out` holds sample PNGs of another job that this one would not overwrite: the
+    folder would then mix two jobs' images (in its grid, and in what `ldm eval --samples` reads).
+    Images of this same job beyond its count (an earlier, larger --n) are its own and may stay."""
+    ours = set(names)
+    others = [path.name for path in sample_paths(out)] if out.is_dir() else []
+    others = [name for name in others if name not in ours]
+    if not others:
+        return
+    info = read_samples_info(out)
+    why = "no " + SAMPLES_FILE + " says which job made them" if info is None else "; ".join(
+        _job_differences(info, class_names, settings))
+    if info is not None and not why:
+        return
+    example = others[0] + (", ..." if len(others) > 1 else "")
+    raise UserError(f"{out}/ holds {len(others)} images of another job ({example}; {why}) that this one would not "
+                    "replace, so the folder would mix two jobs: give another --out, or remove them first")
