@@ -1,38 +1,39 @@
 """ldmkit: latent diffusion models on PyTorch.
 
 The seed API (`LatentDiffusionModel` and its building blocks) and the main classes are
-importable from here; `LatentDiffusionPipeline` is imported on first use, so `import ldmkit`
-stays light.
+importable from here, each imported on first use.
 """
 
 __version__ = "0.1.0"
 
-from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, LatentDiffusionModel, UNet, UNetConfig
-from ldmkit.nn import DownSample, ResNetBlock, SelfAttentionBlock, UpSample
+# name -> the module that defines it, imported on first use: `import ldmkit` stays light, and
+# the `ldm` command (ldmkit._entry) can catch a Ctrl-C while torch is still importing.
+_EXPORTS = {
+    "AutoencoderKL": "ldmkit.models",
+    "AutoencoderKLConfig": "ldmkit.models",
+    "LatentDiffusionModel": "ldmkit.models",
+    "UNet": "ldmkit.models",
+    "UNetConfig": "ldmkit.models",
+    "DownSample": "ldmkit.nn",
+    "ResNetBlock": "ldmkit.nn",
+    "SelfAttentionBlock": "ldmkit.nn",
+    "UpSample": "ldmkit.nn",
+    "LatentDiffusionPipeline": "ldmkit.pipeline",
+    "load_model": "ldmkit.interop",
+}
 
-__all__ = [
-    "AutoencoderKL",
-    "AutoencoderKLConfig",
-    "DownSample",
-    "LatentDiffusionModel",
-    "LatentDiffusionPipeline",
-    "ResNetBlock",
-    "SelfAttentionBlock",
-    "UNet",
-    "UNetConfig",
-    "UpSample",
-    "__version__",
-    "load_model",
-]
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
-    if name == "LatentDiffusionPipeline":
-        from ldmkit.pipeline import LatentDiffusionPipeline
+    if name in _EXPORTS:
+        import importlib
 
-        return LatentDiffusionPipeline
-    if name == "load_model":
-        from ldmkit.interop import load_model
-
-        return load_model
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module 'ldmkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
