@@ -104,6 +104,15 @@ def test_python_callers_get_the_checks_the_command_line_makes(pipe) -> None:
         pipe.img2img(torch.zeros(3, 16, 16), **SAMPLING)
 
 
+def test_a_samplers_own_options_pass_through_and_typos_are_named(pipe) -> None:
+    still = pipe.generate_uint8([0], [1], sampler="ddim", steps=4)
+    assert torch.equal(still, pipe.generate_uint8([0], [1], sampler="ddim", steps=4, eta=0.0))  # ddim's default
+    assert not torch.equal(still, pipe.generate_uint8([0], [1], sampler="ddim", steps=4, eta=1.0))
+    assert len(pipe.generate(1, sampler="euler", steps=3, karras_sigmas=True)) == 1
+    with pytest.raises(UserError, match="sampler 'ddim' has no option etaa; it takes"):
+        pipe.generate(1, sampler="ddim", steps=2, etaa=0.5)
+
+
 def test_counts_and_seeds_are_whole_numbers_of_any_integer_type(pipe) -> None:
     assert pipe.plan(np.int64(2), "blue", np.int64(7)) == ([7, 8], [2, 2])  # one class as a string, numpy ints
     for bad in (dict(n=2.5), dict(n="2"), dict(seed=True), dict(seed="3"), dict(seed=None)):

@@ -260,12 +260,15 @@ class LatentDiffusionPipeline:
         init: torch.Tensor | None = None,
         strength: float = 1.0,
         mask: torch.Tensor | None = None,
+        **sampler_settings: Any,
     ) -> torch.Tensor:
         """Sample one batch of latents; `labels` are class ids (-1 for unconditional models).
 
         `init` ([1, C, h, w] normalised latents, see `encode_image`) with `strength` in (0, 1]
         starts part-way (img2img); `mask` ([1, 1, h, w], 1 = regenerate) keeps `init` elsewhere.
-        Without a mask, strength 1 ignores `init`: the plain generation path.
+        Without a mask, strength 1 ignores `init`: the plain generation path. `sampler_settings`
+        are the sampler's own options (`eta` for ddim, `karras_sigmas` for euler / heun, ...: see
+        `diffusion.sampler_options`); they override the model's defaults.
         """
         self.check_sampling(sampler, steps, cfg_rescale, cfg)  # NaN guidance made black images from Python
         if negative_prompt and not self.takes_text:
@@ -274,6 +277,7 @@ class LatentDiffusionPipeline:
         noise = SeededNoise(list(seeds), shape, device=self.device, dtype=torch.float32)
         x_T = noise.draw()  # [B, C_latent, h, w]
         options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
+        options.update(sampler_settings)  # `sample` refuses a name this sampler does not take, listing its own
         if init is not None:
             if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
                 raise UserError(f"strength must be in (0, 1], got {strength!r}")
@@ -304,15 +308,17 @@ class LatentDiffusionPipeline:
         cfg_rescale: float = 0.0,
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
+        **sampler_settings: Any,
     ) -> list[Image.Image]:
         """Generate images; returns PIL images in order (image k has seed `seed + k`).
 
         `cfg` None takes 7.5 for text-to-image models and 2.0 for class-conditional ones.
+        `sampler_settings`: the sampler's own options, e.g. `eta=0.5` for ddim (`generate_latents`).
         """
         seeds, labels = self.plan(n, classes, seed)
         images = self.generate_uint8(seeds, labels, sampler=sampler, steps=steps, cfg=cfg, cfg_rescale=cfg_rescale,
                                      prompt=prompt, negative_prompt=negative_prompt, batch_size=batch_size,
-                                     progress=progress)
+                                     progress=progress, **sampler_settings)
         return to_pil(images)
 
     def img2img(self, image: Image.Image | str | Path, strength: float = DEFAULT_STRENGTH, *, n: int | None = None,
