@@ -134,8 +134,10 @@ def test_config_overrides_round_trip_and_errors():
         RunConfig.from_dict({"vae": {"nope": 1}})
     with pytest.raises(UserError, match="unknown training preset"):
         preset_config("huge")
-    for bad, match in (({"precision": "fp8"}, "precision"), ({"cond_drop": 1.5}, "cond_drop"),
-                       ({"batch_size": 0}, "batch_size"), ({"lr": -1.0}, "lr must be > 0"),
+    for bad, match in (({"precision": "fp8"}, "precision"),
+                       ({"cond_drop": 1.5}, r"--cond-drop must be in \[0, 1\), got 1.5"),
+                       ({"batch_size": 0}, "--batch-size must be > 0, got 0"), ({"lr": -1.0}, "--lr must be > 0"),
+                       ({"image_size": 0}, "--image-size must be positive, got 0"),
                        ({"vae_lr": 0.0}, "vae.lr"), ({"vae.disc_lr": -1.0}, "vae.disc_lr"),
                        ({"weight_decay": -0.1}, "weight_decay"), ({"kl_weight": -1.0}, "vae.kl_weight"),
                        ({"vae.latent_stats_images": 0}, "latent_stats_images"),

@@ -273,20 +273,20 @@ def validate(config: RunConfig) -> None:
     need(bool(config.data), "no training data: pass --data (a folder, 'emoji' or 'fashion-mnist[:DIR]')")
     need(config.stage in STAGES, f"stage must be one of {STAGES}, got {config.stage!r}")
     need(config.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {config.precision!r}")
-    need(config.image_size > 0, "image_size must be positive")
+    need(config.image_size > 0, f"--image-size must be positive, got {config.image_size}")
     need(config.compile_mode in COMPILE_MODES,
          f"compile_mode must be one of {COMPILE_MODES}, got {config.compile_mode!r}")
-    need(config.time_limit is None or config.time_limit > 0, "time_limit must be a positive number of minutes")
+    need(config.time_limit is None or config.time_limit > 0, "--time-limit must be a positive number of minutes")
     need(v.recon_loss in RECON_LOSSES, f"vae.recon_loss must be one of {RECON_LOSSES}")
     need(d.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {d.prediction!r}")
     need(d.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {d.schedule!r}")
     need(d.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'")
-    need(0.0 <= d.cond_drop < 1.0, "cond_drop must be in [0, 1)")
+    need(0.0 <= d.cond_drop < 1.0, f"--cond-drop must be in [0, 1), got {d.cond_drop}")
     need(0.0 <= d.ema_decay <= 1.0, "ema_decay must be in [0, 1]")
     need(d.min_snr_gamma is None or d.min_snr_gamma > 0, "min_snr_gamma must be positive")
     # Optimiser and loss settings that PyTorch would reject only once training starts (as a
     # traceback) or that would train something other than asked (a negative loss weight).
-    for name, value in (("lr", d.lr), ("vae.lr", v.lr), ("vae.disc_lr", v.disc_lr)):
+    for name, value in (("--lr", d.lr), ("vae.lr", v.lr), ("vae.disc_lr", v.disc_lr)):
         need(value > 0, f"{name} must be > 0, got {value}")
     for name, value in (("weight_decay", d.weight_decay), ("vae.weight_decay", v.weight_decay),
                         ("vae.kl_weight", v.kl_weight), ("vae.perceptual_weight", v.perceptual_weight),
@@ -300,11 +300,11 @@ def validate(config: RunConfig) -> None:
     need(isinstance(d.sample_steps, int) and 1 <= d.sample_steps <= d.num_train_timesteps,
          f"diffusion.sample_steps must be from 1 to num_train_timesteps ({d.num_train_timesteps}), "
          f"got {d.sample_steps}")
-    for name, value in (("steps", d.steps), ("vae_steps", v.steps), ("warmup", d.warmup)):
-        need(value >= 0, f"{name} must be >= 0")
-    for name, value in (("batch_size", d.batch_size), ("vae_batch_size", v.batch_size),
+    for name, value in (("--steps", d.steps), ("--vae-steps", v.steps), ("warmup", d.warmup)):
+        need(value >= 0, f"{name} must be >= 0, got {value}")
+    for name, value in (("--batch-size", d.batch_size), ("vae_batch_size", v.batch_size),
                         ("checkpoint_every", config.checkpoint_every), ("log_every", config.log_every)):
-        need(value > 0, f"{name} must be > 0")
+        need(value > 0, f"{name} must be > 0, got {value}")
     need(v.disc_start < 0 or config.image_size // 2**v.disc_layers >= 4,
          f"{config.image_size} px images are too small for a {v.disc_layers}-layer discriminator; "
          "lower vae.disc_layers")
