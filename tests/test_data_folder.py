@@ -210,10 +210,12 @@ def test_channels_one_gives_greyscale(class_folder: Path) -> None:
 def test_empty_class_folder_is_dropped_with_a_warning(class_folder: Path) -> None:
     (class_folder / "train" / "birds").mkdir()
     (class_folder / "train" / "birds" / "notes.txt").write_text("to do: add birds")
+    (class_folder / "train" / "fish").mkdir()
     dataset, messages = load_quietly(class_folder, image_size=SIZE)
     assert dataset.class_names == ["cats", "dogs"]
     assert [m for m in messages if "birds" in m] == [
-        f"Ignoring 1 class folder(s) of '{class_folder / 'train'}' with no images: birds."]
+        f"Ignoring 2 class folder(s) of '{class_folder / 'train'}' with no images: birds (holds 1 file(s), "
+        "none with an image extension: .txt), fish."]
 
 
 def test_symlink_loop_is_searched_once(tmp_path: Path) -> None:

@@ -10,18 +10,28 @@ Image files in the wild come in many modes. The rules here:
   16-bit image white.
 - CMYK, YCbCr, 1-bit, palette and greyscale go through PIL's `convert("RGB")`.
 - EXIF orientation is applied, so phone photos are upright.
+
+Very large images: PIL warns above `Image.MAX_IMAGE_PIXELS` and refuses above twice that (its
+guard against decompression bombs). Its warning names PIL's source file, not the image, so
+`inspect_image_file` reports the pixel count instead and the folder loader says which files
+were large or too large in its own words; `quiet_large_images` keeps PIL's warning out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -32,18 +42,55 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def check_image_file(path: str | Path) -> bool:
+class ImageCheck(NamedTuple):
+    """What `inspect_image_file` found: `pixels` is width x height, 0 when unknown."""
+
+    readable: bool
+    pixels: int = 0
+    too_large: bool = False  # over PIL's decompression-bomb limit: refused, not broken
+
+
+def large_image_limit() -> int | None:
+    """Pixel count above which PIL warns (twice this, it refuses); None when switched off."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def quiet_large_images() -> Iterator[None]:
+    """Keep PIL's `DecompressionBombWarning` out while opening files whose size ldmkit reports
+    itself. Not for threads that may leave the block in any order (it swaps the global filters)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _bomb_pixels(error: Exception) -> int:
+    # PIL refuses before handing back the image, so its message is the only place the size is.
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return int(found.group(1)) if found else 0
+
+
+def inspect_image_file(path: str | Path) -> ImageCheck:
     """Cheap validity check, used once per file at dataset construction.
 
     Reads the header and, where PIL supports it (PNG), walks the chunks checking CRCs,
-    which catches truncated files without decoding pixels. Never raises.
+    which catches truncated files without decoding pixels. Never raises. PIL's own warning
+    about a large image is not silenced here: wrap calls in `quiet_large_images`.
     """
     try:
         with Image.open(path) as image:
+            pixels = image.width * image.height
             image.verify()
-        return True
-    except Exception:  # any failure (not an image, truncated, bomb, I/O) means "skip it"
-        return False
+        return ImageCheck(True, pixels)
+    except Image.DecompressionBombError as error:
+        return ImageCheck(False, _bomb_pixels(error), too_large=True)
+    except Exception:  # any other failure (not an image, truncated, I/O) means "skip it"
+        return ImageCheck(False)
+
+
+def check_image_file(path: str | Path) -> bool:
+    """Whether `inspect_image_file` finds `path` readable."""
+    return inspect_image_file(path).readable
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -88,12 +135,20 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
-def load_image(path: str | Path, image_size: int, channels: int = 3) -> torch.Tensor:
+def _open(path: str | Path, known_large: bool) -> Image.Image:
+    if not known_large:
+        return Image.open(path)  # no filter swap per image: it would reset "warn once" everywhere
+    with quiet_large_images():
+        return Image.open(path)
+
+
+def load_image(path: str | Path, image_size: int, channels: int = 3, *, known_large: bool = False) -> torch.Tensor:
     """Decode one file (first frame of animations) to uint8 `[channels, size, size]`.
 
     Raises whatever PIL raises for a broken file; callers decide how to recover.
+    `known_large`: the caller already reported this image as large, so PIL's warning is kept out.
     """
-    with Image.open(path) as image:
+    with _open(path, known_large) as image:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; ask for the smallest scale that
         # still leaves the shorter side >= image_size, so big photos decode much faster.
         scale = image_size / max(1, min(image.size))

@@ -2,8 +2,9 @@
 
 Bad files are handled twice, so that a long run never dies on one broken image:
 
-1. at construction every file gets a cheap check (`check_image_file`); failures are dropped
-   with ONE warning that names how many there were;
+1. at construction every file gets a cheap check (`inspect_image_file`); failures are dropped
+   with ONE warning that names how many there were (files over PIL's size limit get their own
+   warning, with their pixel counts), and a class left with no readable image is refused;
 2. a file that still fails to decode later (e.g. a truncated JPEG, which passes the cheap
    check) is replaced by the next decodable image, with one warning per file.
 """
@@ -18,8 +19,15 @@ from pathlib import Path
 import torch
 
 from ldmkit.data.dataset import ImageDataset
-from ldmkit.data.decode import check_image_file, load_image
-from ldmkit.data.folder_layout import ImageListing, hold_out, list_split, list_val_folder, split_folders
+from ldmkit.data.decode import ImageCheck, inspect_image_file, large_image_limit, load_image, quiet_large_images
+from ldmkit.data.folder_layout import (
+    ImageListing,
+    hold_out,
+    list_split,
+    list_val_folder,
+    printable_name,
+    split_folders,
+)
 from ldmkit.errors import UserError
 
 # Give up substituting after this many consecutive failures: then something systematic is
@@ -30,10 +38,11 @@ _MAX_SUBSTITUTIONS = 32
 class FolderImageDataset(ImageDataset):
     """Image files decoded, resized and centre-cropped on each access."""
 
-    def __init__(self, listing: ImageListing, **attributes) -> None:
+    def __init__(self, listing: ImageListing, large: frozenset[str] = frozenset(), **attributes) -> None:
         super().__init__(class_names=listing.class_names, **attributes)
         self.files = [str(path) for path in listing.files]  # str: cheap to pickle to workers
         self.labels = list(listing.labels)
+        self._large = large  # files already reported as large: PIL's warning on them is noise
         self._reported: set[int] = set()
 
     def __len__(self) -> int:
@@ -44,7 +53,9 @@ class FolderImageDataset(ImageDataset):
         for attempt in range(min(len(self.files), _MAX_SUBSTITUTIONS)):
             candidate = (index + attempt) % len(self.files)
             try:
-                return load_image(self.files[candidate], self.image_size, self.channels), self.labels[candidate]
+                path = self.files[candidate]
+                image = load_image(path, self.image_size, self.channels, known_large=path in self._large)
+                return image, self.labels[candidate]
             except Exception as exc:  # noqa: BLE001 - any decode failure is recoverable here
                 error = exc
                 if candidate not in self._reported:
@@ -58,24 +69,70 @@ class FolderImageDataset(ImageDataset):
         return torch.tensor(self.labels, dtype=torch.int64)  # no need to decode for labels
 
 
-def drop_unreadable(listing: ImageListing, where: str) -> ImageListing:
-    """Check every file once (in threads: it is I/O bound) and drop the bad ones, warning once.
-    `where` names the files for the messages ("'DIR'", "the val split held out of 'DIR'")."""
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        readable = list(pool.map(check_image_file, listing.files, chunksize=64))
-    bad = [path for path, ok in zip(listing.files, readable) if not ok]
+def _examples(paths: list[Path], checks: dict[Path, ImageCheck] | None = None) -> str:
+    """ "a.png, b.png, c.png, ..." (with pixel counts when `checks` is given)."""
+    shown = [printable_name(p.name) + (f" {checks[p].pixels:,} pixels" if checks and checks[p].pixels else "")
+             for p in paths[:3]]
+    return ", ".join(shown) + (", ..." if len(paths) > 3 else "")
+
+
+def _inspect_all(files: list[Path]) -> dict[Path, ImageCheck]:
+    # Threads: the check is I/O bound. The filter swap happens here, in the calling thread, once.
+    with quiet_large_images(), ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        return dict(zip(files, pool.map(inspect_image_file, files, chunksize=64)))
+
+
+def _warn_about_size(checks: dict[Path, ImageCheck], where: str) -> None:
+    limit = large_image_limit()
+    too_large = [path for path, check in checks.items() if check.too_large]
+    large = [path for path, check in checks.items() if check.readable and limit and check.pixels > limit]
+    if too_large:
+        warnings.warn(f"{len(too_large)} of the {len(checks)} files of {where} are too large to decode safely "
+                      f"(over {2 * limit:,} pixels, PIL's decompression-bomb limit); skipping them "
+                      f"({_examples(too_large, checks)}): shrink them to use them.", stacklevel=4)
+    if large:
+        warnings.warn(f"{len(large)} image(s) of {where} are over {limit:,} pixels ({_examples(large, checks)}): "
+                      "each is decoded whole whenever it is read, which is slow; shrinking them "
+                      "would speed up training.", stacklevel=4)
+
+
+def _refuse_unreadable_classes(listing: ImageListing, checks: dict[Path, ImageCheck], where: str) -> None:
+    """UserError when a class has files but none readable: kept, it would be a class the model
+    never sees, whose `--class` samples are noise."""
+    by_label: dict[int, list[Path]] = {}
+    for path, label in zip(listing.files, listing.labels):
+        by_label.setdefault(label, []).append(path)
+    for label, paths in by_label.items():
+        if label >= 0 and not any(checks[path].readable for path in paths):
+            raise UserError(f"Class '{listing.class_names[label]}' of {where} has no readable image: all "
+                            f"{len(paths)} of its training files fail to decode ({_examples(paths)}); "
+                            "fix them or remove the class folder.")
+
+
+def drop_unreadable(
+    listing: ImageListing, where: str, *, every_class: bool = False
+) -> tuple[ImageListing, frozenset[str]]:
+    """Check every file once and drop the bad ones, warning once: (kept listing, files of it
+    over PIL's warning size). `where` names the files for the messages ("'DIR'", "the val
+    split held out of 'DIR'"); `every_class`: refuse a class left with no image (train)."""
+    checks = _inspect_all(listing.files)
+    bad = [path for path, check in checks.items() if not check.readable and not check.too_large]
     if bad:
-        examples = ", ".join(path.name for path in bad[:3]) + (", ..." if len(bad) > 3 else "")
         warnings.warn(f"{len(bad)} of the {len(listing)} files of {where} are not readable images; "
-                      f"skipping them ({examples}).", stacklevel=3)
-    if len(bad) == len(listing):
+                      f"skipping them ({_examples(bad)}).", stacklevel=3)
+    _warn_about_size(checks, where)
+    if not any(check.readable for check in checks.values()):
         raise UserError(f"None of the {len(listing)} image files of {where} could be read.")
+    if every_class:
+        _refuse_unreadable_classes(listing, checks, where)
     kept = ImageListing(class_names=listing.class_names)
-    for path, label, ok in zip(listing.files, listing.labels, readable):
-        if ok:
+    for path, label in zip(listing.files, listing.labels):
+        if checks[path].readable:
             kept.files.append(path)
             kept.labels.append(label)
-    return kept
+    limit = large_image_limit()
+    large = frozenset(str(path) for path in kept.files if limit and checks[path].pixels > limit)
+    return kept, large
 
 
 def load_folder_dataset(
@@ -104,6 +161,7 @@ def load_folder_dataset(
                             f"(val_fraction={val_fraction}); add images or a '{root / 'val'}' folder.")
     if not chosen.files:
         raise UserError(f"No {split} images found in {where}.")
-    chosen = drop_unreadable(chosen, where)
-    return FolderImageDataset(chosen, source=str(root), split=split, channels=channels,
+    chosen, large = drop_unreadable(chosen, where, every_class=split == "train")
+    # The source is printed in logs and stored as JSON: a folder name that is not UTF-8 is escaped.
+    return FolderImageDataset(chosen, large, source=printable_name(str(root)), split=split, channels=channels,
                               image_size=image_size, flip=flip)

@@ -3,8 +3,15 @@
 Layout rules (see `load_image_dataset`):
 
 - `DIR/train` (+ optional `DIR/val`); without a `train` subfolder DIR itself is the train set.
+  Split folders are matched in any case and by their usual aliases (`Train`, `training`;
+  `Val`, `valid`, `validation`): a `Train`/`Val` pair read as two classes would train on the
+  val images. A `test` folder is never read: beside `train` it is reported, without `train`
+  it is refused (it would become a class).
 - Inside a split folder, each subfolder holding images is a class (sorted names, searched
   recursively); with no such subfolder, the images directly inside form an unconditional set.
+  Hidden folders are skipped (with a warning when they hold images); a class folder whose
+  name is not UTF-8 (zips made on Windows) is named with `\\xNN` escapes, so the name can
+  be printed, stored as JSON and typed to `ldm generate --class`.
 - Without a `val` folder, val is a fixed fraction of every class of train, chosen by hashing
   each file's relative path with the seed: the choice does not depend on listing order, and
   adding files to a class rarely moves the existing ones between train and val.
@@ -39,14 +46,37 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
+# Files that Windows drops into image folders: not images, and not worth a word.
+_JUNK_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}
+
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+
+
+def printable_name(name: str) -> str:
+    """`name` with any bytes that are not UTF-8 (held by Python as surrogates) written as
+    `\\xNN`: such a string can be printed and stored as JSON or UTF-8 text, where the
+    surrogates would raise `UnicodeEncodeError`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _images_directly_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _visible(p.name) and p.is_file() and is_image_file(p))
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Images at any depth, through symlinked folders, each real folder searched once: a link
-    back to a folder above (a loop) or a second link to one would count its images again."""
-    found, searched = [], set()
+def _others_directly_in(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir()
+            if _visible(p.name) and p.is_file() and not is_image_file(p) and p.name.lower() not in _JUNK_FILES]
+
+
+def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(images, other files) at any depth, through symlinked folders, each real folder searched
+    once: a link back to a folder above (a loop) or a second link to one would count its images
+    again. Hidden files and folders and Windows' junk files are left out of both."""
+    images, others, searched = [], [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in searched:
@@ -54,21 +84,90 @@ def _images_under(folder: Path) -> list[Path]:
             continue
         searched.add(real)
         dirs[:] = [d for d in dirs if _visible(d)]
-        found += [Path(root, f) for f in files if _visible(f) and is_image_file(Path(f))]
-    return sorted(found)
+        for name in files:
+            if not _visible(name) or name.lower() in _JUNK_FILES:
+                continue
+            (images if is_image_file(Path(name)) else others).append(Path(root, name))
+    return sorted(images), others
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether any image lies at any depth of `folder` (stops at the first; no symlinked folders)."""
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if _visible(d)]
+        if any(_visible(name) and is_image_file(Path(name)) for name in files):
+            return True
+    return False
+
+
+def _other_files_note(others: list[Path]) -> str:
+    """Why a folder with files has no images: "holds 10 file(s), none with an image extension: .xyz"."""
+    suffixes = sorted({printable_name(p.suffix.lower()) or "no extension" for p in others})
+    return f"holds {len(others)} file(s), none with an image extension: {_names(suffixes)}"
+
+
+def _names(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
+def _class_name(sub: Path, taken: dict[str, Path]) -> str:
+    """The class name of a class folder: its name, printable (see `printable_name`); two folders
+    whose names print the same would be one class in every file that stores names."""
+    name = printable_name(sub.name)
+    if name in taken:
+        raise UserError(f"Class folders '{taken[name]}' and '{sub}' both get the class name {name!r}: "
+                        "rename one of them.")
+    taken[name] = sub
+    return name
 
 
 def _class_folders(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
-    """(subfolders that hold at least one image at any depth, by name, sorted; the names of
-    those that hold none)."""
-    classes, empty = {}, []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name)):
-        images = _images_under(sub)
+    """(subfolders that hold at least one image at any depth, by class name, sorted; the names
+    of those that hold none, each with a note of the other files it holds). Warns about hidden
+    subfolders that hold images and class names that had to be escaped."""
+    classes, empty, taken = {}, [], {}
+    hidden, escaped = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not _visible(sub.name):
+            if _holds_images(sub):  # e.g. a class renamed ".cats" to leave it out for a while
+                hidden.append(printable_name(sub.name))
+            continue
+        images, others = _files_under(sub)
+        name = _class_name(sub, taken)
+        if name != sub.name:
+            escaped.append(name)
         if images:
-            classes[sub.name] = images
+            classes[name] = images
         else:
-            empty.append(sub.name)
+            empty.append(f"{name} ({_other_files_note(others)})" if others else name)
+    if hidden:
+        warnings.warn(f"Ignoring {len(hidden)} hidden folder(s) of '{folder}' that hold images: "
+                      f"{_names(hidden)} (a name starting with '.' hides it; rename it to use it).", stacklevel=4)
+    if escaped:
+        warnings.warn(f"{len(escaped)} class folder name(s) of '{folder}' are not UTF-8 text; their bytes "
+                      f"are written as \\xNN in the class names: {_names(escaped)}.", stacklevel=4)
     return classes, empty
+
+
+def _split_folder(root: Path, split: str) -> Path | None:
+    """The folder of `split` in `root`, matched in any case and by alias; UserError when two match."""
+    found = [p for p in root.iterdir() if p.name.lower() in SPLIT_NAMES[split] and p.is_dir()]
+    if len(found) > 1:
+        names = " and ".join(f"'{p.name}'" for p in sorted(found))
+        raise UserError(f"'{root}' has {names} folders, all read as the {split} split: "
+                        "keep one (merge or rename the others).")
+    return found[0] if found else None
+
+
+def _warn_unused_beside(root: Path, used: list[Path]) -> None:
+    """Folders of `root` beside its split folders are not read; say so when they hold images
+    (a `test` split, or a class the user meant to add)."""
+    unused = [p for p in sorted(root.iterdir()) if p not in used and _visible(p.name) and p.is_dir()]
+    with_images = [printable_name(p.name) for p in unused if _holds_images(p)]
+    if with_images:
+        warnings.warn(f"Not reading {len(with_images)} folder(s) of '{root}' that hold images: "
+                      f"{_names(with_images)} (beside the split folders, only train and val are read).",
+                      stacklevel=4)
 
 
 def split_folders(root: Path) -> tuple[Path, Path | None]:
@@ -78,13 +177,15 @@ def split_folders(root: Path) -> tuple[Path, Path | None]:
                         "(built-in datasets are 'emoji' and 'fashion-mnist[:DIR]').")
     if not root.is_dir():
         raise UserError(f"'{root}' is not a folder (expected a folder of images, 'emoji' or 'fashion-mnist').")
-    train, val = root / "train", root / "val"
-    if train.is_dir():
-        return train, (val if val.is_dir() else None)
-    if val.is_dir():
-        # Otherwise "val" would silently become a class of a train set made of DIR itself.
-        raise UserError(f"'{root}' has a 'val' folder but no 'train' folder: put the training "
-                        f"images in '{train}'.")
+    train, val, test = (_split_folder(root, split) for split in ("train", "val", "test"))
+    if train is not None:
+        _warn_unused_beside(root, [train, val])
+        return train, val
+    for other in (val, test):
+        if other is not None:
+            # Otherwise it would silently become a class of a train set made of DIR itself.
+            raise UserError(f"'{root}' has a '{other.name}' folder but no 'train' folder: put the training "
+                            f"images in '{root / 'train'}'.")
     return root, None
 
 
@@ -94,9 +195,10 @@ def list_split(folder: Path) -> ImageListing:
     if not classes:
         files = _images_directly_in(folder)
         if not files:
+            others = _others_directly_in(folder)
             raise UserError(
                 f"No images found in '{folder}': looked for {', '.join(IMAGE_EXTENSIONS)} files "
-                "directly inside it or in class subfolders."
+                f"directly inside it or in class subfolders{f'; it {_other_files_note(others)}' if others else ''}."
             )
         return ImageListing(files, [-1] * len(files), [])
     loose = _images_directly_in(folder)
@@ -106,7 +208,7 @@ def list_split(folder: Path) -> ImageListing:
     if empty:
         # Said out loud: a class the user meant to fill would otherwise just be missing.
         warnings.warn(f"Ignoring {len(empty)} class folder(s) of '{folder}' with no images: "
-                      f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}.", stacklevel=3)
+                      f"{_names(empty)}.", stacklevel=3)
     listing = ImageListing(class_names=list(classes))
     for label, files in enumerate(classes.values()):
         listing.files += files
@@ -152,7 +254,9 @@ def hold_out(
         by_label.setdefault(label, []).append(path)
 
     def order(path: Path) -> bytes:
-        return hashlib.sha256(f"{seed}/{path.relative_to(base).as_posix()}".encode()).digest()
+        # fsencode: a name that is not UTF-8 holds surrogates, which str.encode() refuses; for
+        # any other name the bytes are the same as before, so no file changes split.
+        return hashlib.sha256(f"{seed}/".encode() + os.fsencode(path.relative_to(base).as_posix())).digest()
 
     chosen = set()
     for files in by_label.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from ldmkit.data.dataset import ImageDataset
@@ -33,6 +34,17 @@ def is_builtin_source(source: str | os.PathLike) -> bool:
     return name == "emoji" or name == FASHION_MNIST_PREFIX or name.startswith(FASHION_MNIST_PREFIX + ":")
 
 
+def _warn_if_folder_hidden_by_builtin(name: str) -> None:
+    """Built-in names win over a folder of the same name (documented), but a folder of that
+    name here is most likely what the user meant: say which one is used and how to get the other."""
+    if not Path(name).is_dir():
+        return
+    hint = f" (or --data {name}:./{name} if it holds the IDX files)" if name == FASHION_MNIST_PREFIX else ""
+    # stacklevel 2, in load_image_dataset: one place for the train and val loads, so it shows once.
+    warnings.warn(f"using the built-in {name} dataset; for the folder ./{name} write --data ./{name}{hint}.",
+                  stacklevel=2)
+
+
 def load_image_dataset(
     source: str | os.PathLike,
     split: str = "train",
@@ -53,7 +65,8 @@ def load_image_dataset(
     - a folder: `DIR/train` and `DIR/val`, or DIR alone (then `val_fraction` of each class is
       held out, chosen by `seed`). One subfolder per class gives labels; a flat folder is
       unconditional. Images are resized (shorter side) and centre-cropped. Built-in names
-      win over a folder of the same name: write `./emoji` to mean the folder.
+      win over a folder of the same name (with a warning when one exists in the current
+      folder): write `./emoji` to mean the folder.
 
     `flip` turns on random horizontal flips, for the train split only. `channels` (1 or 3)
     converts the images; None keeps the source's own (3 for folders and emoji, 1 for
@@ -63,6 +76,8 @@ def load_image_dataset(
     _check_arguments(split, image_size, channels, val_fraction)
     flip = bool(flip) and split == "train"
     name = os.fspath(source)
+    if name in ("emoji", FASHION_MNIST_PREFIX):
+        _warn_if_folder_hidden_by_builtin(name)
     if name == "emoji":
         return load_emoji_dataset(split, image_size=image_size, flip=flip, channels=channels or 3)
     if name == FASHION_MNIST_PREFIX or name.startswith(FASHION_MNIST_PREFIX + ":"):

@@ -91,7 +91,9 @@ def dataset_fingerprint(dataset: Any) -> str:
     if files is not None:
         for path, label in zip(files, dataset.as_label_tensor().tolist()):
             st = os.stat(path)
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+            # fsencode: a file name that is not UTF-8 holds surrogates, which str.encode() refuses
+            # (after the whole VAE stage has trained); other names hash to the same bytes as before.
+            h.update(os.fsencode(path) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
     else:
         _hash_tensor(h, dataset.as_uint8_tensor())
         _hash_tensor(h, dataset.as_label_tensor())

@@ -1,0 +1,86 @@
+"""Files of an image folder: TIFF/JFIF extensions, files with other extensions, a class whose
+files are all unreadable, and images over PIL's decompression-bomb limits."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_data_folder import load_quietly, rgb_file
+
+from ldmkit.data import load_image_dataset
+from ldmkit.errors import UserError
+
+
+def test_tiff_and_jfif_files_are_images(tmp_path: Path) -> None:
+    for index in range(2):
+        rgb_file(tmp_path / "train" / "scans" / f"{index}.tif", (200, 0, 0))
+        rgb_file(tmp_path / "train" / "scans" / f"{index}.TIFF", (200, 0, 0))
+        (tmp_path / "train" / "photos").mkdir(exist_ok=True)
+        Image.new("RGB", (6, 6), (0, 200, 0)).save(tmp_path / "train" / "photos" / f"{index}.jfif", "JPEG")
+    rgb_file(tmp_path / "val" / "scans" / "v.tiff", (200, 0, 0))
+    dataset, messages = load_quietly(tmp_path, image_size=4)
+    assert dataset.class_names == ["photos", "scans"] and len(dataset) == 6 and not messages
+    assert dataset[0][0].shape == (3, 4, 4)
+    assert len(load_image_dataset(tmp_path, "val", image_size=4)) == 1
+
+
+def test_class_folder_of_other_files_says_what_it_holds(tmp_path: Path) -> None:
+    for index in range(2):
+        rgb_file(tmp_path / "cats" / f"{index}.png", (0, 0, 0))
+    for index in range(10):
+        (tmp_path / "raw" / f"{index}.xyz").parent.mkdir(exist_ok=True)
+        (tmp_path / "raw" / f"{index}.xyz").write_bytes(b"raw camera data")
+    _, messages = load_quietly(tmp_path, image_size=4, val_fraction=0.5)
+    assert messages == [f"Ignoring 1 class folder(s) of '{tmp_path}' with no images: raw (holds 10 file(s), "
+                        "none with an image extension: .xyz)."]
+
+
+def test_flat_folder_of_other_files_says_what_it_holds(tmp_path: Path) -> None:
+    for name in ("a.xyz", "b.xyz", "c.heic", "README"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(UserError, match=r"class subfolders; it holds 4 file\(s\), none with an image "
+                                        r"extension: \.heic, \.xyz, no extension\.$"):
+        load_image_dataset(tmp_path, image_size=4)
+
+
+@pytest.mark.parametrize("val_folder", [True, False])
+def test_class_of_unreadable_files_is_refused(tmp_path: Path, val_folder: bool) -> None:
+    train = tmp_path / "train" if val_folder else tmp_path
+    for index in range(4):
+        rgb_file(train / "ok" / f"{index}.png", (0, 100, 0))
+        (train / "broken").mkdir(exist_ok=True)
+        (train / "broken" / f"{index}.png").write_bytes(b"")  # zero-byte files, as a failed copy leaves
+    if val_folder:
+        rgb_file(tmp_path / "val" / "ok" / "v.png", (0, 100, 0))
+    count = 4 if val_folder else 3  # without a val folder, one of the four is held out for val
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UserError, match=f"^Class 'broken' of '{train}' has no readable image: all {count} "
+                                            "of its training files fail to decode"):
+            load_image_dataset(tmp_path, image_size=4)
+
+
+def test_large_images_are_named_with_their_size(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # PIL warns above 150 pixels, refuses above 300
+    train = tmp_path / "train"
+    for index in range(3):
+        rgb_file(train / f"{index}.png", (0, 0, 0), size=(10, 10))
+    rgb_file(train / "big.png", (200, 0, 0), size=(13, 13))  # 169 pixels
+    rgb_file(train / "bomb.png", (200, 0, 0), size=(20, 20))  # 400 pixels
+    rgb_file(tmp_path / "val" / "v.png", (0, 0, 0), size=(10, 10))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = load_image_dataset(tmp_path, image_size=4, flip=False)
+        big = [Path(f).name for f in dataset.files].index("big.png")
+        assert dataset[big][0].shape == (3, 4, 4)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)], "PIL's, raw"
+    assert [str(w.message) for w in caught] == [
+        f"1 of the 5 files of '{train}' are too large to decode safely (over 300 pixels, PIL's "
+        "decompression-bomb limit); skipping them (bomb.png 400 pixels): shrink them to use them.",
+        f"1 image(s) of '{train}' are over 150 pixels (big.png 169 pixels): each is decoded whole whenever "
+        "it is read, which is slow; shrinking them would speed up training.",
+    ]
+    assert "bomb.png" not in {Path(f).name for f in dataset.files}
