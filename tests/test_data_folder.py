@@ -139,6 +139,16 @@ def test_held_out_val_split_is_deterministic_and_disjoint(tmp_path: Path) -> Non
     assert {Path(f).parent.name for f in splits["val"]} == {"a", "b"}
     other_seed = load_image_dataset(tmp_path, "val", image_size=4, val_fraction=0.25, seed=1)
     assert set(other_seed.files) != splits["val"]
+    assert first.describe().endswith("10 images, 3x4x4, 2 classes (held out of the train images, 25% of each class)")
+    train = load_image_dataset(tmp_path, "train", image_size=4, val_fraction=0.25, flip=False)
+    assert train.describe().endswith("30 images, 3x4x4, 2 classes (10 of the folder's 40 images held out for val: "
+                                     "there is no val folder)")
+
+
+def test_the_log_line_counts_in_the_singular_too(tmp_path: Path) -> None:
+    rgb_file(tmp_path / "train" / "only" / "0.png", (1, 2, 3), size=(4, 4))
+    rgb_file(tmp_path / "val" / "only" / "0.png", (1, 2, 3), size=(4, 4))
+    assert load_image_dataset(tmp_path, "val", image_size=4).describe().endswith(": 1 image, 3x4x4, 1 class")
 
 
 def test_flip_off_is_deterministic_and_flip_on_mirrors(tmp_path: Path) -> None:

@@ -29,8 +29,10 @@ class ImageDataset(Dataset):
         channels: int,
         image_size: int,
         flip: bool,
+        note: str = "",
     ) -> None:
         self.source = source
+        self.note = note  # how the split was made, where the log should say it (a held-out val)
         self.split = split
         self.class_names = list(class_names)
         self.channels = channels
@@ -79,10 +81,11 @@ class ImageDataset(Dataset):
 
     def describe(self) -> str:
         """One line for logs, e.g. `emoji [train]: 1815 images, 3x64x64, 10 classes, random flip`."""
-        classes = f"{self.num_classes} classes" if self.num_classes else "unconditional"
+        classes = _count(self.num_classes, "class", "classes") if self.num_classes else "unconditional"
         flip = ", random flip" if self.flip else ""
         size = f"{self.channels}x{self.image_size}x{self.image_size}"
-        return f"{self.source} [{self.split}]: {len(self)} images, {size}, {classes}{flip}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.source} [{self.split}]: {_count(len(self), 'image', 'images')}, {size}, {classes}{flip}{note}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
@@ -114,3 +117,7 @@ class InMemoryImageDataset(ImageDataset):
 
     def as_label_tensor(self) -> torch.Tensor:
         return self.labels
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

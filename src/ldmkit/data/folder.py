@@ -148,6 +148,7 @@ def load_folder_dataset(
     """Build the train or val dataset of an image folder (layout in `folder_layout`)."""
     train_dir, val_dir = split_folders(root)
     train = list_split(train_dir)
+    note = ""
     if split == "val" and val_dir is not None:
         chosen, where = list_val_folder(val_dir, train.class_names), f"'{val_dir}'"
     elif val_dir is not None:
@@ -156,6 +157,8 @@ def load_folder_dataset(
         held_train, held_val = hold_out(train, train_dir, val_fraction, seed)
         chosen = held_val if split == "val" else held_train
         where = f"the {split} split held out of '{train_dir}'" if split == "val" else f"'{train_dir}'"
+        note = (f"{len(held_val)} of the folder's {len(train)} images held out for val: there is no val folder"
+                if split == "train" else f"held out of the train images, {val_fraction:.0%} of each class")
         if not chosen.files:
             raise UserError(f"'{train_dir}' has {len(train)} images: too few to hold out a val split "
                             f"(val_fraction={val_fraction}); add images or a '{root / 'val'}' folder.")
@@ -164,4 +167,4 @@ def load_folder_dataset(
     chosen, large = drop_unreadable(chosen, where, every_class=split == "train")
     # The source is printed in logs and stored as JSON: a folder name that is not UTF-8 is escaped.
     return FolderImageDataset(chosen, large, source=printable_name(str(root)), split=split, channels=channels,
-                              image_size=image_size, flip=flip)
+                              image_size=image_size, flip=flip, note=note)
