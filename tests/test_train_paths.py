@@ -1,6 +1,7 @@
 """`ldm train`'s refusals before any file is written, and what it says about odd requests:
 a run folder overlapping the data, an empty --out, a precision the device lacks, a dataset too
-large for memory, a resume already past --steps, a VAE that would stay untrained."""
+large for memory, a resume already past --steps, a VAE that would stay untrained. (A run folder
+that already holds something: test_train_run_folder.py.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -116,7 +117,13 @@ def test_resume_past_the_steps_says_why_nothing_trains(data: Path, tmp_path: Pat
     capsys.readouterr()
     run_training(micro_config(data, vae_steps=1, steps=2), tmp_path / "run")
     out = capsys.readouterr().out
+    assert "is already trained to step 3 (--steps 2): nothing to do; raise --steps to train further" in out
+    # without its model file, the run writes it again from the checkpoint, and says why it trains nothing
+    (tmp_path / "run" / "model.safetensors").unlink()
+    run_training(micro_config(data, vae_steps=1, steps=2), tmp_path / "run")
+    out = capsys.readouterr().out
     assert "already at diffusion step 3, past --steps 2: nothing to train" in out
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_untrained_vae_is_warned_about(data: Path, tmp_path: Path) -> None:

@@ -17,9 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a VAE and a latent diffusion UNet on images",
         description="Train the KL autoencoder (stage vae), encode the data once into a latent cache, then "
         "train the UNet on the latents (stage diffusion). RUN/ receives config.json, log.jsonl, sample grids, "
-        "checkpoint.pt (exact resume) and model.safetensors (for `ldm generate`). Run the same command under "
-        "torchrun for several GPUs (`torchrun --nproc_per_node N -m ldmkit.cli train ...`); --batch-size is then "
-        "the global batch.",
+        "checkpoint.pt (exact resume) and model.safetensors (for `ldm generate`); one `ldm train` at a time per RUN. "
+        "Run the same command under torchrun for several GPUs (`torchrun --nproc_per_node N -m ldmkit.cli train "
+        "...`); --batch-size is then the global batch. Exit status: 0 when the run trained to its steps, had "
+        "nothing left to do, or stopped at --time-limit (a planned stop); 130 after Ctrl-C (SIGINT) and 143 after "
+        "SIGTERM, once the checkpoint is saved (the same command resumes); 2 when it refuses or cannot go on (one "
+        "line says why: the command, the data, RUN, a diverging loss); 1 for a file-system error or a crash.",
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True,
@@ -38,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "instead of training one")
     p.add_argument("--vae-steps", type=int, default=None, help="VAE optimisation steps (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="UNet optimisation steps (default: the preset's)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="the UNet stage's batch size, over all processes (default: the preset's; the VAE stage's "
+                   "is --set vae.batch_size=N)")
     p.add_argument("--lr", type=float, default=None, help="UNet peak learning rate (default: the preset's)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="mixed precision (default: the preset's: fp32 for tiny, bf16 for the GPU presets)")
@@ -62,8 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "VAE's 1.44x, the base UNet's as fast, at 2-11%% more peak memory (NOTES.md v16); on two GPUs "
                    "the emoji UNet's 3.9x (v17); --no-step-graph when memory is tight")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                   help="stop training after this many minutes of the whole run (saving the checkpoint and "
-                   "model.safetensors as at the end); rerunning the command resumes")
+                   help="stop training after this many minutes of the whole run, saving checkpoint.pt (and, once "
+                   "the UNet stage has begun, model.safetensors); the exit status is 0, as for a finished run; "
+                   "rerunning the command resumes")
     p.add_argument("--quiet", action="store_true",
                    help="plain log lines instead of a progress bar (what a stderr that is not a terminal gets anyway)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -76,7 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldmkit.train.run import run_training
+    from ldmkit.train.run import train_run
 
     config = config_from_args(args)
     if not args.out.strip():
@@ -85,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    run_training(config, out, resume=True if args.resume else None)  # None: continue if RUN has a checkpoint
-    return 0
+    outcome = train_run(config, out, resume=True if args.resume else None)  # None: continue if RUN has a checkpoint
+    return outcome.exit_status  # 130 / 143 after a signal's stop, so `ldm train ... && ...` goes no further
 
 
 def config_from_args(args: argparse.Namespace):

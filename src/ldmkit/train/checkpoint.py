@@ -21,8 +21,7 @@ from ldmkit.errors import UserError
 
 FORMAT = "ldmkit-train-state"
 FORMAT_VERSION = 1
-
-
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -47,10 +46,8 @@ def load_training_state(path: str | os.PathLike, map_location: str | torch.devic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip, pickle and EOF errors all mean "not a readable checkpoint"
-        raise UserError(
-            f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {str(e)[:200]}); "
-            "delete it to start over, or restore a copy"
-        ) from None
+        raise UserError(f"checkpoint {path} is unreadable or corrupt ({_why_unreadable(path, e)}); "
+                        "restore a copy, or start over in a new --out folder") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not an ldmkit training checkpoint")
     if state.get("format_version", 0) > FORMAT_VERSION:
@@ -59,3 +56,23 @@ def load_training_state(path: str | os.PathLike, map_location: str | torch.devic
             "upgrade ldmkit to resume it"
         )
     return state
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """A short reason for a failed load. torch's own messages run to paragraphs (the weights-only
+    one to a dozen lines of advice on loading untrusted code) and a cut at a fixed length ends
+    mid-sentence, so: the file's kind when that explains it, else torch's first sentence."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if not head:
+        return "the file is empty"
+    if head != _ZIP_MAGIC:
+        return "not a PyTorch file"
+    text = str(error)
+    if text.startswith("Weights only load failed"):
+        return "it holds Python objects besides tensors and plain values, which ldmkit does not unpickle"
+    first = text.strip().splitlines()[0].split(". ")[0].rstrip(".") if text.strip() else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

@@ -32,6 +32,8 @@ from ldmkit.run_files import CACHE_NAME
 from ldmkit.train.checkpoint import atomic_write
 from ldmkit.train.distributed import DistInfo, barrier, broadcast_object
 from ldmkit.train.image_batches import ordered_batches
+from ldmkit.train.signals import StopSignal
+from ldmkit.train.stop_check import check_stop
 
 FORMAT = "ldmkit-latents"
 
@@ -112,12 +114,13 @@ def _gather_rows(local: torch.Tensor, total: int, dist: DistInfo) -> torch.Tenso
 @torch.no_grad()
 def encode_dataset(
     vae: AutoencoderKL, dataset: Any, *, limit: int | None, flip: bool, batch_size: int,
-    dist: DistInfo, num_workers: int = 0,
+    dist: DistInfo, num_workers: int = 0, stop: StopSignal | None = None,
 ) -> LatentSet:
     """Posterior mean/std of the first `limit` images (and their mirrors), on every rank.
 
     Each rank encodes one contiguous shard; the shards are all-gathered, so this scales with
-    the number of processes and every rank ends with the whole set.
+    the number of processes and every rank ends with the whole set. `stop` (Ctrl-C, SIGTERM, the
+    time limit) is checked before each batch and raises `TrainingStopped` (train/stop_check.py).
     """
     total = len(dataset) if limit is None else min(limit, len(dataset))
     per_rank = -(-total // dist.world_size)
@@ -126,15 +129,25 @@ def encode_dataset(
     outputs: dict[str, list[torch.Tensor]] = {}
     was_training = vae.training
     vae.eval()
-    for images, _ in ordered_batches(dataset, indices, batch_size=batch_size, device=dist.device,
-                                     num_workers=num_workers):
-        for suffix, batch in (("", images),) + ((("_flip", images.flip(-1)),) if flip else ()):
-            post = vae.posterior(batch)
-            shift, scale = vae.latent_shift.view(1, -1, 1, 1), vae.latent_scale.view(1, -1, 1, 1)
-            outputs.setdefault("mean" + suffix, []).append(((post.mean - shift) * scale).float())
-            if post.logvar is not None:
-                outputs.setdefault("std" + suffix, []).append((post.std * scale).float())
-    vae.train(was_training)
+    batches = ordered_batches(dataset, indices, batch_size=batch_size, device=dist.device, num_workers=num_workers)
+    try:
+        # As many checks on every rank (under torchrun each one is a collective), also on a rank
+        # whose shard is shorter: the rounds of the longest shard.
+        for _ in range(-(-per_rank // batch_size)):
+            check_stop(stop, dist)
+            item = next(batches, None)
+            if item is None:
+                continue
+            images = item[0]
+            for suffix, batch in (("", images),) + ((("_flip", images.flip(-1)),) if flip else ()):
+                post = vae.posterior(batch)
+                shift, scale = vae.latent_shift.view(1, -1, 1, 1), vae.latent_scale.view(1, -1, 1, 1)
+                outputs.setdefault("mean" + suffix, []).append(((post.mean - shift) * scale).float())
+                if post.logvar is not None:
+                    outputs.setdefault("std" + suffix, []).append((post.std * scale).float())
+    finally:
+        batches.close()  # a stop leaves it unfinished: end its DataLoader workers now
+        vae.train(was_training)
     c = vae.config.latent_channels
     side = dataset.image_size // vae.config.downsample_factor
     names = ["mean"] + (["std"] if vae.config.double_z else [])
@@ -151,7 +164,7 @@ def encode_dataset(
 
 def load_or_build_latents(
     run_dir: Path, vae: AutoencoderKL, train_set: Any, val_set: Any | None, *, flip: bool, val_size: int,
-    batch_size: int, dist: DistInfo, num_workers: int, log: Any,
+    batch_size: int, dist: DistInfo, num_workers: int, log: Any, stop: StopSignal | None = None,
 ) -> tuple[LatentSet, LatentSet | None]:
     """The cached (train, val) latents on the device, rebuilt if the cache does not match."""
     path = run_dir / CACHE_NAME
@@ -169,11 +182,11 @@ def load_or_build_latents(
         return LatentSet.from_tensors(tensors, "train."), LatentSet.from_tensors(tensors, "val.")  # type: ignore[return-value]
     log.message(f"encoding {len(train_set)} training images into latents (cached in {path})")
     train = encode_dataset(vae, train_set, limit=None, flip=flip, batch_size=batch_size, dist=dist,
-                           num_workers=num_workers)
+                           num_workers=num_workers, stop=stop)
     val = None
     if val_set is not None and len(val_set) > 0 and val_size > 0:
         val = encode_dataset(vae, val_set, limit=val_size, flip=False, batch_size=batch_size, dist=dist,
-                             num_workers=num_workers)
+                             num_workers=num_workers, stop=stop)
     if dist.is_main:
         tensors = train.tensors("train.") | (val.tensors("val.") if val is not None else {})
         blob = save(tensors, metadata={"format": FORMAT, "fingerprint": fingerprint})

@@ -7,12 +7,15 @@
     RUN/latents.safetensors  the encoded dataset (see latent_cache)
     RUN/model.safetensors    EMA UNet + VAE: the inference file
     RUN/samples/             sample grids and VAE reconstructions
+    RUN/train.lock           while a run trains: one `ldm train` per folder (run_lock.py)
 
-Order: processes -> (resume?) -> the checks that need no data (run folder, image size,
-precision, batch splits) -> data -> models resolved against the data -> RUN/config.json (every
-refusal comes before it, so a refused run leaves no half-made folder) -> VAE stage (or --vae
-PATH) -> latent cache -> diffusion stage. The same command runs on one process or under
-torchrun; rank 0 writes every file.
+Order: processes -> the folder's lock -> (resume? or nothing left to do) -> the checks that need
+no data (run folder, image size, precision, batch splits) -> data -> models resolved against the
+data, a resume's classes and settings -> RUN/config.json (every refusal comes before it, so a
+refused run leaves no half-made folder) -> VAE stage (or --vae PATH) -> latent cache -> diffusion
+stage. A stop (signal, time limit) can end any of the last three; `train_run` says which stopped
+it (run_outcome.py). The same command runs on one process or under torchrun; rank 0 writes every
+file.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from ldmkit.data import load_image_dataset
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
 from ldmkit.train.batches import per_rank_batch
-from ldmkit.run_files import CHECKPOINT_NAME, CONFIG_NAME, VAE_FILE
+from ldmkit.run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_FILE, VAE_FILE
 from ldmkit.train.checkpoint import load_training_state, save_training_state
 from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, validate
 from ldmkit.train.context import StageContext
@@ -38,8 +41,12 @@ from ldmkit.train.distributed import DistInfo, barrier, cleanup, seed_everything
 from ldmkit.train.inference_file import load_inference_file, save_inference_file
 from ldmkit.train.latent_cache import load_or_build_latents
 from ldmkit.train.previews import save_reconstructions
-from ldmkit.train.run_paths import check_run_folder
+from ldmkit.train.resume_settings import check_same_classes, settle_resumed_settings
+from ldmkit.train.run_lock import hold_run_lock
+from ldmkit.train.run_outcome import RunOutcome, agreed_stop
+from ldmkit.train.run_paths import check_models_have_a_checkpoint, check_run_folder
 from ldmkit.train.signals import StopSignal
+from ldmkit.train.stop_check import TrainingStopped, check_stop
 from ldmkit.train.step_guard import Precision
 from ldmkit.train.vae_stage import train_vae
 
@@ -117,6 +124,22 @@ def _check_stages(config: RunConfig, dist: DistInfo, trains_vae: bool) -> None:
         per_rank_batch(config.diffusion.batch_size, dist.world_size)
 
 
+def _nothing_to_do(state: dict[str, Any], config: RunConfig, out_dir: Path) -> str | None:
+    """The line for a rerun of a run that has done what is asked, which ends there (else it would
+    load the data, rewrite its checkpoint and model and report a stage done at 0 img/s); None
+    otherwise. A run whose model file is missing goes on, and writes it again."""
+    vae_done = state["stage"] == "diffusion" or bool(state.get("complete"))
+    if config.stage == "vae":
+        if vae_done and (out_dir / VAE_FILE).is_file():
+            return f"{out_dir} has finished its VAE stage: nothing to do; train the UNet with --stage diffusion"
+        return None
+    steps = config.diffusion.steps
+    if state["stage"] == "diffusion" and state["step"] >= steps and (out_dir / MODEL_FILE).is_file():
+        return (f"{out_dir} is already trained to step {state['step']} (--steps {steps}): nothing to do; "
+                "raise --steps to train further")
+    return None
+
+
 def _past_the_end(state: dict[str, Any], config: RunConfig) -> str | None:
     """A line for a resume whose checkpoint is already beyond the asked-for steps (else the run
     would end at once and report "done" without saying why nothing was trained)."""
@@ -129,25 +152,37 @@ def _past_the_end(state: dict[str, Any], config: RunConfig) -> str | None:
 
 
 def run_training(config: RunConfig, out_dir: str | Path, *, resume: bool | None = None) -> Path:
-    """Train per `config` into `out_dir` and return it.
+    """Train per `config` into `out_dir` and return it (also when a stop signal or the time
+    limit ended the run early, with its checkpoint saved: `train_run` says which).
 
     resume: None (default) continues from `out_dir/checkpoint.pt` if there is one; True
     requires one; False starts over (the old checkpoint is replaced at the first save).
-    Raises UserError for bad data, configs, or a resume into a run of another architecture.
+    Raises UserError for bad data, configs, a resume into a run of another architecture or of
+    other classes, a folder with a model but no checkpoint, or one another run is training in.
     """
+    return train_run(config, out_dir, resume=resume).run_dir
+
+
+def train_run(config: RunConfig, out_dir: str | Path, *, resume: bool | None = None) -> RunOutcome:
+    """`run_training`, returning how the run ended (`RunOutcome.exit_status`: `ldm train`'s)."""
     started = time.monotonic()
     out_dir = Path(out_dir)
     validate(config)
     check_run_folder(config.data, out_dir)
     dist = setup_distributed(config.device)
+    finished = False
     try:
         deadline = started + 60 * config.time_limit if config.time_limit else None
-        return _run(config, out_dir, resume, dist, deadline)
+        with hold_run_lock(out_dir, dist):
+            outcome = _run(config, out_dir, resume, dist, deadline)
+        finished = True
+        return outcome
     finally:
-        cleanup()
+        cleanup(finished)
 
 
-def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, deadline: float | None) -> Path:
+def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
+         deadline: float | None) -> RunOutcome:
     def say(text: str) -> None:
         if dist.is_main:
             print(text, flush=True)
@@ -156,6 +191,9 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
     if resume is True and not ckpt_path.is_file():
         raise UserError(f"nothing to resume: {ckpt_path} does not exist")
     state = load_training_state(ckpt_path) if resume is not False and ckpt_path.is_file() else None
+    if state is not None and (done := _nothing_to_do(state, config, out_dir)):
+        say(done)
+        return RunOutcome(out_dir)
     if config.stage == "diffusion" and not config.vae_path and not (state and state["stage"] == "diffusion"):
         if not (out_dir / VAE_FILE).is_file():
             raise UserError("stage 'diffusion' needs a trained VAE: pass --vae PATH, or use a run folder "
@@ -177,6 +215,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
         config.vae.model = vae_file.config.to_dict()
     _check_image_size(config)
     trains_vae = vae_file is None and (state is None or (state["stage"] == "vae" and not state.get("complete")))
+    if resume is not False:
+        check_models_have_a_checkpoint(out_dir, trains_vae=trains_vae)
     _check_stages(config, dist, trains_vae)
 
     train_set = load_image_dataset(config.data, "train", image_size=config.image_size, flip=False,
@@ -184,13 +224,20 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
     config.channels = train_set.channels
     val_set = _load_val(config, train_set.channels, say)
     class_names = list(train_set.class_names)
+    if state is not None:
+        check_same_classes(state.get("class_names"), class_names, out_dir, config.data)
     if vae_file is not None and vae_file.config.in_channels != train_set.channels:
         raise UserError(f"the VAE in {config.vae_path} takes {vae_file.config.in_channels}-channel images, "
                         f"the data has {train_set.channels}")
     _resolve_models(config, train_set.channels, len(class_names))
+    resumed = None
     if state is not None:
-        _check_resumable(RunConfig.from_dict(state["config"]), config, out_dir)
+        saved = RunConfig.from_dict(state["config"])
+        _check_resumable(saved, config, out_dir)
+        resumed = settle_resumed_settings(saved, config, state)  # a finished stage keeps its settings
         say(f"resuming {out_dir} from the {state['stage']} stage at step {state['step']}")
+        if resumed is not None:
+            say(resumed[0])
         if past := _past_the_end(state, config):
             say(past)
     if trains_vae and config.vae.steps == 0 and dist.is_main:
@@ -216,11 +263,15 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
 
     with StopSignal(deadline) as stop:
         ctx = StageContext(run_dir=out_dir, config=config, dist=dist, stop=stop, save_state=save_state)
+        if resumed is not None:  # the history config.json does not keep (resume_settings.py)
+            log = ctx.logger(state["stage"], 0, 0, bar=False)
+            log.record(resumed[1])
+            log.close()
         if state is not None and state["stage"] == "diffusion":
             vae.load_state_dict(state["vae"])
         elif vae_file is None:
             if not train_vae(vae, train_set, ctx, state if state is not None and state["stage"] == "vae" else None):
-                return out_dir  # stopped by a signal, checkpoint written
+                return RunOutcome(out_dir, agreed_stop(stop.signal_name, dist))  # checkpoint written
             if dist.is_main:
                 save_inference_file(out_dir / VAE_FILE, unet=None, vae=vae, run_config=config.to_dict(),
                                     extra={"class_names": class_names, "step": config.vae.steps})
@@ -229,21 +280,31 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo, 
         vae.to(dist.device).eval().requires_grad_(False)
         if config.stage == "vae":
             say(f"VAE stage done: {out_dir / VAE_FILE}")
-            return out_dir
+            return RunOutcome(out_dir)
 
         log = ctx.logger("latents", 0, 0, bar=False)
-        train_latents, val_latents = load_or_build_latents(
-            out_dir, vae, train_set, val_set, flip=config.flip, val_size=config.diffusion.val_size,
-            batch_size=max(1, config.vae.batch_size // dist.world_size), dist=dist,
-            num_workers=config.num_workers, log=log)
-        log.close()
+        try:
+            train_latents, val_latents = load_or_build_latents(  # `stop` checked between encoding batches
+                out_dir, vae, train_set, val_set, flip=config.flip, val_size=config.diffusion.val_size,
+                batch_size=max(1, config.vae.batch_size // dist.world_size), dist=dist,
+                num_workers=config.num_workers, log=log, stop=stop)
+            check_stop(stop, dist)  # asked for after the last batch, or before a cache that was read from its file
+        except TrainingStopped:
+            reason = agreed_stop(stop.signal_name, dist)
+            log.message(f"stopped by {reason} before the diffusion stage; the VAE is saved, "
+                        "run the same command again to resume")
+            return RunOutcome(out_dir, reason)
+        finally:
+            log.close()
         owned["vae"] = vae.state_dict()  # the diffusion checkpoints carry their VAE
         unet = _built_from_run_seed(lambda: UNet(UNetConfig.from_dict(config.diffusion.model)), config.seed)
         trainer = DiffusionTrainer(unet, vae, train_latents, val_latents, ctx, class_names)
         if state is not None and state["stage"] == "diffusion":
             trainer.load_state_dict(state)
         trainer.train()
-    return out_dir
+        if trainer.guard.stop_agreed:  # checkpoint and model written
+            return RunOutcome(out_dir, agreed_stop(stop.signal_name, dist))
+    return RunOutcome(out_dir)
 
 
 def _built_from_run_seed(build: Callable[[], T], seed: int) -> T:

@@ -1,0 +1,133 @@
+"""What `ldm train` does with a run folder that already holds something: a model whose checkpoint
+is gone (refused), another `ldm train` at work in it (refused, while readers go on), a run that
+has already done what is asked (nothing, and no file touched)."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ldmkit.cli import main
+from ldmkit.errors import UserError
+from ldmkit.train import apply_overrides, load_inference_file, run_training
+from ldmkit.train.run import train_run
+from ldmkit.train.run_lock import LOCK_NAME
+from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
+from test_train_paths import QUICK
+
+VAE_STEPS, STEPS = 1, 2
+
+
+def files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and mtime (a rewrite of the same bytes shows too)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_color_dataset(tmp_path_factory.mktemp("data"), per_class=4, size=8)
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory) -> Path:
+    """A run trained to the end (copied by each test that changes it)."""
+    return run_training(micro_config(data, vae_steps=VAE_STEPS, steps=STEPS), tmp_path_factory.mktemp("r") / "run")
+
+
+@pytest.fixture
+def run(finished, tmp_path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def config(data: Path, **overrides):
+    return apply_overrides(micro_config(data, vae_steps=VAE_STEPS, steps=STEPS), overrides)
+
+
+# -- 1. a model without its checkpoint -------------------------------------------------------------
+
+
+def test_a_model_without_its_checkpoint_is_not_trained_over(data, run):
+    (run / "checkpoint.pt").unlink()
+    before = files(run)
+    with pytest.raises(UserError, match=r"holds a model \(model.safetensors, vae.safetensors\) but no "
+                                        r"checkpoint.pt to resume from; choose a new --out, or remove the model"):
+        run_training(config(data), run)
+    assert files(run) == before, "nothing trained over, nothing appended to the log"
+
+    (run / "model.safetensors").unlink()  # the VAE alone: a run from scratch would replace it too
+    with pytest.raises(UserError, match=r"holds a model \(vae.safetensors\) but no checkpoint.pt"):
+        run_training(config(data), run)
+    # --stage diffusion reads RUN's own VAE and does not write it: that may go on without a checkpoint
+    vae_before = (run / "vae.safetensors").read_bytes()
+    run_training(config(data, stage="diffusion"), run)
+    assert load_inference_file(run)[2]["step"] == STEPS
+    assert (run / "vae.safetensors").read_bytes() == vae_before
+
+
+# -- 3. one `ldm train` per folder -----------------------------------------------------------------
+
+_HOLD_THE_LOCK = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from ldmkit.train.run_lock import locked_run_folder
+    with locked_run_folder(Path(sys.argv[1])):
+        print("locked", flush=True)
+        sys.stdin.read()  # until the test closes stdin (or kills this process)
+""")
+
+
+def test_a_second_train_into_a_folder_in_use_is_refused(data, run, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THE_LOCK, str(run)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = files(run)
+        status = main(["train", *QUICK, "--data", str(data), "--out", str(run)])
+        err = capsys.readouterr().err
+        assert status == 2 and f"{run} is in use by another ldm train (pid {holder.pid})" in err, err
+        assert files(run) == before  # the holder's lock file included: the refused run leaves it alone
+        assert load_inference_file(run)[2]["step"] == STEPS  # readers (ldm generate, ldm info) take no lock
+        holder.send_signal(signal.SIGKILL)  # a run that dies leaves no stale lock: the OS drops a flock
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+    run_training(config(data, steps=STEPS + 1), run)
+    assert load_inference_file(run)[2]["step"] == STEPS + 1
+    assert not (run / LOCK_NAME).exists()  # removed at the end of a run
+
+
+def test_a_refused_run_leaves_no_folder_for_its_lock(data, tmp_path):
+    fresh = tmp_path / "new" / "run"
+    with pytest.raises(UserError, match="nothing to resume"):
+        run_training(config(data), fresh, resume=True)
+    assert not (tmp_path / "new").exists()
+
+
+# -- 6. a rerun with nothing to do -----------------------------------------------------------------
+
+
+def test_a_finished_run_rerun_does_nothing_and_writes_nothing(data, run, capsys):
+    capsys.readouterr()
+    before = files(run)
+    outcome = train_run(config(data), run)
+    out = capsys.readouterr().out
+    assert out == (f"{run} is already trained to step {STEPS} (--steps {STEPS}): nothing to do; "
+                   "raise --steps to train further\n")
+    assert outcome.exit_status == 0 and outcome.stopped_by is None
+    assert files(run) == before
+    # a lower --steps, too: the rerun neither trains nor records a --steps it did not train to
+    train_run(config(data, steps=1), run)
+    assert "already trained to step 2 (--steps 1): nothing to do" in capsys.readouterr().out
+    assert files(run) == before
+    # --stage vae on a run past its VAE stage
+    train_run(config(data, stage="vae"), run)
+    assert "has finished its VAE stage: nothing to do" in capsys.readouterr().out
+    assert files(run) == before
