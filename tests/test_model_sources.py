@@ -69,13 +69,13 @@ def _run_folder(root: Path, *, model: bool) -> Path:
 
 def test_a_run_still_training_is_named_as_one(registry, tmp_path, capsys):
     run = _run_folder(tmp_path, model=False)
-    with pytest.raises(UserError, match="is an ldmkit run with no model file yet: its training has not written "
-                                        "a model yet; resume it"):
+    with pytest.raises(UserError, match="is an ldmkit run with no model yet: model.safetensors appears once its "
+                                        "training reaches the UNet stage"):
         load_bundle(run)
     (run / "log.jsonl").unlink()
     (run / "checkpoint.pt").unlink()  # what a run refused at once used to leave: its config.json only
     assert main(["info", str(run)]) == 2
-    assert "is an ldmkit run with no model file yet" in capsys.readouterr().err
+    assert "is an ldmkit run with no model yet" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, what", [("checkpoint.pt", "the training checkpoint"),

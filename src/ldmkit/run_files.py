@@ -38,7 +38,8 @@ def _finished(folder: Path) -> str:
     made = [name for name in MODEL_FILES if (folder / name).is_file()]
     if made:
         return f"pass the run folder {folder} (its {made[0]})"
-    return f"its training has not written a model yet; resume it (the same `ldm train` command) and pass {folder}"
+    return ("model.safetensors appears once its training reaches the UNet stage: pass the folder then "
+            "(a stopped run goes on with its own `ldm train` command)")
 
 
 def run_file_message(path: str | Path) -> str | None:
@@ -56,4 +57,4 @@ def unfinished_run_message(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not folder.is_dir() or not _is_run_folder(folder) or any((folder / n).is_file() for n in MODEL_FILES):
         return None
-    return f"{folder} is an ldmkit run with no model file yet: {_finished(folder)}"
+    return f"{folder} is an ldmkit run with no model yet: {_finished(folder)}"
