@@ -129,3 +129,17 @@ def test_resume_past_the_steps_says_why_nothing_trains(data: Path, tmp_path: Pat
 def test_untrained_vae_is_warned_about(data: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="--vae-steps 0 without --vae: the VAE keeps its random weights"):
         run_training(micro_config(data, vae_steps=0, steps=1), tmp_path / "run")
+
+
+def test_an_unusable_val_folder_is_a_warning_and_training_goes_on(tmp_path, capsys):
+    """A flat val/ beside a train/ of classes was said only in the log, among the stage's lines."""
+    data = tmp_path / "data"
+    write_color_dataset(data / "train", per_class=4, size=8)
+    write_color_dataset(tmp_path / "flat", per_class=1, size=8)
+    (data / "val").mkdir()
+    for image in (tmp_path / "flat").rglob("*.png"):
+        image.rename(data / "val" / f"{image.parent.name}.png")
+    status, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "run"))
+    assert status == 0, err
+    assert (f"ldm train: warning: no validation split, so no val loss: '{data / 'val'}' has no class subfolders "
+            "but the train set has classes") in err

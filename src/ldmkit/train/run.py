@@ -106,11 +106,14 @@ def _check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
                         "use a new output folder, or resume with the original settings")
 
 
-def _load_val(config: RunConfig, channels: int, log: Any) -> Any | None:
+def _load_val(config: RunConfig, channels: int, is_main: bool) -> Any | None:
+    """The val split, or None with a warning (an unusable val folder is a mistake worth seeing;
+    training goes on without a val loss)."""
     try:
         return load_image_dataset(config.data, "val", image_size=config.image_size, flip=False, channels=channels)
     except UserError as e:
-        log(f"no validation split, so no val loss ({e})")
+        if is_main:
+            warnings.warn(f"no validation split, so no val loss: {e}", stacklevel=2)
         return None
 
 
@@ -222,7 +225,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
     train_set = load_image_dataset(config.data, "train", image_size=config.image_size, flip=False,
                                    channels=config.channels)
     config.channels = train_set.channels
-    val_set = _load_val(config, train_set.channels, say)
+    val_set = _load_val(config, train_set.channels, dist.is_main)
     class_names = list(train_set.class_names)
     if state is not None:
         check_same_classes(state.get("class_names"), class_names, out_dir, config.data)
