@@ -129,6 +129,8 @@ def test_resume_past_the_steps_says_why_nothing_trains(data: Path, tmp_path: Pat
 def test_untrained_vae_is_warned_about(data: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="--vae-steps 0 without --vae: the VAE keeps its random weights"):
         run_training(micro_config(data, vae_steps=0, steps=1), tmp_path / "run")
+    with pytest.warns(UserWarning, match="--steps 0: model.safetensors will hold an untrained UNet"):
+        run_training(micro_config(data, vae_steps=1, steps=0), tmp_path / "run0")
 
 
 def test_an_unusable_val_folder_is_a_warning_and_training_goes_on(tmp_path, capsys):

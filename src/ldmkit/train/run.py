@@ -248,6 +248,9 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
         warnings.warn("--vae-steps 0 without --vae: the VAE keeps its random weights, so the UNet learns "
                       "latents that decode to noise; give --vae-steps N or reuse a VAE with --vae PATH",
                       stacklevel=2)
+    if config.stage != "vae" and config.diffusion.steps == 0 and state is None and dist.is_main:
+        warnings.warn("--steps 0: model.safetensors will hold an untrained UNet, whose images are noise",
+                      stacklevel=2)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
