@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The product's main path on a GPU, end to end, at the current commit: `ldm train` on the built-in
-# emoji set (compiled, whole-step CUDA graphs), `ldm generate` compiled, the same job again with
+# emoji set (compiled, whole-step CUDA graphs), the same command again (nothing to do), `ldm generate` compiled, the same job again with
 # --skip-existing (nothing to make), and `ldm eval --samples` on the folder it wrote. Prints each
 # command's last lines and writes the logs, the grid and samples.json under OUT.
 #   OUT=DIR bash benchmarks/product_sanity.sh [UNET_STEPS]
@@ -19,6 +19,7 @@ step() {  # name, command...: run it, keep its log, say its exit status and time
   tail -4 "$OUT/$name.log"
 }
 step train python3 -m ldmkit.cli train --data emoji --preset emoji --vae-steps 200 --steps "$STEPS" --out "$RUN" --quiet
+step train_again python3 -m ldmkit.cli train --data emoji --preset emoji --vae-steps 200 --steps "$STEPS" --out "$RUN" --quiet
 step generate python3 -m ldmkit.cli generate --model "$RUN" --n 300 --compile on --out "$GEN" --quiet
 step generate_again python3 -m ldmkit.cli generate --model "$RUN" --n 300 --compile on --out "$GEN" --quiet --skip-existing
 step eval python3 -m ldmkit.cli eval --samples "$GEN" --data emoji --features classifier --train-classifier \
