@@ -13,8 +13,6 @@ size), the update rule and the img2img / mask handling from `diffusion.sample`, 
 from __future__ import annotations
 
 import math
-import operator
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ldmkit.compiled_unet import CompiledUNet, wants_compile
 from ldmkit.data.decode import resize_center_crop
@@ -40,6 +38,7 @@ from ldmkit.diffusion.samplers import get_sampler, sampler_options
 from ldmkit.diffusion.timesteps import check_steps
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
+from ldmkit.pipeline_args import class_names_for, network_dtype, open_image, whole_number
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
@@ -84,13 +83,13 @@ class LatentDiffusionPipeline:
         self.device = torch.device(device)
         # Networks held in bf16 on CUDA (the fastest measured inference setting, see
         # benchmarks/NOTES.md); fp32 on the CPU. The sampler state stays fp32 either way.
-        self.dtype = _network_dtype(dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = network_dtype(dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.unet = unet.to(self.device, self.dtype).eval()
         self.vae = vae.to(self.device, self.dtype).eval()
         self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval()
         self.schedule = schedule
         self.prediction = prediction
-        self.class_names = _class_names(unet, class_names)
+        self.class_names = class_names_for(unet, class_names)
         self.image_size = image_size
         self.sampler_defaults = dict(sampler_defaults or {})
         # "auto": torch.compile with CUDA graphs for jobs large enough to repay the compilation
@@ -159,8 +158,8 @@ class LatentDiffusionPipeline:
         all classes (class-conditional models), `n` images of the prompt (text models, default 1)
         or `n` unconditional images (default 16). Image k gets seed `seed + k`.
         """
-        n = None if n is None else _whole_number(n, "n")
-        seed = _whole_number(seed, "seed")
+        n = None if n is None else whole_number(n, "n")
+        seed = whole_number(seed, "seed")
         if isinstance(classes, (str, int)):  # one class: "Flags" is not the classes F, l, a, g, s
             classes = [classes]
         if n is not None and n < 1:
@@ -362,7 +361,7 @@ class LatentDiffusionPipeline:
         seed (`SeededNoise`), so the images kept are the ones an unpadded batch makes.
         `whole_batches` pads a job of one short batch too (a server reusing one compile per size).
         """
-        if _whole_number(batch_size, "batch_size") < 1:
+        if whole_number(batch_size, "batch_size") < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
         pad = self._compiles(len(seeds)) and (whole_batches or len(seeds) > batch_size)
         self._job_images = len(seeds)  # "auto" compilation looks at the whole job, not one batch
@@ -431,67 +430,9 @@ class LatentDiffusionPipeline:
         return F.max_pool2d(binary, self.vae.config.downsample_factor).to(self.device)
 
 
-def _whole_number(value: Any, what: str) -> int:
-    """`value` as an int (numpy's integers too), or a `UserError` naming `what`: `2.5` images or a
-    seed of `True` are mistakes, not numbers to round."""
-    if isinstance(value, bool):
-        raise UserError(f"{what} must be a whole number, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise UserError(f"{what} must be a whole number, got {value!r}") from None
-
-
-_DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-                "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64,
-                "float64": torch.float64}
-
-
-def _network_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """The networks' dtype: a floating-point torch dtype, or its name ("bf16", "float16", ...)."""
-    if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
-        return _DTYPE_NAMES[dtype.lower()]
-    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        return dtype
-    raise UserError(f"dtype must be a floating-point torch dtype or one of {', '.join(_DTYPE_NAMES)}, got {dtype!r}")
-
-
-def _class_names(unet: UNet, names: Sequence[str]) -> list[str]:
-    """The names of `unet`'s classes: as given, or "0".."n-1" for a class-conditional UNet given
-    none. Their count is the UNet's `num_classes`, whose id is the null class that guidance uses."""
-    count = unet.config.num_classes or 0
-    if isinstance(names, str):
-        raise UserError(f"class_names must be a list of names, got the string {names!r}")
-    names = [str(name) for name in names] or [str(k) for k in range(count)]
-    if len(names) != count:
-        raise UserError(f"{len(names)} class names for a UNet with {count} classes (num_classes="
-                        f"{unet.config.num_classes}): give one name per class, in id order")
-    return names
-
-
 def _fill(values: list[int], size: int) -> list[int]:
     """`values` extended to `size` entries by repeating its last one."""
     return values + [values[-1]] * (size - len(values))
 
 
 MAX_IMAGE_SCALE = 8  # start images up to this many times the model's size (each step runs the UNet at it)
-
-
-def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Image:
-    """A PIL image as given, or read from a path; `UserError` naming `what` if it cannot be."""
-    if isinstance(image, Image.Image):
-        return image
-    if not isinstance(image, (str, os.PathLike)):
-        raise UserError(f"{what} must be a PIL image or a file path, got {type(image).__name__} (a [C, H, W] "
-                        "tensor, uint8 or in [-1, 1], becomes one with ldmkit.data.images.to_pil(t)[0])")
-    path = Path(image)
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder; give an image file")
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"cannot read {what} {path} as an image ({err})") from None

@@ -1,0 +1,76 @@
+"""What a caller hands `LatentDiffusionPipeline`, checked where it comes in: counts and seeds (any
+integer type, never a float or a bool), the networks' dtype (a torch dtype or its name), class
+names against the UNet's class table, and start images (a PIL image or a path). Each mistake is
+a `UserError` that names the argument, not a TypeError from deep inside torch or PIL."""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ldmkit.errors import UserError
+from ldmkit.models import UNet
+
+
+def whole_number(value: Any, what: str) -> int:
+    """`value` as an int (numpy's integers too), or a `UserError` naming `what`: `2.5` images or a
+    seed of `True` are mistakes, not numbers to round."""
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be a whole number, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise UserError(f"{what} must be a whole number, got {value!r}") from None
+
+
+DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64,
+                "float64": torch.float64}
+
+
+def network_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The networks' dtype: a floating-point torch dtype, or its name ("bf16", "float16", ...)."""
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype.lower()]
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise UserError(f"dtype must be a floating-point torch dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+
+
+def class_names_for(unet: UNet, names: Sequence[str]) -> list[str]:
+    """The names of `unet`'s classes: as given, or "0".."n-1" for a class-conditional UNet given
+    none. Their count is the UNet's `num_classes`, whose id is the null class that guidance uses."""
+    count = unet.config.num_classes or 0
+    if isinstance(names, str):
+        raise UserError(f"class_names must be a list of names, got the string {names!r}")
+    names = [str(name) for name in names] or [str(k) for k in range(count)]
+    if len(names) != count:
+        raise UserError(f"{len(names)} class names for a UNet with {count} classes (num_classes="
+                        f"{unet.config.num_classes}): give one name per class, in id order")
+    return names
+
+
+def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Image:
+    """A PIL image as given, or read from a path; `UserError` naming `what` if it cannot be."""
+    if isinstance(image, Image.Image):
+        return image
+    if not isinstance(image, (str, os.PathLike)):
+        raise UserError(f"{what} must be a PIL image or a file path, got {type(image).__name__} (a [C, H, W] "
+                        "tensor, uint8 or in [-1, 1], becomes one with ldmkit.data.images.to_pil(t)[0])")
+    path = Path(image)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give an image file")
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"cannot read {what} {path} as an image ({err})") from None
