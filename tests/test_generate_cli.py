@@ -159,13 +159,15 @@ def test_skip_existing_keeps_only_whole_images_of_the_same_job(model_file, tmp_p
 
 def test_another_jobs_images_that_would_stay_beside_this_ones_are_refused(model_file, tmp_path, capsys):
     """A second job into the same folder overwrote its first images and left the rest: the grid and
-    `ldm eval --samples` then mixed two models' or settings' images."""
+    `ldm eval --samples` then mixed two models' or settings' images. Overwriting them all is no
+    better: interrupted, then resumed with --skip-existing, it kept the first job's as its own."""
     out = tmp_path / "out"
     assert generate(model_file, out) == 0  # 6 images
     before = pngs(out)
-    assert generate(model_file, out, "--n", "2", "--steps", "3") == 2
-    err = capsys.readouterr().err
-    assert f"{out}/ holds 4 images of another job (00002_seed2_class2.png, ...; steps 2, now 3)" in err
+    for n in ("2", "6"):  # fewer images, or as many (each of the first job's would be overwritten)
+        assert generate(model_file, out, "--n", n, "--steps", "3") == 2
+        err = capsys.readouterr().err
+        assert f"{out}/ holds 6 images of another job (00000_seed0_class0.png, ...; steps 2, now 3)" in err
     after = pngs(out)
     assert all(np.array_equal(after[k], before[k]) for k in before)  # nothing overwritten
     assert generate(model_file, out, "--n", "2") == 0  # the same job, fewer images: its own files may stay

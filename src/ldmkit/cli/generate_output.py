@@ -86,19 +86,23 @@ def check_same_job(out: Path, class_names: list[str], settings: dict) -> None:
 
 
 def check_no_other_job(out: Path, names: list[str], class_names: list[str], settings: dict) -> None:
-    """`UserError` if `out` holds sample PNGs of another job that this one would not overwrite: the
-    folder would then mix two jobs' images (in its grid, and in what `ldm eval --samples` reads).
-    Images of this same job beyond its count (an earlier, larger --n) are its own and may stay."""
-    ours = set(names)
-    others = [path.name for path in sample_paths(out)] if out.is_dir() else []
-    others = [name for name in others if name not in ours]
-    if not others:
+    """`UserError` if `out` holds sample PNGs of another job (as `samples.json` records it): those
+    this job would not overwrite would stay beside its own, and those it would overwrite are mixed
+    with its own until it ends (an interrupt, then `--skip-existing`, kept them as this job's), in
+    the grid and in what `ldm eval --samples` reads. Images of this same job beyond its count (an
+    earlier, larger --n) are its own and may stay; PNGs with no `samples.json` (made by an older
+    ldmkit) only where this job replaces them all."""
+    existing = [path.name for path in sample_paths(out)] if out.is_dir() else []
+    if not existing:
         return
     info = read_samples_info(out)
-    why = "no " + SAMPLES_FILE + " says which job made them" if info is None else "; ".join(
-        _job_differences(info, class_names, settings))
-    if info is not None and not why:
+    if info is None:
+        ours = set(names)
+        others, why = [name for name in existing if name not in ours], f"no {SAMPLES_FILE} says which job made them"
+    else:
+        others, why = existing, "; ".join(_job_differences(info, class_names, settings))
+    if not others or not why:
         return
     example = others[0] + (", ..." if len(others) > 1 else "")
-    raise UserError(f"{out}/ holds {len(others)} images of another job ({example}; {why}) that this one would not "
-                    "replace, so the folder would mix two jobs: give another --out, or remove them first")
+    raise UserError(f"{out}/ holds {len(others)} images of another job ({example}; {why}), so the folder would mix "
+                    "two jobs: give another --out, or remove them first")
