@@ -4,6 +4,7 @@ guidance defaults and the checks on what a model can be asked for."""
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 
@@ -120,6 +121,26 @@ def test_counts_and_seeds_are_whole_numbers_of_any_integer_type(pipe) -> None:
             pipe.plan(bad.get("n"), None, bad.get("seed", 0))
     with pytest.raises(UserError, match="batch_size must be a whole number"):
         pipe.generate(1, batch_size=2.5, **SAMPLING)
+    assert pipe.plan(None, np.array([2, 0]), 0) == ([0, 1], [2, 0])  # an array of ids (its truth value is ambiguous)
+    assert pipe.plan(None, np.int64(1), 0) == ([0], [1])
+
+
+def test_numbers_of_numpy_and_torch_are_numbers(pipe) -> None:
+    """c3ceab8 took numpy's and torch's scalars as cfg; the type check added after it refused them."""
+    reference = pipe.generate_uint8([0], [1], sampler="ddim", steps=4, cfg=2.5)
+    for cfg in (np.float32(2.5), torch.tensor(2.5)):
+        assert torch.equal(pipe.generate_uint8([0], [1], sampler="ddim", steps=np.int64(4), cfg=cfg), reference)
+    with pytest.raises(UserError, match="must be a number, got tensor"):
+        pipe.generate_latents([0], [0], steps=2, cfg=torch.ones(2))
+
+
+def test_a_class_named_by_a_folder_that_is_not_utf8_is_found_as_typed(pipe) -> None:
+    """The class name is the folder name's printable form (caf\\xe9); `--class` given the raw name
+    (a shell passes the bytes: caf\\udce9 to Python) finds it too."""
+    escaped = copy.copy(pipe)
+    escaped.class_names = ["caf\\xe9", "tea", "blue"]
+    raw = os.fsdecode(b"caf\xe9")
+    assert escaped.class_id(raw) == escaped.class_id("caf\\xe9") == 0
 
 
 def test_class_names_must_match_the_unets_classes(pipe) -> None:

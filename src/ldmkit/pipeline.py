@@ -13,6 +13,7 @@ size), the update rule and the img2img / mask handling from `diffusion.sample`, 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from ldmkit.diffusion.samplers import get_sampler, sampler_options
 from ldmkit.diffusion.timesteps import check_steps
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
-from ldmkit.pipeline_args import class_names_for, network_dtype, open_image, whole_number
+from ldmkit.data.folder_layout import printable_name
+from ldmkit.pipeline_args import class_names_for, network_dtype, open_image, real_number, whole_number
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
@@ -140,7 +142,7 @@ class LatentDiffusionPipeline:
         if self.num_classes == 0:
             kind = "a text-to-image model: give a prompt" if self.takes_text else "unconditional"
             raise UserError(f"this model has no classes ({kind}); it takes no --class")
-        text = str(name_or_id)
+        text = printable_name(str(name_or_id))  # a folder's name that is not UTF-8, as typed: its escapes
         if text.lstrip("-").isdigit():
             idx = int(text)
             if 0 <= idx < self.num_classes:
@@ -160,8 +162,10 @@ class LatentDiffusionPipeline:
         """
         n = None if n is None else whole_number(n, "n")
         seed = whole_number(seed, "seed")
-        if isinstance(classes, (str, int)):  # one class: "Flags" is not the classes F, l, a, g, s
+        if isinstance(classes, (str, numbers.Integral)):  # one class: "Flags" is not the classes F, l, a, g, s
             classes = [classes]
+        elif classes is not None and not isinstance(classes, (list, tuple)):
+            classes = list(classes)  # a numpy array or a tensor of ids: its truth value is ambiguous
         if n is not None and n < 1:
             raise UserError(f"--n must be at least 1 (got {n})")
         total = (n or 1) * len(classes) if classes else (n or 0)
@@ -185,12 +189,10 @@ class LatentDiffusionPipeline:
         """`UserError` for a sampler, step count, guidance scale or rescale this model cannot run:
         the checks the sampling loop makes, made before a command draws its progress bar."""
         get_sampler(sampler)
-        check_steps(steps, self.schedule)
+        check_steps(whole_number(steps, "steps"), self.schedule)
         check_rescale(cfg_rescale)
-        if cfg is not None and (isinstance(cfg, bool) or not isinstance(cfg, (int, float))):
-            raise UserError(f"the guidance scale (--cfg) must be a number, got {cfg!r}")
-        if cfg is not None and not math.isfinite(cfg):  # NaN guidance made black images, and exit 0
-            raise UserError(f"the guidance scale (--cfg) must be a finite number, got {cfg}")
+        if cfg is not None and not math.isfinite(real_number(cfg, "the guidance scale (--cfg)")):
+            raise UserError(f"the guidance scale (--cfg) must be a finite number, got {cfg}")  # NaN: black images
 
     def check_prompt(self, prompt: str | None) -> None:
         """`UserError` unless this model can take `prompt` (None: no prompt): a text-to-image model
@@ -270,6 +272,8 @@ class LatentDiffusionPipeline:
         `diffusion.sampler_options`); they override the model's defaults.
         """
         self.check_sampling(sampler, steps, cfg_rescale, cfg)  # NaN guidance made black images from Python
+        steps = whole_number(steps, "steps")  # numpy's integers and 0-d tensors as Python numbers from here
+        cfg = None if cfg is None else real_number(cfg, "the guidance scale (--cfg)")
         if negative_prompt and not self.takes_text:
             raise UserError("a negative prompt needs a text-to-image model; this one takes no prompt")
         shape = self.latent_shape if init is None else tuple(init.shape[1:])

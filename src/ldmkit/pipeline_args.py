@@ -29,6 +29,17 @@ def whole_number(value: Any, what: str) -> int:
         raise UserError(f"{what} must be a whole number, got {value!r}") from None
 
 
+def real_number(value: Any, what: str) -> float:
+    """`value` as a float (numpy's numbers and 0-d tensors too), or a `UserError` naming `what`:
+    a string or a bool is a mistake, not a number."""
+    if isinstance(value, (str, bytes, bool)):
+        raise UserError(f"{what} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of more than one value
+        raise UserError(f"{what} must be a number, got {value!r}") from None
+
+
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64,
                 "float64": torch.float64}
