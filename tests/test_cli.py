@@ -4,6 +4,7 @@ mistakes (exit status 2, no traceback), and generate / info / eval on a tiny ran
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -241,6 +242,7 @@ def test_info_names_a_built_in_datasets_folder_as_the_training_machines():
     assert _dataset("emoji") == "emoji"
     assert _dataset("data/cats") == "data/cats"  # a folder: the path is the dataset's name
     assert _dataset(None) == "-"
+    assert _dataset(os.fsdecode(b"data/B\xff")) == "data/B\\xff"  # printable, as the training log wrote it
 
 
 def test_a_user_error_is_a_value_error_for_python_callers():

@@ -100,6 +100,8 @@ def test_test_folder_beside_train_is_reported(tmp_path: Path) -> None:
     assert dataset.class_names == ["a"]
     assert messages == [f"Not reading 1 folder(s) of '{tmp_path}' that hold images: test (beside the split "
                         "folders, only train and val are read)."]
+    val, messages = load_quietly(tmp_path, "val", image_size=4)  # said once per run, with the train split
+    assert len(val) == 2 and messages == []
 
 
 @pytest.mark.parametrize("name", ["test", "Validation"])

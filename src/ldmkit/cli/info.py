@@ -28,10 +28,12 @@ def _millions(module) -> str:
 def _dataset(data: str | None) -> str:
     """`ldm train --data`'s value as the summary shows it. A built-in dataset's folder is a path on
     the machine that trained the model (the bundled fashion-mnist model's reads `.carry/fmnist`)."""
+    from ldmkit.data.folder_layout import printable_name
     from ldmkit.data.load import is_builtin_source
 
     if not data:
         return "-"
+    data = printable_name(data)  # a path that is not UTF-8, as the training log wrote it
     name, _, folder = data.partition(":")
     if folder and is_builtin_source(data):
         return f"{name} (read from {folder} where it was trained)"

@@ -146,8 +146,14 @@ def load_folder_dataset(
     seed: int,
 ) -> FolderImageDataset:
     """Build the train or val dataset of an image folder (layout in `folder_layout`)."""
-    train_dir, val_dir = split_folders(root)
-    train = list_split(train_dir)
+    if split == "train":
+        train_dir, val_dir = split_folders(root)
+        train = list_split(train_dir)
+    else:  # the train folder's listing again, for its class names: its warnings were said with the train split
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train_dir, val_dir = split_folders(root)
+            train = list_split(train_dir)
     note = ""
     if split == "val" and val_dir is not None:
         chosen, where = list_val_folder(val_dir, train.class_names), f"'{val_dir}'"
