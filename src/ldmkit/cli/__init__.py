@@ -16,6 +16,7 @@ from ldmkit.errors import UserError
 
 from . import eval as eval_verb
 from . import convert, generate, info, serve, train
+from .closed_pipe import outputs_survive_a_closed_pipe
 from .warning_lines import warning_lines
 
 VERBS = [train, generate, serve, info, eval_verb, convert]
@@ -48,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with warning_lines(f"ldm {args.verb}{_which_process()}"):
+        with outputs_survive_a_closed_pipe(), warning_lines(f"ldm {args.verb}{_which_process()}"):
             result = args.run(args)
     except UserError as err:
         print(f"ldm {args.verb}{_which_process()}: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `ldm info ... | head`: the reader left, nothing to report
+    except BrokenPipeError:  # a pipe other than stdout / stderr (those drop their writes: closed_pipe.py)
         return 0
     except OSError as err:  # the file system said no: a missing or read-only place, a full disk
         where = f": {err.filename}" if err.filename else ""
