@@ -225,6 +225,11 @@ def test_user_errors():
     with pytest.raises(UserError, match="noise"):
         sample(den, None, LINEAR)
     assert "karras_sigmas" in sampler_options("heun") and "eta" in sampler_options("ddim")
+    for sampler, option in (("ddim", {"eta": "0.5"}), ("euler", {"karras_sigmas": "no"}), ("ddim", {"spacing": 1}),
+                            ("ddim", {"steps_offset": 1.5}), ("ddim", {"eta": True})):
+        with pytest.raises(UserError, match=f"sampler '{sampler}': {next(iter(option))} must be a"):
+            sample(den, x_T, LINEAR, sampler=sampler, steps=2, **option)
+    sample(den, x_T, LINEAR, sampler="ddim", steps=2, eta=np.float32(0.5), steps_offset=np.int64(1))
 
 
 @pytest.mark.parametrize("name", ["ddim", "ddpm", "dpmpp-2m", "euler", "heun"])

@@ -30,6 +30,7 @@ Options per sampler: `spacing` ("leading" | "linspace" | "trailing") and `steps_
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
 
 from torch import Tensor
@@ -70,6 +71,23 @@ def sampler_options(name: str) -> list[str]:
     return [p for p in inspect.signature(get_sampler(name)).parameters if p not in shared]
 
 
+def _check_option_type(sampler: str, name: str, value: object, default: object) -> None:
+    """`UserError` unless `value` is of the kind of the option's default (`eta="0.5"` was torch's
+    TypeError deep in the loop, `karras_sigmas="no"` a truthy string)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:  # init, mask: checked where they are used
+        return
+    if not ok:
+        raise UserError(f"sampler {sampler!r}: {name} must be a {type(default).__name__}, got {value!r}")
+
+
 def sample(
     denoiser: Denoiser,
     x_T: Tensor | None,
@@ -93,6 +111,8 @@ def sample(
         raise UserError(
             f"sampler {sampler!r} has no option {', '.join(unknown)}; it takes {', '.join(allowed)}"
         )
+    for name, value in options.items():
+        _check_option_type(sampler, name, value, inspect.signature(fn).parameters[name].default)
     if steps is None:
         steps = DEFAULT_STEPS[sampler] or schedule.num_steps
     return fn(
