@@ -82,7 +82,7 @@ def check_same_job(out: Path, class_names: list[str], settings: dict) -> None:
     changed = _job_differences(info, class_names, settings)
     if changed:
         raise UserError(f"--skip-existing: the images in {out}/ were made with other settings ({'; '.join(changed)}); "
-                        "give another --out, or leave out --skip-existing to make them all again")
+                        "give another --out, or remove them first")
 
 
 def check_no_other_job(out: Path, names: list[str], class_names: list[str], settings: dict) -> None:

@@ -23,7 +23,7 @@ from ldmkit.diffusion import NoiseSchedule
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.pretrained import resolve_model_source
-from ldmkit.run_files import run_file_message, unfinished_run_message
+from ldmkit.run_files import MODEL_FILES, run_file_message, unfinished_run_message
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -98,7 +98,7 @@ def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / diffusers_folder.EXPORT_INFO).is_file():
             bundle = diffusers_folder.read_pipeline_folder(path)
-        elif any((path / name).is_file() for name in ldmkit_file.RUN_FILES):  # before config.json: runs have one
+        elif any((path / name).is_file() for name in MODEL_FILES):  # before config.json: runs have one
             bundle = ldmkit_file.read_ldmkit_file(path)
         elif (path / "config.json").is_file():
             bundle = diffusers_folder.read_model_folder(path)

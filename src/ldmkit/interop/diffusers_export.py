@@ -33,10 +33,10 @@ from ldmkit.errors import UserError
 from ldmkit.interop.bundle import ModelBundle
 from ldmkit.interop.diffusers_config import autoencoder_config_to_diffusers, unet_config_to_diffusers
 from ldmkit.interop.diffusers_folder import EXPORT_INFO, WEIGHTS
-from ldmkit.interop.ldmkit_file import RUN_FILES
 from ldmkit.interop.diffusers_keys import autoencoder_state_dict_to_diffusers, unet_state_dict_to_diffusers
 from ldmkit.interop.diffusers_scheduler import schedule_to_diffusers
 from ldmkit.interop.weights_io import write_safetensors
+from ldmkit.run_files import MODEL_FILES
 
 
 def _diffusers_version() -> str:
@@ -100,7 +100,7 @@ def _model_index(with_text: bool) -> dict[str, Any]:
 def is_diffusers_folder(folder: Path) -> bool:
     """Whether `folder` holds a diffusers pipeline or model folder (an earlier export, or a
     diffusers download): the only kind of folder `overwrite` may replace."""
-    if any((folder / name).exists() for name in RUN_FILES):  # an ldmkit run: checkpoints, logs
+    if any((folder / name).exists() for name in MODEL_FILES):  # an ldmkit run: checkpoints, logs
         return False
     if (folder / "model_index.json").is_file() or (folder / EXPORT_INFO).is_file():
         return True

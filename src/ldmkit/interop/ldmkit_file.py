@@ -30,10 +30,8 @@ from ldmkit.interop.key_table import check_keys
 from ldmkit.interop.loading import load_state_dict_strict
 from ldmkit.interop.weights_io import write_safetensors
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
-from ldmkit.run_files import MODEL_FILES
 from ldmkit.train.inference_file import FORMAT, FORMAT_VERSION, read_inference_metadata, resolve_inference_path
 
-RUN_FILES = MODEL_FILES
 PREFIXES = {"unet": "unet.", "vae": "vae.", "text_encoder": "text_encoder."}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
