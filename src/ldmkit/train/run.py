@@ -267,7 +267,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
             save_training_state(ckpt_path, full)
         barrier(dist)
 
-    with StopSignal(deadline) as stop:
+    with StopSignal(deadline, announce=dist.is_main) as stop:
         ctx = StageContext(run_dir=out_dir, config=config, dist=dist, stop=stop, save_state=save_state)
         if resumed is not None:  # the history config.json does not keep (resume_settings.py)
             log = ctx.logger(state["stage"], 0, 0, bar=False)

@@ -5,9 +5,16 @@ should end training with a fresh checkpoint rather than lose the work since the 
 The handler only sets a flag; the loop checks it after each optimizer step, saves, and
 returns. A second Ctrl-C raises KeyboardInterrupt at once, for a user who does not want to
 wait for the save.
+
+Under torchrun one Ctrl-C arrives twice: the terminal sends SIGINT to every process of its
+foreground group, workers included, and torchrun then forwards the SIGINT it got to each
+worker (torch.distributed.elastic's `PContext.close`, which waits 30 s before SIGKILL). Taken
+as a second Ctrl-C, the copy skipped the save. So under torchrun a SIGINT within
+`TORCHRUN_ECHO_S` of the first is the same Ctrl-C.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -22,14 +29,25 @@ class StopSignal:
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    TORCHRUN_ECHO_S = 2.0  # torchrun's copy of the terminal's SIGINT follows it by milliseconds
 
-    def __init__(self, deadline: float | None = None) -> None:
+    def __init__(self, deadline: float | None = None, *, announce: bool = False,
+                 under_torchrun: bool | None = None) -> None:
         """`deadline`: a `time.monotonic()` value after which a stop counts as requested
-        (`ldm train --time-limit`); it ends training the same way a signal does."""
+        (`ldm train --time-limit`); it ends training the same way a signal does.
+        `announce`: say on stderr, when the first signal comes, that the run will save and stop
+        (one process of a torchrun job says it). `under_torchrun`: None reads torchrun's
+        environment."""
         self._requested = False
         self.deadline = deadline
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
+        self.announce = announce
+        if under_torchrun is None:
+            under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+        self.under_torchrun = under_torchrun
+        self._first_sigint: float | None = None
+        self._signalled = False
 
     @property
     def requested(self) -> bool:
@@ -42,9 +60,27 @@ class StopSignal:
         self.signal_name = self.signal_name or name
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now, skip the final save
-        self.request(signal.Signals(signum).name)
+        now, name = time.monotonic(), signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            if self.under_torchrun and self._first_sigint is not None and now - self._first_sigint < self.TORCHRUN_ECHO_S:
+                return  # torchrun's copy of the same Ctrl-C
+            if self._signalled:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now, skip the final save
+            self._first_sigint = now
+        if not self._signalled and self.announce:
+            self._say_stopping(name)
+        self._signalled = True
+        self.request(name)
+
+    def _say_stopping(self, name: str) -> None:
+        """One line at once, so a user does not press Ctrl-C again during a long step or
+        compile. os.write, not print: a handler that prints while the interrupted code is
+        printing raises "reentrant call"."""
+        again = " (Ctrl-C again to quit at once, without saving)" if name == "SIGINT" else ""
+        try:
+            os.write(2, f"\n{name}: stopping; a checkpoint is saved first{again}\n".encode())
+        except OSError:
+            pass  # stderr closed: the stop itself goes on
 
     def __enter__(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
