@@ -131,3 +131,21 @@ def test_a_finished_run_rerun_does_nothing_and_writes_nothing(data, run, capsys)
     train_run(config(data, stage="vae"), run)
     assert "has finished its VAE stage: nothing to do" in capsys.readouterr().out
     assert files(run) == before
+
+
+def test_a_finished_run_in_a_folder_this_user_cannot_write(data, run, capsys, monkeypatch):
+    """Read-only (a shared results folder, a read-only mount): the finished run says "nothing to
+    do" as it does elsewhere (it failed on creating its lock); an unfinished one is refused in a line."""
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == run and mode & os.W_OK
+                        else real_access(path, mode, **kw))  # the tests run as root, whom chmod does not stop
+    before = files(run)
+    capsys.readouterr()
+    assert train_run(config(data), run).exit_status == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert files(run) == before and not (run / LOCK_NAME).exists()
+    with pytest.raises(UserError, match=r"is not writable, and ldm train writes its checkpoints, model and log "
+                                        r"there: give another --out, or make it writable"):
+        train_run(config(data, steps=STEPS + 1), run)

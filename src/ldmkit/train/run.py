@@ -20,6 +20,7 @@ file.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -143,6 +144,21 @@ def _nothing_to_do(state: dict[str, Any], config: RunConfig, out_dir: Path) -> s
     return None
 
 
+def _state_to_resume(out_dir: Path, resume: bool | None) -> dict[str, Any] | None:
+    """RUN's checkpoint as `resume` asks (None: if there is one; True: there must be; False: none)."""
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if resume is True and not ckpt_path.is_file():
+        raise UserError(f"nothing to resume: {ckpt_path} does not exist")
+    return load_training_state(ckpt_path) if resume is not False and ckpt_path.is_file() else None
+
+
+def _nothing_to_do_in(config: RunConfig, out_dir: Path, resume: bool | None) -> str | None:
+    """`_nothing_to_do` for RUN's checkpoint, read without the lock: a finished run in a folder
+    this user cannot write says so, as it would in a writable one (it writes nothing either way)."""
+    state = _state_to_resume(out_dir, resume)
+    return None if state is None else _nothing_to_do(state, config, out_dir)
+
+
 def _past_the_end(state: dict[str, Any], config: RunConfig) -> str | None:
     """A line for a resume whose checkpoint is already beyond the asked-for steps (else the run
     would end at once and report "done" without saying why nothing was trained)."""
@@ -176,6 +192,15 @@ def train_run(config: RunConfig, out_dir: str | Path, *, resume: bool | None = N
     finished = False
     try:
         deadline = started + 60 * config.time_limit if config.time_limit else None
+        if out_dir.is_dir() and not os.access(out_dir, os.W_OK):  # nor could it hold the lock
+            done = _nothing_to_do_in(config, out_dir, resume)
+            if done is None:
+                raise UserError(f"{out_dir} is not writable, and ldm train writes its checkpoints, model and "
+                                "log there: give another --out, or make it writable")
+            if dist.is_main:
+                print(done, flush=True)
+            finished = True
+            return RunOutcome(out_dir)
         with hold_run_lock(out_dir, dist):
             outcome = _run(config, out_dir, resume, dist, deadline)
         finished = True
@@ -191,9 +216,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
             print(text, flush=True)
 
     ckpt_path = out_dir / CHECKPOINT_NAME
-    if resume is True and not ckpt_path.is_file():
-        raise UserError(f"nothing to resume: {ckpt_path} does not exist")
-    state = load_training_state(ckpt_path) if resume is not False and ckpt_path.is_file() else None
+    state = _state_to_resume(out_dir, resume)
     if state is not None and (done := _nothing_to_do(state, config, out_dir)):
         say(done)
         return RunOutcome(out_dir)
