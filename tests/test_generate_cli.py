@@ -106,8 +106,8 @@ def test_kept_files_of_another_size_give_a_line_not_a_traceback(model_file, tmp_
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "100000"], "steps must be an integer from 1 to 1000, got 100000"),
     (["--cfg-rescale", "5"], "guidance rescale must be in [0, 1], got 5.0"),
-    (["--cfg", "nan"], "the guidance scale (--cfg) must be a finite number, got nan"),  # was black images, exit 0
-    (["--seed", "-1"], "--seed must be from 0 to 2**63 - n, got -1"),
+    (["--cfg", "nan"], "the guidance scale cfg (--cfg) must be a finite number, got nan"),  # was black images, exit 0
+    (["--seed", "-1"], "seed (--seed) must be from 0 to 2**63 - n, got -1"),
     (["--negative-prompt", "blurry"], "--negative-prompt needs a text-to-image model"),  # was ignored
 ])
 def test_sampling_mistakes_stop_before_the_progress_bar(model_file, tmp_path, capsys, flags, message):

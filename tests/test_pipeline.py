@@ -48,7 +48,7 @@ def test_plan_seeds_and_classes(pipe) -> None:
     assert pipe.plan(2, ["Blue", 0], 0) == ([0, 1, 2, 3], [2, 2, 0, 0])
     with pytest.raises(UserError, match="unknown class 'purple'; this model knows: 0=red, 1=green, 2=blue"):
         pipe.plan(1, ["purple"], 0)
-    with pytest.raises(UserError, match="--n must be at least 1"):
+    with pytest.raises(UserError, match=r"n \(--n\) must be at least 1"):
         pipe.plan(0, None, 0)
 
 

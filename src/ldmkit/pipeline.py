@@ -141,7 +141,7 @@ class LatentDiffusionPipeline:
         """Turn a class name (case-insensitive) or an id into a class id, or explain the choices."""
         if self.num_classes == 0:
             kind = "a text-to-image model: give a prompt" if self.takes_text else "unconditional"
-            raise UserError(f"this model has no classes ({kind}); it takes no --class")
+            raise UserError(f"this model has no classes ({kind}); it takes no class (classes=, --class)")
         text = printable_name(str(name_or_id))  # a folder's name that is not UTF-8, as typed: its escapes
         if text.lstrip("-").isdigit():
             idx = int(text)
@@ -160,18 +160,18 @@ class LatentDiffusionPipeline:
         all classes (class-conditional models), `n` images of the prompt (text models, default 1)
         or `n` unconditional images (default 16). Image k gets seed `seed + k`.
         """
-        n = None if n is None else whole_number(n, "n")
-        seed = whole_number(seed, "seed")
+        n = None if n is None else whole_number(n, "n (--n)")
+        seed = whole_number(seed, "seed (--seed)")
         if isinstance(classes, (str, numbers.Integral)):  # one class: "Flags" is not the classes F, l, a, g, s
             classes = [classes]
         elif classes is not None and not isinstance(classes, (list, tuple)):
             classes = list(classes)  # a numpy array or a tensor of ids: its truth value is ambiguous
         if n is not None and n < 1:
-            raise UserError(f"--n must be at least 1 (got {n})")
+            raise UserError(f"n (--n) must be at least 1, got {n}")
         total = (n or 1) * len(classes) if classes else (n or 0)
         if total > MAX_JOB_IMAGES:  # checked before the lists are built: 10**8 names took 7 GB
             raise UserError(f"{total:,} images is more than one job makes (at most {MAX_JOB_IMAGES:,}); make them "
-                            f"in parts, into separate folders or with --seed moved on by each part's count")
+                            f"in parts, into separate folders or with the seed (--seed) moved on by each part's count")
         if classes:
             ids = [self.class_id(c) for c in classes]
             per_class = n or 1
@@ -182,7 +182,7 @@ class LatentDiffusionPipeline:
         else:
             labels = [-1] * (n or (1 if self.takes_text else 16))
         if not 0 <= seed <= 2**63 - len(labels):  # every image's seed, checked before any work
-            raise UserError(f"--seed must be from 0 to 2**63 - n, got {seed} for {len(labels)} images")
+            raise UserError(f"seed (--seed) must be from 0 to 2**63 - n, got {seed} for {len(labels)} images")
         return [seed + k for k in range(len(labels))], labels
 
     def check_sampling(self, sampler: str, steps: int, cfg_rescale: float = 0.0, cfg: float | None = None) -> None:
@@ -191,8 +191,8 @@ class LatentDiffusionPipeline:
         get_sampler(sampler)
         check_steps(whole_number(steps, "steps"), self.schedule)
         check_rescale(cfg_rescale)
-        if cfg is not None and not math.isfinite(real_number(cfg, "the guidance scale (--cfg)")):
-            raise UserError(f"the guidance scale (--cfg) must be a finite number, got {cfg}")  # NaN: black images
+        if cfg is not None and not math.isfinite(real_number(cfg, "the guidance scale cfg (--cfg)")):
+            raise UserError(f"the guidance scale cfg (--cfg) must be a finite number, got {cfg}")  # NaN: black images
 
     def check_prompt(self, prompt: str | None) -> None:
         """`UserError` unless this model can take `prompt` (None: no prompt): a text-to-image model
@@ -273,7 +273,7 @@ class LatentDiffusionPipeline:
         """
         self.check_sampling(sampler, steps, cfg_rescale, cfg)  # NaN guidance made black images from Python
         steps = whole_number(steps, "steps")  # numpy's integers and 0-d tensors as Python numbers from here
-        cfg = None if cfg is None else real_number(cfg, "the guidance scale (--cfg)")
+        cfg = None if cfg is None else real_number(cfg, "the guidance scale cfg (--cfg)")
         if negative_prompt and not self.takes_text:
             raise UserError("a negative prompt needs a text-to-image model; this one takes no prompt")
         shape = self.latent_shape if init is None else tuple(init.shape[1:])
@@ -366,7 +366,7 @@ class LatentDiffusionPipeline:
         `whole_batches` pads a job of one short batch too (a server reusing one compile per size).
         """
         if whole_number(batch_size, "batch_size") < 1:
-            raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+            raise UserError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
         pad = self._compiles(len(seeds)) and (whole_batches or len(seeds) > batch_size)
         self._job_images = len(seeds)  # "auto" compilation looks at the whole job, not one batch
         try:
