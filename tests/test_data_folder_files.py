@@ -58,8 +58,28 @@ def test_class_of_unreadable_files_is_refused(tmp_path: Path, val_folder: bool) 
     count = 4 if val_folder else 3  # without a val folder, one of the four is held out for val
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(UserError, match=f"^Class 'broken' of '{train}' has no readable image: all {count} "
-                                            "of its training files fail to decode"):
+        with pytest.raises(UserError, match=f"^Class 'broken' of '{train}' has no readable image: of its {count} "
+                                            f"training files, {count} fail to decode"):
+            load_image_dataset(tmp_path, image_size=4)
+
+
+def test_class_of_images_too_large_is_refused_as_such(tmp_path: Path, monkeypatch) -> None:
+    """Not "fail to decode": they are fine images, over PIL's decompression-bomb limit."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # PIL refuses above 300 pixels
+    train = tmp_path / "train"
+    for index in range(3):
+        rgb_file(train / "ok" / f"{index}.png", (0, 100, 0), size=(10, 10))
+    rgb_file(train / "huge" / "bomb.png", (200, 0, 0), size=(20, 20))
+    (train / "huge" / "empty.png").write_bytes(b"")
+    rgb_file(tmp_path / "val" / "ok" / "v.png", (0, 100, 0), size=(10, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UserError, match=r"^Class 'huge' of .* has no readable image: of its 2 training files, "
+                                            r"1 fails to decode \(empty.png\), and 1 is too large to decode safely "
+                                            r"\(bomb.png 400 pixels; shrink them\); fix them or remove"):
+            load_image_dataset(tmp_path, image_size=4)
+        (train / "huge" / "empty.png").unlink()
+        with pytest.raises(UserError, match=r"of its 1 training files, 1 is too large to decode safely"):
             load_image_dataset(tmp_path, image_size=4)
 
 

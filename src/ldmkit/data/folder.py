@@ -104,9 +104,16 @@ def _refuse_unreadable_classes(listing: ImageListing, checks: dict[Path, ImageCh
         by_label.setdefault(label, []).append(path)
     for label, paths in by_label.items():
         if label >= 0 and not any(checks[path].readable for path in paths):
-            raise UserError(f"Class '{listing.class_names[label]}' of {where} has no readable image: all "
-                            f"{len(paths)} of its training files fail to decode ({_examples(paths)}); "
-                            "fix them or remove the class folder.")
+            large = [path for path in paths if checks[path].too_large]
+            broken = [path for path in paths if path not in large]
+            why = ""
+            if broken:
+                why = f"{len(broken)} {'fails' if len(broken) == 1 else 'fail'} to decode ({_examples(broken)})"
+            if large:  # too large is not broken: say what to do with them
+                why += (", and " if why else "") + (f"{len(large)} {'is' if len(large) == 1 else 'are'} too large "
+                                                    f"to decode safely ({_examples(large, checks)}; shrink them)")
+            raise UserError(f"Class '{listing.class_names[label]}' of {where} has no readable image: of its "
+                            f"{len(paths)} training files, {why}; fix them or remove the class folder.")
 
 
 def drop_unreadable(

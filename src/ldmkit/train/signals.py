@@ -62,7 +62,8 @@ class StopSignal:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         now, name = time.monotonic(), signal.Signals(signum).name
         if signum == signal.SIGINT:
-            if self.under_torchrun and self._first_sigint is not None and now - self._first_sigint < self.TORCHRUN_ECHO_S:
+            first = self._first_sigint
+            if self.under_torchrun and first is not None and now - first < self.TORCHRUN_ECHO_S:
                 return  # torchrun's copy of the same Ctrl-C
             if self._signalled:
                 raise KeyboardInterrupt  # second Ctrl-C: stop now, skip the final save
