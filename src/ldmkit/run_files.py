@@ -58,3 +58,11 @@ def unfinished_run_message(folder: str | Path) -> str | None:
     if not folder.is_dir() or not _is_run_folder(folder) or any((folder / n).is_file() for n in MODEL_FILES):
         return None
     return f"{folder} is an ldmkit run with no model yet: {_finished(folder)}"
+
+
+def run_owned_file(path: str | Path) -> bool:
+    """Whether `path` names one of the files `ldm train` writes in a run folder (its models, its
+    checkpoint, cache, log or config), which nothing else may replace: the run's checkpoint and its
+    model belong together."""
+    path = Path(path)
+    return (path.name in MODEL_FILES or path.name in _NOT_MODELS) and _is_run_folder(path.parent)

@@ -66,7 +66,8 @@ class ModelBundle:
         return None if self.vae is None else 64 * self.vae.config.downsample_factor
 
 
-def _is_ldmkit_file(path: Path) -> bool:
+def is_ldmkit_file(path: Path) -> bool:
+    """Whether `path` is a .safetensors file that ldmkit wrote (its metadata says so)."""
     if path.suffix != ".safetensors":
         return False
     from safetensors import safe_open
@@ -111,7 +112,7 @@ def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
         return _override(bundle, options, allowed=("image_size", "prediction"), source=source)
     if not path.exists():
         raise UserError(f"no such model file or folder: {path}")
-    if _is_ldmkit_file(path):
+    if is_ldmkit_file(path):
         return _override(ldmkit_file.read_ldmkit_file(path), options, allowed=("image_size", "prediction"),
                          source=source)
     return compvis_checkpoint.read_compvis_checkpoint(path, **options)
