@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,8 +57,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
     p.add_argument("--batch-size", type=int, default=500, help="images per generation batch")
     p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size")
+    p.add_argument("--kid-subsets", type=int, default=100,
+                   help="KID: random subsets drawn from each set, their MMD averaged (default: 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000,
+                   help="KID: images per subset, at most the smaller set (default: 1000)")
     p.add_argument("--image-size", type=int, default=None,
                    help="size to read the real images at when no --model gives it (default: the --samples' size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -129,9 +132,11 @@ def _npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tenso
     if not Path(path).is_file():
         raise UserError(f"--samples {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise UserError(f"--samples {path} holds one array, not the arrays of an .npz file")
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):  # an .npy file under an .npz name: one array, no `with` protocol
+            raise UserError(f"--samples {path} holds one array, not the arrays of an .npz file (save them with "
+                            "numpy.savez(path, images=..., labels=...))")
+        with data:
             if "images" not in data:
                 raise UserError(f"{path} has no 'images' array (found: {', '.join(data.files)})")
             images = torch.from_numpy(data["images"][:limit])
@@ -210,6 +215,11 @@ def _report_path(path: str) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot make the folder of --out {out}: {err.strerror or err}") from None
+    try:  # the report is written beside its name and moved over it (atomic_write_text): try that folder now
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as err:
+        raise UserError(f"cannot write the report into {out.parent} ({err.strerror or err}): give another --out") \
+            from None
     return out
 
 
@@ -228,6 +238,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --model (to generate samples) or --samples DIR (already generated)")
     if args.n < 1:
         raise UserError(f"--n must be at least 1 (got {args.n})")
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:  # checked by kid() too, but only after the work
+        flag, value, least = (("--kid-subsets", args.kid_subsets, 1) if args.kid_subsets < 1
+                              else ("--kid-subset-size", args.kid_subset_size, 2))
+        raise UserError(f"{flag} must be at least {least} (got {value})")
     out = _report_path(args.out)
     device = resolve_device(args.device)
 

@@ -119,8 +119,16 @@ def _sort_key(path: Path) -> tuple[int, str]:
 
 
 def _load_png(path: Path, channels: int) -> np.ndarray:
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    """[C, H, W] uint8, by the training data's rules (`to_rgb`: 16-bit scaled, not clipped to
+    white; transparency on white); a file that does not decode is named, not just PIL's words."""
+    from ldmkit.data.decode import to_rgb
+
+    try:
+        with Image.open(path) as image:
+            rgb = to_rgb(image)
+            array = np.asarray(rgb.convert("L") if channels == 1 else rgb)
+    except (OSError, ValueError, SyntaxError) as err:  # truncated, corrupt, not an image
+        raise UserError(f"sample {path} cannot be read ({err}); generate it again or remove it") from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)  # [C, H, W]
 
 

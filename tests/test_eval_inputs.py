@@ -1,0 +1,64 @@
+"""`ldm eval`'s inputs that once failed late or wrongly (a user-testing report): an .npy file named
+.npz, KID settings checked only after the samples were made, a report folder that cannot be
+written found only at the end, 16-bit PNG samples clipped to black and white, a truncated sample
+not named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_eval_cli import MODEL_CLASSES, QUICK, make_folder_data, model_file  # noqa: F401 (fixture)
+
+from ldmkit.cli import main
+from ldmkit.errors import UserError
+from ldmkit.eval import read_sample_folder
+
+
+def test_an_npy_file_named_npz_is_one_line(tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    np.save(tmp_path / "plain.npy", np.zeros((4, 3, 16, 16), np.uint8))
+    (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")
+    assert main(["eval", "--data", str(data), "--samples", str(tmp_path / "plain.npz"), "--image-size", "16",
+                 "--features", "classifier", "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "holds one array, not the arrays of an .npz file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, value, least", [("--kid-subsets", "0", 1), ("--kid-subset-size", "1", 2)])
+def test_kid_settings_are_checked_before_any_work(model_file, tmp_path, capsys, flag, value, least):  # noqa: F811
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    args = ["eval", "--model", str(model_file), "--data", str(data), *QUICK, flag, value, "--n", "6",
+            "--out", str(tmp_path / "r.json")]
+    assert main(args) == 2
+    assert f"{flag} must be at least {least} (got {value})" in capsys.readouterr().err
+    assert not (tmp_path / "classifier.safetensors").exists()  # refused before the classifier trained
+
+
+def test_a_report_folder_that_cannot_be_written_is_refused_before_any_work(model_file, tmp_path, capsys):  # noqa: F811
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    assert main(["eval", "--model", str(model_file), "--data", str(data), *QUICK,
+                 "--out", "/proc/report.json"]) == 2  # /proc takes no new files, even from root
+    assert "cannot write the report into /proc" in capsys.readouterr().err
+    assert not (tmp_path / "classifier.safetensors").exists()
+
+
+def test_sixteen_bit_samples_are_scaled_not_clipped(tmp_path):
+    levels = np.array([[0, 257 * 40], [257 * 128, 65535]], dtype=np.uint16).repeat(4, 0).repeat(4, 1)
+    for i in range(2):
+        Image.fromarray(levels).save(tmp_path / f"{i:05d}.png")  # uint16: a 16-bit greyscale PNG
+    with Image.open(tmp_path / "00000.png") as saved:
+        assert saved.mode in ("I;16", "I")  # what PIL reads a 16-bit PNG as
+    images = read_sample_folder(tmp_path).images
+    assert images.shape == (2, 1, 8, 8)
+    assert sorted(set(images[0, 0].flatten().tolist())) == [0, 40, 128, 255]  # clipped, it was {0, 255}
+
+
+def test_a_truncated_sample_is_named(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    for i in range(3):
+        Image.fromarray(pixels).save(tmp_path / f"{i:05d}.png")
+    cut = tmp_path / "00001.png"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"sample {cut} cannot be read \(.*\); generate it again or remove it"):
+        read_sample_folder(tmp_path)
