@@ -96,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
     # (serve/jobs.py says why), until Ctrl-C.
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     try:
-        runner.run()
+        runner.run()  # on its way out it answers the queued jobs' requests with 503
     except KeyboardInterrupt:
         print("stopped", flush=True)
     finally:
         server.shutdown()
+        server.wait_for_answers(timeout=2.0)  # their request threads are daemons: let the 503s out first
         server.server_close()
     return 0

@@ -18,6 +18,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class ServerStopping(Exception):
+    """The job was queued or running when the server was stopped: answered 503, not as a failure."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; send the request again once it is back")
+
+
 class _Job:
     def __init__(self, work: Callable[[], Any]) -> None:
         self.work = work
@@ -31,12 +38,17 @@ class JobRunner:
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def submit(self, work: Callable[[], T]) -> T:
         """Queue `work`, wait for the runner thread to run it, and return its result (or raise
-        its exception here, in the caller's thread)."""
+        its exception here, in the caller's thread); `ServerStopping` once `run` has ended."""
         job = _Job(work)
-        self._jobs.put(job)
+        with self._lock:  # a job queued after close() would wait forever
+            if self._closed:
+                raise ServerStopping()
+            self._jobs.put(job)
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -45,17 +57,33 @@ class JobRunner:
     def run(self, stop: threading.Event | None = None) -> None:
         """Run submitted jobs until `stop` is set (or forever); the short wait between checks keeps
         Ctrl-C (KeyboardInterrupt, delivered to the main thread) prompt."""
-        while stop is None or not stop.is_set():
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    job = self._jobs.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                try:
+                    job.result = job.work()
+                except KeyboardInterrupt:
+                    job.error = ServerStopping()
+                    raise
+                except BaseException as err:  # handed to the waiting request thread, which answers with it
+                    job.error = err
+                finally:
+                    job.done.set()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        """Refuse new jobs and answer the queued ones with `ServerStopping` (their requests would
+        otherwise wait until the process ends, and get no answer at all)."""
+        with self._lock:
+            self._closed = True
+        while True:
             try:
-                job = self._jobs.get(timeout=0.2)
+                job = self._jobs.get_nowait()
             except queue.Empty:
-                continue
-            try:
-                job.result = job.work()
-            except KeyboardInterrupt:
-                job.error = RuntimeError("the server was stopped during this job")
-                raise
-            except BaseException as err:  # handed to the waiting request thread, which answers with it
-                job.error = err
-            finally:
-                job.done.set()
+                return
+            job.error = ServerStopping()
+            job.done.set()

@@ -12,7 +12,9 @@ threading HTTP server (no web framework to install for one page and four endpoin
                          job_id names a job that still waits or runs (`progress.py`)
 
 A mistake in a request is a 400 with {"error": "..."} in the words `ldm generate` would use;
-anything else that fails is a 500 whose traceback goes to the server's stderr, not the client.
+a job queued or running when the server is stopped is a 503; anything else that fails is a 500
+whose traceback goes to the server's stderr, not the client. A client that left before its
+answer (a closed tab) is not an error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import threading
+import time
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ldmkit.errors import UserError
 
-from .jobs import JobRunner
+from .jobs import JobRunner, ServerStopping
 from .progress import JobIdInUse, JobStopped
 from .service import GenerationService
 
@@ -75,6 +79,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if path != "/api/generate":
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {path}"})
             return
+        with self.server.answering():  # type: ignore[attr-defined]  (_Server's)
+            self._generate()
+
+    def _generate(self) -> None:
         try:
             job = self.service.prepare(self._read_json())  # mistakes answered at once, even mid-job
             self.service.progress.queued(job.job_id)
@@ -90,6 +98,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         except _BodyTooLarge as err:
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(err)})
+            return
+        except ServerStopping as err:
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(err)})
             return
         except Exception as err:  # the server keeps serving; the details go to its own log
             traceback.print_exc(file=sys.stderr)
@@ -141,19 +152,57 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client left (a closed tab): nobody to tell
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
         if not self.quiet:
             super().log_message(format, *args)
 
 
+class _Server(ThreadingHTTPServer):
+    """The threading server, counting the generate requests not yet answered, so that a stopping
+    `ldm serve` can let their 503s out before the process ends (request threads are daemons)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unanswered = 0
+        self._count = threading.Condition()
+
+    def answering(self) -> "_Answering":
+        return _Answering(self)
+
+    def wait_for_answers(self, timeout: float) -> bool:
+        """Wait until every generate request has been answered, at most `timeout` s; whether all were."""
+        deadline = time.monotonic() + timeout
+        with self._count:
+            while self._unanswered and (left := deadline - time.monotonic()) > 0:
+                self._count.wait(left)
+            return not self._unanswered
+
+
+class _Answering:
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+
+    def __enter__(self) -> None:
+        with self.server._count:
+            self.server._unanswered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.server._count:
+            self.server._unanswered -= 1
+            self.server._count.notify_all()
+
+
 def make_server(service: GenerationService, host: str = "127.0.0.1", port: int = 8000, *,
-                runner: JobRunner | None = None, quiet: bool = False) -> ThreadingHTTPServer:
+                runner: JobRunner | None = None, quiet: bool = False) -> _Server:
     """A server for `service` bound to host:port (port 0: any free port; read it back from
     `server.server_address`). Run it with `serve_forever()`; `shutdown()` from another thread.
     With a `runner`, generation runs on the thread in `runner.run()` (needed for a compiled UNet
     with CUDA graphs: `jobs.py`); without, on each request's own thread."""
     handler = type("RequestHandler", (_RequestHandler,), {"service": service, "runner": runner, "quiet": quiet})
-    return ThreadingHTTPServer((host, port), handler)
+    return _Server((host, port), handler)
