@@ -151,3 +151,20 @@ def test_one_context_tensor_per_batch(sd_folder, monkeypatch) -> None:
     monkeypatch.setattr(unet_type, "forward", spy)
     pipe.generate_latents([SEED], [-1], sampler="ddim", steps=3, cfg=5.0, prompt=PROMPT)
     assert len(seen) == 3 and all(c is seen[0] for c in seen)
+
+
+def test_a_tokenizer_folder_without_its_config_encodes_to_the_encoders_length(sd_folder, tmp_path) -> None:
+    """vocab.json + merges.txt alone (the docs allow it): transformers then says model_max_length
+    ~1e30, which padding to failed with OverflowError; the encoder's 77 positions bound it."""
+    import shutil
+
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    from tiny_sd import write_tokenizer
+
+    folder = Path(shutil.copytree(sd_folder, tmp_path / "sd"))
+    shutil.rmtree(folder / "tokenizer")
+    (write_tokenizer(folder / "tokenizer") / "tokenizer_config.json").unlink()  # vocab.json, merges.txt
+    pipe = LatentDiffusionPipeline.from_pretrained(folder, device="cpu")
+    assert pipe.text_encoder.tokenize(["a cat " * 60]).shape == (1, 77)
+    assert pipe.generate(1, prompt=PROMPT, steps=1)[0].size == (16, 16)

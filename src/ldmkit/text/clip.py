@@ -147,7 +147,9 @@ class CLIPTextEncoder(nn.Module):
 
     @property
     def max_length(self) -> int:
-        return int(self.tokenizer.model_max_length)
+        """Tokens per prompt: the tokenizer's length, at most the encoder's positions (77 for SD).
+        A tokenizer folder without tokenizer_config.json says ~1e30 (transformers' "no limit")."""
+        return min(int(self.tokenizer.model_max_length), int(self.model.config.max_position_embeddings))
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Token ids `[B, max_length]`: start token, prompt, end token, padding; long prompts are cut."""
