@@ -324,3 +324,17 @@ def test_setting_the_head_count_or_size_drops_the_other():
     with pytest.raises(UserError, match="head_dim is 64 unless given: with num_heads, pass head_dim=None"):
         UNetConfig(num_heads=8)
     assert UNetConfig(num_heads=8, head_dim=None).heads_at(64) == (8, 8)
+
+
+@pytest.mark.parametrize("key, value", [("diffusion.model.channel_mult", 3), ("diffusion.model.attention_levels", 1),
+                                        ("vae.model.block_channels", 5), ("diffusion.model.channel_mult", "abc")])
+def test_a_list_field_given_one_value_is_one_line(key, value):
+    """`--set diffusion.model.channel_mult=3` (for =[3]) ended in "'int' object is not iterable"."""
+    with pytest.raises(UserError, match=rf"--set {key} must be a list of whole numbers, e\.g\. \[1, 2\], got "):
+        apply_overrides(preset_config("tiny"), {key: value})
+    from ldmkit.models.autoencoder import AutoencoderKLConfig
+    from ldmkit.models.unet_config import UNetConfig
+
+    with pytest.raises(UserError, match=r"UNetConfig.channel_mult must be a list of whole numbers, got \[1.5\]"):
+        UNetConfig(channel_mult=[1.5])
+    assert AutoencoderKLConfig(block_channels=[8, 16.0], norm_groups=8).block_channels == (8, 16)  # 16.0 is 16

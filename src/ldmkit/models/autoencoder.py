@@ -19,7 +19,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.models.input_dtype import check_input_dtype
-from ldmkit.models.config_io import JsonConfig
+from ldmkit.models.config_io import JsonConfig, int_tuple
 from ldmkit.models.distributions import DiagonalGaussian
 from ldmkit.models.vae_coders import Decoder, Encoder
 
@@ -49,7 +49,7 @@ class AutoencoderKLConfig(JsonConfig):
     logvar_max: float = 20.0
 
     def __post_init__(self) -> None:
-        self.block_channels = tuple(int(c) for c in self.block_channels)
+        self.block_channels = int_tuple(self.block_channels, "AutoencoderKLConfig.block_channels")
         for name in ("in_channels", "out_channels", "num_res_blocks", "latent_channels", "norm_groups"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import typing
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from ldmkit.errors import UserError
 
 ConfigT = TypeVar("ConfigT", bound="JsonConfig")
+
+
+def int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    """A list field of whole numbers as a tuple; `UserError` naming `what` for a bare number (`--set
+    diffusion.model.channel_mult=3`: "'int' object is not iterable"), a string, or a non-integer."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise UserError(f"{what} must be a list of whole numbers, e.g. [1, 2], got {value!r}")
+    items = list(value)
+    try:
+        if any(isinstance(v, bool) for v in items):
+            raise TypeError
+        return tuple(int(v) if isinstance(v, float) and v.is_integer() else operator.index(v) for v in items)
+    except TypeError:
+        raise UserError(f"{what} must be a list of whole numbers, got {items!r}") from None
 
 
 class JsonConfig:

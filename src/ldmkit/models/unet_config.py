@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ldmkit.errors import UserError
-from ldmkit.models.config_io import JsonConfig
+from ldmkit.models.config_io import JsonConfig, int_tuple
 
 
 @dataclass
@@ -52,8 +52,8 @@ class UNetConfig(JsonConfig):
     conv_resample: bool = True
 
     def __post_init__(self) -> None:
-        self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        self.attention_levels = tuple(sorted({int(level) for level in self.attention_levels}))
+        self.channel_mult = int_tuple(self.channel_mult, "UNetConfig.channel_mult")
+        self.attention_levels = tuple(sorted(set(int_tuple(self.attention_levels, "UNetConfig.attention_levels"))))
         self.validate()
 
     @property

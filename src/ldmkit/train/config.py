@@ -239,13 +239,17 @@ def _set_model_field(config: RunConfig, key: str, value: Any) -> None:
     """`vae.model.FIELD=VALUE` / `diffusion.model.FIELD=VALUE`: one architecture field, checked
     against the model's config class (lists become tuples there; the run validates the whole)."""
     from ldmkit.models.autoencoder import AutoencoderKLConfig
+    from ldmkit.models.config_io import int_tuple
     from ldmkit.models.unet_config import UNetConfig
 
     section, _, name = key.split(".", 2)
     stage = getattr(config, section)
     model_cls = AutoencoderKLConfig if section == "vae" else UNetConfig
-    if name not in {f.name for f in dataclasses.fields(model_cls)}:
+    fields = {f.name: f for f in dataclasses.fields(model_cls)}
+    if name not in fields:
         raise UserError(f"unknown training option {key!r}: {model_cls.__name__} has no field {name!r}")
+    if isinstance(fields[name].default, tuple):  # a list field: `=3` for `=[3]` is named here, by its flag
+        int_tuple(value, f"--set {key}")
     if not stage.model:
         stage.model = (vae_model_dict if section == "vae" else unet_model_dict)(stage.preset)
     stage.model = {**stage.model, name: value}
