@@ -62,3 +62,14 @@ def test_a_truncated_sample_is_named(tmp_path):
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     with pytest.raises(UserError, match=rf"sample {cut} cannot be read \(.*\); generate it again or remove it"):
         read_sample_folder(tmp_path)
+
+
+def test_inception_weights_choose_inception_features_or_are_refused(model_file, tmp_path, capsys):  # noqa: F811
+    """--inception-weights without --features inception was ignored: EfficientNet metrics, no word."""
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    args = ["eval", "--model", str(model_file), "--data", str(data), "--n", "6", "--device", "cpu",
+            "--inception-weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "r.json")]
+    assert main(args) == 2  # auto: Inception, whose weights are not there
+    assert f"Inception weights not found at {tmp_path / 'nope.pth'}" in capsys.readouterr().err
+    assert main([*args, "--features", "efficientnet"]) == 2
+    assert "--inception-weights is for --features inception, not efficientnet" in capsys.readouterr().err

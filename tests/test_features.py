@@ -169,6 +169,10 @@ def test_inception_without_weights_explains_where_to_put_them(monkeypatch, tmp_p
         find_inception_weights()
     with pytest.raises(UserError, match="not found"):
         InceptionFeatures(tmp_path / "nope.pth", device="cpu")
+    (tmp_path / "junk.pth").write_text("junk\n")  # torch's own message for it was a bare number
+    with pytest.raises(UserError, match=r"junk.pth: not a PyTorch weights file torch.load reads with "
+                                        r"weights_only=True \(\w+\); get pt_inception"):
+        InceptionFeatures(tmp_path / "junk.pth", device="cpu")
 
 
 def test_inception_architecture_and_loading(monkeypatch, tmp_path):

@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Generate --n samples balanced over classes (or read --samples DIR) and compare them with the "
         "real test split in one feature space: Frechet distance, KID, precision and recall (k-NN, Kynkaanniemi et "
         "al. 2019) and the accuracy of a classifier on the requested class. Each number is printed beside the "
-        "baseline of real training images against the same test images, at the same n. Only the Inception-v3 "
+        "baseline of real training images against the same test images, at the same n (class accuracy's baseline "
+        "is the classifier's accuracy on the test images themselves). Only the Inception-v3 "
         "distance is called FID; others are named after their extractor (FD_classifier, FD_efficientnet_lite0).",
         formatter_class=DefaultsHelpFormatter,
     )
@@ -47,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="train the dataset classifier first and save it to --classifier (default: OUT's folder)")
     p.add_argument("--classifier-epochs", type=int, default=30, help="epochs for --train-classifier")
     p.add_argument("--inception-weights", default=None,
-                   help="local pt_inception / torch-fidelity weights file (never downloaded)")
+                   help="local pt_inception / torch-fidelity weights file (never downloaded); with --features "
+                   "auto it selects the Inception features")
     p.add_argument("--vae", action="store_true",
                    help="also report the VAE's reconstruction PSNR/SSIM on the val split and the distance of its "
                    "reconstructions (the floor a latent model can reach)")
@@ -206,6 +208,15 @@ def _sample_runs(args: argparse.Namespace, pipe, samples: tuple | None, data_ids
         yield info, images, fake_labels
 
 
+def _feature_name(args: argparse.Namespace) -> str:
+    """--features, where --inception-weights asks for Inception (it was ignored without --features inception)."""
+    if args.inception_weights is None or args.features == "inception":
+        return args.features
+    if args.features == "auto":
+        return "inception"
+    raise UserError(f"--inception-weights is for --features inception, not {args.features}: drop one of them")
+
+
 def _report_path(path: str) -> Path:
     """--out, checked and its folder made before any work (not after an hour of it)."""
     out = Path(path)
@@ -293,8 +304,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the classifier {classifier_path} was trained on other classes ({', '.join(known[:6])}"
                         f"{', ...' if len(known) > 6 else ''}) than the data's; pass --train-classifier to train "
                         "one on this data")
-    extractor = resolve_features(args.features, classifier=classifier, inception_weights=args.inception_weights,
-                                 device=device)
+    extractor = resolve_features(_feature_name(args), classifier=classifier,
+                                 inception_weights=args.inception_weights, device=device)
     report["features"] = extractor.name
 
     if args.vae:

@@ -68,8 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "the emoji UNet's 3.9x (v17); --no-step-graph when memory is tight")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes of the whole run, saving checkpoint.pt (and, once "
-                   "the UNet stage has begun, model.safetensors); the exit status is 0, as for a finished run; "
-                   "rerunning the command resumes")
+                   "the UNet stage has begun, model.safetensors and a last sample grid, which the limit does not "
+                   "include: tens of seconds on a CPU); the exit status is 0, as for a finished run; rerunning "
+                   "the command resumes")
     p.add_argument("--quiet", action="store_true",
                    help="plain log lines instead of a progress bar (what a stderr that is not a terminal gets anyway)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -235,7 +235,10 @@ def load_fid_inception(path: str | Path | None = None, device: torch.device | st
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or foreign file: say which file, not a pickle trace
-        raise UserError(f"cannot read Inception weights {weights}: {exc}") from None
+        # torch's own words can be a bare number (a pickle's magic) or pages of "weights_only" advice
+        raise UserError(f"cannot read Inception weights {weights}: not a PyTorch weights file torch.load reads "
+                        f"with weights_only=True ({type(exc).__name__}); get pt_inception-2015-12-05-6726825d.pth "
+                        "again") from None
     model = FIDInceptionV3()
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
