@@ -38,6 +38,23 @@ def test_every_verb_has_help_for_every_flag(capsys):
                 assert action.help, f"ldm {name}: flag {action.option_strings or action.dest} has no help text"
 
 
+@pytest.mark.parametrize("verb", [verb.__name__.rsplit(".", 1)[-1] for verb in VERBS])
+def test_an_unknown_flag_shows_the_verbs_usage(verb, capsys):
+    """It showed `usage: ldm [-h] [--version] VERB ...`, naming neither the verb nor its flags (a verb
+    with required arguments names those first)."""
+    with pytest.raises(SystemExit) as stop:
+        main([verb, "--bogus"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(f"usage: ldm {verb} ") and f"\nldm {verb}: error: " in err
+    if verb in ("generate", "serve"):
+        assert err.rstrip().endswith(f"ldm {verb}: error: unrecognized arguments: --bogus")
+
+
+def test_ldm_without_a_verb_prints_its_help_as_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "Run `ldm VERB --help`" in capsys.readouterr().err
+
+
 def test_ldm_help_runs_as_a_console_script():
     out = subprocess.run([sys.executable, "-m", "ldmkit.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout and "generate" in out.stdout

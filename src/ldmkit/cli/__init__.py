@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verb_parser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[verb]
+
+
 def _which_process() -> str:
     """The error line's process tag: ' (rank R of N)' under torchrun, where every process reports
     its own error (usually the same one; a rank's own, such as a GPU it lacks); empty in one process."""
@@ -44,10 +49,14 @@ def _which_process() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     if args.verb is None:
-        parser.print_help()
-        return 0
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.print_help(sys.stderr)  # a verb is needed: the help, and the status of a usage error
+        return 2
+    if unknown:  # the verb's usage, not the top level's ("usage: ldm [-h] [--version] VERB ...")
+        _verb_parser(parser, args.verb).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with outputs_survive_a_closed_pipe(), warning_lines(f"ldm {args.verb}{_which_process()}"):
             result = args.run(args)
