@@ -120,3 +120,34 @@ def test_a_client_that_left_before_its_answer_is_no_error(served, capfd):
     assert post(url, {"n": 1, "steps": 1})[0] == 200  # and it goes on serving
     stop.set()
     worker.join(10)
+
+
+def test_the_job_of_a_client_that_left_is_stopped(served):
+    """A closed tab's job ran to its end while the requests behind it waited."""
+    service, runner, server, url = served
+    service.limits = Limits(max_images=4, max_steps=500)
+    worker = threading.Thread(target=runner.run, args=(stop := threading.Event(),), daemon=True)
+    worker.start()
+    real_advanced, steps = service.progress.advanced, []
+
+    def slow_step(job_id):
+        steps.append(job_id)
+        time.sleep(0.01)  # 500 steps: 5 s, unless stopped
+        return real_advanced(job_id)
+
+    service.progress.advanced = slow_step
+    body = b'{"n": 1, "steps": 500}'
+    client = socket.create_connection(server.server_address[:2])
+    client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.monotonic() + 10
+    while not steps and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.close()
+    assert server.wait_for_answers(timeout=10)
+    job_id = steps[0]
+    assert job_id.startswith("#") and service.progress.report(job_id)["state"] == "stopped"
+    assert len(steps) < 400
+    assert post(url, {"n": 1, "steps": 1})[0] == 200
+    stop.set()
+    worker.join(10)

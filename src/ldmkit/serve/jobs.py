@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+WAIT_POLL_S = 0.25
 
 
 class ServerStopping(Exception):
@@ -41,15 +42,18 @@ class JobRunner:
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, work: Callable[[], T]) -> T:
+    def submit(self, work: Callable[[], T], while_waiting: Callable[[], object] | None = None) -> T:
         """Queue `work`, wait for the runner thread to run it, and return its result (or raise
-        its exception here, in the caller's thread); `ServerStopping` once `run` has ended."""
+        its exception here, in the caller's thread); `ServerStopping` once `run` has ended.
+        `while_waiting` is called every WAIT_POLL_S meanwhile (the server checks its client there)."""
         job = _Job(work)
         with self._lock:  # a job queued after close() would wait forever
             if self._closed:
                 raise ServerStopping()
             self._jobs.put(job)
-        job.done.wait()
+        while not job.done.wait(WAIT_POLL_S):
+            if while_waiting is not None:
+                while_waiting()
         if job.error is not None:
             raise job.error
         return job.result

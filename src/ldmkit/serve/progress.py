@@ -44,6 +44,7 @@ class ProgressBoard:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, dict[str, Any]] = OrderedDict()  # least recently changed first
         self._tickets = 0  # queued jobs are served in the order they queued
+        self._private = 0
 
     def _put(self, job_id: str, entry: dict[str, Any]) -> None:
         self._jobs[job_id] = entry
@@ -52,6 +53,13 @@ class ProgressBoard:
         finished = [name for name, job in self._jobs.items() if job["state"] not in ACTIVE]
         for old in finished[:max(0, len(finished) - self.keep)]:
             del self._jobs[old]
+
+    def private_id(self) -> str:
+        """An id for a job its client did not name ("#N": never a client's, which are letters, digits,
+        - and _), so that the server can stop it when its client leaves."""
+        with self._lock:
+            self._private += 1
+            return f"#{self._private}"
 
     def queued(self, job_id: str | None) -> None:
         """The job is waiting for the runner; `JobIdInUse` if another job with this id still waits

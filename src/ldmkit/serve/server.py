@@ -13,14 +13,16 @@ threading HTTP server (no web framework to install for one page and four endpoin
 
 A mistake in a request is a 400 with {"error": "..."} in the words `ldm generate` would use;
 a job queued or running when the server is stopped is a 503; anything else that fails is a 500
-whose traceback goes to the server's stderr, not the client. A client that left before its
-answer (a closed tab) is not an error.
+whose traceback goes to the server's stderr, not the client. A client that leaves before its
+answer (a closed tab) has its job stopped at the next step (or before it starts), and is no error.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import select
+import socket
 import sys
 import threading
 import time
@@ -86,7 +88,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         try:
             job = self.service.prepare(self._read_json())  # mistakes answered at once, even mid-job
             self.service.progress.queued(job.job_id)
-            result = self.runner.submit(lambda: self.service.run(job)) if self.runner else self.service.run(job)
+            if self.runner is None:
+                result = self.service.run(job)
+            else:  # a client that leaves (a closed tab) has its job stopped: nobody waits for it
+                result = self.runner.submit(lambda: self.service.run(job),
+                                            while_waiting=lambda: self._stop_if_client_left(job.job_id))
         except UserError as err:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
             return
@@ -130,6 +136,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send_json(HTTPStatus.OK, {"stopped": self.service.progress.stop(job_id)})
 
     # ----------------------------------------------------------------- helpers
+    def _stop_if_client_left(self, job_id: str | None) -> None:
+        if job_id is not None and self._client_left():
+            self.service.progress.stop(job_id)
+
+    def _client_left(self) -> bool:
+        """Whether the client closed its connection: readable, and nothing to read (a pipelined
+        next request would be something)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset by the peer
+            return True
+
     def _read_json(self) -> Any:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():

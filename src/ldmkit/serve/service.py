@@ -68,7 +68,7 @@ class Job:
     sampling: dict[str, Any]
     init_image: Image.Image | None = None  # img2img / inpainting, encoded when the job runs
     mask: Image.Image | None = None
-    job_id: str | None = None  # the client's name for the job on the ProgressBoard
+    job_id: str | None = None  # the job's name on the ProgressBoard: the client's, or "#N" (`private_id`)
     total_steps: int = 0  # sampler steps over all batches (what the board counts to)
 
 
@@ -231,7 +231,8 @@ class GenerationService:
         batch_size = self.batch_size(n)
         steps_per_batch = img2img_steps(steps, sampling["strength"]) if init_image is not None else steps
         return Job(seeds=seeds, labels=labels, batch_size=batch_size, sampling=sampling, init_image=init_image,
-                   mask=mask, job_id=job_id, total_steps=-(-n // batch_size) * steps_per_batch)
+                   mask=mask, job_id=job_id if job_id is not None else self.progress.private_id(),
+                   total_steps=-(-n // batch_size) * steps_per_batch)
 
     def _start_images(self, request: Mapping[str, Any],
                       sampling: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
