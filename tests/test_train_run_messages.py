@@ -21,7 +21,8 @@ def test_help_tells_the_exit_statuses_and_what_each_flag_covers(capsys):
     text = help_text(capsys)
     assert ("Exit status: 0 when the run trained to its steps, had nothing left to do, or stopped at --time-limit "
             "(a planned stop); 130 after Ctrl-C (SIGINT) and 143 after SIGTERM") in text
-    assert ("saving checkpoint.pt (and, once the UNet stage has begun, model.safetensors); the exit status is 0"
+    assert ("saving checkpoint.pt (and, once the UNet stage has begun, model.safetensors and a last sample grid, "
+            "which the limit does not include: tens of seconds on a CPU); the exit status is 0"
             in text)  # a stop in the VAE stage writes no model.safetensors
     assert "the UNet stage's batch size, over all processes (default: the preset's; the VAE stage's is --set" in text
 
