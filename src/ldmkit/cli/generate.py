@@ -62,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="samples", help="folder for the PNG files (default: ./samples)")
     p.add_argument("--grid", default=None,
                    help=f"also write all images as one grid PNG here (default: OUT/grid.png, for jobs of up to "
-                   f"{GRID_MAX_IMAGES} images)")
+                   f"{GRID_MAX_IMAGES} images); a file already there is replaced only if ldm generate wrote it")
     p.add_argument("--skip-existing", action="store_true",
                    help="keep the images already in --out under their file names and make only the missing ones "
                    "(image k depends only on its seed: an interrupted job resumes exactly)")
@@ -79,7 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.data.images import make_grid, save_png, to_pil
-    from ldmkit.cli.generate_output import (check_folder, check_no_other_job, check_same_job, job_settings,
+    from ldmkit.cli.generate_output import (check_folder, check_grid_destination, check_inputs_not_written,
+                                            check_no_other_job, check_same_job, grid_pnginfo, job_settings,
                                             make_folder, readable_png)
     from ldmkit.eval.samples_io import GRID_FILE, sample_filename, write_samples_info
     from ldmkit.pipeline import LatentDiffusionPipeline, default_strength, open_image
@@ -121,10 +122,16 @@ def run(args: argparse.Namespace) -> int:
     if args.cfg is not None and pipe.guidance_scale(args.cfg) is None:
         print("ldm generate: warning: --cfg has no effect: this model is unconditional (no class or prompt to "
               "guide by)", file=sys.stderr)
+    names = [sample_filename(k, seed, c if c >= 0 else None) for k, (seed, c) in enumerate(zip(seeds, labels))]
+    grid_path = Path(args.grid) if args.grid else out / GRID_FILE
+    writes_grid = args.grid is not None or len(names) <= GRID_MAX_IMAGES
+    if writes_grid:
+        check_grid_destination(grid_path, out)
+    check_inputs_not_written([*(out / name for name in names), *([grid_path] if writes_grid else [])],
+                             {"--init-image": args.init_image, "--mask": args.mask, "--model": args.model})
     make_folder(out, "--out")
     if args.grid is not None:
         make_folder(Path(args.grid).parent, "--grid")
-    names = [sample_filename(k, seed, c if c >= 0 else None) for k, (seed, c) in enumerate(zip(seeds, labels))]
     kept = {k for k, name in enumerate(names) if args.skip_existing and readable_png(out / name)}
     settings = job_settings(args, pipe.image_size, pipe.guidance_scale(args.cfg), sampling.get("strength"))
     if kept:  # only images of this very job may be kept
@@ -150,15 +157,15 @@ def run(args: argparse.Namespace) -> int:
 
     done = f"wrote {written} images to {out}/" + (f" ({len(names) - len(todo)} were there)" if len(todo) < len(names)
                                                  else "")
-    if args.grid is None and len(names) > GRID_MAX_IMAGES:
+    if not writes_grid:
         print(f"{done}; no grid of {len(names)} images (more than {GRID_MAX_IMAGES}: pass --grid PATH for one)")
         return 0
-    grid_path = Path(args.grid) if args.grid else out / GRID_FILE
     tiles = [open_image(out / name, "generated image") for name in names]  # from disk: --skip-existing's too
     if len({(tile.size, tile.mode) for tile in tiles}) > 1:
         raise UserError(f"{done}, but they and the files kept by --skip-existing differ in size or mode (made by "
                         "another model?), so no grid was written")
-    _write(save_png, make_grid(tiles, nrow=_grid_columns(labels)), grid_path)
+    grid_image = make_grid(tiles, nrow=_grid_columns(labels))
+    _write(lambda image, path: save_png(image, path, pnginfo=grid_pnginfo()), grid_image, grid_path)  # tagged: ours
     print(f"{done} and the grid {grid_path}")
     return 0
 

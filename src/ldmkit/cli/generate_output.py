@@ -106,3 +106,40 @@ def check_no_other_job(out: Path, names: list[str], class_names: list[str], sett
     example = others[0] + (", ..." if len(others) > 1 else "")
     raise UserError(f"{out}/ holds {len(others)} images of another job ({example}; {why}), so the folder would mix "
                     "two jobs: give another --out, or remove them first")
+
+
+GRID_TAG = ("Software", "ldmkit generate grid")  # a PNG text chunk: this grid may be written over
+
+
+def grid_pnginfo():
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(*GRID_TAG)
+    return info
+
+
+def check_grid_destination(grid: Path, out: Path) -> None:
+    """`UserError` unless `grid` is new, or a grid ldm generate wrote (tagged, or OUT/grid.png beside
+    a `samples.json`): `--grid` once wrote over any file, the model being used included."""
+    from ldmkit.eval.samples_io import GRID_FILE
+
+    if not grid.exists():
+        return
+    ours = grid.resolve() == (out / GRID_FILE).resolve() and (out / SAMPLES_FILE).is_file()
+    try:
+        with Image.open(grid) as image:
+            ours = ours or image.info.get(GRID_TAG[0]) == GRID_TAG[1]
+    except (OSError, SyntaxError, ValueError):
+        pass
+    if not ours:
+        raise UserError(f"--grid {grid} exists and is not a grid ldm generate wrote: give another --grid")
+
+
+def check_inputs_not_written(written: list[Path], inputs: dict[str, str | None]) -> None:
+    """`UserError` if an input file (`--init-image`, `--mask`, `--model`) is one this job writes:
+    it would be replaced by an output (an init image in --out named like a sample was)."""
+    targets = {path.resolve() for path in written}
+    for flag, value in inputs.items():
+        if value is not None and Path(value).is_file() and Path(value).resolve() in targets:
+            raise UserError(f"{flag} {value} is a file this job writes its output to: give another --out or --grid")

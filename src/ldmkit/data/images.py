@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,15 +79,15 @@ def make_grid(
     return grid
 
 
-def save_png(image: Image.Image | torch.Tensor, path: str | os.PathLike) -> Path:
+def save_png(image: Image.Image | torch.Tensor, path: str | os.PathLike, pnginfo: Any = None) -> Path:
     """Write a PNG atomically: readers see the old file or the whole new one, never half.
 
-    `image` is a PIL image or one `[C, H, W]` tensor in `[-1, 1]` / uint8. Parent folders are
-    created (see `ldmkit.atomic`). Returns the path written.
+    `image` is a PIL image or one `[C, H, W]` tensor in `[-1, 1]` / uint8; `pnginfo` PIL's text
+    chunks. Parent folders are created (see `ldmkit.atomic`). Returns the path written.
     """
     if isinstance(image, torch.Tensor):
         batch = _as_batch(image)
         if batch.shape[0] != 1:
             raise ValueError(f"save_png takes one image, got {batch.shape[0]}; use make_grid for a batch")
         image = to_pil(batch)[0]
-    return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=pnginfo))

@@ -1,0 +1,53 @@
+"""`ldm generate` never writes over a file it did not make (a user-testing report): `--grid` replaced
+any file, the model being used included, and an `--init-image` inside `--out` named like a
+sample was replaced by the output made from it."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from test_generate_cli import CLASSES, generate, model_file  # noqa: F401 (fixture)
+from tiny_models import save_tiny_class_model
+
+from ldmkit.cli import main
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_grid_over_the_model_or_a_photo_is_refused(model_file, tmp_path, capsys):  # noqa: F811
+    model = Path(shutil.copy(model_file, tmp_path / "model.safetensors"))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(photo)
+    for victim in (model, photo):
+        before = digest(victim)
+        assert generate(model, tmp_path / "out", "--grid", str(victim)) == 2
+        assert f"--grid {victim} exists and is not a grid ldm generate wrote: give another --grid" in \
+            capsys.readouterr().err
+        assert digest(victim) == before
+    assert not (tmp_path / "out").exists()  # refused before the folder was made
+
+
+def test_a_grid_ldm_generate_wrote_is_written_again(model_file, tmp_path):  # noqa: F811
+    grid = tmp_path / "grids" / "g.png"
+    assert generate(model_file, tmp_path / "out", "--grid", str(grid)) == 0
+    assert generate(model_file, tmp_path / "other", "--grid", str(grid)) == 0  # its own grid: replaced
+    assert generate(model_file, tmp_path / "out") == 0  # OUT/grid.png of the folder's own job
+
+
+def test_an_init_image_the_job_would_write_over_is_refused(tmp_path, capsys):
+    model = save_tiny_class_model(tmp_path / "m.safetensors", CLASSES)  # 16 px images
+    out = tmp_path / "loop"
+    out.mkdir()
+    start = out / "00000_seed0_class0.png"
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(start)
+    before = digest(start)
+    assert main(["generate", "--model", str(model), "--class", "red", "--n", "1", "--steps", "2", "--device", "cpu",
+                 "--quiet", "--init-image", str(start), "--strength", "0.5", "--out", str(out)]) == 2
+    assert f"--init-image {start} is a file this job writes its output to" in capsys.readouterr().err
+    assert digest(start) == before
