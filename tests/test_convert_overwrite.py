@@ -80,7 +80,7 @@ def test_a_failed_export_leaves_the_old_one_as_it_was(sources, tmp_path, monkeyp
     convert(sources[0], out, to="diffusers")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    def full_disk(folder, bundle):
+    def full_disk(folder, bundle, **options):
         raise OSError(28, "No space left on device", str(folder))
 
     monkeypatch.setattr(diffusers_export, "_write_vae", full_disk)
@@ -133,3 +133,24 @@ def test_what_a_killed_export_left_beside_the_folder_is_put_back_or_removed(sour
     assert main(["convert", str(sources[1]), str(out), "--to", "diffusers", "--overwrite"]) == 0
     assert "ldm convert: warning: removed" in capsys.readouterr().err
     assert info(out, capsys)["components"] == ["vae"] and leftovers(tmp_path) == []
+
+
+def test_a_diffusers_download_is_never_replaced(sources, tmp_path, capsys):
+    """--overwrite replaced a downloaded SD folder whole, the user's notes and files beside it too;
+    it now replaces only ldmkit's own exports (a pipeline's ldmkit.json, a lone model's mark)."""
+    download = tmp_path / "download"
+    convert(sources[0], download, to="diffusers")
+    (download / diffusers_export.EXPORT_INFO).unlink()  # what a download lacks, and what it has:
+    (download / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (download / "README.md").write_text("my notes\n")
+    lone = tmp_path / "lone"
+    convert(sources[1], lone, to="diffusers")
+    assert json.loads((lone / "config.json").read_text())[diffusers_export.EXPORT_MARK] is True
+    config = json.loads((lone / "config.json").read_text())
+    del config[diffusers_export.EXPORT_MARK]
+    (lone / "config.json").write_text(json.dumps(config))  # a downloaded model folder
+    for folder in (download, lone):
+        before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        assert main(["convert", str(sources[1]), str(folder), "--to", "diffusers", "--overwrite"]) == 2
+        assert "holds a diffusers folder ldmkit did not write (a download?)" in capsys.readouterr().err
+        assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before

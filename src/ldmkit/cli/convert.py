@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torch.load(weights_only=True)), or an ldmkit run folder / model file. Weights are only renamed; "
         "unknown or missing weights are an error. An ldmkit OUT must be a new file, or with --overwrite an "
         "earlier ldmkit model file (never a run folder's own files, nor other weights). A diffusers OUT "
-        "must be a new or empty folder, or with --overwrite a diffusers folder (an earlier export), which "
+        "must be a new or empty folder, or with --overwrite an earlier export of ldm convert (never a download), which "
         "is then replaced whole; the export is written beside it and moved into place once complete, so a "
         "failed conversion leaves OUT as it was. A folder holding anything else is never written into.",
     )
@@ -28,9 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="output: a .safetensors file (--to ldmkit) or a folder (--to diffusers)")
     p.add_argument("--to", choices=["ldmkit", "diffusers"], default="ldmkit", help="output format (default: ldmkit)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace OUT if it is an earlier ldmkit model file, or (--to diffusers) a diffusers "
-                   "folder, all of it (files you added there included); other files and non-empty folders, "
-                   "and the files of a run folder, are refused even so")
+                   help="replace OUT if it is an earlier ldmkit model file, or (--to diffusers) an earlier "
+                   "export of ldm convert, all of it (files you added there included); other files and non-empty "
+                   "folders (a diffusers download too), and the files of a run folder, are refused even so")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="storage precision of an ldmkit file's weights (default: fp32)")
     ema = p.add_mutually_exclusive_group()

@@ -50,23 +50,25 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _write_unet(folder: Path, bundle: ModelBundle) -> None:
+def _write_unet(folder: Path, bundle: ModelBundle, mark: bool = False) -> None:
     unet = bundle.unet
     name, config = unet_config_to_diffusers(unet.config)
     image_size = bundle.resolved_image_size()
     if image_size is not None and bundle.vae is not None:
         config["sample_size"] = image_size // bundle.vae.config.downsample_factor
-    _write_json(folder / "config.json", {"_class_name": name, "_diffusers_version": _diffusers_version(), **config})
+    header = {"_class_name": name, "_diffusers_version": _diffusers_version(), **({EXPORT_MARK: True} if mark else {})}
+    _write_json(folder / "config.json", {**header, **config})
     weights = unet_state_dict_to_diffusers(unet.state_dict(), cross_attention=unet.config.context_dim is not None)
     write_safetensors(folder / f"{WEIGHTS}.safetensors", weights, {"format": "pt"})
 
 
-def _write_vae(folder: Path, bundle: ModelBundle) -> None:
+def _write_vae(folder: Path, bundle: ModelBundle, mark: bool = False) -> None:
     vae = bundle.vae
     config = autoencoder_config_to_diffusers(vae.config, vae.latent_shift, vae.latent_scale)
     if bundle.image_size is not None:
         config["sample_size"] = bundle.image_size
-    header = {"_class_name": "AutoencoderKL", "_diffusers_version": _diffusers_version()}
+    header = {"_class_name": "AutoencoderKL", "_diffusers_version": _diffusers_version(),
+              **({EXPORT_MARK: True} if mark else {})}
     _write_json(folder / "config.json", {**header, **config})
     weights = autoencoder_state_dict_to_diffusers(vae.state_dict())
     write_safetensors(folder / f"{WEIGHTS}.safetensors", weights, {"format": "pt"})
@@ -97,18 +99,29 @@ def _model_index(with_text: bool) -> dict[str, Any]:
     return index
 
 
-def is_diffusers_folder(folder: Path) -> bool:
-    """Whether `folder` holds a diffusers pipeline or model folder (an earlier export, or a
-    diffusers download): the only kind of folder `overwrite` may replace."""
-    if any((folder / name).exists() for name in MODEL_FILES):  # an ldmkit run: checkpoints, logs
-        return False
-    if (folder / "model_index.json").is_file() or (folder / EXPORT_INFO).is_file():
-        return True
+EXPORT_MARK = "_ldmkit_export"  # in a lone model's config.json (diffusers drops "_" keys when it loads)
+
+
+def _config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def is_diffusers_folder(folder: Path) -> bool:
+    """Whether `folder` holds a diffusers pipeline or model folder (an export or a download)."""
+    if any((folder / name).exists() for name in MODEL_FILES):  # an ldmkit run: checkpoints, logs
         return False
-    return isinstance(config, dict) and "_diffusers_version" in config
+    return ((folder / "model_index.json").is_file() or (folder / EXPORT_INFO).is_file()
+            or "_diffusers_version" in _config(folder))
+
+
+def is_ldmkit_export(folder: Path) -> bool:
+    """Whether `folder` is an earlier `ldm convert --to diffusers` export: the only kind of folder
+    `overwrite` may replace (a download holds what the user put beside it, and no second copy)."""
+    return is_diffusers_folder(folder) and ((folder / EXPORT_INFO).is_file() or bool(_config(folder).get(EXPORT_MARK)))
 
 
 def check_destination(folder: Path, overwrite: bool = False) -> None:
@@ -123,6 +136,9 @@ def check_destination(folder: Path, overwrite: bool = False) -> None:
     if not is_diffusers_folder(folder):
         raise UserError(f"{folder} is not empty and is not a diffusers folder: choose a new or empty folder "
                         "(--overwrite replaces only an earlier diffusers export)")
+    if not is_ldmkit_export(folder):
+        raise UserError(f"{folder} holds a diffusers folder ldmkit did not write (a download?): --overwrite replaces "
+                        "only an earlier `ldm convert --to diffusers` export; choose a new or empty folder")
     if not overwrite:
         raise UserError(f"{folder} already holds a diffusers folder: pass --overwrite to replace it, "
                         "or choose a new folder")
@@ -211,11 +227,8 @@ def _write_bundle(folder: Path, bundle: ModelBundle) -> None:
     """A model folder for a lone UNet or VAE, else a pipeline folder."""
     folder.mkdir()
     present = bundle.components
-    if present == ["unet"]:
-        _write_unet(folder, bundle)
-        return
-    if present == ["vae"]:
-        _write_vae(folder, bundle)
+    if present in (["unet"], ["vae"]):
+        (_write_unet if present == ["unet"] else _write_vae)(folder, bundle, mark=True)
         return
     _write_unet(folder / "unet", bundle)
     _write_vae(folder / "vae", bundle)
