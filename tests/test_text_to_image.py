@@ -168,3 +168,22 @@ def test_a_tokenizer_folder_without_its_config_encodes_to_the_encoders_length(sd
     pipe = LatentDiffusionPipeline.from_pretrained(folder, device="cpu")
     assert pipe.text_encoder.tokenize(["a cat " * 60]).shape == (1, 77)
     assert pipe.generate(1, prompt=PROMPT, steps=1)[0].size == (16, 16)
+
+
+def test_a_folder_without_a_scheduler_gets_the_schedule_its_note_names(sd_folder, tmp_path, capsys) -> None:
+    """The note said "using Stable Diffusion's schedule", but the converted file kept none, and
+    `ldm generate` refused it ("stores no noise schedule")."""
+    import shutil
+
+    from ldmkit.cli import main
+    from ldmkit.interop import load_bundle
+    from ldmkit.interop.bundle import sd_default_schedule
+
+    folder = Path(shutil.copytree(sd_folder, tmp_path / "sd"))
+    shutil.rmtree(folder / "scheduler")
+    assert main(["convert", str(folder), str(tmp_path / "ns.safetensors")]) == 0
+    assert "using Stable Diffusion's schedule" in capsys.readouterr().out
+    schedule = load_bundle(tmp_path / "ns.safetensors").schedule
+    assert schedule is not None and torch.allclose(schedule.alphas_cumprod, sd_default_schedule().alphas_cumprod)
+    assert main(["generate", "--model", str(tmp_path / "ns.safetensors"), "--prompt", PROMPT, "--n", "1", "--steps",
+                 "1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")]) == 0

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ldmkit.errors import UserError
-from ldmkit.interop.bundle import ModelBundle
+from ldmkit.interop.bundle import ModelBundle, sd_default_schedule
 from ldmkit.interop.diffusers_scheduler import schedule_from_diffusers
 from ldmkit.interop.loading import autoencoder_from_diffusers, unet_from_diffusers
 from ldmkit.interop.weights_io import read_sharded_safetensors, read_weights
@@ -97,7 +97,8 @@ def read_pipeline_folder(folder: Path) -> ModelBundle:
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
         bundle.schedule, bundle.prediction, bundle.sampler_defaults = schedule_from_diffusers(read_json(scheduler))
-    else:
+    else:  # said and done (the note was said, and the bundle kept no schedule: an unusable file)
+        bundle.schedule = sd_default_schedule()
         bundle.notes.append(f"{folder} has no scheduler/scheduler_config.json: using Stable Diffusion's schedule")
     text_dir, tokenizer_dir = _component(folder, index, "text_encoder"), _component(folder, index, "tokenizer")
     if text_dir is not None:
