@@ -10,3 +10,26 @@ class UserError(ValueError):
 
     A `ValueError`, so that `except ValueError` around a call catches a bad argument whether
     ldmkit or a library under it refused it."""
+
+
+class reading:  # noqa: N801 (used as a context manager: `with reading(path): ...`)
+    """Turn a failure while reading a file someone else made into one `UserError` naming `what`.
+
+    A damaged or mislabelled model folder (a UNet's config.json of another class, `[]` for a
+    config, a tokenizer.json of garbage) fails somewhere inside diffusers' config handling,
+    transformers or torch, with a KeyError or a TypeError: a user's file, not ldmkit's bug.
+    OSError (the disk said no) and MemoryError keep their own handling; UserErrors pass as they are.
+    """
+
+    def __init__(self, what: object) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
+        if error is None or not isinstance(error, Exception) or isinstance(error, (UserError, OSError, MemoryError)):
+            return False
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{self.what} cannot be read ({type(error).__name__}: {detail}); the file is damaged, or "
+                        "is not what its folder says it is") from None

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ldmkit.diffusion import NoiseSchedule
+from ldmkit.diffusion.parameterization import PREDICTIONS
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.pretrained import resolve_model_source
@@ -87,6 +89,12 @@ def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
     `num_heads`, `head_dim`, `prediction`, `scaling_factor`, `image_size`, `norm_groups`); other
     sources take only `image_size` and `prediction`, which override what the source says.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"a model is a file or folder path, or a bundled model's name; got {type(path).__name__}")
+    return check_bundle(_read_bundle(path, **options))
+
+
+def _read_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
     from ldmkit.interop import compvis_checkpoint, diffusers_folder, ldmkit_file
 
     asked = path
@@ -115,7 +123,38 @@ def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
     if is_ldmkit_file(path):
         return _override(ldmkit_file.read_ldmkit_file(path), options, allowed=("image_size", "prediction"),
                          source=source)
+    unknown = sorted(set(options) - set(COMPVIS_OPTIONS))
+    if unknown:
+        raise UserError(f"unknown loading option {', '.join(unknown)}; a CompVis checkpoint takes "
+                        f"{', '.join(COMPVIS_OPTIONS)}")
     return compvis_checkpoint.read_compvis_checkpoint(path, **options)
+
+
+MAX_IMAGE_SIZE = 16384  # pixels a side; a typo of 100000 asked generation for 40 GB at once
+
+
+def check_bundle(bundle: ModelBundle) -> ModelBundle:
+    """`UserError` for settings no model can generate with, whether the source said them or an
+    option did (`--scaling-factor 0` wrote a file whose images were all black, `--image-size
+    15` one whose images came out 14 px, `prediction="bogus"` one that could not generate)."""
+    size = bundle.image_size
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_IMAGE_SIZE:
+            raise UserError(f"{bundle.source}: the image size must be a whole number from 1 to {MAX_IMAGE_SIZE}, "
+                            f"got {size!r}")
+        factor = bundle.vae.config.downsample_factor if bundle.vae is not None else 1
+        if size % factor:
+            raise UserError(f"{bundle.source}: the image size {size} is not a multiple of the VAE's factor {factor} "
+                            f"(try {max(factor, size // factor * factor)})")
+    if bundle.prediction not in PREDICTIONS:
+        raise UserError(f"{bundle.source}: prediction must be one of {', '.join(PREDICTIONS)}, "
+                        f"got {bundle.prediction!r}")
+    if bundle.vae is not None:
+        scale = bundle.vae.latent_scale
+        if not bool(torch.isfinite(scale).all()) or bool((scale == 0).any()):
+            raise UserError(f"{bundle.source}: the latent scale must be finite and non-zero, got "
+                            f"{[round(v, 6) for v in scale.tolist()]} (Stable Diffusion's is 0.18215)")
+    return bundle
 
 
 # `read_compvis_checkpoint`'s keyword options, which other sources refuse.

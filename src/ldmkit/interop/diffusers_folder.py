@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, reading
 from ldmkit.interop.bundle import ModelBundle, sd_default_schedule
 from ldmkit.interop.diffusers_scheduler import schedule_from_diffusers
 from ldmkit.interop.loading import autoencoder_from_diffusers, unet_from_diffusers
@@ -49,16 +49,19 @@ def _weights_of(folder: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def read_model(folder: Path) -> tuple[str, dict[str, Any], torch.nn.Module]:
-    """(class name, config, ldmkit module) of a diffusers model folder."""
+def read_model(folder: Path, expect: tuple[str, ...] = MODEL_CLASSES) -> tuple[str, dict[str, Any], torch.nn.Module]:
+    """(class name, config, ldmkit module) of a diffusers model folder holding one of `expect`."""
     config = read_json(folder / "config.json")
     name = config.get("_class_name")
     if name not in MODEL_CLASSES:
         raise UserError(f"{folder} holds a diffusers {name!r}; ldmkit converts {', '.join(MODEL_CLASSES)}")
-    weights = _weights_of(folder)
-    if name == "AutoencoderKL":
-        return name, config, autoencoder_from_diffusers(config, weights)
-    return name, config, unet_from_diffusers(config, weights, name)
+    if name not in expect:  # a VAE's config in unet/: say so, not which UNet weights are missing
+        raise UserError(f"{folder} holds a diffusers {name}, where its pipeline expects {' or '.join(expect)}")
+    with reading(f"the {name} in {folder}"):
+        weights = _weights_of(folder)
+        if name == "AutoencoderKL":
+            return name, config, autoencoder_from_diffusers(config, weights)
+        return name, config, unet_from_diffusers(config, weights, name)
 
 
 def read_model_folder(folder: Path) -> ModelBundle:
@@ -91,12 +94,13 @@ def read_pipeline_folder(folder: Path) -> ModelBundle:
     unet_dir, vae_dir = _component(folder, index, "unet"), _component(folder, index, "vae")
     if unet_dir is None:
         raise UserError(f"{folder}: a pipeline folder needs a unet/ subfolder (this {kind} has none)")
-    _, unet_config, bundle.unet = read_model(unet_dir)
+    _, unet_config, bundle.unet = read_model(unet_dir, expect=("UNet2DModel", "UNet2DConditionModel"))
     if vae_dir is not None:
-        _, _, bundle.vae = read_model(vae_dir)
+        _, _, bundle.vae = read_model(vae_dir, expect=("AutoencoderKL",))
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
-        bundle.schedule, bundle.prediction, bundle.sampler_defaults = schedule_from_diffusers(read_json(scheduler))
+        with reading(scheduler):
+            bundle.schedule, bundle.prediction, bundle.sampler_defaults = schedule_from_diffusers(read_json(scheduler))
     else:  # said and done (the note was said, and the bundle kept no schedule: an unusable file)
         bundle.schedule = sd_default_schedule()
         bundle.notes.append(f"{folder} has no scheduler/scheduler_config.json: using Stable Diffusion's schedule")
@@ -109,7 +113,8 @@ def read_pipeline_folder(folder: Path) -> ModelBundle:
             raise UserError(f"{folder} has text_encoder/ but no tokenizer/ folder")
         from ldmkit.text import CLIPTextEncoder
 
-        bundle.text_encoder = CLIPTextEncoder.from_folders(text_dir, tokenizer_dir)
+        with reading(f"the text encoder in {text_dir} and {tokenizer_dir}"):
+            bundle.text_encoder = CLIPTextEncoder.from_folders(text_dir, tokenizer_dir)
     sample_size = unet_config.get("sample_size")
     if isinstance(sample_size, int) and bundle.vae is not None:
         bundle.image_size = sample_size * bundle.vae.config.downsample_factor

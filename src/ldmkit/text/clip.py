@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, reading
 from ldmkit.interop.loading import load_state_dict_strict
 from ldmkit.interop.weights_io import read_weights
 
@@ -105,19 +105,26 @@ class CLIPTextEncoder(nn.Module):
 
     @classmethod
     def from_parts(
-        cls, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], tokenizer_files: Mapping[str, str]
+        cls, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], tokenizer_files: Mapping[str, str],
+        *, folders: tuple[Path, Path] | None = None,
     ) -> "CLIPTextEncoder":
+        """`folders`: (text encoder, tokenizer) folders the parts came from, for the messages."""
         tf = _transformers()
-        model = tf.CLIPTextModel(tf.CLIPTextConfig.from_dict(dict(config)))
+        encoder_from, tokenizer_from = (f" in {folders[0]}", f" in {folders[1]}") if folders else ("", "")
+        with reading(f"the CLIP text encoder's config{encoder_from}"):
+            model = tf.CLIPTextModel(tf.CLIPTextConfig.from_dict(dict(config)))
         weights = _fit_keys(state_dict, set(model.state_dict()))
         load_state_dict_strict(model, weights, source="CLIP text encoder weights")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, reading(f"the tokenizer{tokenizer_from}"):
             for name, text in tokenizer_files.items():
                 (Path(tmp) / name).write_text(text, encoding="utf-8")
             # Only tokenizer.json (as transformers 5 saves it): the fast class reads that on every version.
             slow = {"vocab.json", "merges.txt"} <= set(tokenizer_files)
             tokenizer_class = tf.CLIPTokenizer if slow else tf.CLIPTokenizerFast
             tokenizer = tokenizer_class.from_pretrained(tmp, local_files_only=True)
+        if len(tokenizer) > model.config.vocab_size:  # its last ids would index past the embedding table
+            raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder {model.config.vocab_size} "
+                            "embeddings: they are not a pair (give the tokenizer of this text encoder)")
         return cls(model, tokenizer, tokenizer_files)
 
     @classmethod
@@ -132,9 +139,12 @@ class CLIPTextEncoder(nn.Module):
                 f"{', '.join(TEXT_ENCODER_WEIGHTS)} (the text_encoder/ folder of a diffusers SD download)"
             )
         config = json.loads((folder / "config.json").read_text())
+        if not isinstance(config, dict):
+            raise UserError(f"{folder / 'config.json'} does not hold a JSON object")
         if config.get("model_type", "clip_text_model") != "clip_text_model":
             raise UserError(f"{folder} holds a {config.get('model_type')!r} model; only CLIP text encoders work here")
-        return cls.from_parts(config, read_weights(weights), read_tokenizer_files(tokenizer_dir))
+        return cls.from_parts(config, read_weights(weights), read_tokenizer_files(tokenizer_dir),
+                              folders=(folder, Path(tokenizer_dir)))
 
     def parts(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
         """(config dict, weights, tokenizer files): what `from_parts` rebuilds this from."""
