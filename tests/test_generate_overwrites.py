@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from test_generate_cli import CLASSES, generate, model_file  # noqa: F401 (fixture)
 from tiny_models import save_tiny_class_model
@@ -51,3 +52,22 @@ def test_an_init_image_the_job_would_write_over_is_refused(tmp_path, capsys):
                  "--quiet", "--init-image", str(start), "--strength", "0.5", "--out", str(out)]) == 2
     assert f"--init-image {start} is a file this job writes its output to" in capsys.readouterr().err
     assert digest(start) == before
+
+
+def test_skip_existing_keeps_no_images_of_another_tokenizer(tmp_path):
+    """Seed 0 under two tokenizers differed by up to 32 levels, and --skip-existing kept it."""
+    import argparse
+
+    from ldmkit.cli.generate_output import check_same_job, job_settings
+    from ldmkit.errors import UserError
+    from ldmkit.eval.samples_io import write_samples_info
+
+    def settings(tokenizer):
+        args = argparse.Namespace(model="m.safetensors", sampler="ddim", steps=2, cfg_rescale=0.0, prompt="a cat",
+                                  negative_prompt="", init_image=None, mask=None, fit=False, tokenizer=tokenizer)
+        return job_settings(args, 16, 7.5, None)
+
+    write_samples_info(tmp_path, [], settings(str(tmp_path / "tok_a")))
+    check_same_job(tmp_path, [], settings(str(tmp_path / "tok_a")))  # the same job: kept
+    with pytest.raises(UserError, match=r"made with other settings \(tokenizer '.*tok_a', now '.*tok_b'\)"):
+        check_same_job(tmp_path, [], settings(str(tmp_path / "tok_b")))

@@ -49,7 +49,7 @@ def job_settings(args: argparse.Namespace, image_size: int | None, cfg: float | 
     return {"model": model, "image_size": image_size, "sampler": args.sampler, "steps": args.steps, "cfg": cfg,
             "cfg_rescale": args.cfg_rescale, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
             "init_image": path_of(args.init_image), "mask": path_of(args.mask), "strength": strength,
-            "fit": bool(args.fit)}
+            "fit": bool(args.fit), "tokenizer": path_of(args.tokenizer)}  # a prompt's tokens
 
 
 def readable_png(path: Path) -> bool:
