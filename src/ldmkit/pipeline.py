@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ldmkit.compiled_unet import CompiledUNet, wants_compile
-from ldmkit.data.decode import resize_center_crop
+from ldmkit.data.decode import resize_center_crop, to_rgb
 from ldmkit.data.images import to_pil, to_uint8
 from ldmkit.device import resolve_device
 from ldmkit.diffusion import (
@@ -274,6 +274,7 @@ class LatentDiffusionPipeline:
         self.check_sampling(sampler, steps, cfg_rescale, cfg)  # NaN guidance made black images from Python
         steps = whole_number(steps, "steps")  # numpy's integers and 0-d tensors as Python numbers from here
         cfg = None if cfg is None else real_number(cfg, "the guidance scale cfg (--cfg)")
+        negative_prompt = "" if negative_prompt is None else negative_prompt  # None: no negative prompt
         if negative_prompt and not self.takes_text:
             raise UserError("a negative prompt needs a text-to-image model; this one takes no prompt")
         shape = self.latent_shape if init is None else tuple(init.shape[1:])
@@ -282,7 +283,8 @@ class LatentDiffusionPipeline:
         options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
         options.update(sampler_settings)  # `sample` refuses a name this sampler does not take, listing its own
         if init is not None:
-            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            strength = real_number(strength, "strength")  # numpy's and torch's numbers too
+            if not 0 < strength <= 1:
                 raise UserError(f"strength must be in (0, 1], got {strength!r}")
             if mask is not None or strength < 1:
                 options.update(init=init.to(self.device).expand_as(x_T), strength=float(strength))
@@ -402,7 +404,11 @@ class LatentDiffusionPipeline:
         """An image (PIL or path) -> normalised latents [1, C, h, w] (the posterior mean)."""
         pil = open_image(image, "image")
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.vae.config.in_channels]
+        if mode != "RGBA":  # the training data's rules: 16-bit scaled, not clipped to white; alpha on white
+            pil = to_rgb(pil)
         width, height = pil.size
+        if not width or not height:
+            raise UserError(f"the image is {width}x{height}: it has no pixels")
         step = self.vae.config.downsample_factor * self.unet.config.downsample_factor
         size = self.image_size
         if size and max(width, height) > MAX_IMAGE_SCALE * size:  # a phone photo on a 64 px model: hours, GBs
@@ -430,7 +436,8 @@ class LatentDiffusionPipeline:
         pil = open_image(mask, "mask")
         if pil.size != tuple(size):
             raise UserError(f"mask size {pil.size[0]}x{pil.size[1]} differs from the image's {size[0]}x{size[1]}")
-        binary = torch.from_numpy((np.asarray(pil.convert("L")) >= 128).astype(np.float32))[None, None]
+        gray = np.asarray(to_rgb(pil).convert("L"))  # a 16-bit mask scaled (clipped, its grey was all white)
+        binary = torch.from_numpy((gray >= 128).astype(np.float32))[None, None]
         return F.max_pool2d(binary, self.vae.config.downsample_factor).to(self.device)
 
 

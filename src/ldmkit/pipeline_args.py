@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ldmkit.errors import UserError
 from ldmkit.models import UNet
@@ -68,9 +68,11 @@ def class_names_for(unet: UNet, names: Sequence[str]) -> list[str]:
 
 
 def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Image:
-    """A PIL image as given, or read from a path; `UserError` naming `what` if it cannot be."""
+    """A PIL image as given, or read from a path, upright (its EXIF orientation applied, as the
+    training data's: a mask drawn on the photo as it is shown fits it); `UserError` naming `what`
+    if it cannot be read."""
     if isinstance(image, Image.Image):
-        return image
+        return ImageOps.exif_transpose(image)
     if not isinstance(image, (str, os.PathLike)):
         raise UserError(f"{what} must be a PIL image or a file path, got {type(image).__name__} (a [C, H, W] "
                         "tensor, uint8 or in [-1, 1], becomes one with ldmkit.data.images.to_pil(t)[0])")
@@ -82,6 +84,6 @@ def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Im
     try:
         with Image.open(path) as opened:
             opened.load()
-            return opened.copy()
+            return ImageOps.exif_transpose(opened)  # a copy (with the orientation tag dropped when applied)
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"cannot read {what} {path} as an image ({err})") from None

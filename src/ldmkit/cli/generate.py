@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.init_image is None and (args.mask is not None or args.strength is not None or args.fit):
         raise UserError("--mask, --strength and --fit need --init-image")
+    if args.strength is not None and not 0 < args.strength <= 1:  # NaN too; before --out is made
+        raise UserError(f"--strength must be in (0, 1], got {args.strength}")
     out = check_folder(args.out, "--out")  # made once the model has loaded
     if args.grid is not None:
         grid = Path(args.grid)
