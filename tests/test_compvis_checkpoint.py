@@ -183,3 +183,17 @@ def test_legacy_attention_unet_round_trips_and_splits_qkv_per_head() -> None:
         qkv_w = compvis["model.diffusion_model.middle_block.1.qkv.weight"]
         qkv_b = compvis["model.diffusion_model.middle_block.1.qkv.bias"]
         _close(block(x), _legacy_attention(block, qkv_w, qkv_b, x, heads=4))
+
+
+def test_a_tokenizer_for_a_checkpoint_without_a_text_encoder_is_refused(models, tmp_path) -> None:
+    """It was ignored without a word (a user-testing report)."""
+    from safetensors.torch import save_file
+
+    from ldmkit.errors import UserError
+
+    state = {k: v.contiguous() for k, v in models[3].items() if not k.startswith("cond_stage_model.")}
+    save_file(state, str(tmp_path / "notext.safetensors"))
+    with pytest.raises(UserError, match="holds no text encoder, so a tokenizer has nothing to go with"):
+        load_bundle(tmp_path / "notext.safetensors", tokenizer=write_tokenizer(tmp_path / "tok"), num_heads=4,
+                    norm_groups=NORM_GROUPS)
+    assert load_bundle(tmp_path / "notext.safetensors", num_heads=4, norm_groups=NORM_GROUPS).text_encoder is None

@@ -153,6 +153,8 @@ def read_compvis_checkpoint(
         bundle.sampler_defaults = {"spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
     if groups["text"]:
         _add_text_encoder(bundle, groups["text"], tokenizer)
+    elif tokenizer is not None:  # it was ignored, silently
+        raise UserError(f"{path} holds no text encoder, so a tokenizer has nothing to go with: leave --tokenizer out")
     return bundle
 
 

@@ -211,8 +211,10 @@ def unet_config_from_compvis(
         elif context_dim == 1024:
             head_dim = 64
         else:
-            raise UserError("the number of attention heads is not stored in CompVis weights: give num_heads "
-                            "or head_dim (the model YAML's num_heads / num_head_channels)")
+            raise UserError(f"the number of attention heads is not stored in CompVis weights, and a context of "
+                            f"{context_dim} is neither SD 1.x's nor 2.x's: convert it once with `ldm convert SRC "
+                            "OUT.safetensors --num-heads N` or `--head-dim N` (the model YAML's num_heads / "
+                            "num_head_channels; num_heads= / head_dim= in Python)")
     emb_dim, _ = shape("time_embed.0.weight")
     emb_out = shape("input_blocks.1.0.emb_layers.1.weight")[0]
     label = sd.get("label_emb.weight")
