@@ -142,7 +142,7 @@ def test_unknown_missing_and_misshapen_keys_are_named(models, tmp_path) -> None:
     save_file(missing, str(path))
     with pytest.raises(UserError, match=r"missing keys: decoder\.mid\.attn_1\.q\.weight"):
         load_bundle(path, num_heads=4, norm_groups=NORM_GROUPS)
-    with pytest.raises(UserError, match="num_heads or head_dim"):
+    with pytest.raises(UserError, match=r"--num-heads N. or .--head-dim N"):
         unet_config_from_compvis({k: v for k, v in state.items() if k.startswith("model.")} | {
             "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(32, 40)})
 
