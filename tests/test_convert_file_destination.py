@@ -85,3 +85,41 @@ def test_a_folder_named_like_a_file_is_refused(model, tmp_path, capsys):
     (tmp_path / "x.safetensors").mkdir()
     err = refused(capsys, str(model), str(tmp_path / "x.safetensors"))
     assert "is a folder; give the path of the .safetensors file to write" in err
+
+
+def test_a_path_through_a_missing_folder_is_checked_where_it_lands(model, run, tmp_path, capsys):
+    """"run/nosuch/../model.safetensors" and "nosuch/../precious" passed every check (nothing
+    there yet), then landed on the run's model and on a folder of the user's files."""
+    before = digest(run / "model.safetensors")
+    err = refused(capsys, str(model), str(run / "nosuch" / ".." / "model.safetensors"), "--overwrite")
+    assert "is a file ldm train writes in the run" in err
+    assert digest(run / "model.safetensors") == before
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work\n")
+    for extra in ([], ["--overwrite"]):
+        err = refused(capsys, str(model), str(tmp_path / "nosuch" / ".." / "precious"), "--to", "diffusers", *extra)
+        assert "is not empty and is not a diffusers folder" in err
+    assert (precious / "thesis.txt").read_text() == "years of work\n"
+
+
+def test_a_file_no_model_can_generate_with_is_described_and_named(tmp_path, capsys):
+    """An image size the VAE's factor does not divide (written by an older ldmkit): `ldm info`
+    shows the file and says why it cannot generate; `ldm generate` names the file, not the path
+    stored in it as its source."""
+    from tiny_models import tiny_class_models
+
+    from ldmkit.interop.bundle import ModelBundle
+    from ldmkit.interop.ldmkit_file import write_ldmkit_file
+
+    vae, unet = tiny_class_models(2)
+    bad = write_ldmkit_file(tmp_path / "old.safetensors", ModelBundle(
+        unet=unet, vae=vae, image_size=15, class_names=["a", "b"], source="/elsewhere/model.safetensors"))
+    capsys.readouterr()
+    assert main(["info", str(bad)]) == 0
+    captured = capsys.readouterr()
+    assert "holds:" in captured.out
+    assert f"warning: this model cannot generate: {bad}: the image size 15 is not a multiple" in captured.err
+    assert main(["generate", "--model", str(bad), "--n", "1", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: the image size 15" in err and "/elsewhere" not in err

@@ -71,3 +71,12 @@ def test_skip_existing_keeps_no_images_of_another_tokenizer(tmp_path):
     check_same_job(tmp_path, [], settings(str(tmp_path / "tok_a")))  # the same job: kept
     with pytest.raises(UserError, match=r"made with other settings \(tokenizer '.*tok_a', now '.*tok_b'\)"):
         check_same_job(tmp_path, [], settings(str(tmp_path / "tok_b")))
+
+
+def test_a_grid_path_through_a_missing_folder_is_checked_where_it_lands(model_file, tmp_path, capsys):  # noqa: F811
+    """"nosuch/../model.safetensors" did not exist for the check and was the model once nosuch was made."""
+    model = Path(shutil.copy(model_file, tmp_path / "model.safetensors"))
+    before = digest(model)
+    assert generate(model, tmp_path / "out", "--grid", str(tmp_path / "nosuch" / ".." / "model.safetensors")) == 2
+    assert "exists and is not a grid ldm generate wrote" in capsys.readouterr().err
+    assert digest(model) == before

@@ -151,3 +151,13 @@ def test_the_job_of_a_client_that_left_is_stopped(served):
     assert post(url, {"n": 1, "steps": 1})[0] == 200
     stop.set()
     worker.join(10)
+
+
+def test_a_private_job_id_is_nobodys_to_stop_or_watch(served):
+    """Unnamed jobs get "#N" ids, numbered in order: any client could stop another's job by guessing."""
+    from serve_http import request_json
+
+    service, runner, server, url = served
+    status, body = request_json(url, "/api/stop", {"job_id": "#1"})
+    assert status == 400 and "job_id" in body["error"]
+    assert request_json(url, "/api/progress?job=%231")[0] == 400

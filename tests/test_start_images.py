@@ -60,3 +60,14 @@ def test_a_bad_strength_is_refused_before_the_output_folder_is_made(model_file, 
                      "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")]) == 2
         assert "--strength must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_white_shape_on_a_transparent_layer_paints_the_shape_only(pipe, tmp_path, mode):  # noqa: F811
+    """A regression of this session's 16-bit change: transparency went on white, so all was repainted."""
+    pixels = np.zeros((16, 16, 4), np.uint8)  # transparent black
+    pixels[:, 8:] = 255  # opaque white
+    Image.fromarray(pixels, "RGBA").convert(mode).save(tmp_path / "mask.png")
+    mask = pipe.prepare_mask(tmp_path / "mask.png", size=(16, 16))
+    half = mask.shape[-1] // 2
+    assert mask[..., :half].sum() == 0 and bool((mask[..., half:] == 1).all())

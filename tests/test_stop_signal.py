@@ -50,11 +50,15 @@ def test_torchrun_is_read_from_its_environment(monkeypatch):
 
 
 def test_the_first_signal_is_announced_once(capfd):
-    stop = StopSignal(announce=True, under_torchrun=True)
-    stop._handle(signal.SIGINT, None)
+    stop = StopSignal(announce=True, under_torchrun=False)
     stop._handle(signal.SIGINT, None)
     err = capfd.readouterr().err
     assert err.count("SIGINT: stopping; a checkpoint is saved first") == 1 and "Ctrl-C again" in err
+    stop = StopSignal(announce=True, under_torchrun=True)  # torchrun sends a second Ctrl-C on as SIGTERM
+    stop._handle(signal.SIGINT, None)
+    stop._handle(signal.SIGINT, None)
+    err = capfd.readouterr().err
+    assert err.count("SIGINT: stopping; a checkpoint is saved first") == 1 and "Ctrl-C again" not in err
     quiet = StopSignal(under_torchrun=True)  # another torchrun rank: rank 0 says it
     quiet._handle(signal.SIGTERM, None)
     assert capfd.readouterr().err == ""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ldmkit.compiled_unet import CompiledUNet, wants_compile
-from ldmkit.data.decode import resize_center_crop, to_rgb
+from ldmkit.data.decode import mask_levels, resize_center_crop, to_rgb
 from ldmkit.data.images import to_pil, to_uint8
 from ldmkit.device import resolve_device
 from ldmkit.diffusion import (
@@ -436,8 +436,7 @@ class LatentDiffusionPipeline:
         pil = open_image(mask, "mask")
         if pil.size != tuple(size):
             raise UserError(f"mask size {pil.size[0]}x{pil.size[1]} differs from the image's {size[0]}x{size[1]}")
-        gray = np.asarray(to_rgb(pil).convert("L"))  # a 16-bit mask scaled (clipped, its grey was all white)
-        binary = torch.from_numpy((gray >= 128).astype(np.float32))[None, None]
+        binary = torch.from_numpy((mask_levels(pil) >= 128).astype(np.float32))[None, None]
         return F.max_pool2d(binary, self.vae.config.downsample_factor).to(self.device)
 
 

@@ -13,6 +13,13 @@ from ldmkit.errors import UserError
 from ldmkit.eval.samples_io import SAMPLES_FILE, read_samples_info, sample_paths
 
 
+def real(path: Path) -> Path:
+    """The path the kernel will write to, a folder not yet made included: links followed, and
+    "missing/.." taken as the folder it is once "missing" exists (`Path.exists()` says False for it
+    now, which let checks pass and the write land on an existing file)."""
+    return Path(os.path.realpath(path))
+
+
 def check_folder(path: str | Path, flag: str) -> Path:
     """`UserError` now if `path` cannot become a folder (a file, under a file, not writable);
     the folder itself is made by `make_folder` once the work is sure to start."""
@@ -73,6 +80,7 @@ def _job_differences(info: dict, class_names: list[str], settings: dict) -> list
 def check_same_job(out: Path, class_names: list[str], settings: dict) -> None:
     """`UserError` unless the images kept in `out` were made by this job (as `samples.json` says;
     a folder without one, from before ldmkit wrote it, is taken as it is)."""
+    out = real(out)
     info = read_samples_info(out)
     if info is None:
         return
@@ -92,6 +100,7 @@ def check_no_other_job(out: Path, names: list[str], class_names: list[str], sett
     the grid and in what `ldm eval --samples` reads. Images of this same job beyond its count (an
     earlier, larger --n) are its own and may stay; PNGs with no `samples.json` (made by an older
     ldmkit) only where this job replaces them all."""
+    out = real(out)  # "nosuch/../photos" is photos/ once nosuch is made
     existing = [path.name for path in sample_paths(out)] if out.is_dir() else []
     if not existing:
         return
@@ -124,9 +133,10 @@ def check_grid_destination(grid: Path, out: Path) -> None:
     a `samples.json`): `--grid` once wrote over any file, the model being used included."""
     from ldmkit.eval.samples_io import GRID_FILE
 
+    grid, out = real(grid), real(out)  # "nosuch/../model.safetensors" names the model once nosuch is made
     if not grid.exists():
         return
-    ours = grid.resolve() == (out / GRID_FILE).resolve() and (out / SAMPLES_FILE).is_file()
+    ours = grid == out / GRID_FILE and (out / SAMPLES_FILE).is_file()
     try:
         with Image.open(grid) as image:
             ours = ours or image.info.get(GRID_TAG[0]) == GRID_TAG[1]
@@ -139,7 +149,7 @@ def check_grid_destination(grid: Path, out: Path) -> None:
 def check_inputs_not_written(written: list[Path], inputs: dict[str, str | None]) -> None:
     """`UserError` if an input file (`--init-image`, `--mask`, `--model`) is one this job writes:
     it would be replaced by an output (an init image in --out named like a sample was)."""
-    targets = {path.resolve() for path in written}
+    targets = {real(path) for path in written}
     for flag, value in inputs.items():
-        if value is not None and Path(value).is_file() and Path(value).resolve() in targets:
+        if value is not None and Path(value).is_file() and real(Path(value)) in targets:
             raise UserError(f"{flag} {value} is a file this job writes its output to: give another --out or --grid")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from ldmkit.errors import UserError
 from ldmkit.pretrained import bundled_names
 
 
@@ -61,8 +63,13 @@ def describe(bundle) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.interop import load_bundle
+    from ldmkit.interop.bundle import check_bundle
 
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model, check=False)  # described even when it cannot generate, and then said why
+    try:
+        check_bundle(bundle, where=args.model)
+    except UserError as err:
+        print(f"ldm info: warning: this model cannot generate: {err}", file=sys.stderr)
     info = describe(bundle)
     if args.json:
         print(json.dumps(info, indent=2, default=str))

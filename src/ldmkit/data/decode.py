@@ -113,6 +113,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def mask_levels(image: Image.Image) -> np.ndarray:
+    """A mask's grey levels [H, W] uint8 (white = paint): transparency on black, so a white shape on
+    a transparent layer paints the shape only (on white, as `to_rgb` puts images, it painted all);
+    16-bit and float masks scaled as `to_rgb` scales them (PIL's convert clipped 16-bit grey to white)."""
+    if image.mode in _ALPHA_MODES or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(black, rgba).convert("L"))
+    return np.asarray(to_rgb(image).convert("L"))
+
+
 def _gray_array_to_rgb(values: np.ndarray) -> Image.Image:
     gray = np.clip(np.round(values), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")

@@ -81,17 +81,19 @@ def is_ldmkit_file(path: Path) -> bool:
         return False
 
 
-def load_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
+def load_bundle(path: str | os.PathLike, *, check: bool = True, **options: Any) -> ModelBundle:
     """Read any supported model file or folder into a `ModelBundle`.
 
     `path` may also name a bundled model ("emoji", "fashion-mnist": `ldmkit.pretrained`) when no
     file or folder of that name exists. `options` go to the CompVis reader (`use_ema`, `tokenizer`,
     `num_heads`, `head_dim`, `prediction`, `scaling_factor`, `image_size`, `norm_groups`); other
     sources take only `image_size` and `prediction`, which override what the source says.
+    `check=False` skips `check_bundle` (`ldm info` describes a model it would refuse to run).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise UserError(f"a model is a file or folder path, or a bundled model's name; got {type(path).__name__}")
-    return check_bundle(_read_bundle(path, **options))
+    bundle = _read_bundle(path, **options)
+    return check_bundle(bundle, where=path) if check else bundle
 
 
 def _read_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
@@ -133,27 +135,36 @@ def _read_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
 MAX_IMAGE_SIZE = 16384  # pixels a side; a typo of 100000 asked generation for 40 GB at once
 
 
-def check_bundle(bundle: ModelBundle) -> ModelBundle:
+def check_bundle(bundle: ModelBundle, where: str | os.PathLike | None = None) -> ModelBundle:
     """`UserError` for settings no model can generate with, whether the source said them or an
     option did (`--scaling-factor 0` wrote a file whose images were all black, `--image-size
-    15` one whose images came out 14 px, `prediction="bogus"` one that could not generate)."""
+    15` one whose images came out 14 px, `prediction="bogus"` one that could not generate).
+    `where`: the path the bundle was read from, named in the message (a file's stored `source`
+    can be the path it was converted from, on another machine)."""
+    try:
+        return _check_settings(bundle)
+    except UserError as err:
+        if where is None:
+            raise
+        raise UserError(f"{where}: {err}") from None
+
+
+def _check_settings(bundle: ModelBundle) -> ModelBundle:
     size = bundle.image_size
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_IMAGE_SIZE:
-            raise UserError(f"{bundle.source}: the image size must be a whole number from 1 to {MAX_IMAGE_SIZE}, "
-                            f"got {size!r}")
+            raise UserError(f"the image size must be a whole number from 1 to {MAX_IMAGE_SIZE}, got {size!r}")
         factor = bundle.vae.config.downsample_factor if bundle.vae is not None else 1
         if size % factor:
-            raise UserError(f"{bundle.source}: the image size {size} is not a multiple of the VAE's factor {factor} "
-                            f"(try {max(factor, size // factor * factor)})")
+            raise UserError(f"the image size {size} is not a multiple of the VAE's factor {factor} (try "
+                            f"{max(factor, size // factor * factor)}; `ldm convert ... --image-size N` rewrites it)")
     if bundle.prediction not in PREDICTIONS:
-        raise UserError(f"{bundle.source}: prediction must be one of {', '.join(PREDICTIONS)}, "
-                        f"got {bundle.prediction!r}")
+        raise UserError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {bundle.prediction!r}")
     if bundle.vae is not None:
         scale = bundle.vae.latent_scale
         if not bool(torch.isfinite(scale).all()) or bool((scale == 0).any()):
-            raise UserError(f"{bundle.source}: the latent scale must be finite and non-zero, got "
-                            f"{[round(v, 6) for v in scale.tolist()]} (Stable Diffusion's is 0.18215)")
+            shown = [round(v, 6) for v in scale.tolist()]
+            raise UserError(f"the latent scale must be finite and non-zero, got {shown} (SD's is 0.18215)")
     return bundle
 
 

@@ -59,6 +59,7 @@ def check_file_destination(out: Path, overwrite: bool = False) -> None:
 
     if out.suffix != ".safetensors":
         raise UserError(f"an ldmkit model file ends in .safetensors, got {out}")
+    out = Path(os.path.realpath(out))  # what "missing/../model.safetensors" will be, once "missing" is made
     if out.is_dir():
         raise UserError(f"{out} is a folder; give the path of the .safetensors file to write")
     if not out.exists():

@@ -127,6 +127,7 @@ def is_ldmkit_export(folder: Path) -> bool:
 def check_destination(folder: Path, overwrite: bool = False) -> None:
     """`UserError` unless `folder` may receive an export: absent, an empty folder, or (with
     `overwrite`) a diffusers folder to replace whole."""
+    folder = Path(os.path.realpath(folder))  # "missing/../precious" is precious/ once "missing" is made
     if not folder.exists():
         return
     if not folder.is_dir():

@@ -37,7 +37,7 @@ from ldmkit.errors import UserError
 
 from .jobs import JobRunner, ServerStopping
 from .progress import JobIdInUse, JobStopped
-from .service import GenerationService
+from .service import JOB_ID, GenerationService
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a few fields and at most two images (a 1024 px PNG is ~2-4 MB in base64)
 
@@ -66,7 +66,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK, self.service.describe())
         elif path == "/api/progress":
             job_id = parse_qs(url.query).get("job", [""])[0]
-            if not job_id:
+            if not JOB_ID.fullmatch(job_id):
                 self._send_json(HTTPStatus.BAD_REQUEST, {"error": "name the job: /api/progress?job=ID"})
             else:
                 self._send_json(HTTPStatus.OK, self.service.progress.report(job_id))
@@ -130,7 +130,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(err)})
             return
         job_id = request.get("job_id") if isinstance(request, dict) else None
-        if not isinstance(job_id, str) or not job_id:
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):  # a private "#N" id is nobody's to stop
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": 'send {"job_id": ID}, the id the job was sent with'})
             return
         self._send_json(HTTPStatus.OK, {"stopped": self.service.progress.stop(job_id)})
@@ -142,7 +142,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _client_left(self) -> bool:
         """Whether the client closed its connection: readable, and nothing to read (a pipelined
-        next request would be something)."""
+        next request would be something). A client that only shuts down its sending side after
+        the request looks the same from here and counts as gone, as nginx counts it (499)."""
         try:
             readable, _, _ = select.select([self.connection], [], [], 0)
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""

@@ -6,11 +6,13 @@ The handler only sets a flag; the loop checks it after each optimizer step, save
 returns. A second Ctrl-C raises KeyboardInterrupt at once, for a user who does not want to
 wait for the save.
 
-Under torchrun one Ctrl-C arrives twice: the terminal sends SIGINT to every process of its
-foreground group, workers included, and torchrun then forwards the SIGINT it got to each
-worker (torch.distributed.elastic's `PContext.close`, which waits 30 s before SIGKILL). Taken
-as a second Ctrl-C, the copy skipped the save. So under torchrun a SIGINT within
-`TORCHRUN_ECHO_S` of the first is the same Ctrl-C.
+Under torchrun the workers' signals come from torchrun, which forwards the first signal it gets
+to each worker (torch.distributed.elastic's `PContext.close`, which waits 30 s before SIGKILL).
+Where the workers share the terminal's process group, one Ctrl-C also reaches them directly, so
+it arrives twice; taken as a second Ctrl-C, the copy skipped the save. So under torchrun a SIGINT
+within `TORCHRUN_ECHO_S` of the first is the same Ctrl-C. (torch 2.13's torchrun starts its
+workers in sessions of their own and sends a second Ctrl-C on as SIGTERM: the save goes on, and
+torchrun kills the workers 30 s later. So under torchrun the first line promises no quick quit.)
 """
 from __future__ import annotations
 
@@ -77,7 +79,8 @@ class StopSignal:
         """One line at once, so a user does not press Ctrl-C again during a long step or
         compile. os.write, not print: a handler that prints while the interrupted code is
         printing raises "reentrant call"."""
-        again = " (Ctrl-C again to quit at once, without saving)" if name == "SIGINT" else ""
+        quick_quit = name == "SIGINT" and not self.under_torchrun
+        again = " (Ctrl-C again to quit at once, without saving)" if quick_quit else ""
         try:
             os.write(2, f"\n{name}: stopping; a checkpoint is saved first{again}\n".encode())
         except OSError:
