@@ -21,7 +21,7 @@ def convert(
     """Read `src` (see `load_bundle` for the sources and `options`) and write it to `out`:
     an ldmkit `.safetensors` inference file (`to="ldmkit"`: a new file, or with `overwrite` an
     earlier ldmkit model file) or a diffusers folder (`to="diffusers"`: a new or empty folder, or
-    with `overwrite` an earlier diffusers folder, replaced whole). Returns the bundle written."""
+    with `overwrite` an earlier export of this function, replaced whole). Returns the bundle written."""
     from ldmkit.interop.diffusers_export import check_destination, write_diffusers_folder
     from ldmkit.interop.ldmkit_file import write_ldmkit_file
 
