@@ -4,6 +4,9 @@ The CLI prints a `UserError` as one clear line and exits with status 2; anything
 and keeps its traceback.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 
 class UserError(ValueError):
     """A mistake in the user's input (a path, a flag, a file): shown without a traceback.
@@ -12,7 +15,8 @@ class UserError(ValueError):
     ldmkit or a library under it refused it."""
 
 
-class reading:  # noqa: N801 (used as a context manager: `with reading(path): ...`)
+@contextlib.contextmanager
+def reading(what: object) -> Iterator[None]:
     """Turn a failure while reading a file someone else made into one `UserError` naming `what`.
 
     A damaged or mislabelled model folder (a UNet's config.json of another class, `[]` for a
@@ -20,16 +24,11 @@ class reading:  # noqa: N801 (used as a context manager: `with reading(path): ..
     transformers or torch, with a KeyError or a TypeError: a user's file, not ldmkit's bug.
     OSError (the disk said no) and MemoryError keep their own handling; UserErrors pass as they are.
     """
-
-    def __init__(self, what: object) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
-        if error is None or not isinstance(error, Exception) or isinstance(error, (UserError, OSError, MemoryError)):
-            return False
+    try:
+        yield
+    except (UserError, OSError, MemoryError):
+        raise
+    except Exception as error:
         detail = (str(error).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{self.what} cannot be read ({type(error).__name__}: {detail}); the file is damaged, or "
+        raise UserError(f"{what} cannot be read ({type(error).__name__}: {detail}); the file is damaged, or "
                         "is not what its folder says it is") from None

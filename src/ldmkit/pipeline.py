@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ldmkit.compiled_unet import CompiledUNet, wants_compile
 from ldmkit.data.decode import mask_levels, resize_center_crop, to_rgb
@@ -425,7 +425,7 @@ class LatentDiffusionPipeline:
     def fit_image(self, image: Image.Image | str | Path, what: str = "image") -> Image.Image:
         """`image` upright (its EXIF orientation applied), its shorter side scaled to the model's
         image size and the centre square cropped: what training did to its images."""
-        return resize_center_crop(ImageOps.exif_transpose(open_image(image, what)), self.image_size)
+        return resize_center_crop(open_image(image, what), self.image_size)  # open_image turns it upright
 
     def prepare_mask(self, mask: Image.Image | str | Path, size: tuple[int, int]) -> torch.Tensor:
         """A mask image (white = regenerate) -> [1, 1, h, w] in {0, 1} at latent resolution.

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from ldmkit.errors import UserError
-from ldmkit.eval.samples_io import SAMPLES_FILE, read_samples_info, sample_paths
+from ldmkit.eval.samples_io import GRID_FILE, SAMPLES_FILE, read_samples_info, sample_paths
 
 
 def real(path: Path) -> Path:
@@ -131,8 +131,6 @@ def grid_pnginfo():
 def check_grid_destination(grid: Path, out: Path) -> None:
     """`UserError` unless `grid` is new, or a grid ldm generate wrote (tagged, or OUT/grid.png beside
     a `samples.json`): `--grid` once wrote over any file, the model being used included."""
-    from ldmkit.eval.samples_io import GRID_FILE
-
     grid, out = real(grid), real(out)  # "nosuch/../model.safetensors" names the model once nosuch is made
     if not grid.exists():
         return

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ldmkit.atomic import atomic_write_text
+from ldmkit.data.decode import to_rgb
 from ldmkit.errors import UserError
 
 __all__ = ["SampleSet", "sample_filename", "sample_paths", "read_sample_folder", "dataset_to_uint8",
@@ -121,8 +122,6 @@ def _sort_key(path: Path) -> tuple[int, str]:
 def _load_png(path: Path, channels: int) -> np.ndarray:
     """[C, H, W] uint8, by the training data's rules (`to_rgb`: 16-bit scaled, not clipped to
     white; transparency on white); a file that does not decode is named, not just PIL's words."""
-    from ldmkit.data.decode import to_rgb
-
     try:
         with Image.open(path) as image:
             rgb = to_rgb(image)
