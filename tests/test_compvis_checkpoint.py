@@ -197,3 +197,18 @@ def test_a_tokenizer_for_a_checkpoint_without_a_text_encoder_is_refused(models, 
         load_bundle(tmp_path / "notext.safetensors", tokenizer=write_tokenizer(tmp_path / "tok"), num_heads=4,
                     norm_groups=NORM_GROUPS)
     assert load_bundle(tmp_path / "notext.safetensors", num_heads=4, norm_groups=NORM_GROUPS).text_encoder is None
+
+
+def test_an_unknown_option_or_a_model_that_is_not_a_path_is_one_line(models, tmp_path) -> None:
+    """`load_model(ckpt, "unet", foo=1)` was a TypeError from the reader; `load_bundle(None)` one
+    from deep in the bundled-name lookup."""
+    from safetensors.torch import save_file
+
+    from ldmkit.errors import UserError
+
+    save_file({k: v.contiguous() for k, v in models[3].items()}, str(tmp_path / "sd.safetensors"))
+    with pytest.raises(UserError, match="unknown loading option foo; a CompVis checkpoint takes use_ema"):
+        load_model(tmp_path / "sd.safetensors", "unet", foo=1)
+    for wrong in (None, 5):
+        with pytest.raises(UserError, match="a model is a file or folder path, or a bundled model's name; got"):
+            load_bundle(wrong)

@@ -80,3 +80,13 @@ def test_a_grid_path_through_a_missing_folder_is_checked_where_it_lands(model_fi
     assert generate(model, tmp_path / "out", "--grid", str(tmp_path / "nosuch" / ".." / "model.safetensors")) == 2
     assert "exists and is not a grid ldm generate wrote" in capsys.readouterr().err
     assert digest(model) == before
+
+
+def test_an_older_untagged_grid_of_the_folders_own_job_is_written_again(model_file, tmp_path):  # noqa: F811
+    """OUT/grid.png from before grids were tagged, beside the folder's samples.json, is the job's own."""
+    out = tmp_path / "out"
+    assert generate(model_file, out) == 0
+    Image.open(out / "grid.png").convert("RGB").save(out / "grid.png")  # the same grid, without the tag
+    assert Image.open(out / "grid.png").info.get("Software") is None
+    assert generate(model_file, out) == 0
+    assert Image.open(out / "grid.png").info.get("Software") == "ldmkit generate grid"
