@@ -207,9 +207,9 @@ def write_diffusers_folder(folder: str | os.PathLike, bundle: ModelBundle, *, ov
     """Write `bundle` as the diffusers folder `folder`: a new or empty folder, or (`overwrite`)
     one that holds a diffusers folder, replaced whole (`check_destination`). Nothing changes at
     `folder` until the export is complete."""
-    recover_leftovers(Path(os.path.realpath(folder)))
-    check_destination(Path(folder), overwrite)
     folder = Path(os.path.realpath(folder))  # a link's target is replaced, not the link
+    recover_leftovers(folder)
+    check_destination(folder, overwrite)
     if bundle.components not in (["unet"], ["vae"]) and (bundle.unet is None or bundle.vae is None):
         raise UserError(
             f"{bundle.source}: a diffusers pipeline folder needs a UNet and a VAE (have {', '.join(bundle.components)})"
