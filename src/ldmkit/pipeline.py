@@ -35,8 +35,7 @@ from ldmkit.diffusion import (
     sample,
 )
 from ldmkit.diffusion.guidance import check_rescale
-from ldmkit.diffusion.samplers import get_sampler, sampler_options
-from ldmkit.diffusion.timesteps import check_steps
+from ldmkit.diffusion.samplers import check_sampler, sampler_options
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.data.folder_layout import printable_name
@@ -185,11 +184,13 @@ class LatentDiffusionPipeline:
             raise UserError(f"seed (--seed) must be from 0 to 2**63 - n, got {seed} for {len(labels)} images")
         return [seed + k for k in range(len(labels))], labels
 
-    def check_sampling(self, sampler: str, steps: int, cfg_rescale: float = 0.0, cfg: float | None = None) -> None:
-        """`UserError` for a sampler, step count, guidance scale or rescale this model cannot run:
-        the checks the sampling loop makes, made before a command draws its progress bar."""
-        get_sampler(sampler)
-        check_steps(whole_number(steps, "steps"), self.schedule)
+    def check_sampling(self, sampler: str, steps: int, cfg_rescale: float = 0.0, cfg: float | None = None,
+                       **sampler_settings: Any) -> None:
+        """`UserError` for a sampler, step count (and its grid), guidance scale or rescale this model
+        cannot run: the checks the sampling loop makes, made before a command draws its progress bar."""
+        options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
+        check_sampler(sampler, self.schedule, steps=whole_number(steps, "steps"), prediction=self.prediction,
+                      **{**options, **sampler_settings})
         check_rescale(cfg_rescale)
         if cfg is not None and not math.isfinite(real_number(cfg, "the guidance scale cfg (--cfg)")):
             raise UserError(f"the guidance scale cfg (--cfg) must be a finite number, got {cfg}")  # NaN: black images
@@ -271,7 +272,7 @@ class LatentDiffusionPipeline:
         are the sampler's own options (`eta` for ddim, `karras_sigmas` for euler / heun, ...: see
         `diffusion.sampler_options`); they override the model's defaults.
         """
-        self.check_sampling(sampler, steps, cfg_rescale, cfg)  # NaN guidance made black images from Python
+        self.check_sampling(sampler, steps, cfg_rescale, cfg, **sampler_settings)  # NaN cfg: black images
         steps = whole_number(steps, "steps")  # numpy's integers and 0-d tensors as Python numbers from here
         cfg = None if cfg is None else real_number(cfg, "the guidance scale cfg (--cfg)")
         negative_prompt = "" if negative_prompt is None else negative_prompt  # None: no negative prompt

@@ -24,9 +24,12 @@ SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "custom")
 # Default beta ranges: Ho et al. 2020 (linear) and Stable Diffusion (scaled_linear).
 _DEFAULT_BETA_RANGE = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
 
-# Smallest alpha_bar that sigma-space samplers use. A zero-terminal-SNR schedule has
-# alpha_bar_{T-1} = 0, i.e. sigma = inf; clamping to 2**-24 (sigma ~ 4096) keeps the
-# Karras/Euler formulation finite, as diffusers' Euler scheduler does.
+# The alpha_bar sigma-space samplers use in place of alpha_bar = 0. A zero-terminal-SNR
+# schedule has alpha_bar_{T-1} = 0, i.e. sigma = inf; 2**-24 (sigma ~ 4096) keeps the
+# Karras/Euler formulation finite, as diffusers' Euler scheduler does for such schedules.
+# Only a zero is replaced: the cosine schedule's alpha_bar_{T-1} = 2.4e-9 is a level the network
+# was trained at, and raising it to 2**-24 while telling the network t = T - 1 made Heun's
+# samples of an eps model wrong by tens of data standard deviations.
 MIN_ALPHA_BAR = 2.0**-24
 
 
@@ -172,15 +175,28 @@ class NoiseSchedule:
         """Signal-to-noise ratio a_t / (1 - a_t) = 1 / sigma_t^2 (Kingma et al. 2021)."""
         return self.sigma_at(t).pow(-2)
 
+    @property
+    def alpha_bar_floor(self) -> float:
+        """What sigma-space samplers use in place of alpha_bar = 0: MIN_ALPHA_BAR, or half the
+        smallest positive alpha_bar where that is lower, so that the levels stay in order."""
+        positive = self.alphas_cumprod[self.alphas_cumprod > 0]
+        return min(MIN_ALPHA_BAR, float(positive.min()) / 2)
+
+    def finite_alphas_cumprod(self) -> Tensor:
+        """alpha_bar with a zero (zero terminal SNR) replaced by `alpha_bar_floor`; every
+        other entry as it is."""
+        a = self.alphas_cumprod
+        return torch.where(a > 0, a, torch.full_like(a, self.alpha_bar_floor))
+
     def timestep_at(self, sigma: Tensor) -> Tensor:
         """Inverse of the sigma table by linear interpolation in log sigma (Karras et al. 2022
         use continuous sigma; a discrete-time network needs the matching fractional t).
 
-        Uses the table with alpha_bar clamped at MIN_ALPHA_BAR so a zero-terminal-SNR
-        schedule still maps its largest usable sigma to t = T - 1. float64 CPU in and out.
+        Uses `finite_alphas_cumprod` so a zero-terminal-SNR schedule still maps its largest
+        usable sigma to t = T - 1. float64 CPU in and out.
         """
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        ab = self.alphas_cumprod.clamp(min=MIN_ALPHA_BAR)
+        ab = self.finite_alphas_cumprod()
         log_table = (((1 - ab) / ab).sqrt()).log()  # increasing in t
         log_sigma = sigma.clamp(min=1e-10).log()
         hi = torch.searchsorted(log_table, log_sigma).clamp(1, self.num_steps - 1)

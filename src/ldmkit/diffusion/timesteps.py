@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.schedules import MIN_ALPHA_BAR, NoiseSchedule
+from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.errors import UserError
 
 SPACINGS = ("leading", "linspace", "trailing")
@@ -44,11 +44,17 @@ def spaced_timesteps(
     trailing: round(T - k T / n) - 1 for k = 0..n-1         (always starts at T - 1)
 
     `skip_zero` places n + 1 points and drops the smallest (DPM-Solver's convention: its last
-    step goes from a level above t = 0 straight to sigma = 0).
+    step goes from a level above t = 0 straight to sigma = 0); at n = T no point is left to
+    skip, and the grid is every timestep.
+
+    One step is at t = T - 1 whatever the spacing: linspace's single point and leading's first
+    stride are t = 0, where a sampler called once returns its start noise.
     """
     if spacing not in SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     T = num_train_steps
+    if steps == 1 or (skip_zero and steps == T and spacing != "trailing"):
+        return torch.arange(T - 1, T - 1 - steps, -1, dtype=torch.float64)
     points = steps + int(skip_zero)
     if spacing == "linspace":
         t = torch.linspace(0, T - 1, points, dtype=torch.float64)
@@ -59,6 +65,14 @@ def spaced_timesteps(
         ratio = T // points
         if ratio < 1:
             raise UserError(f"{steps} steps do not fit 'leading' spacing over {T} timesteps")
+        if points * ratio + offset < 0.9 * T:
+            # Whole strides from t = 0 leave the top of the schedule unvisited: 600 steps start at
+            # t = 599, with a quarter of the signal left in what the sampler takes for pure noise.
+            raise UserError(
+                f"{steps} steps with 'leading' spacing take strides of {ratio} timestep(s) from t = {offset} "
+                f"and start at t = {(points - 1) * ratio + offset} of {T}, far from pure noise; use at most "
+                f"{T // 10} steps, exactly {T}, or 'trailing' spacing"
+            )
         t = (torch.arange(points, dtype=torch.float64) * ratio).flip(0) + offset
     else:  # trailing
         t = (T - torch.arange(steps, dtype=torch.float64) * (T / steps)).round() - 1
@@ -135,18 +149,18 @@ def grid_from_sigmas(schedule: NoiseSchedule, sigmas: Tensor) -> StepGrid:
 
 
 def sigma_range(schedule: NoiseSchedule) -> tuple[float, float]:
-    """(sigma_min, sigma_max) of the schedule, with alpha_bar clamped at MIN_ALPHA_BAR so a
-    zero-terminal-SNR schedule still has a finite largest sigma."""
-    a = schedule.alphas_cumprod.clamp(min=MIN_ALPHA_BAR)
+    """(sigma_min, sigma_max) of the schedule, a zero alpha_bar taken as the schedule's
+    `alpha_bar_floor` so a zero-terminal-SNR schedule still has a finite largest sigma."""
+    a = schedule.finite_alphas_cumprod()
     sigmas = ((1 - a) / a).sqrt()
     return float(sigmas[0]), float(sigmas[-1])
 
 
-def clamp_grid(grid: StepGrid) -> StepGrid:
-    """The grid with alpha_bar >= MIN_ALPHA_BAR at the network levels (for sigma-space
-    samplers, whose x / sqrt(alpha_bar) would otherwise be infinite at zero terminal SNR)."""
+def finite_grid(grid: StepGrid, schedule: NoiseSchedule) -> StepGrid:
+    """The grid with a network level at alpha_bar = 0 moved to the schedule's `alpha_bar_floor`
+    (for sigma-space samplers, whose x / sqrt(alpha_bar) would be infinite there)."""
     a = grid.alphas_cumprod.clone()
-    a[:-1] = a[:-1].clamp(min=MIN_ALPHA_BAR)
+    a[:-1] = torch.where(a[:-1] > 0, a[:-1], torch.full_like(a[:-1], schedule.alpha_bar_floor))
     return StepGrid(grid.timesteps, a)
 
 

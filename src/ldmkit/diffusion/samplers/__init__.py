@@ -20,7 +20,9 @@ Default step counts (what each needs to converge on smooth data; see tests/test_
     euler         50  Euler in sigma space, Karras et al. 2022; deterministic
     heun          25  Heun, Karras et al. 2022 (Alg. 1); 2 * steps - 1 network calls
     ddpm           T  DDPM ancestral, Ho et al. 2020 (the full chain, T = 1000 usually);
-                      any steps <= T run on a strided grid (~100-250 suffice for smooth data)
+                      fewer steps run on a strided grid (~100-250 suffice for smooth data;
+                      'leading' strides refuse a count that leaves over a tenth of the
+                      schedule above its first step, e.g. 600: `spaced_timesteps`)
     =========  =====  ===================================================================
 
 Options per sampler: `spacing` ("leading" | "linspace" | "trailing") and `steps_offset`
@@ -33,6 +35,7 @@ import inspect
 import numbers
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from ldmkit.diffusion.noise import SeededNoise
@@ -120,12 +123,33 @@ def sample(
     )
 
 
+class _FirstCall(Exception):
+    """Raised by `check_sampler`'s stand-in network: the sampler got as far as its first call."""
+
+
+def check_sampler(name: str, schedule: NoiseSchedule, *, steps: int | None = None, prediction: str = "eps",
+                  **options) -> None:
+    """`UserError` for whatever `sample(..., sampler=name)` would refuse: the name, the options,
+    the step count and its grid, a prediction the first level cannot use. Every sampler checks
+    all of that before its first network call, so this runs it on one number up to that call
+    (no network, microseconds): a command refuses before it loads data or draws a progress bar."""
+
+    def first_call(x: Tensor, t: Tensor) -> Tensor:
+        raise _FirstCall
+
+    try:
+        sample(first_call, torch.zeros(1), schedule, sampler=name, steps=steps, prediction=prediction, **options)
+    except _FirstCall:
+        pass
+
+
 __all__ = [
     "DEFAULT_STEPS",
     "SAMPLERS",
     "Callback",
     "Denoiser",
     "SamplingContext",
+    "check_sampler",
     "ddim",
     "ddpm",
     "dpmpp_2m",

@@ -87,10 +87,13 @@ class SamplingContext:
             raise UserError("strength needs init latents (it sets how far to noise them)")
         if init is not None:
             self.grid = grid.tail(img2img_steps(len(grid), strength))
-        if len(self.grid) and self.grid.alphas_cumprod[0] == 0 and prediction == "eps":
+        # The schedule's own level, not the grid's: sigma-space samplers move alpha_bar = 0 to a
+        # finite level, but the network is still told t = T - 1, where it learned zero SNR.
+        if len(self.grid) and prediction == "eps" and float(schedule.alpha_bar_at(self.grid.timesteps[0])) == 0:
             raise UserError(
                 "the first sampling step is at zero SNR (alpha_bar = 0), where an eps prediction "
-                "cannot give x_0; use a v- or x0-prediction model, or 'leading'/'linspace' spacing"
+                "cannot give x_0; use a v- or x0-prediction model (what a zero-terminal-SNR schedule is "
+                "for), or 'leading' spacing without Karras sigmas (it starts below t = T - 1)"
             )
         # Everything the loop needs, as Python floats and one device tensor, computed now.
         self.alphas = self.grid.alphas.tolist()

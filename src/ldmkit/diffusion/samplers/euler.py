@@ -18,7 +18,7 @@ from ldmkit.diffusion.schedules import NoiseSchedule
 from ldmkit.diffusion.timesteps import (
     StepGrid,
     check_steps,
-    clamp_grid,
+    finite_grid,
     grid_from_timesteps,
     karras_grid,
     spaced_timesteps,
@@ -27,12 +27,12 @@ from ldmkit.diffusion.timesteps import (
 
 def _sigma_grid(schedule: NoiseSchedule, steps: int, spacing: str, offset: int, karras: bool) -> StepGrid:
     """diffusers' EulerDiscreteScheduler levels: "linspace" spacing with fractional t and
-    sigma interpolated linearly in t, or Karras sigmas; then sigma = 0. alpha_bar is clamped
-    at MIN_ALPHA_BAR so zero-terminal-SNR schedules keep a finite sigma."""
+    sigma interpolated linearly in t, or Karras sigmas; then sigma = 0. A level at alpha_bar = 0
+    (zero terminal SNR) is moved to the schedule's `alpha_bar_floor` (a finite sigma)."""
     if karras:
         return karras_grid(schedule, steps)
     t = spaced_timesteps(schedule.num_steps, steps, spacing, offset=offset, fractional=True)
-    return clamp_grid(grid_from_timesteps(schedule, t, 1.0))
+    return finite_grid(grid_from_timesteps(schedule, t, 1.0), schedule)
 
 
 def _run(
