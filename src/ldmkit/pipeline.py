@@ -38,6 +38,7 @@ from ldmkit.diffusion.guidance import check_rescale
 from ldmkit.diffusion.samplers import check_sampler, sampler_options
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
+from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
 from ldmkit.pipeline_args import class_names_for, network_dtype, open_image, real_number, whole_number
 
@@ -137,18 +138,17 @@ class LatentDiffusionPipeline:
         return (self.vae.config.latent_channels, side, side)
 
     def class_id(self, name_or_id: str | int) -> int:
-        """Turn a class name (case-insensitive) or an id into a class id, or explain the choices."""
+        """Turn a class name or an id into a class id, or explain the choices. A name wins over an id
+        (folders named 1..10: "1" is the class "1", id 0); `match_class_name` says how names match."""
         if self.num_classes == 0:
             kind = "a text-to-image model: give a prompt" if self.takes_text else "unconditional"
             raise UserError(f"this model has no classes ({kind}); it takes no class (classes=, --class)")
         text = printable_name(str(name_or_id))  # a folder's name that is not UTF-8, as typed: its escapes
-        if text.lstrip("-").isdigit():
-            idx = int(text)
-            if 0 <= idx < self.num_classes:
-                return idx
-        lowered = [c.lower() for c in self.class_names]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
+        found = None if isinstance(name_or_id, numbers.Integral) else match_class_name(text, self.class_names)
+        if found is not None:
+            return found
+        if text.lstrip("-").isdigit() and 0 <= int(text) < self.num_classes:
+            return int(text)
         choices = ", ".join(f"{i}={c}" for i, c in enumerate(self.class_names))
         raise UserError(f"unknown class {name_or_id!r}; this model knows: {choices}")
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ldmkit.data.decode import quiet_large_images
 from ldmkit.errors import UserError
 from ldmkit.models import UNet
 
@@ -82,8 +83,10 @@ def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Im
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     try:
-        with Image.open(path) as opened:
+        with quiet_large_images(), Image.open(path) as opened:  # its size is checked where it is used
             opened.load()
             return ImageOps.exif_transpose(opened)  # a copy (with the orientation tag dropped when applied)
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{what} {path} is too large to decode safely ({err}); shrink it") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"cannot read {what} {path} as an image ({err})") from None

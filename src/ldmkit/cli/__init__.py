@@ -47,6 +47,21 @@ def _which_process() -> str:
     return f" (rank {os.environ.get('RANK', '0')} of {world})" if world.isdigit() and int(world) > 1 else ""
 
 
+# Flags that take a file or folder. The shell expands "~" only at a word's start, so
+# `--out=~/runs` arrived as "~/runs" and made a folder named "~" here (that --data expanded it
+# and --out did not made it worse); every one of them is expanded the same way.
+PATH_FLAGS = ("data", "out", "model", "vae", "init_image", "mask", "tokenizer", "grid", "samples", "classifier",
+              "inception_weights", "src")
+
+
+def expand_home(args: argparse.Namespace) -> None:
+    """Expand a leading "~" in the path flags of `args`, in place."""
+    for name in PATH_FLAGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -57,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if unknown:  # the verb's usage, not the top level's ("usage: ldm [-h] [--version] VERB ...")
         _verb_parser(parser, args.verb).error(f"unrecognized arguments: {' '.join(unknown)}")
+    expand_home(args)
     try:
         with outputs_survive_a_closed_pipe(), warning_lines(f"ldm {args.verb}{_which_process()}"):
             result = args.run(args)

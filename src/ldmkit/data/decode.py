@@ -20,7 +20,9 @@ were large or too large in its own words; `quiet_large_images` keeps PIL's warni
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -31,7 +33,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi")
+# Read where this Pillow has the plugin (AVIF is built into recent wheels, HEIC into none);
+# skipped with a warning where it has not, as are cameras' raw files (an iPhone's .heic photos
+# vanished from a training set without a word).
+_PLUGIN_EXTENSIONS = (".avif", ".heic", ".heif", ".jxl")
+_RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -39,7 +47,19 @@ _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 def is_image_file(path: Path) -> bool:
     """True when the file name has one of the supported image extensions (any case)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_EXTENSIONS or suffix in _plugin_extensions_read()
+
+
+def is_unreadable_image_file(path: Path) -> bool:
+    """True for a photo format this installation cannot read (HEIC without pillow-heif, raw files)."""
+    suffix = path.suffix.lower()
+    return suffix in _RAW_EXTENSIONS or (suffix in _PLUGIN_EXTENSIONS and suffix not in _plugin_extensions_read())
+
+
+@functools.cache
+def _plugin_extensions_read() -> frozenset[str]:
+    return frozenset(_PLUGIN_EXTENSIONS) & set(Image.registered_extensions())  # loads PIL's plugins once
 
 
 class ImageCheck(NamedTuple):
@@ -74,18 +94,35 @@ def inspect_image_file(path: str | Path) -> ImageCheck:
     """Cheap validity check, used once per file at dataset construction.
 
     Reads the header and, where PIL supports it (PNG), walks the chunks checking CRCs,
-    which catches truncated files without decoding pixels. Never raises. PIL's own warning
+    which catches truncated files without decoding pixels; a JPEG without its end marker is
+    decoded at 1/8 scale (a truncated JPEG passes the header check). Never raises. PIL's own warning
     about a large image is not silenced here: wrap calls in `quiet_large_images`.
     """
     try:
         with Image.open(path) as image:
-            pixels = image.width * image.height
+            pixels, form = image.width * image.height, image.format
             image.verify()
+        if form == "JPEG" and not _ends_like_jpeg(path):
+            _decode_small(path)  # no end marker: an interrupted download, or a trailer after it
         return ImageCheck(True, pixels)
     except Image.DecompressionBombError as error:
         return ImageCheck(False, _bomb_pixels(error), too_large=True)
     except Exception:  # any other failure (not an image, truncated, I/O) means "skip it"
         return ImageCheck(False)
+
+
+def _ends_like_jpeg(path: str | Path) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker (a truncated JPEG passes `verify`)."""
+    with open(path, "rb") as file:
+        file.seek(max(0, os.path.getsize(path) - 64))
+        return file.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+
+
+def _decode_small(path: str | Path) -> None:
+    """Decode the file at 1/8 scale (JPEG's cheapest): raises where the data ends too early."""
+    with Image.open(path) as image:
+        image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()
 
 
 def check_image_file(path: str | Path) -> bool:
@@ -133,13 +170,17 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Scale the shorter side to `size` and crop the centre square, in one resampling.
 
     Resizing only the central square (`box=`) equals resize-then-crop but skips the pixels
-    that would be cropped away. BICUBIC in PIL is antialiased (its kernel widens when
-    shrinking); `reducing_gap=3` first box-reduces huge photos by an integer factor, which
-    PIL documents as indistinguishable from a full resample and is much faster.
+    that would be cropped away. Palette and 1-bit images are converted first (RGB, RGBA where
+    they have transparency, L), so they are averaged as training's RGB images are. BICUBIC in
+    PIL is antialiased (its kernel widens when shrinking); `reducing_gap=3` first box-reduces
+    huge photos by an integer factor, which PIL documents as indistinguishable from a full resample and is much faster.
     """
     width, height = image.size
     if (width, height) == (size, size):
         return image
+    if image.mode in ("1", "P", "PA"):  # PIL resizes these by nearest neighbour: a 1-px checkerboard went black
+        transparent = image.mode == "PA" or image.info.get("transparency") is not None
+        image = image.convert("RGBA" if transparent else "L" if image.mode == "1" else "RGB")
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     box = (left, top, left + side, top + side)

@@ -5,12 +5,13 @@ Bad files are handled twice, so that a long run never dies on one broken image:
 1. at construction every file gets a cheap check (`inspect_image_file`); failures are dropped
    with ONE warning that names how many there were (files over PIL's size limit get their own
    warning, with their pixel counts), and a class left with no readable image is refused;
-2. a file that still fails to decode later (e.g. a truncated JPEG, which passes the cheap
-   check) is replaced by the next decodable image, with one warning per file.
+2. a file that still fails to decode later (a file damaged in ways the check cannot see without
+   decoding it) is replaced by the next decodable image of its class, with one warning per file.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -44,14 +45,25 @@ class FolderImageDataset(ImageDataset):
         self.labels = list(listing.labels)
         self._large = large  # files already reported as large: PIL's warning on them is noise
         self._reported: set[int] = set()
+        self._by_label: dict[int, list[int]] | None = None  # built on first use, in each worker
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _same_class(self, index: int) -> list[int]:
+        """The indices of `index`'s class, `index` first, then those after it (wrapping round):
+        a substitute from another class would be trained (and evaluated) under this one's label."""
+        if self._by_label is None:
+            self._by_label = {}
+            for i, label in enumerate(self.labels):
+                self._by_label.setdefault(label, []).append(i)
+        members = self._by_label[self.labels[index]]
+        start = bisect.bisect_left(members, index)
+        return members[start:] + members[:start]
+
     def load_uint8(self, index: int) -> tuple[torch.Tensor, int]:
         error: Exception | None = None
-        for attempt in range(min(len(self.files), _MAX_SUBSTITUTIONS)):
-            candidate = (index + attempt) % len(self.files)
+        for candidate in self._same_class(index)[:_MAX_SUBSTITUTIONS]:
             try:
                 path = self.files[candidate]
                 image = load_image(path, self.image_size, self.channels, known_large=path in self._large)
@@ -62,7 +74,7 @@ class FolderImageDataset(ImageDataset):
                     self._reported.add(candidate)
                     warnings.warn(f"Could not decode '{self.files[candidate]}' ({exc}); "
                                   "using another image in its place.", stacklevel=2)
-        raise RuntimeError(f"{_MAX_SUBSTITUTIONS} images in a row from index {index} of "
+        raise RuntimeError(f"{_MAX_SUBSTITUTIONS} images in a row of one class from index {index} of "
                            f"{self.source} could not be decoded; last error: {error}")
 
     def as_label_tensor(self) -> torch.Tensor:

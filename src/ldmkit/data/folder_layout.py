@@ -25,7 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ldmkit.data.decode import IMAGE_EXTENSIONS, is_image_file
+from ldmkit.data.class_names import nfc
+from ldmkit.data.decode import IMAGE_EXTENSIONS, is_image_file, is_unreadable_image_file
 from ldmkit.errors import UserError
 
 
@@ -77,9 +78,14 @@ def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
     once: a link back to a folder above (a loop) or a second link to one would count its images
     again. Hidden files and folders and Windows' junk files are left out of both."""
     images, others, searched = [], [], set()
+    top = os.path.realpath(folder)
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
-        if real in searched:
+        if real in searched or _contains(real, top) and real != top:
+            # A link to a folder above this class (its split folder) would pull the other classes in.
+            if real not in searched:
+                warnings.warn(f"Not following '{root}': it links to '{real}', a folder above the class "
+                              f"folder '{folder}'.", stacklevel=5)
             dirs[:] = []
             continue
         searched.add(real)
@@ -87,8 +93,16 @@ def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
         for name in files:
             if not _visible(name) or name.lower() in _JUNK_FILES:
                 continue
-            (images if is_image_file(Path(name)) else others).append(Path(root, name))
+            path = Path(root, name)
+            if os.path.exists(path) and not os.path.isfile(path):
+                continue  # a named pipe called x.png: reading it waits forever
+            (images if is_image_file(path) else others).append(path)
     return sorted(images), others
+
+
+def _contains(folder: str, path: str) -> bool:
+    """Whether real path `path` is `folder` or lies inside it."""
+    return os.path.commonpath([folder, path]) == folder
 
 
 def _holds_images(folder: Path) -> bool:
@@ -111,9 +125,10 @@ def _names(items: list[str], limit: int = 5) -> str:
 
 
 def _class_name(sub: Path, taken: dict[str, Path]) -> str:
-    """The class name of a class folder: its name, printable (see `printable_name`); two folders
-    whose names print the same would be one class in every file that stores names."""
-    name = printable_name(sub.name)
+    """The class name of a class folder: its name, printable (see `printable_name`) and in NFC (macOS
+    writes "café" decomposed; typed or copied elsewhere it is composed); two folders whose names
+    print the same would be one class in every file that stores names."""
+    name = nfc(printable_name(sub.name))
     if name in taken:
         raise UserError(f"Class folders '{taken[name]}' and '{sub}' both get the class name {name!r}: "
                         "rename one of them.")
@@ -126,15 +141,16 @@ def _class_folders(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
     of those that hold none, each with a note of the other files it holds). Warns about hidden
     subfolders that hold images and class names that had to be escaped."""
     classes, empty, taken = {}, [], {}
-    hidden, escaped = [], []
+    hidden, escaped, unreadable = [], [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if not _visible(sub.name):
             if _holds_images(sub):  # e.g. a class renamed ".cats" to leave it out for a while
                 hidden.append(printable_name(sub.name))
             continue
         images, others = _files_under(sub)
+        unreadable += [path for path in others if is_unreadable_image_file(path)]
         name = _class_name(sub, taken)
-        if name != sub.name:
+        if printable_name(sub.name) != sub.name:
             escaped.append(name)
         if images:
             classes[name] = images
@@ -143,6 +159,11 @@ def _class_folders(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
     if hidden:
         warnings.warn(f"Ignoring {len(hidden)} hidden folder(s) of '{folder}' that hold images: "
                       f"{_names(hidden)} (a name starting with '.' hides it; rename it to use it).", stacklevel=4)
+    if unreadable:
+        suffixes = sorted({path.suffix.lower() for path in unreadable})
+        warnings.warn(f"Skipping {len(unreadable)} photo(s) of '{folder}' in a format this installation cannot "
+                      f"read ({', '.join(suffixes)}; e.g. {_names([p.name for p in unreadable], 3)}): convert them "
+                      "to JPEG or PNG to use them.", stacklevel=4)
     if escaped:
         warnings.warn(f"{len(escaped)} class folder name(s) of '{folder}' are not UTF-8 text; their bytes "
                       f"are written as \\xNN in the class names: {_names(escaped)}.", stacklevel=4)
@@ -186,6 +207,10 @@ def split_folders(root: Path) -> tuple[Path, Path | None]:
             # Otherwise it would silently become a class of a train set made of DIR itself.
             raise UserError(f"'{root}' has a '{other.name}' folder but no 'train' folder: put the training "
                             f"images in '{root / 'train'}'.")
+    beside = _split_folder(root.resolve().parent, "val") if root.name.lower() in SPLIT_NAMES["train"] else None
+    if beside is not None:  # `--data DIR/train`: DIR/val would be left out and val held out of train
+        warnings.warn(f"Reading '{root}' alone; the '{beside.name}' folder beside it is not read (val is held "
+                      f"out of '{root}' instead): give the folder that holds both, '{root.parent}'.", stacklevel=3)
     return root, None
 
 
@@ -228,6 +253,10 @@ def list_val_folder(folder: Path, class_names: list[str]) -> ImageListing:
     unknown = sorted(set(listing.class_names) - set(class_names))
     if unknown:
         warnings.warn(f"Ignoring val classes not present in train: {unknown}.", stacklevel=3)
+    missing = [name for name in class_names if name not in listing.class_names]
+    if missing:  # its validation loss and any evaluation against val say nothing about these
+        warnings.warn(f"'{folder}' has no images of the train class(es) {_names(missing)}: validation "
+                      "leaves them out.", stacklevel=3)
     relabelled = ImageListing(class_names=list(class_names))
     for path, label in zip(listing.files, listing.labels):
         name = listing.class_names[label]

@@ -76,6 +76,8 @@ def load_image_dataset(
     _check_arguments(split, image_size, channels, val_fraction)
     flip = bool(flip) and split == "train"
     name = os.fspath(source)
+    if not name.strip():  # Path("") is the current folder: a whole home directory was read as images
+        raise UserError("the data source is empty: give an image folder, 'emoji' or 'fashion-mnist'")
     if name in ("emoji", FASHION_MNIST_PREFIX):
         _warn_if_folder_hidden_by_builtin(name)
     if name == "emoji":

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from ldmkit.train.signals import StopSignal
 from ldmkit.train.stop_check import check_stop
 
 FORMAT = "ldmkit-latents"
+REPORT_EVERY_S = 30.0  # how often encoding says how far it is
 
 
 @dataclass
@@ -115,12 +118,15 @@ def _gather_rows(local: torch.Tensor, total: int, dist: DistInfo) -> torch.Tenso
 def encode_dataset(
     vae: AutoencoderKL, dataset: Any, *, limit: int | None, flip: bool, batch_size: int,
     dist: DistInfo, num_workers: int = 0, stop: StopSignal | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> LatentSet:
     """Posterior mean/std of the first `limit` images (and their mirrors), on every rank.
 
     Each rank encodes one contiguous shard; the shards are all-gathered, so this scales with
     the number of processes and every rank ends with the whole set. `stop` (Ctrl-C, SIGTERM, the
     time limit) is checked before each batch and raises `TrainingStopped` (train/stop_check.py).
+    `report` (rank 0's log) hears how far it is every `REPORT_EVERY_S` seconds: 95,000 images took
+    minutes on a CPU, which looked like a hang.
     """
     total = len(dataset) if limit is None else min(limit, len(dataset))
     per_rank = -(-total // dist.world_size)
@@ -130,11 +136,17 @@ def encode_dataset(
     was_training = vae.training
     vae.eval()
     batches = ordered_batches(dataset, indices, batch_size=batch_size, device=dist.device, num_workers=num_workers)
+    started = last_report = time.monotonic()
     try:
         # As many checks on every rank (under torchrun each one is a collective), also on a rank
         # whose shard is shorter: the rounds of the longest shard.
-        for _ in range(-(-per_rank // batch_size)):
+        for round_ in range(-(-per_rank // batch_size)):
             check_stop(stop, dist)
+            if report is not None and dist.is_main and time.monotonic() - last_report >= REPORT_EVERY_S:
+                done = min(total, round_ * batch_size * dist.world_size)
+                rate = done / (time.monotonic() - started)
+                report(f"encoded {done:,} of {total:,} images ({rate:,.0f} img/s)")
+                last_report = time.monotonic()
             item = next(batches, None)
             if item is None:
                 continue
@@ -182,7 +194,7 @@ def load_or_build_latents(
         return LatentSet.from_tensors(tensors, "train."), LatentSet.from_tensors(tensors, "val.")  # type: ignore[return-value]
     log.message(f"encoding {len(train_set)} training images into latents (cached in {path})")
     train = encode_dataset(vae, train_set, limit=None, flip=flip, batch_size=batch_size, dist=dist,
-                           num_workers=num_workers, stop=stop)
+                           num_workers=num_workers, stop=stop, report=log.message)
     val = None
     if val_set is not None and len(val_set) > 0 and val_size > 0:
         val = encode_dataset(vae, val_set, limit=val_size, flip=False, batch_size=batch_size, dist=dist,
