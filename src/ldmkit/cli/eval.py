@@ -69,17 +69,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                    help="torch.compile the UNet for generation (CUDA graphs on a GPU); auto: on CUDA for 256+ samples")
     p.add_argument("--out", default="report.json", help="write the JSON report here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar while generating")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (reading real images, generating)")
     p.set_defaults(run=run)
 
 
-def _real_data(args: argparse.Namespace, image_size: int, channels: int | None):
+def _real_datasets(args: argparse.Namespace, image_size: int, channels: int | None):
+    """The train and val datasets, built but not decoded (a folder's files are only listed and checked)."""
     from ldmkit.data import load_image_dataset
-    from ldmkit.eval import dataset_to_uint8
 
     train = load_image_dataset(args.data, "train", image_size=image_size, flip=False, channels=channels)
     val = load_image_dataset(args.data, "val", image_size=image_size, flip=False, channels=channels)
-    return train, val, dataset_to_uint8(train), dataset_to_uint8(val)
+    return train, val
+
+
+def _memory_advice(args: argparse.Namespace) -> str:
+    """What shrinks the real images `ldm eval` decodes, for the refusal when they do not fit."""
+    ways = [] if args.model else ["a smaller --image-size"]
+    if args.train_classifier:  # trains on every training image; a classifier given needs only n of them
+        ways.append("a classifier trained before (--classifier, without --train-classifier)")
+    else:
+        ways.append("a smaller --n")
+    return " or ".join(ways)
+
+
+def _decode_real(args: argparse.Namespace, train, val, n: int):
+    """(train images, labels), (test images, labels): every image of val, and of train those the
+    report uses (n for the baseline; all when a classifier is trained on them), checked to fit first."""
+    from ldmkit.eval.real_data import baseline_indices, check_real_images_fit, decode_real_images
+
+    train_indices = None if args.train_classifier else baseline_indices(len(train), n)
+    train_count = len(train) if train_indices is None else len(train_indices)
+    check_real_images_fit([train, val], [train_count, len(val)], source=args.data, advice=_memory_advice(args))
+    return (decode_real_images(train, train_indices, quiet=args.quiet),
+            decode_real_images(val, quiet=args.quiet))
 
 
 def _classifier_path(args: argparse.Namespace) -> Path | None:
@@ -116,13 +138,17 @@ def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batc
 def data_ids_of_model_classes(model_classes: list[str], data_classes: list[str]) -> list[int]:
     """Entry k: the data's id of the model's class k, matched by name (the class accuracy compares
     the model's labels with the classifier's, which learned the data's order). `UserError` when
-    the two do not have the same classes: the model was trained on other data."""
-    if sorted(model_classes) != sorted(data_classes):
+    the two do not have the same classes: the model was trained on other data. Names are compared
+    in NFC: a folder name macOS wrote decomposed ("café") is the same class composed."""
+    from ldmkit.data.class_names import nfc, same_class_names
+
+    model, data = [nfc(name) for name in model_classes], [nfc(name) for name in data_classes]
+    if not same_class_names(sorted(model), sorted(data)):
         shown = ", ".join(model_classes[:6]) + (", ..." if len(model_classes) > 6 else "")
         wanted = ", ".join(data_classes[:6]) + (", ..." if len(data_classes) > 6 else "")
         raise UserError(f"the model's classes ({shown}) are not the data's ({wanted}): evaluate a model against "
                         "the data it was trained on")
-    return [data_classes.index(name) for name in model_classes]
+    return [data.index(name) for name in model]
 
 
 def _npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,16 +178,19 @@ def _npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tenso
     return images, labels
 
 
+def _is_npz(path: str) -> bool:
+    return path.lower().endswith(".npz")
+
+
 def _samples_image_size(path: str) -> int:
     """The height of the samples at `path` (the real images are read at it when no --model says)."""
-    if path.endswith(".npz"):
+    if _is_npz(path):
         return int(_npz_arrays(path, 1)[0].shape[-2])
-    from ldmkit.eval.samples_io import sample_paths
+    from ldmkit.eval.samples_io import check_sample_folder, sample_paths
 
     folder = Path(path)
-    if not folder.is_dir():
-        raise UserError(f"--samples {path} does not exist")
-    first = next(iter(sample_paths(folder)), None)
+    check_sample_folder(folder, "--samples")
+    first = next(iter(sample_paths(folder, 1)), None)
     if first is None:
         raise UserError(f"no .png files in {folder}")
     from ldmkit.pipeline import open_image
@@ -174,10 +203,12 @@ def _read_samples(path: str, class_names: list[str], channels: int, limit: int, 
     labels checked to be the data's class ids. A folder's class ids are the ids of its
     `samples.json`'s names, else of `model_classes`'."""
     from ldmkit.eval import read_sample_folder
+    from ldmkit.eval.samples_io import check_sample_folder
 
-    if path.endswith(".npz"):
+    if _is_npz(path):
         images, labels = _npz_arrays(path, limit)
     else:
+        check_sample_folder(Path(path), "--samples")
         samples = read_sample_folder(path, class_names=class_names, channels=channels, limit=limit,
                                      sample_class_names=model_classes)
         images, labels = samples.images, samples.labels
@@ -234,17 +265,8 @@ def _report_path(path: str) -> Path:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from ldmkit.device import resolve_device
-    from ldmkit.eval import (
-        evaluate,
-        format_report,
-        load_classifier,
-        resolve_features,
-        save_classifier,
-        train_classifier,
-    )
-
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The mistakes the flags alone show."""
     if args.model is None and args.samples is None:
         raise UserError("give --model (to generate samples) or --samples DIR (already generated)")
     if args.n < 1:
@@ -253,64 +275,128 @@ def run(args: argparse.Namespace) -> int:
         flag, value, least = (("--kid-subsets", args.kid_subsets, 1) if args.kid_subsets < 1
                               else ("--kid-subset-size", args.kid_subset_size, 2))
         raise UserError(f"{flag} must be at least {least} (got {value})")
+    if args.vae and args.model is None:
+        raise UserError("--vae needs --model (the VAE to test)")
+
+
+def _pipeline(args: argparse.Namespace, device):
+    """The --model's pipeline (None without one), its sampling settings checked."""
+    if args.model is None:
+        return None
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=args.compile)
+    if not args.samples:
+        for scale in args.cfg:
+            pipe.check_sampling(args.sampler, args.steps, cfg=scale)
+    return pipe
+
+
+def _given_classifier(args: argparse.Namespace, device):
+    """The --classifier, loaded; None when none is given or --train-classifier is to make it."""
+    from ldmkit.eval import load_classifier
+
+    path = _classifier_path(args)
+    if path is None or args.train_classifier:
+        return None
+    if not path.is_file():
+        raise UserError(f"--classifier {path} does not exist (add --train-classifier to make it)")
+    return load_classifier(path, device=device)
+
+
+def _check_class_names(args: argparse.Namespace, pipe, classifier, class_names: list[str]) -> list[int] | None:
+    """The data's ids of the model's classes (None when either has none); `UserError` when the
+    model or the classifier knows other classes than the data."""
+    from ldmkit.data.class_names import same_class_names
+
+    data_ids = None
+    if pipe is not None and pipe.num_classes and class_names:
+        data_ids = data_ids_of_model_classes(list(pipe.class_names), list(class_names))
+    known = classifier.config.class_names if classifier is not None else []
+    if known and class_names and not same_class_names(known, class_names):
+        raise UserError(f"the classifier {args.classifier} was trained on other classes ({', '.join(known[:6])}"
+                        f"{', ...' if len(known) > 6 else ''}) than the data's; pass --train-classifier to train "
+                        "one on this data")
+    return data_ids
+
+
+def _classifier_features(args: argparse.Namespace, feature_name: str, classifier) -> bool:
+    """Whether the features are the dataset classifier's (as `resolve_features` reads "auto")."""
+    return feature_name == "classifier" or (feature_name == "auto" and (classifier is not None
+                                                                        or args.train_classifier))
+
+
+def _check_k(args: argparse.Namespace, n: int, train_count: int, test_count: int, read: bool) -> None:
+    if not 1 <= args.k < min(n, train_count, test_count):
+        samples_made = f"{n} samples" if read else f"--n {n}"
+        raise UserError(f"precision/recall with --k {args.k} needs more than k images in each set, and k >= 1: "
+                        f"{samples_made}, {train_count} training and {test_count} test images here")
+
+
+def _trained_classifier(args: argparse.Namespace, real_train, real_test, class_names, device, report: dict):
+    """--train-classifier: train on the real images, save, note it in the report; the saved one, loaded."""
+    from ldmkit.eval import load_classifier, save_classifier, train_classifier
+
+    path = _classifier_path(args)
+    t0 = time.time()
+    model, acc = train_classifier(real_train, real_test, epochs=args.classifier_epochs, device=device,
+                                  class_names=class_names, log=print)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_classifier(model, path, val_accuracy=acc)
+    print(f"classifier: test accuracy {acc:.4f} ({time.time() - t0:.0f} s), saved to {path}")
+    report["classifier"] = {"path": str(path), "test_accuracy": acc}
+    return load_classifier(path, device=device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ldmkit.device import resolve_device
+    from ldmkit.eval import evaluate, format_report, resolve_features
+    from ldmkit.eval.real_data import listed_class_names, warn_missing_test_classes
+
+    _check_arguments(args)
     out = _report_path(args.out)
     device = resolve_device(args.device)
-
-    pipe = None
-    if args.model is not None:
-        from ldmkit.pipeline import LatentDiffusionPipeline
-
-        pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=args.compile)
-        if not args.samples:
-            for scale in args.cfg:
-                pipe.check_sampling(args.sampler, args.steps, cfg=scale)
+    pipe = _pipeline(args, device)
     image_size = pipe.image_size if pipe else args.image_size
     if image_size is None and args.samples:
         image_size = _samples_image_size(args.samples)  # the real images are compared at the samples' size
     if image_size is None:
         raise UserError("--image-size is needed when no --model says the image size")
     channels = pipe.vae.config.in_channels if pipe else None
-    train, val, (real_train, train_labels), (real_test, test_labels) = _real_data(args, image_size, channels)
+
+    # Everything that can be refused without the real images is, before they are decoded: Inception's
+    # or EfficientNet's weights first, then a folder's class names from its listing alone.
+    feature_name = _feature_name(args)
+    classifier = _given_classifier(args, device)
+    extractor = None
+    if not _classifier_features(args, feature_name, classifier):
+        extractor = resolve_features(feature_name, inception_weights=args.inception_weights, device=device)
+    listed = listed_class_names(args.data)
+    if listed is not None:
+        _check_class_names(args, pipe, classifier, listed)
+    train, val = _real_datasets(args, image_size, channels)
+    data_ids = _check_class_names(args, pipe, classifier, train.class_names)
     samples, n = None, args.n
     if args.samples:
-        samples = _read_samples(args.samples, list(train.class_names), real_test.shape[1], args.n,
+        samples = _read_samples(args.samples, list(train.class_names), val.channels, args.n,
                                 list(pipe.class_names) if pipe is not None else None)
         n = samples[0].shape[0]
-    smallest = min(n, len(real_train), len(real_test))
-    if not 1 <= args.k < smallest:
-        samples_made = f"--n {n}" if samples is None else f"{n} samples"
-        raise UserError(f"precision/recall with --k {args.k} needs more than k images in each set, and k >= 1: "
-                        f"{samples_made}, {len(real_train)} training and {len(real_test)} test images here")
-    data_ids = None  # of the model's classes; checked before any work, not after it
-    if pipe is not None and pipe.num_classes and train.class_names:
-        data_ids = data_ids_of_model_classes(list(pipe.class_names), list(train.class_names))
+    _check_k(args, n, len(train), len(val), read=samples is not None)
+    if extractor is None and not args.train_classifier:  # the classifier's features: refused here if none
+        extractor = resolve_features(feature_name, classifier=classifier, device=device)
+    (real_train, train_labels), (real_test, test_labels) = _decode_real(args, train, val, n)
+    if train.class_names:
+        warn_missing_test_classes(train.class_names, test_labels, f"the val split of {args.data}")
 
     report: dict = {"data": args.data, "model": args.model, "samples": args.samples, "n": n}
-    classifier_path = _classifier_path(args)
     if args.train_classifier:
-        t0 = time.time()
-        model, acc = train_classifier((real_train, train_labels), (real_test, test_labels),
-                                      epochs=args.classifier_epochs, device=device, class_names=train.class_names,
-                                      log=print)
-        classifier_path.parent.mkdir(parents=True, exist_ok=True)
-        save_classifier(model, classifier_path, val_accuracy=acc)
-        print(f"classifier: test accuracy {acc:.4f} ({time.time() - t0:.0f} s), saved to {classifier_path}")
-        report["classifier"] = {"path": str(classifier_path), "test_accuracy": acc}
-    elif classifier_path is not None and not classifier_path.is_file():
-        raise UserError(f"--classifier {classifier_path} does not exist (add --train-classifier to make it)")
-    classifier = load_classifier(classifier_path, device=device) if classifier_path else None
-    known = classifier.config.class_names if classifier is not None else []
-    if known and train.class_names and list(known) != list(train.class_names):
-        raise UserError(f"the classifier {classifier_path} was trained on other classes ({', '.join(known[:6])}"
-                        f"{', ...' if len(known) > 6 else ''}) than the data's; pass --train-classifier to train "
-                        "one on this data")
-    extractor = resolve_features(_feature_name(args), classifier=classifier,
-                                 inception_weights=args.inception_weights, device=device)
+        classifier = _trained_classifier(args, (real_train, train_labels), (real_test, test_labels),
+                                         train.class_names, device, report)
+    if extractor is None:  # the features of the classifier just trained
+        extractor = resolve_features(feature_name, classifier=classifier, device=device)
     report["features"] = extractor.name
 
     if args.vae:
-        if pipe is None:
-            raise UserError("--vae needs --model (the VAE to test)")
         report["vae"] = _reconstruction_report(pipe.vae, real_test, extractor, device)
         print(f"VAE: PSNR {report['vae']['psnr']:.2f} dB, SSIM {report['vae']['ssim']:.4f}; reconstructions vs real: "
               + ", ".join(f"{k} {v:.4f}" for k, v in report["vae"]["reconstruction_vs_real"].items()))

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from ldmkit.errors import UserError
-from ldmkit.eval.samples_io import GRID_FILE, SAMPLES_FILE, read_samples_info, sample_paths
+from ldmkit.eval.samples_io import GRID_FILE, GRID_TAG, SAMPLES_FILE, is_generate_grid, read_samples_info, sample_paths
 
 
 def real(path: Path) -> Path:
@@ -117,9 +117,6 @@ def check_no_other_job(out: Path, names: list[str], class_names: list[str], sett
                     "two jobs: give another --out, or remove them first")
 
 
-GRID_TAG = ("Software", "ldmkit generate grid")  # a PNG text chunk: this grid may be written over
-
-
 def grid_pnginfo():
     from PIL.PngImagePlugin import PngInfo
 
@@ -134,12 +131,7 @@ def check_grid_destination(grid: Path, out: Path) -> None:
     grid, out = real(grid), real(out)  # "nosuch/../model.safetensors" names the model once nosuch is made
     if not grid.exists():
         return
-    ours = grid == out / GRID_FILE and (out / SAMPLES_FILE).is_file()
-    try:
-        with Image.open(grid) as image:
-            ours = ours or image.info.get(GRID_TAG[0]) == GRID_TAG[1]
-    except (OSError, SyntaxError, ValueError):
-        pass
+    ours = grid == out / GRID_FILE and (out / SAMPLES_FILE).is_file() or is_generate_grid(grid)
     if not ours:
         raise UserError(f"--grid {grid} exists and is not a grid ldm generate wrote: give another --grid")
 

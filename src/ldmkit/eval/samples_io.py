@@ -2,10 +2,12 @@
 
 Sample files are named `{index:05d}_seed{seed}_class{class_id}.png` (what `ldm generate`
 writes, see `sample_filename`); `_class-{name}` with a class name is accepted too, and
-both tags are optional. A class id in a file name is the id of the model that made it, which need
-not be the evaluation data's: `ldm generate` writes the model's class names beside the files
-(`samples.json`, with the job's settings; see `write_samples_info`), and an id is matched to the
-data's class by that name.
+both tags are optional. A folder is read by the training data's rules: `.png` in any case,
+hidden files (macOS's `._x.png` resource forks) left out, and so are the grids `ldm generate`
+writes (tagged `GRID_TAG`), wherever `--grid` put them. A class id in a file name is the id of
+the model that made it, which need not be the evaluation data's: `ldm generate` writes the
+model's class names beside the files (`samples.json`, with the job's settings; see
+`write_samples_info`), and an id is matched to the data's class by that name.
 Everything `ldm eval` compares is uint8 `[N, C, H, W]`, the form images take on disk, so generated
 and real images are quantised the same way.
 """
@@ -23,14 +25,20 @@ import torch
 from PIL import Image
 
 from ldmkit.atomic import atomic_write_text
+from ldmkit.data.class_names import match_class_name
 from ldmkit.data.decode import to_rgb
 from ldmkit.errors import UserError
 
 __all__ = ["SampleSet", "sample_filename", "sample_paths", "read_sample_folder", "dataset_to_uint8",
-           "write_samples_info", "read_samples_info", "read_sample_classes", "SAMPLES_FILE"]
+           "write_samples_info", "read_samples_info", "read_sample_classes", "is_generate_grid", "SAMPLES_FILE",
+           "GRID_FILE", "GRID_TAG"]
 
 SAMPLES_FILE = "samples.json"  # beside generated samples: {"class_names": [name of id 0, ...], "settings": {...}}
 GRID_FILE = "grid.png"  # `ldm generate`'s grid of the samples beside them, not a sample
+# The PNG text chunk of every grid `ldm generate` writes (cli/generate_output.py): `--grid
+# DIR/overview.png` puts one under any name, and it is not a sample either; only a tagged grid
+# may be written over by another --grid.
+GRID_TAG = ("Software", "ldmkit generate grid")
 
 _SEED_TAG = re.compile(r"_seed(-?\d+)")
 _CLASS_TAG = re.compile(r"_class(?:(\d+)|-(.+))$")  # last tag of the stem: id, or "-" + name
@@ -85,9 +93,20 @@ def read_sample_classes(folder: str | Path) -> list[str] | None:
     return None if info is None else info["class_names"]
 
 
-def _normalise_name(name: str) -> str:
-    # "T-shirt/top" must match a file tag "T-shirt_top": compare letters and digits only.
-    return re.sub(r"[^0-9a-z]", "", name.lower())
+def _data_class_id(path: Path, name: str, class_names: Sequence[str] | None) -> int:
+    """The index of class `name` (of the sample at `path`) among the data's `class_names`: exact,
+    else ignoring case, else letters and digits only ("T-shirt_top", a file tag, for "T-shirt/top"),
+    never a guess between two (`match_class_name`): scripts without Latin letters and classes
+    that differ only in case ("A", "a") are told apart."""
+    if not class_names:
+        raise UserError(f"{path.name} names its class ({name!r}) but no class names are known")
+    try:
+        found = match_class_name(name, class_names)
+    except UserError as err:  # two classes match: say which file asked
+        raise UserError(f"{path.name}: {err}") from None
+    if found is None:
+        raise UserError(f"{path.name}: unknown class {name!r}; the data's classes: {', '.join(class_names)}")
+    return found
 
 
 def _class_id(path: Path, class_names: Sequence[str] | None, id_names: Sequence[str] | None) -> int | None:
@@ -105,12 +124,7 @@ def _class_id(path: Path, class_names: Sequence[str] | None, id_names: Sequence[
         name = id_names[sample_id]
     else:
         name = match.group(2)
-    names = [_normalise_name(n) for n in class_names or []]
-    if not names:
-        raise UserError(f"{path.name} names its class ({name!r}) but no class names are known")
-    if _normalise_name(name) not in names:
-        raise UserError(f"{path.name}: unknown class {name!r}; the data's classes: {', '.join(class_names)}")
-    return names.index(_normalise_name(name))
+    return _data_class_id(path, name, class_names)
 
 
 def _sort_key(path: Path) -> tuple[int, str]:
@@ -131,9 +145,51 @@ def _load_png(path: Path, channels: int) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)  # [C, H, W]
 
 
-def sample_paths(folder: Path) -> list[Path]:
-    """The sample PNGs in `folder` (every `*.png` but `grid.png`), sorted by index."""
-    return sorted((p for p in folder.glob("*.png") if p.name != GRID_FILE), key=_sort_key)
+def is_generate_grid(path: str | Path) -> bool:
+    """Whether the PNG at `path` is a grid `ldm generate` wrote (it carries `GRID_TAG`)."""
+    try:
+        with Image.open(path) as image:  # reads the chunks before the pixels only
+            return image.info.get(GRID_TAG[0]) == GRID_TAG[1]
+    except (OSError, SyntaxError, ValueError):
+        return False  # not an image: read as a sample, it is named as one that cannot be read
+
+
+def _may_be_sample(path: Path) -> bool:
+    # Any case of .png (some tools write .PNG); names starting with "." are hidden, as in the
+    # training data: macOS's "._x.png" resource forks beside copied files are not images.
+    return path.suffix.lower() == ".png" and not path.name.startswith(".") and path.name != GRID_FILE
+
+
+def sample_paths(folder: Path, limit: int | None = None) -> list[Path]:
+    """The sample PNGs in `folder`, sorted by index: every `.png` (any case) but hidden files,
+    `grid.png` and grids tagged by `ldm generate`; the first `limit` of them when given."""
+    named = sorted((p for p in folder.iterdir() if _may_be_sample(p) and p.is_file()), key=_sort_key)
+    samples: list[Path] = []
+    for path in named:  # a grid is known by its tag: opened one by one, up to the limit
+        if limit is not None and len(samples) >= limit:
+            break
+        if not is_generate_grid(path):
+            samples.append(path)
+    return samples
+
+
+def _check_one_size(folder: Path, paths: list[Path], arrays: list[np.ndarray]) -> None:
+    """`UserError` naming one file of each size, when the samples are not all one size."""
+    first_of_size: dict[tuple, Path] = {}
+    for path, array in zip(paths, arrays):
+        first_of_size.setdefault(array.shape, path)
+    if len(first_of_size) > 1:
+        sizes = ", ".join(f"{path.name} is {shape[2]}x{shape[1]}" for shape, path in first_of_size.items())
+        raise UserError(f"samples in {folder} differ in size ({sizes}): keep the samples of one model, at one "
+                        "size, in a folder of their own")
+
+
+def check_sample_folder(folder: Path, flag: str = "sample folder") -> None:
+    """`UserError` unless `folder` is a folder (a file given for it is told apart from nothing there)."""
+    if folder.is_file():
+        raise UserError(f"{flag} {folder} is a file: it must be a folder of sample PNGs (or an .npz file)")
+    if not folder.is_dir():
+        raise UserError(f"{flag} {folder} not found")
 
 
 def read_sample_folder(
@@ -144,7 +200,7 @@ def read_sample_folder(
     limit: int | None = None,
     sample_class_names: Sequence[str] | None = None,
 ) -> SampleSet:
-    """Read every `*.png` in `folder` but `grid.png` (sorted by index) into a `SampleSet`.
+    """Read the PNGs of `folder` (`sample_paths`, sorted by index) into a `SampleSet`.
 
     `channels` forces 1 (grayscale) or 3 (RGB); by default the first image decides (mode
     "L" -> 1, anything else -> 3). Labels index `class_names` (the data's): a `_class-{name}`
@@ -153,9 +209,8 @@ def read_sample_folder(
     own). Labels are None when no file carries a class tag; a folder where only some do is an error.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"sample folder not found: {folder}")
-    paths = sample_paths(folder)[:limit]
+    check_sample_folder(folder)
+    paths = sample_paths(folder, limit)
     if not paths:
         raise UserError(f"no .png files in {folder}")
     if channels is None:
@@ -165,9 +220,7 @@ def read_sample_folder(
         raise UserError(f"channels must be 1 or 3, got {channels}")
 
     arrays = [_load_png(p, channels) for p in paths]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise UserError(f"samples in {folder} differ in size: {sorted(shapes)}")
+    _check_one_size(folder, paths, arrays)
     images = torch.from_numpy(np.stack(arrays))
 
     id_names = read_sample_classes(folder) or sample_class_names
