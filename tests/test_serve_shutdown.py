@@ -107,7 +107,7 @@ def test_a_client_that_left_before_its_answer_is_no_error(served, capfd):
     service.run = slow
     body = b'{"n": 1, "steps": 1}'
     client = socket.create_connection(server.server_address[:2])
-    client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     time.sleep(0.1)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
@@ -138,7 +138,7 @@ def test_the_job_of_a_client_that_left_is_stopped(served):
     service.progress.advanced = slow_step
     body = b'{"n": 1, "steps": 500}'
     client = socket.create_connection(server.server_address[:2])
-    client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     deadline = time.monotonic() + 10
     while not steps and time.monotonic() < deadline:

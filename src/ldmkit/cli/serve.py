@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import signal
+import socket
 import threading
+from collections.abc import Iterator
 
 from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
@@ -23,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(img2img) and paint over part of it (inpainting) work as --init-image and --mask. The page's JSON API: "
         "GET /api/info, POST /api/generate, GET /api/progress, POST /api/stop (src/ldmkit/serve/server.py). The "
         "server has no login: keep the default --host 127.0.0.1 unless everyone who can reach the machine may "
-        "use it. Ctrl-C stops it.",
+        "use it. Ctrl-C (or SIGTERM) stops it, answering the requests still open with 503; exit status 0.",
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--max-images", args.max_images), ("--max-steps", args.max_steps)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1 (got {value})")
+    listen_check(args.host, args.port)  # before the model loads and warms up: minutes, for a big one on a GPU
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     device = resolve_device(args.device)
     # A server lives long: "auto" compiles on CUDA whatever a request's size (`ldm generate`'s
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     compile_setting = args.compile if args.compile != "auto" else ("on" if device.type == "cuda" else "off")
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=str(device), compile=compile_setting,
                                                    **options)
+    if pipe.takes_text:
+        pipe.check_prompt("")  # no text encoder: every request would fail; say so now
     service = GenerationService(pipe, name=str(args.model),
                                 limits=Limits(max_images=args.max_images, max_steps=args.max_steps))
     warm_up = []
@@ -78,24 +85,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"warming up: a batch of {job.batch_size}{compiling}", flush=True)
         service.run(job)
     runner = JobRunner()
-    try:
+    with listen_errors(args.host, args.port):
         server = make_server(service, args.host, args.port, runner=runner, quiet=args.quiet)
-    except OSError as err:
-        if err.errno == errno.EADDRINUSE:
-            raise UserError(f"port {args.port} is already in use on {args.host}: pass another --port "
-                            "(--port 0 picks a free one)") from None
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
-    host, port = server.server_address[:2]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    print(f"serving {service.kind} model {args.model} ({pipe.image_size} px, {pipe.device}) at "
-          f"http://{shown}:{port}/  (Ctrl-C stops)", flush=True)
-    if service.compiled:
-        print("the UNet is compiled for each batch size when a request first needs it (a request of n images "
-              "runs in a batch of the next power of two): that request waits tens of seconds", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # kill, systemd, docker stop: the same orderly stop as Ctrl-C
     # Requests are answered on the server's threads; the model runs here, on the main thread
-    # (serve/jobs.py says why), until Ctrl-C.
+    # (serve/jobs.py says why), until Ctrl-C. (`shutdown()` waits for a serve_forever that has started.)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    try:
+    try:  # from here a signal stops the server in order, the first line said included
+        _announce(service, server, args.model)
         runner.run()  # on its way out it answers the queued jobs' requests with 503
     except KeyboardInterrupt:
         print("stopped", flush=True)
@@ -104,3 +101,38 @@ def run(args: argparse.Namespace) -> int:
         server.wait_for_answers(timeout=2.0)  # their request threads are daemons: let the 503s out first
         server.server_close()
     return 0
+
+
+def _announce(service, server, model: str) -> None:
+    host, port = server.server_address[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(f"serving {service.kind} model {model} ({service.pipe.image_size} px, {service.pipe.device}) at "
+          f"http://{shown}:{port}/  (Ctrl-C stops)", flush=True)
+    if service.compiled:
+        print("the UNet is compiled for each batch size when a request first needs it (a request of n images "
+              "runs in a batch of the next power of two): that request waits tens of seconds", flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def listen_errors(host: str, port: int) -> Iterator[None]:
+    """`UserError` in words for an address that cannot be listened on."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} is already in use on {host}: pass another --port "
+                            "(--port 0 picks a free one)") from None
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def listen_check(host: str, port: int) -> None:
+    """Bind host:port once and let it go, so that a port in use is refused before the model loads."""
+    from ldmkit.serve.origin import address_family  # ldmkit.serve imports torch: not for `ldm --help`
+
+    with listen_errors(host, port), socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        probe.bind((host, port))

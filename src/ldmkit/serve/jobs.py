@@ -26,12 +26,17 @@ class ServerStopping(Exception):
         super().__init__("the server is shutting down; send the request again once it is back")
 
 
+class JobCancelled(Exception):
+    """`submit`'s `cancel_if` said so while the job still waited: it will not run."""
+
+
 class _Job:
     def __init__(self, work: Callable[[], Any]) -> None:
         self.work = work
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.started = self.cancelled = False  # under the runner's lock
 
 
 class JobRunner:
@@ -42,10 +47,13 @@ class JobRunner:
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, work: Callable[[], T], while_waiting: Callable[[], object] | None = None) -> T:
+    def submit(self, work: Callable[[], T], while_waiting: Callable[[], object] | None = None,
+               cancel_if: Callable[[], bool] | None = None) -> T:
         """Queue `work`, wait for the runner thread to run it, and return its result (or raise
         its exception here, in the caller's thread); `ServerStopping` once `run` has ended.
-        `while_waiting` is called every WAIT_POLL_S meanwhile (the server checks its client there)."""
+        `while_waiting` is called every WAIT_POLL_S meanwhile (the server checks its client there);
+        `JobCancelled` as soon as `cancel_if()` is true while the job has not started (a job stopped
+        in the queue was answered only once the job ahead of it had ended, half a minute later)."""
         job = _Job(work)
         with self._lock:  # a job queued after close() would wait forever
             if self._closed:
@@ -54,6 +62,11 @@ class JobRunner:
         while not job.done.wait(WAIT_POLL_S):
             if while_waiting is not None:
                 while_waiting()
+            if cancel_if is not None and cancel_if():
+                with self._lock:
+                    if not job.started:  # else it runs, and sees the stop itself at its next step
+                        job.cancelled = True
+                        raise JobCancelled()
         if job.error is not None:
             raise job.error
         return job.result
@@ -67,6 +80,10 @@ class JobRunner:
                     job = self._jobs.get(timeout=0.2)
                 except queue.Empty:
                     continue
+                with self._lock:
+                    if job.cancelled:
+                        continue
+                    job.started = True
                 try:
                     job.result = job.work()
                 except KeyboardInterrupt:

@@ -79,7 +79,7 @@ class ProgressBoard:
         if job_id is not None:
             with self._lock:
                 if self._jobs.get(job_id, {}).get("stop"):
-                    raise JobStopped(f"stopped before it started (job {job_id})")
+                    raise JobStopped("stopped before it started")
                 self._put(job_id, {"state": "running", "step": 0, "steps": steps})
 
     def advanced(self, job_id: str | None) -> None:
@@ -102,6 +102,12 @@ class ProgressBoard:
                 return False
             entry["stop"] = True
             return True
+
+    def stop_asked(self, job_id: str | None) -> bool:
+        """Whether a stop was asked for the job while it still waits in the queue."""
+        with self._lock:
+            entry = self._jobs.get(job_id) if job_id is not None else None
+            return bool(entry and entry["state"] == "queued" and entry.get("stop"))
 
     def finished(self, job_id: str | None, stopped: bool = False) -> None:
         """The job ended: its images were made (or it failed), or it was stopped."""

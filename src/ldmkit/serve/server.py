@@ -11,6 +11,9 @@ threading HTTP server (no web framework to install for one page and four endpoin
                          base64 PNGs, their seeds and classes, seconds taken; a 409 when its
                          job_id names a job that still waits or runs (`progress.py`)
 
+A request another site's page sent (its Origin, or a Host that is not this loopback server's) is
+a 403 (`origin.py`); a method a path does not take, a 405 in JSON. A stop asked for a job that
+still waits answers that job's request 409 at once.
 A mistake in a request is a 400 with {"error": "..."} in the words `ldm generate` would use;
 a job queued or running when the server is stopped is a 503; anything else that fails is a 500
 whose traceback goes to the server's stderr, not the client. A client that leaves before its
@@ -35,7 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ldmkit.errors import UserError
 
-from .jobs import JobRunner, ServerStopping
+from .jobs import JobCancelled, JobRunner, ServerStopping
+from .origin import address_family, foreign_request
 from .progress import JobIdInUse, JobStopped
 from .service import JOB_ID, GenerationService
 
@@ -55,12 +59,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
     runner: JobRunner | None = None
     quiet: bool = False
     server_version = "ldmkit"
+    timeout = 60  # seconds a client may stall mid-request (one sent a byte of its body and held a thread)
 
     # ------------------------------------------------------------------ routes
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self._refused():
+            return
         url = urlsplit(self.path)
         path = url.path
-        if path in ("/", "/index.html"):
+        if path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+        elif path in ("/api/generate", "/api/stop"):
+            self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{path} takes POST"}, allow="POST")
+        elif path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, page_html(), "text/html; charset=utf-8")
         elif path == "/api/info":
             self._send_json(HTTPStatus.OK, self.service.describe())
@@ -73,7 +84,28 @@ class _RequestHandler(BaseHTTPRequestHandler):
         else:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
 
+    def do_HEAD(self) -> None:  # noqa: N802 (uptime checks, `curl -I`): GET's status and headers
+        self._head_only = True
+        self.do_GET()
+
+    def _other_method(self) -> None:
+        self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} is not served: GET the page, "
+                                                                 "/api/info or /api/progress; POST /api/generate "
+                                                                 "or /api/stop"}, allow="GET, HEAD, POST")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
+
+    def _refused(self) -> bool:
+        """Answer 403 (and say True) for a request another web site's page sent: its Origin is not this
+        server, or its Host is not the loopback name this server listens on (DNS rebinding)."""
+        why = foreign_request(self.headers, self.server.server_address[0])
+        if why:
+            self._send_json(HTTPStatus.FORBIDDEN, {"error": why})
+        return bool(why)
+
     def do_POST(self) -> None:  # noqa: N802
+        if self._refused():
+            return
         path = urlsplit(self.path).path
         if path == "/api/stop":
             self._stop()
@@ -92,7 +124,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 result = self.service.run(job)
             else:  # a client that leaves (a closed tab) has its job stopped: nobody waits for it
                 result = self.runner.submit(lambda: self.service.run(job),
-                                            while_waiting=lambda: self._stop_if_client_left(job.job_id))
+                                            while_waiting=lambda: self._stop_if_client_left(job.job_id),
+                                            cancel_if=lambda: self.service.progress.stop_asked(job.job_id))
         except UserError as err:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
             return
@@ -107,6 +140,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         except ServerStopping as err:
             self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(err)})
+            return
+        except JobCancelled:  # stopped while it waited behind another job: answered now, not after that one
+            self.service.progress.finished(job.job_id, stopped=True)
+            self._send_json(HTTPStatus.CONFLICT, {"error": "stopped before it started", "stopped": True})
             return
         except Exception as err:  # the server keeps serving; the details go to its own log
             traceback.print_exc(file=sys.stderr)
@@ -164,17 +201,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except RecursionError:  # arrays nested thousands deep: the parser's stack, not the server's fault
             raise UserError("the request body nests too deeply to be read") from None
 
-    def _send_json(self, status: HTTPStatus, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode("utf-8"), "application/json")
+    def _send_json(self, status: HTTPStatus, payload: Any, allow: str | None = None) -> None:
+        self._send(status, json.dumps(payload).encode("utf-8"), "application/json", allow)
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, allow: str | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        if allow:
+            self.send_header("Allow", allow)
         try:
             self.end_headers()
-            self.wfile.write(body)
+            if not getattr(self, "_head_only", False):
+                self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):  # the client left (a closed tab): nobody to tell
             self.close_connection = True
 
@@ -225,4 +265,5 @@ def make_server(service: GenerationService, host: str = "127.0.0.1", port: int =
     With a `runner`, generation runs on the thread in `runner.run()` (needed for a compiled UNet
     with CUDA graphs: `jobs.py`); without, on each request's own thread."""
     handler = type("RequestHandler", (_RequestHandler,), {"service": service, "runner": runner, "quiet": quiet})
-    return _Server((host, port), handler)
+    server = type("Server", (_Server,), {"address_family": address_family(host)})  # "::1" needs IPv6
+    return server((host, port), handler)

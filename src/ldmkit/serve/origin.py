@@ -1,0 +1,52 @@
+"""Which requests come from another web site's page, and are refused (403).
+
+A browser lets any page send a "simple" POST (text/plain, no-cors) to any address, the user's own
+`ldm serve` on 127.0.0.1 included: a page of another site kept a user's GPU busy that way. Such a
+request carries an `Origin` header naming that site, so a request whose Origin is not this server
+is refused. A page can also rename itself to this server's address (DNS rebinding: its host name
+made to resolve to 127.0.0.1), and then read the answers too; its requests still carry its own
+host name in `Host`, so a server listening on a loopback address answers only requests addressed
+to a loopback name. Clients that are not browsers (curl, Python) send no Origin and a loopback
+Host, and are served as before; a server started with `--host 0.0.0.0` (for a LAN) takes any Host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(host_header: str) -> str:
+    """The host name of a Host header value ("127.0.0.1:8000", "[::1]:8000", "localhost")."""
+    return urlsplit(f"//{host_header}").hostname or ""
+
+
+def foreign_request(headers: Mapping[str, str], bound_host: str) -> str | None:
+    """Why the request with these headers came from another site's page, or None when it did not."""
+    host = headers.get("Host")
+    origin = headers.get("Origin")
+    if host and _is_loopback(bound_host) and not _is_loopback(_hostname(host)):
+        return (f"this server answers requests addressed to its loopback address, not to {host!r}: open it as "
+                "http://127.0.0.1:PORT/ (or start it with --host 0.0.0.0 to serve other machines)")
+    if origin is not None and (not host or urlsplit(origin).netloc.lower() != host.lower()):
+        return f"requests from another site's page (Origin {origin}) are refused; open this server's own page"
+    return None
+
+
+def address_family(host: str) -> socket.AddressFamily:
+    """IPv6 for an IPv6 address ("::1", "::"), else IPv4 (a name is looked up as IPv4)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
