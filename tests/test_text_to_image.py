@@ -187,3 +187,14 @@ def test_a_folder_without_a_scheduler_gets_the_schedule_its_note_names(sd_folder
     assert schedule is not None and torch.allclose(schedule.alphas_cumprod, sd_default_schedule().alphas_cumprod)
     assert main(["generate", "--model", str(tmp_path / "ns.safetensors"), "--prompt", PROMPT, "--n", "1", "--steps",
                  "1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_a_prompt_past_the_encoders_length_is_said(pipe) -> None:
+    """Two prompts that differ only after the 77th token gave the same images without a word."""
+    with pytest.warns(UserWarning, match=r"the prompt is \d+ tokens and the text encoder reads 77"):
+        pipe.text_encoder.tokenize(["a cat " * 60])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.text_encoder.tokenize([PROMPT])  # a short prompt: no word

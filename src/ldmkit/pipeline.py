@@ -40,7 +40,8 @@ from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
-from ldmkit.pipeline_args import class_names_for, network_dtype, open_image, real_number, whole_number
+from ldmkit.pipeline_args import (check_strength, class_names_for, network_dtype, open_image, real_number,
+                                  whole_number)
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
@@ -284,9 +285,7 @@ class LatentDiffusionPipeline:
         options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
         options.update(sampler_settings)  # `sample` refuses a name this sampler does not take, listing its own
         if init is not None:
-            strength = real_number(strength, "strength")  # numpy's and torch's numbers too
-            if not 0 < strength <= 1:
-                raise UserError(f"strength must be in (0, 1], got {strength!r}")
+            strength = check_strength(strength, steps)
             if mask is not None or strength < 1:
                 options.update(init=init.to(self.device).expand_as(x_T), strength=float(strength))
             if mask is not None:

@@ -5,6 +5,7 @@ a `UserError` that names the argument, not a TypeError from deep inside torch or
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 from collections.abc import Sequence
@@ -66,6 +67,20 @@ def class_names_for(unet: UNet, names: Sequence[str]) -> list[str]:
         raise UserError(f"{len(names)} class names for a UNet with {count} classes (num_classes="
                         f"{unet.config.num_classes}): give one name per class, in id order")
     return names
+
+
+def check_strength(strength: Any, steps: int) -> float:
+    """img2img's strength as a float in (0, 1] that runs at least one of `steps` (int(steps x
+    strength), as diffusers counts): 0.1 of 5 steps ran none and returned the autoencoder's copy
+    of the start image as if it had been generated."""
+    strength = real_number(strength, "strength")  # numpy's and torch's numbers too
+    if not 0 < strength <= 1:
+        raise UserError(f"strength must be in (0, 1], got {strength!r}")
+    if int(steps * strength) < 1:
+        raise UserError(f"strength {strength} of {steps} steps runs no step (int(steps x strength) = 0): "
+                        f"raise the strength to at least {math.ceil(1000 / steps) / 1000} or the steps "
+                        "(--strength, --steps)")
+    return strength
 
 
 def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Image:

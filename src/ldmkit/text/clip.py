@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,11 @@ class CLIPTextEncoder(nn.Module):
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).input_ids
+        for prompt, tokens in zip(prompts, self.tokenizer(list(prompts)).input_ids):
+            if len(tokens) > self.max_length:  # two prompts differing past the cut gave the same images
+                kept = self.tokenizer.decode(tokens[1:self.max_length - 1])
+                warnings.warn(f"the prompt is {len(tokens)} tokens and the text encoder reads {self.max_length}: "
+                              f"only {kept!r} is used", stacklevel=2)
         return ids
 
     @torch.no_grad()
