@@ -181,3 +181,33 @@ def test_latent_encoding_says_how_far_it_is(monkeypatch):
     single = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     latent_cache.encode_dataset(vae, dataset, limit=24, flip=False, batch_size=8, dist=single, report=lines.append)
     assert lines[-1].startswith("encoded 16 of 24 images"), lines
+
+
+def test_checking_many_files_shows_a_bar_on_a_terminal(tmp_path, monkeypatch):
+    from ldmkit.data import folder
+
+    for i in range(4):
+        rgb_file(tmp_path / "d" / f"{i}.png", (9, 9, 9 * i))
+    shown = []
+
+    def bar(iterable, **options):
+        shown.append((options["total"], options["disable"], options["desc"]))
+        return iterable
+
+    monkeypatch.setattr(folder, "tqdm", bar)
+    monkeypatch.setattr(folder, "SHOW_CHECK_FROM", 3)
+    load_quietly(str(tmp_path / "d"), "train", image_size=8)
+    monkeypatch.setattr(folder, "SHOW_CHECK_FROM", 5000)
+    load_quietly(str(tmp_path / "d"), "train", image_size=8)
+    # None: tqdm's "on a terminal only" (a log file gets no bar); True: no bar for a few files
+    assert [(total, disable) for total, disable, _ in shown] == [(3, None), (3, True)]
+    assert "checking the files of" in shown[0][2]
+
+
+def test_classes_one_folder_too_deep_are_said(tmp_path):
+    for name in ("cats", "dogs"):
+        for i in range(2):
+            rgb_file(tmp_path / "d" / "train" / "images" / name / f"{i}.png", (9, 9, 9 * i))
+    dataset, said = load_quietly(str(tmp_path / "d"), "train", image_size=8)
+    assert dataset.class_names == ["images"]
+    assert any("one class folder, 'images', whose subfolders cats, dogs" in line for line in said), said

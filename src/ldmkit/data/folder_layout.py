@@ -234,11 +234,25 @@ def list_split(folder: Path) -> ImageListing:
         # Said out loud: a class the user meant to fill would otherwise just be missing.
         warnings.warn(f"Ignoring {len(empty)} class folder(s) of '{folder}' with no images: "
                       f"{_names(empty)}.", stacklevel=3)
+    if len(classes) == 1:
+        _warn_if_classes_one_level_down(folder)
     listing = ImageListing(class_names=list(classes))
     for label, files in enumerate(classes.values()):
         listing.files += files
         listing.labels += [label] * len(files)
     return listing
+
+
+def _warn_if_classes_one_level_down(folder: Path) -> None:
+    """One class folder whose subfolders hold the images (`train/images/cats/...`): its name became
+    the only class and the subfolders, meant as classes, were merged into it."""
+    only = next(p for p in folder.iterdir() if p.is_dir() and _visible(p.name) and _holds_images(p))
+    inner = sorted(printable_name(p.name) for p in only.iterdir()
+                   if p.is_dir() and _visible(p.name) and _holds_images(p))
+    if len(inner) >= 2:
+        warnings.warn(f"'{folder}' has one class folder, '{printable_name(only.name)}', whose subfolders "
+                      f"{_names(inner)} hold the images: they are read as one class. If they are the classes, "
+                      f"put them directly in '{folder}'.", stacklevel=4)
 
 
 def list_val_folder(folder: Path, class_names: list[str]) -> ImageListing:
