@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="images per listed --class; without --class, the total, spread evenly over the classes "
                    "(default: one per class, or 16 for an unconditional model)")
     p.add_argument("--class", dest="classes", nargs="+", default=None, metavar="NAME_OR_ID",
-                   help="class names or ids to generate (see `ldm info`)")
+                   help="class names or ids to generate (see `ldm info`); a name is matched exactly, then in any "
+                   "case, before it is read as an id (with folders named 1..10, 1 is the class named 1)")
     p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp-2m", help="sampling algorithm (default: dpmpp-2m)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default: 25)")
     p.add_argument("--prompt", default=None, help="text prompt (text-to-image models)")
