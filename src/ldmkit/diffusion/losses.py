@@ -22,13 +22,16 @@ def min_snr_weight(snr: Tensor, gamma: float, prediction: str) -> Tensor:
     The x0-space weight min(SNR, gamma) expressed for each target, using
     ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2:
       x0: min(SNR, gamma);  eps: min(SNR, gamma) / SNR;  v: min(SNR, gamma) / (SNR + 1).
+
+    At SNR = 0 (zero terminal SNR) the x0-space weight min(0, gamma) is 0, so t = T - 1, where
+    sampling starts, would never be trained: there every target gets weight 1, its plain loss (as
+    diffusers' training scripts set it).
     """
     check_prediction(prediction)
     clipped = snr.clamp(max=gamma)
-    if prediction == "x0":
-        return clipped
-    if prediction == "v":
-        return clipped / (snr + 1)
+    if prediction in ("x0", "v"):
+        weight = clipped if prediction == "x0" else clipped / (snr + 1)
+        return torch.where(snr > 0, weight, torch.ones_like(snr))
     # eps: the ratio tends to 1 as SNR -> 0 (zero terminal SNR), where 0/0 would be NaN.
     return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
 

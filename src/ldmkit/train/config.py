@@ -288,6 +288,8 @@ def validate(config: RunConfig) -> None:
     need(0.0 <= d.cond_drop < 1.0, f"--cond-drop must be in [0, 1), got {d.cond_drop}")
     need(0.0 <= d.ema_decay <= 1.0, "ema_decay must be in [0, 1]")
     need(d.min_snr_gamma is None or d.min_snr_gamma > 0, "min_snr_gamma must be positive")
+    need(not (d.zero_terminal_snr and d.prediction == "eps"), "zero_terminal_snr needs a v- or x0-prediction model "
+         "(Lin et al. 2024, Sec. 3.2: eps cannot give x0 at SNR 0, so sampling fails): --set diffusion.prediction=v")
     # Optimiser and loss settings that PyTorch would reject only once training starts (as a
     # traceback) or that would train something other than asked (a negative loss weight).
     for name, value in (("--lr", d.lr), ("vae.lr", v.lr), ("vae.disc_lr", v.disc_lr)):

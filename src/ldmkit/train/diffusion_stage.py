@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -57,6 +58,10 @@ class DiffusionTrainer:
         self.vae = vae.to(device).eval()
         self.schedule = make_schedule(self.cfg)
         self.num_classes = unet.config.num_classes
+        if self.num_classes and self.cfg.cond_drop == 0:  # the null class's embedding stays as initialised
+            warnings.warn("--cond-drop 0: the unconditional side of classifier-free guidance is never trained, so "
+                          "guided samples are not meaningful; generate with --cfg 1 (the preview grids do)",
+                          stacklevel=2)
         self.unet = weights_for_training(unet.to(device).train(), self.run, self.dist)
         self.params = list(self.unet.parameters())  # listed once: walking the module tree costs host time every step
         self.ema = EMA(self.unet, self.cfg.ema_decay, warmup=self.cfg.ema_warmup)
@@ -204,7 +209,8 @@ class DiffusionTrainer:
         path = self.ctx.run_dir / "samples" / f"step_{self.step:06d}.png"
         save_sample_grid(path, self.ema.module, self.vae, self.schedule, latent_shape=self.train_set.latent_shape,
                          num_classes=self.num_classes or 0, per_row=self.cfg.sample_per_class,
-                         guidance=self.cfg.sample_cfg, prediction=self.cfg.prediction,
+                         guidance=self.cfg.sample_cfg if self.cfg.cond_drop > 0 else 1.0,
+                         prediction=self.cfg.prediction,
                          steps=self.cfg.sample_steps, autocast=self.precision.autocast())
 
     def write_inference_file(self) -> None:
