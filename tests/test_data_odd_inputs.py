@@ -105,6 +105,12 @@ def test_a_file_that_fails_later_is_replaced_by_one_of_its_own_class(tmp_path):
         warnings.simplefilter("ignore")
         image, label = dataset.load_uint8(1)
     assert label == 0 and image[0].float().mean() > 250 and image[2].float().mean() < 5  # red, not blue
+    lone = FolderImageDataset(ImageListing([broken, blue], [0, 1], ["red", "blue"]), source="t", split="train",
+                              channels=3, image_size=8, flip=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image, label = lone.load_uint8(0)  # no red image decodes: another class's, under its own label
+    assert label == 1 and image[2].float().mean() > 250
 
 
 def test_photo_formats_this_pillow_cannot_read_are_named(tmp_path):
@@ -180,7 +186,7 @@ def test_latent_encoding_says_how_far_it_is(monkeypatch):
     lines: list[str] = []
     single = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     latent_cache.encode_dataset(vae, dataset, limit=24, flip=False, batch_size=8, dist=single, report=lines.append)
-    assert lines[-1].startswith("encoded 16 of 24 images"), lines
+    assert lines[-2].startswith("encoded 16 of 24 images") and lines[-1].startswith("encoded 24 images in"), lines
 
 
 def test_checking_many_files_shows_a_bar_on_a_terminal(tmp_path, monkeypatch):
@@ -211,3 +217,21 @@ def test_classes_one_folder_too_deep_are_said(tmp_path):
     dataset, said = load_quietly(str(tmp_path / "d"), "train", image_size=8)
     assert dataset.class_names == ["images"]
     assert any("one class folder, 'images', whose subfolders cats, dogs" in line for line in said), said
+
+
+def test_a_run_with_decomposed_class_names_resumes(tmp_path):
+    from ldmkit.train.resume_settings import check_same_classes
+
+    stored = [unicodedata.normalize("NFD", "Café"), "Tea"]  # what a run from before NFC names recorded
+    check_same_classes(stored, ["Café", "Tea"], tmp_path, "data")
+    with pytest.raises(UserError, match="was trained on"):
+        check_same_classes(stored, ["Cafe", "Tea"], tmp_path, "data")
+
+
+def test_one_class_whose_images_lie_behind_a_link(tmp_path):
+    for i in range(3):
+        rgb_file(tmp_path / "elsewhere" / f"{i}.png", (9, 9, 9 * i))
+    (tmp_path / "d" / "train" / "real").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "d" / "train" / "real" / "imgs")
+    dataset, _ = load_quietly(str(tmp_path / "d"), "train", image_size=8)  # was StopIteration
+    assert dataset.class_names == ["real"]

@@ -133,9 +133,10 @@ def test_min_snr_weighting_is_the_same_objective_in_every_parameterisation():
 
 def test_min_snr_weight_values_and_zero_snr():
     snr = torch.tensor([0.0, 0.5, 5.0, 50.0], dtype=torch.float64)
-    assert min_snr_weight(snr, 5.0, "x0").tolist() == [0.0, 0.5, 5.0, 5.0]
+    # At SNR 0 every target gets weight 1 (its plain loss): min(0, gamma) = 0 left t = T - 1 untrained.
+    assert min_snr_weight(snr, 5.0, "x0").tolist() == [1.0, 0.5, 5.0, 5.0]
     eps_w = torch.tensor([1.0, 1.0, 1.0, 0.1], dtype=torch.float64)
-    v_w = torch.tensor([0.0, 0.5 / 1.5, 5 / 6, 5 / 51], dtype=torch.float64)
+    v_w = torch.tensor([1.0, 0.5 / 1.5, 5 / 6, 5 / 51], dtype=torch.float64)
     assert torch.allclose(min_snr_weight(snr, 5.0, "eps"), eps_w)
     assert torch.allclose(min_snr_weight(snr, 5.0, "v"), v_w)
 

@@ -61,9 +61,12 @@ def test_one_step_goes_from_pure_noise_to_the_posterior_mean(name):
 
 def test_leading_strides_that_leave_the_top_of_the_schedule_are_refused():
     # 600 steps strided by T // 600 = 1 started at t = 599 (alpha_bar 0.1 for SD's schedule).
-    for steps in (143, 400, 501, 600, 899):
-        with pytest.raises(UserError, match="far from pure noise.*at most 100 steps"):
+    for steps, fewer in ((143, 142), (400, 333), (501, 500), (600, 500), (899, 500)):
+        with pytest.raises(UserError, match=f"far from pure noise; use {fewer} steps"):
             spaced_timesteps(1000, steps, "leading")
+        assert spaced_timesteps(1000, fewer, "leading")[0] >= 899
+    with pytest.raises(UserError, match="start at t = 1000 of 0..999, past the last timestep; use 999 steps"):
+        spaced_timesteps(1000, 1000, "leading", offset=1)  # SD's offset: every timestep does not fit
     for steps in (2, 7, 25, 30, 50, 100, 250, 500, 900, 999, 1000):  # diffusers' grids, unchanged
         t = spaced_timesteps(1000, steps, "leading")
         assert t.tolist() == [k * (1000 // steps) for k in range(steps - 1, -1, -1)]

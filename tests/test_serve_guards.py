@@ -135,3 +135,66 @@ def test_a_text_model_without_its_encoder_is_refused_at_start(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ldmkit.cli", "serve", "--model", str(folder), "--port", "0",
                            "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "needs a CLIP text encoder" in done.stderr, done.stderr
+
+
+def test_a_reverse_proxy_is_served_when_its_name_is_allowed():
+    proxied = {"Host": "127.0.0.1:8765", "Origin": "https://ldm.example.com"}  # nginx's default Host
+    assert "--allow-host" in foreign_request(proxied, "127.0.0.1")
+    assert foreign_request(proxied, "127.0.0.1", ["ldm.example.com"]) is None
+    renamed = {"Host": "ldm.example.com", "Origin": "https://ldm.example.com"}  # proxy_set_header Host $host
+    assert foreign_request(renamed, "127.0.0.1") is not None
+    assert foreign_request(renamed, "127.0.0.1", ["ldm.example.com"]) is None
+    for name in ("ldm.localhost:8765", "0.0.0.0:8765", "[::1]:8765"):  # browsers send these to this machine
+        assert foreign_request({"Host": name, "Origin": f"http://{name}"}, "127.0.0.1") is None
+
+
+def test_the_announced_address_is_a_url():
+    from ldmkit.cli.serve import page_address
+
+    assert page_address("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
+    assert page_address("0.0.0.0", 80) == "http://127.0.0.1:80/"
+    assert page_address("::1", 8767) == "http://[::1]:8767/"  # was http://::1:8767/
+    assert page_address("::", 8768) == "http://[::1]:8768/"
+
+
+def test_a_client_that_stops_sending_its_body_is_no_failure(served, capfd):
+    service, server, url = served
+    server.RequestHandlerClass.timeout = 0.5
+    with socket.create_connection(server.server_address[:2]) as client:
+        client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{")
+        client.settimeout(10)
+        answer = b""
+        while chunk := client.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+        answer = answer.decode()
+    assert answer.startswith("HTTP/1.0 400") and "stopped arriving" in answer, answer  # was 500 + a traceback
+    time.sleep(0.2)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_strength_that_runs_no_step_is_refused_before_it_queues(served):
+    import base64
+    import io
+
+    from PIL import Image
+
+    service, server, url = served
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buffer, "PNG")
+    start = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    with pytest.raises(Exception, match="runs no step"):
+        service.prepare({"n": 1, "steps": 5, "strength": 0.1, "init_image": start})
+    assert raw(server, "GET", "/favicon.ico")[1].get("Content-Length") is None  # a 204 has none
+
+
+def test_img2img_on_a_zero_snr_schedule_checks_the_steps_it_runs(tmp_path):
+    from ldmkit.diffusion import NoiseSchedule
+    from ldmkit.errors import UserError
+
+    pipe = LatentDiffusionPipeline.from_pretrained(save_tiny_class_model(tmp_path / "m.safetensors", ["a"]),
+                                                   device="cpu")
+    pipe.schedule = NoiseSchedule.create("scaled_linear", zero_terminal_snr=True)  # an eps model on it
+    with pytest.raises(UserError, match="zero SNR"):
+        pipe.check_sampling("dpmpp-2m", 10)  # from pure noise: t = 999 first
+    pipe.check_sampling("dpmpp-2m", 10, strength=0.5)  # img2img runs the lower half only

@@ -28,7 +28,7 @@ def test_the_board_follows_a_job_from_queued_to_done():
     assert board.report("b") == {"state": "queued", "ahead": 1}  # a runs, so it is still ahead
     for _ in range(5):
         board.advanced("a")
-    assert board.report("a") == {"state": "running", "step": 3, "steps": 3}  # never past the end
+    assert board.report("a") == {"state": "running", "step": 3, "steps": 3, "batches": 1}  # never past the end
     board.finished("a")
     assert board.report("a") == {"state": "done"}
     assert board.report("b") == {"state": "queued", "ahead": 0}
@@ -45,7 +45,7 @@ def test_the_board_stops_a_job_at_its_next_step_or_before_it_starts():
     board.started("a", steps=4)
     board.advanced("a")
     assert board.stop("a") and board.stop("b") and not board.stop("a") and not board.stop("c")
-    assert board.report("a") == {"state": "running", "step": 1, "steps": 4, "stopping": True}
+    assert board.report("a") == {"state": "running", "step": 1, "steps": 4, "batches": 1, "stopping": True}
     assert board.report("b") == {"state": "queued", "ahead": 1, "stopping": True}
     with pytest.raises(JobStopped, match="stopped at step 2 of 4"):
         board.advanced("a")
@@ -73,7 +73,8 @@ def test_an_id_names_one_job_at_a_time_and_is_free_once_it_is_over():
     assert board.stop("a")
     with pytest.raises(JobIdInUse, match="in use by a running job"):
         board.queued("a")
-    assert board.report("a") == {"state": "running", "step": 0, "steps": 2, "stopping": True}  # flag kept
+    assert board.report("a") == {"state": "running", "step": 0, "steps": 2, "batches": 1,
+                                   "stopping": True}  # flag kept
     board.finished("a", stopped=True)
     board.queued("a")  # stopped: the id is free, and the new job does not inherit the old stop
     assert board.report("a") == {"state": "queued", "ahead": 0}
@@ -149,7 +150,8 @@ def test_a_job_reports_its_steps_and_the_one_behind_it_waits(url, service, monke
     answers: dict = {}
     first = send(url, answers, {"n": 2, "steps": 4, "job_id": "first"})
     assert reached.wait(30)
-    assert request_json(url, "/api/progress?job=first") == (200, {"state": "running", "step": 3, "steps": 4})
+    assert request_json(url, "/api/progress?job=first") == (200, {"state": "running", "step": 3, "steps": 4,
+                                                                       "batches": 1})
     second = send(url, answers, {"n": 1, "steps": 2, "job_id": "second"})
     until_queued(url, "second")
     assert request_json(url, "/api/progress?job=second") == (200, {"state": "queued", "ahead": 1})
@@ -173,7 +175,7 @@ def test_a_running_job_and_a_waiting_one_can_be_stopped(url, service, monkeypatc
     assert request_json(url, "/api/stop", {"job_id": "waiting"}) == (200, {"stopped": True})
     assert request_json(url, "/api/stop", {"job_id": "long"}) == (200, {"stopped": False})  # asked already
     assert request_json(url, "/api/progress?job=long")[1] == {"state": "running", "step": 2, "steps": 6,
-                                                               "stopping": True}
+                                                               "batches": 1, "stopping": True}
     release.set()
     long.join(30)
     waiting.join(30)
@@ -220,7 +222,8 @@ def test_a_second_job_with_the_id_of_a_running_one_is_refused(url, service, monk
     status, answer = post(url, {"n": 1, "steps": 4, "job_id": "dup"})
     assert status == 409 and answer == {"error": "job_id 'dup' is in use by a running job: send another id "
                                                  "(an id is free again once its job is done or stopped)"}
-    assert request_json(url, "/api/progress?job=dup") == (200, {"state": "running", "step": 1, "steps": 4})
+    assert request_json(url, "/api/progress?job=dup") == (200, {"state": "running", "step": 1, "steps": 4,
+                                                                     "batches": 1})
     assert request_json(url, "/api/stop", {"job_id": "dup"}) == (200, {"stopped": True})
     release.set()
     first.join(30)

@@ -186,12 +186,14 @@ class LatentDiffusionPipeline:
         return [seed + k for k in range(len(labels))], labels
 
     def check_sampling(self, sampler: str, steps: int, cfg_rescale: float = 0.0, cfg: float | None = None,
-                       **sampler_settings: Any) -> None:
-        """`UserError` for a sampler, step count (and its grid), guidance scale or rescale this model
-        cannot run: the checks the sampling loop makes, made before a command draws its progress bar."""
+                       strength: float | None = None, **sampler_settings: Any) -> None:
+        """`UserError` for a sampler, step count (its grid, img2img's part of it at `strength`), guidance
+        scale or rescale this model cannot run: the loop's checks, before a command's progress bar."""
         options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
-        check_sampler(sampler, self.schedule, steps=whole_number(steps, "steps"), prediction=self.prediction,
-                      **{**options, **sampler_settings})
+        steps = whole_number(steps, "steps")
+        start = {} if strength is None else {"init": torch.zeros(1), "strength": check_strength(strength, steps)}
+        check_sampler(sampler, self.schedule, steps=steps, prediction=self.prediction,
+                      **{**options, **sampler_settings, **start})
         check_rescale(cfg_rescale)
         if cfg is not None and not math.isfinite(real_number(cfg, "the guidance scale cfg (--cfg)")):
             raise UserError(f"the guidance scale cfg (--cfg) must be a finite number, got {cfg}")  # NaN: black images
@@ -273,8 +275,9 @@ class LatentDiffusionPipeline:
         are the sampler's own options (`eta` for ddim, `karras_sigmas` for euler / heun, ...: see
         `diffusion.sampler_options`); they override the model's defaults.
         """
-        self.check_sampling(sampler, steps, cfg_rescale, cfg, **sampler_settings)  # NaN cfg: black images
         steps = whole_number(steps, "steps")  # numpy's integers and 0-d tensors as Python numbers from here
+        strength = check_strength(strength, steps) if init is not None else None
+        self.check_sampling(sampler, steps, cfg_rescale, cfg, strength, **sampler_settings)  # NaN cfg: black images
         cfg = None if cfg is None else real_number(cfg, "the guidance scale cfg (--cfg)")
         negative_prompt = "" if negative_prompt is None else negative_prompt  # None: no negative prompt
         if negative_prompt and not self.takes_text:
@@ -285,7 +288,6 @@ class LatentDiffusionPipeline:
         options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
         options.update(sampler_settings)  # `sample` refuses a name this sampler does not take, listing its own
         if init is not None:
-            strength = check_strength(strength, steps)
             if mask is not None or strength < 1:
                 options.update(init=init.to(self.device).expand_as(x_T), strength=float(strength))
             if mask is not None:

@@ -78,8 +78,7 @@ def check_strength(strength: Any, steps: int) -> float:
         raise UserError(f"strength must be in (0, 1], got {strength!r}")
     if int(steps * strength) < 1:
         raise UserError(f"strength {strength} of {steps} steps runs no step (int(steps x strength) = 0): "
-                        f"raise the strength to at least {math.ceil(1000 / steps) / 1000} or the steps "
-                        "(--strength, --steps)")
+                        f"raise the strength to at least {math.ceil(1000 / steps) / 1000}, or the steps")
     return strength
 
 

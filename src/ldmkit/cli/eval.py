@@ -7,6 +7,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -78,7 +79,9 @@ def _real_datasets(args: argparse.Namespace, image_size: int, channels: int | No
     from ldmkit.data import load_image_dataset
 
     train = load_image_dataset(args.data, "train", image_size=image_size, flip=False, channels=channels)
-    val = load_image_dataset(args.data, "val", image_size=image_size, flip=False, channels=channels)
+    with warnings.catch_warnings():  # eval says it in its own words, once the images are read
+        warnings.filterwarnings("ignore", message=".*has no images of the train class")
+        val = load_image_dataset(args.data, "val", image_size=image_size, flip=False, channels=channels)
     return train, val
 
 

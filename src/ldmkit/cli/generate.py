@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device=args.device, compile=args.compile, **options)
     pipe.check_prompt(args.prompt)  # before the progress bar: a mistake is then one line
-    pipe.check_sampling(args.sampler, args.steps, args.cfg_rescale, args.cfg)
+    strength = None if args.init_image is None else (
+        args.strength if args.strength is not None else default_strength(args.mask is not None))
+    pipe.check_sampling(args.sampler, args.steps, args.cfg_rescale, args.cfg, strength)  # and img2img's steps
     seeds, labels = pipe.plan(args.n, args.classes, args.seed)
     sampling = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
                     prompt=args.prompt, negative_prompt=args.negative_prompt)
@@ -116,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
         if args.fit:
             image = pipe.fit_image(image, "--init-image")
             mask = pipe.fit_image(mask, "--mask") if mask is not None else None
-        strength = args.strength if args.strength is not None else default_strength(mask is not None)
         sampling.update(init=pipe.encode_image(image), strength=strength)
         if mask is not None:
             sampling["mask"] = pipe.prepare_mask(mask, size=image.size)

@@ -36,6 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 opens the page to the network (no login)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="behind a reverse proxy, the host name its users open (e.g. ldm.example.com); repeatable. "
+                   "Requests from pages of other sites, or addressed to names other than this server's, are "
+                   "refused with 403 (a page of any site could otherwise make this server generate)")
     p.add_argument("--max-images", type=int, default=64, help="most images one request may ask for")
     p.add_argument("--max-steps", type=int, default=200, help="most sampler steps one request may ask for")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         service.run(job)
     runner = JobRunner()
     with listen_errors(args.host, args.port):
-        server = make_server(service, args.host, args.port, runner=runner, quiet=args.quiet)
+        server = make_server(service, args.host, args.port, runner=runner, quiet=args.quiet,
+                             allowed_hosts=tuple(args.allow_host))
     signal.signal(signal.SIGTERM, _interrupt)  # kill, systemd, docker stop: the same orderly stop as Ctrl-C
     # Requests are answered on the server's threads; the model runs here, on the main thread
     # (serve/jobs.py says why), until Ctrl-C. (`shutdown()` waits for a serve_forever that has started.)
@@ -104,13 +109,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _announce(service, server, model: str) -> None:
-    host, port = server.server_address[:2]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     print(f"serving {service.kind} model {model} ({service.pipe.image_size} px, {service.pipe.device}) at "
-          f"http://{shown}:{port}/  (Ctrl-C stops)", flush=True)
+          f"{page_address(*server.server_address[:2])}  (Ctrl-C stops)", flush=True)
     if service.compiled:
         print("the UNet is compiled for each batch size when a request first needs it (a request of n images "
               "runs in a batch of the next power of two): that request waits tens of seconds", flush=True)
+
+
+def page_address(host: str, port: int) -> str:
+    """The page's URL for a server listening on host:port ("::1" in brackets; "every address" as loopback)."""
+    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -6,7 +6,8 @@ Bad files are handled twice, so that a long run never dies on one broken image:
    with ONE warning that names how many there were (files over PIL's size limit get their own
    warning, with their pixel counts), and a class left with no readable image is refused;
 2. a file that still fails to decode later (a file damaged in ways the check cannot see without
-   decoding it) is replaced by the next decodable image of its class, with one warning per file.
+   decoding it) is replaced by the next decodable image of its class (of another class where
+   none of its own decodes), returned with the substitute's own label; one warning per file.
 """
 
 from __future__ import annotations
@@ -51,20 +52,25 @@ class FolderImageDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _same_class(self, index: int) -> list[int]:
-        """The indices of `index`'s class, `index` first, then those after it (wrapping round):
-        a substitute from another class would be trained (and evaluated) under this one's label."""
+    def _substitutes(self, index: int) -> list[int]:
+        """`index`, then the other images of its class after it (wrapping round), then any other:
+        a substitute is returned with its own label (one from another class was once trained
+        under the broken file's label)."""
         if self._by_label is None:
             self._by_label = {}
             for i, label in enumerate(self.labels):
                 self._by_label.setdefault(label, []).append(i)
         members = self._by_label[self.labels[index]]
         start = bisect.bisect_left(members, index)
-        return members[start:] + members[:start]
+        same = members[start:] + members[:start]
+        return same + [(index + k) % len(self.files) for k in range(1, _MAX_SUBSTITUTIONS + 1)]
 
     def load_uint8(self, index: int) -> tuple[torch.Tensor, int]:
         error: Exception | None = None
-        for candidate in self._same_class(index)[:_MAX_SUBSTITUTIONS]:
+        tried = 0
+        for tried, candidate in enumerate(dict.fromkeys(self._substitutes(index)), 1):
+            if tried > _MAX_SUBSTITUTIONS:
+                break
             try:
                 path = self.files[candidate]
                 image = load_image(path, self.image_size, self.channels, known_large=path in self._large)
@@ -75,8 +81,8 @@ class FolderImageDataset(ImageDataset):
                     self._reported.add(candidate)
                     warnings.warn(f"Could not decode '{self.files[candidate]}' ({exc}); "
                                   "using another image in its place.", stacklevel=2)
-        raise RuntimeError(f"{_MAX_SUBSTITUTIONS} images in a row of one class from index {index} of "
-                           f"{self.source} could not be decoded; last error: {error}")
+        raise RuntimeError(f"{min(tried, _MAX_SUBSTITUTIONS)} images from index {index} of {self.source} could not "
+                           f"be decoded; last error: {error}")
 
     def as_label_tensor(self) -> torch.Tensor:
         return torch.tensor(self.labels, dtype=torch.int64)  # no need to decode for labels

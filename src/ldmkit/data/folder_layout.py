@@ -246,7 +246,9 @@ def list_split(folder: Path) -> ImageListing:
 def _warn_if_classes_one_level_down(folder: Path) -> None:
     """One class folder whose subfolders hold the images (`train/images/cats/...`): its name became
     the only class and the subfolders, meant as classes, were merged into it."""
-    only = next(p for p in folder.iterdir() if p.is_dir() and _visible(p.name) and _holds_images(p))
+    only = next((p for p in folder.iterdir() if p.is_dir() and _visible(p.name) and _holds_images(p)), None)
+    if only is None:  # its images lie behind a link (_holds_images does not follow links): nothing to say
+        return
     inner = sorted(printable_name(p.name) for p in only.iterdir()
                    if p.is_dir() and _visible(p.name) and _holds_images(p))
     if len(inner) >= 2:

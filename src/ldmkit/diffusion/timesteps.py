@@ -65,13 +65,16 @@ def spaced_timesteps(
         ratio = T // points
         if ratio < 1:
             raise UserError(f"{steps} steps do not fit 'leading' spacing over {T} timesteps")
-        if points * ratio + offset < 0.9 * T:
+        if not _leading_reaches_the_top(T, points, offset):
             # Whole strides from t = 0 leave the top of the schedule unvisited: 600 steps start at
             # t = 599, with a quarter of the signal left in what the sampler takes for pure noise.
+            fewer = next(n for n in range(steps - 1, 0, -1) if _leading_reaches_the_top(T, n + points - steps, offset))
+            first = (points - 1) * ratio + offset
+            where = "past the last timestep" if first > T - 1 else "far from pure noise"
             raise UserError(
-                f"{steps} steps with 'leading' spacing take strides of {ratio} timestep(s) from t = {offset} "
-                f"and start at t = {(points - 1) * ratio + offset} of {T}, far from pure noise; use at most "
-                f"{T // 10} steps, exactly {T}, or 'trailing' spacing"
+                f"{steps} steps with 'leading' spacing (this model's) take strides of {ratio} timestep(s) from "
+                f"t = {offset} and start at t = {first} of 0..{T - 1}, {where}; use {fewer} steps (the most "
+                f"below {steps} that start near t = {T - 1}), or from Python spacing='trailing'"
             )
         t = (torch.arange(points, dtype=torch.float64) * ratio).flip(0) + offset
     else:  # trailing
@@ -84,6 +87,13 @@ def spaced_timesteps(
             f"over {T} training steps; use fewer steps or another spacing"
         )
     return t
+
+
+def _leading_reaches_the_top(T: int, points: int, offset: int) -> bool:
+    """Whether `points` leading strides of T // points from t = offset cover at least 90% of the
+    schedule (every count up to T / 10 does) and stay inside it."""
+    ratio = T // points
+    return ratio >= 1 and points * ratio + offset >= 0.9 * T and (points - 1) * ratio + offset <= T - 1
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> Tensor:

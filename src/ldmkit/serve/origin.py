@@ -8,13 +8,15 @@ made to resolve to 127.0.0.1), and then read the answers too; its requests still
 host name in `Host`, so a server listening on a loopback address answers only requests addressed
 to a loopback name. Clients that are not browsers (curl, Python) send no Origin and a loopback
 Host, and are served as before; a server started with `--host 0.0.0.0` (for a LAN) takes any Host.
+Behind a reverse proxy the browser's Origin (and, with `proxy_set_header Host $host`, the Host)
+names the proxy's site: `ldm serve --allow-host NAME` accepts that name in both.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
@@ -30,20 +32,32 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _names_this_machine(host: str) -> bool:
+    """Whether a Host header's name reaches this machine from its own browser: a loopback name,
+    any *.localhost (browsers resolve them to loopback), or 0.0.0.0 (Linux routes it here)."""
+    host = host.strip("[]").lower()
+    return _is_loopback(host) or host.endswith(".localhost") or host == "0.0.0.0"
+
+
 def _hostname(host_header: str) -> str:
     """The host name of a Host header value ("127.0.0.1:8000", "[::1]:8000", "localhost")."""
     return urlsplit(f"//{host_header}").hostname or ""
 
 
-def foreign_request(headers: Mapping[str, str], bound_host: str) -> str | None:
-    """Why the request with these headers came from another site's page, or None when it did not."""
+def foreign_request(headers: Mapping[str, str], bound_host: str, allowed: Collection[str] = ()) -> str | None:
+    """Why the request with these headers came from another site's page, or None when it did not.
+    `allowed`: host names accepted besides this server's own (`--allow-host`, a reverse proxy's)."""
     host = headers.get("Host")
     origin = headers.get("Origin")
-    if host and _is_loopback(bound_host) and not _is_loopback(_hostname(host)):
+    names = {name.lower() for name in allowed}
+    if host and _is_loopback(bound_host) and not (_names_this_machine(_hostname(host)) or _hostname(host) in names):
         return (f"this server answers requests addressed to its loopback address, not to {host!r}: open it as "
-                "http://127.0.0.1:PORT/ (or start it with --host 0.0.0.0 to serve other machines)")
-    if origin is not None and (not host or urlsplit(origin).netloc.lower() != host.lower()):
-        return f"requests from another site's page (Origin {origin}) are refused; open this server's own page"
+                "http://127.0.0.1:PORT/, start it with --host 0.0.0.0 to serve other machines, or, behind a "
+                "reverse proxy, with --allow-host NAME")
+    if origin is not None and urlsplit(origin).netloc.lower() != (host or "").lower() \
+            and (urlsplit(origin).hostname or "") not in names:
+        return (f"requests from another site's page (Origin {origin}) are refused; open this server's own page "
+                "(behind a reverse proxy, start it with --allow-host NAME for the proxy's host name)")
     return None
 
 

@@ -73,14 +73,14 @@ class ProgressBoard:
                 self._tickets += 1
                 self._put(job_id, {"state": "queued", "ticket": self._tickets})
 
-    def started(self, job_id: str | None, steps: int) -> None:
-        """The job runs `steps` sampler steps in all (over all its batches); `JobStopped` if it
-        was stopped while it waited."""
+    def started(self, job_id: str | None, steps: int, batches: int = 1) -> None:
+        """The job runs `steps` sampler steps in all, over `batches` batches of equal steps;
+        `JobStopped` if it was stopped while it waited."""
         if job_id is not None:
             with self._lock:
                 if self._jobs.get(job_id, {}).get("stop"):
                     raise JobStopped("stopped before it started")
-                self._put(job_id, {"state": "running", "step": 0, "steps": steps})
+                self._put(job_id, {"state": "running", "step": 0, "steps": steps, "batches": batches})
 
     def advanced(self, job_id: str | None) -> None:
         """One more sampler step of the job is done; `JobStopped` if a stop was asked for."""

@@ -58,6 +58,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     service: GenerationService  # set on the subclass `make_server` builds
     runner: JobRunner | None = None
     quiet: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # `ldm serve --allow-host`: a reverse proxy's names (origin.py)
     server_version = "ldmkit"
     timeout = 60  # seconds a client may stall mid-request (one sent a byte of its body and held a thread)
 
@@ -98,7 +99,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _refused(self) -> bool:
         """Answer 403 (and say True) for a request another web site's page sent: its Origin is not this
         server, or its Host is not the loopback name this server listens on (DNS rebinding)."""
-        why = foreign_request(self.headers, self.server.server_address[0])
+        why = foreign_request(self.headers, self.server.server_address[0], self.allowed_hosts)
         if why:
             self._send_json(HTTPStatus.FORBIDDEN, {"error": why})
         return bool(why)
@@ -193,7 +194,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raise UserError("send the request as a JSON body with a Content-Length")
         if int(length) > MAX_BODY_BYTES:
             raise _BodyTooLarge(f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are read")
-        body = self.rfile.read(int(length))
+        try:
+            body = self.rfile.read(int(length))
+        except TimeoutError:  # the client stopped sending mid-body: nothing was generated, nothing to log
+            self.close_connection = True
+            raise UserError(f"the request body stopped arriving for {self.timeout} s") from None
         try:
             return json.loads(body.decode("utf-8"))
         except ValueError as err:  # not UTF-8, not JSON, or a number of over 4300 digits
@@ -207,7 +212,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, allow: str | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if status != HTTPStatus.NO_CONTENT:  # a 204 has no body and no Content-Length (RFC 9110, 8.6)
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         if allow:
             self.send_header("Allow", allow)
@@ -259,11 +265,12 @@ class _Answering:
 
 
 def make_server(service: GenerationService, host: str = "127.0.0.1", port: int = 8000, *,
-                runner: JobRunner | None = None, quiet: bool = False) -> _Server:
+                runner: JobRunner | None = None, quiet: bool = False, allowed_hosts: tuple[str, ...] = ()) -> _Server:
     """A server for `service` bound to host:port (port 0: any free port; read it back from
     `server.server_address`). Run it with `serve_forever()`; `shutdown()` from another thread.
     With a `runner`, generation runs on the thread in `runner.run()` (needed for a compiled UNet
     with CUDA graphs: `jobs.py`); without, on each request's own thread."""
-    handler = type("RequestHandler", (_RequestHandler,), {"service": service, "runner": runner, "quiet": quiet})
+    handler = type("RequestHandler", (_RequestHandler,), {"service": service, "runner": runner, "quiet": quiet,
+                                                          "allowed_hosts": tuple(allowed_hosts)})
     server = type("Server", (_Server,), {"address_family": address_family(host)})  # "::1" needs IPv6
     return server((host, port), handler)

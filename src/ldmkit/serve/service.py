@@ -225,6 +225,8 @@ class GenerationService:
         sampling = dict(sampler=sampler, steps=steps, cfg=None if cfg is None else float(cfg), prompt=prompt,
                         negative_prompt=negative)
         init_image, mask = self._start_images(request, sampling)
+        if init_image is not None:  # a strength that runs no step, and the grid part it runs
+            self.pipe.check_sampling(sampler, steps, strength=sampling["strength"])
         job_id = request.get("job_id")
         if job_id is not None and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
             raise UserError(f"job_id must be 1-64 letters, digits, - or _, got {_shown(job_id)}")
@@ -259,7 +261,7 @@ class GenerationService:
         try:
             with self._lock:
                 start = time.perf_counter()
-                self.progress.started(job.job_id, job.total_steps)
+                self.progress.started(job.job_id, job.total_steps, batches=-(-len(job.seeds) // job.batch_size))
                 sampling = dict(job.sampling)
                 if job.job_id is not None:
                     sampling["callback"] = lambda step, t, x: self.progress.advanced(job.job_id)

@@ -169,11 +169,14 @@ class CLIPTextEncoder(nn.Module):
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        for prompt, tokens in zip(prompts, self.tokenizer(list(prompts)).input_ids):
-            if len(tokens) > self.max_length:  # two prompts differing past the cut gave the same images
-                kept = self.tokenizer.decode(tokens[1:self.max_length - 1])
-                warnings.warn(f"the prompt is {len(tokens)} tokens and the text encoder reads {self.max_length}: "
-                              f"only {kept!r} is used", stacklevel=2)
+        # One token past the limit tells a cut prompt (tokenizing untruncated had transformers warn of
+        # "indexing errors" that do not happen); two prompts differing past the cut gave the same images.
+        longer = self.tokenizer(list(prompts), max_length=self.max_length + 1, truncation=True).input_ids
+        for row, tokens in zip(ids, longer):
+            if len(tokens) > self.max_length:
+                kept = self.tokenizer.decode(row[1:self.max_length - 1])
+                warnings.warn(f"a prompt is longer than the {self.max_length} tokens the text encoder reads: only "
+                              f"{kept!r} is used", stacklevel=2)
         return ids
 
     @torch.no_grad()

@@ -162,6 +162,8 @@ def encode_dataset(
     finally:
         batches.close()  # a stop leaves it unfinished: end its DataLoader workers now
         vae.train(was_training)
+    if report is not None and dist.is_main and last_report > started:  # it said how far: say it ended
+        report(f"encoded {total:,} images in {time.monotonic() - started:,.0f} s")
     c = vae.config.latent_channels
     side = dataset.image_size // vae.config.downsample_factor
     names = ["mean"] + (["std"] if vae.config.double_z else [])

@@ -21,6 +21,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from ldmkit.data.class_names import same_class_names
 from ldmkit.errors import UserError
 from ldmkit.train.config import RunConfig
 
@@ -39,7 +40,7 @@ def _classes(names: list[str]) -> str:
 
 def check_same_classes(saved: list[str] | None, names: list[str], run_dir: Path, data: str) -> None:
     """UserError unless the data's class names are the checkpoint's (`saved`; None: not recorded)."""
-    if saved is None or list(saved) == list(names):
+    if saved is None or same_class_names(saved, names):  # a run from before names were stored in NFC
         return
     raise UserError(f"{run_dir} was trained on {_classes(list(saved))}, but --data {data} has {_classes(names)}: "
                     "resuming would give what each label learned another name; resume with the original "
