@@ -198,3 +198,9 @@ def test_img2img_on_a_zero_snr_schedule_checks_the_steps_it_runs(tmp_path):
     with pytest.raises(UserError, match="zero SNR"):
         pipe.check_sampling("dpmpp-2m", 10)  # from pure noise: t = 999 first
     pipe.check_sampling("dpmpp-2m", 10, strength=0.5)  # img2img runs the lower half only
+
+
+def test_a_client_still_sending_a_too_large_body_hears_413(served):
+    _, _, url = served  # 20 MB: more than the socket buffers take while the server answers
+    status, body = request_json(url, "/api/generate", {"n": 1, "pad": "x" * (20 * 1024 * 1024)})
+    assert status == 413 and "at most 16777216 are read" in body["error"]  # urllib saw a broken pipe

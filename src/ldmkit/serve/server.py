@@ -44,6 +44,7 @@ from .progress import JobIdInUse, JobStopped
 from .service import JOB_ID, GenerationService
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a few fields and at most two images (a 1024 px PNG is ~2-4 MB in base64)
+DRAIN_FACTOR = 4  # a body over MAX_BODY_BYTES is read and dropped up to this many times it; a larger one not at all
 
 
 class _BodyTooLarge(Exception):
@@ -193,6 +194,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if length is None or not length.isdigit():
             raise UserError("send the request as a JSON body with a Content-Length")
         if int(length) > MAX_BODY_BYTES:
+            left = int(length) if int(length) <= DRAIN_FACTOR * MAX_BODY_BYTES else 0
+            while left > 0:  # read and dropped, so that a client still sending hears the 413 (a socket
+                chunk = self.rfile.read(min(2**20, left))  # closed under it saw a broken pipe instead)
+                if not chunk:
+                    break
+                left -= len(chunk)
+            self.close_connection = True
             raise _BodyTooLarge(f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are read")
         try:
             body = self.rfile.read(int(length))
