@@ -15,27 +15,23 @@ import time
 
 import pytest
 from serve_http import post, request_json
+from test_serve_shutdown import served as served_idle  # noqa: F401 (a fixture, used by name)
 from tiny_models import save_tiny_class_model
 
 from ldmkit.pipeline import LatentDiffusionPipeline
-from ldmkit.serve import GenerationService, JobRunner, Limits, make_server
+from ldmkit.serve import Limits
 from ldmkit.serve.origin import foreign_request
 
 
 @pytest.fixture
-def served(tmp_path):
-    pipe = LatentDiffusionPipeline.from_pretrained(save_tiny_class_model(tmp_path / "m.safetensors", ["a", "b"]),
-                                                   device="cpu")
-    service = GenerationService(pipe, name="tiny", limits=Limits(max_images=4, max_steps=500))
-    runner = JobRunner()
-    server = make_server(service, "127.0.0.1", 0, runner=runner, quiet=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def served(served_idle):  # noqa: F811 (pytest passes the imported fixture)
+    """test_serve_shutdown's server, with its runner running and room for 500-step jobs."""
+    service, runner, server, url = served_idle
+    service.limits = Limits(max_images=4, max_steps=500)
     stop = threading.Event()
     threading.Thread(target=runner.run, args=(stop,), daemon=True).start()
-    yield service, server, f"http://127.0.0.1:{server.server_address[1]}"
+    yield service, server, url
     stop.set()
-    server.shutdown()
-    server.server_close()
 
 
 def raw(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
