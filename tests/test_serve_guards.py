@@ -98,17 +98,20 @@ def test_methods_are_answered_in_json(served):
     assert raw(server, "GET", "/favicon.ico")[0] == 204
 
 
-def _serve(*flags: str, timeout: float = 120) -> subprocess.Popen:
+def _serve(*flags: str, ignore_sigint: bool = False) -> subprocess.Popen:
+    start = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     return subprocess.Popen([sys.executable, "-m", "ldmkit.cli", "serve", "--device", "cpu", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=start)
 
 
-def test_sigterm_stops_like_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_stops_like_ctrl_c(tmp_path, stop_signal):
     model = save_tiny_class_model(tmp_path / "m.safetensors", ["a", "b"])
-    server = _serve("--model", str(model), "--port", "0")
+    # As a script's `ldm serve &` starts it: the shell sets SIGINT to be ignored (kill -INT did nothing).
+    server = _serve("--model", str(model), "--port", "0", ignore_sigint=True)
     line = server.stdout.readline()
     assert line.startswith("serving"), line + server.stderr.read()
-    server.send_signal(signal.SIGTERM)
+    server.send_signal(stop_signal)
     out, err = server.communicate(timeout=60)
     assert server.returncode == 0 and out.strip().endswith("stopped") and "Traceback" not in err, err
 

@@ -44,8 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init-image", default=None, metavar="PATH",
                    help="img2img / inpainting: start from this image (its size sets the output size)")
     p.add_argument("--strength", type=float, default=None,
-                   help="img2img: how far to noise the init image, in (0, 1]; 1 ignores it (default: 0.75, "
-                   "or 1.0 with --mask)")
+                   help="img2img: how far to noise the init image, in (0, 1] and at least 1/--steps (it runs "
+                   "int(steps x strength) steps); 1 ignores it (default: 0.75, or 1.0 with --mask)")
     p.add_argument("--mask", default=None, metavar="PATH",
                    help="inpainting: mask image of the init image's size, white = regenerate, black = keep")
     p.add_argument("--fit", action="store_true",

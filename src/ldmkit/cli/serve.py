@@ -38,8 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="behind a reverse proxy, the host name its users open (e.g. ldm.example.com); repeatable. "
-                   "Requests from pages of other sites, or addressed to names other than this server's, are "
-                   "refused with 403 (a page of any site could otherwise make this server generate)")
+                   "Requests from another site's page (its Origin) are refused with 403, and on a loopback --host "
+                   "(the default) so are requests addressed to a name that is not a loopback one or allowed here "
+                   "(DNS rebinding); with --host 0.0.0.0 any Host name is served"),
     p.add_argument("--max-images", type=int, default=64, help="most images one request may ask for")
     p.add_argument("--max-steps", type=int, default=200, help="most sampler steps one request may ask for")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
@@ -92,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
     with listen_errors(args.host, args.port):
         server = make_server(service, args.host, args.port, runner=runner, quiet=args.quiet,
                              allowed_hosts=tuple(args.allow_host))
-    signal.signal(signal.SIGTERM, _interrupt)  # kill, systemd, docker stop: the same orderly stop as Ctrl-C
+    # kill, systemd, docker stop: the same orderly stop as Ctrl-C; and SIGINT too where the shell that
+    # started the server in the background set it to be ignored (`kill -INT` did nothing)
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _interrupt)
     # Requests are answered on the server's threads; the model runs here, on the main thread
     # (serve/jobs.py says why), until Ctrl-C. (`shutdown()` waits for a serve_forever that has started.)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()

@@ -34,11 +34,11 @@ import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff",
-                    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi")
-# Read where this Pillow has the plugin (AVIF is built into recent wheels, HEIC into none);
+                    ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
+# Read where this Pillow has the plugin (AVIF is built into recent wheels, QOI from 9.5, HEIC into none);
 # skipped with a warning where it has not, as are cameras' raw files (an iPhone's .heic photos
 # vanished from a training set without a word).
-_PLUGIN_EXTENSIONS = (".avif", ".heic", ".heif", ".jxl")
+_PLUGIN_EXTENSIONS = (".avif", ".qoi", ".heic", ".heif", ".jxl")
 _RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}

@@ -38,10 +38,12 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         # mmap: a 4 GB checkpoint is paged in as tensors are used, not read whole first.
         data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
+        text = str(err).strip()
+        why = ("it holds Python objects besides tensors" if text.startswith("Weights only load failed")
+               else f"{type(err).__name__}: {text.splitlines()[0] if text else ''}")  # torch's advice: terminal escapes
         raise UserError(
-            f"{path} could not be loaded with torch.load(weights_only=True) ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). ldmkit never unpickles code: if the file "
-            "holds more than tensors, convert it to .safetensors with a tool you trust"
+            f"{path} could not be loaded with torch.load(weights_only=True) ({why}). ldmkit never unpickles code: "
+            "if the file holds more than tensors, convert it to .safetensors with a tool you trust"
         ) from None
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
