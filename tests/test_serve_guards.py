@@ -203,3 +203,8 @@ def test_a_client_still_sending_a_too_large_body_hears_413(served):
     _, _, url = served  # 20 MB: more than the socket buffers take while the server answers
     status, body = request_json(url, "/api/generate", {"n": 1, "pad": "x" * (20 * 1024 * 1024)})
     assert status == 413 and "at most 16777216 are read" in body["error"]  # urllib saw a broken pipe
+
+
+def test_headers_that_are_no_host_are_refused_in_words():
+    assert "loopback" in foreign_request({"Host": "[::1"}, "127.0.0.1")  # urlsplit raised ValueError
+    assert "another site" in foreign_request({"Host": "127.0.0.1:1", "Origin": "http://[oops"}, "127.0.0.1")

@@ -40,8 +40,21 @@ def _names_this_machine(host: str) -> bool:
 
 
 def _hostname(host_header: str) -> str:
-    """The host name of a Host header value ("127.0.0.1:8000", "[::1]:8000", "localhost")."""
-    return urlsplit(f"//{host_header}").hostname or ""
+    """The host name of a Host header value ("127.0.0.1:8000", "[::1]:8000", "localhost"); "" for
+    one that is no host ("[::1" made urlsplit raise, a traceback in the server's log)."""
+    try:
+        return urlsplit(f"//{host_header}").hostname or ""
+    except ValueError:
+        return ""
+
+
+def _netloc(origin: str) -> tuple[str, str]:
+    """(host:port, host name) of an Origin header value; empty for one that is no URL."""
+    try:
+        parts = urlsplit(origin)
+        return parts.netloc.lower(), parts.hostname or ""
+    except ValueError:
+        return "", ""
 
 
 def foreign_request(headers: Mapping[str, str], bound_host: str, allowed: Collection[str] = ()) -> str | None:
@@ -54,8 +67,7 @@ def foreign_request(headers: Mapping[str, str], bound_host: str, allowed: Collec
         return (f"this server answers requests addressed to its loopback address, not to {host!r}: open it as "
                 "http://127.0.0.1:PORT/, start it with --host 0.0.0.0 to serve other machines, or, behind a "
                 "reverse proxy, with --allow-host NAME")
-    if origin is not None and urlsplit(origin).netloc.lower() != (host or "").lower() \
-            and (urlsplit(origin).hostname or "") not in names:
+    if origin is not None and _netloc(origin)[0] != (host or "").lower() and _netloc(origin)[1] not in names:
         return (f"requests from another site's page (Origin {origin}) are refused; open this server's own page "
                 "(behind a reverse proxy, start it with --allow-host NAME for the proxy's host name)")
     return None
