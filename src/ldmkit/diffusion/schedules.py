@@ -29,7 +29,7 @@ _DEFAULT_BETA_RANGE = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)
 # Karras/Euler formulation finite, as diffusers' Euler scheduler does for such schedules.
 # Only a zero is replaced: the cosine schedule's alpha_bar_{T-1} = 2.4e-9 is a level the network
 # was trained at, and raising it to 2**-24 while telling the network t = T - 1 made Heun's
-# samples of an eps model wrong by tens of data standard deviations.
+# samples of an eps model off by 5 (25 steps) to 40 (10 steps) data standard deviations.
 MIN_ALPHA_BAR = 2.0**-24
 
 
