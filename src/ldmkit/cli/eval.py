@@ -77,10 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _real_datasets(args: argparse.Namespace, image_size: int, channels: int | None):
     """The train and val datasets, built but not decoded (a folder's files are only listed and checked)."""
     from ldmkit.data import load_image_dataset
+    from ldmkit.data.folder_layout import ValClassesMissing
 
     train = load_image_dataset(args.data, "train", image_size=image_size, flip=False, channels=channels)
     with warnings.catch_warnings():  # eval says it in its own words, once the images are read
-        warnings.filterwarnings("ignore", message=".*has no images of the train class")
+        warnings.simplefilter("ignore", ValClassesMissing)
         val = load_image_dataset(args.data, "val", image_size=image_size, flip=False, channels=channels)
     return train, val
 
@@ -143,10 +144,10 @@ def data_ids_of_model_classes(model_classes: list[str], data_classes: list[str])
     the model's labels with the classifier's, which learned the data's order). `UserError` when
     the two do not have the same classes: the model was trained on other data. Names are compared
     in NFC: a folder name macOS wrote decomposed ("café") is the same class composed."""
-    from ldmkit.data.class_names import nfc, same_class_names
+    from ldmkit.data.class_names import nfc
 
     model, data = [nfc(name) for name in model_classes], [nfc(name) for name in data_classes]
-    if not same_class_names(sorted(model), sorted(data)):
+    if sorted(model) != sorted(data):
         shown = ", ".join(model_classes[:6]) + (", ..." if len(model_classes) > 6 else "")
         wanted = ", ".join(data_classes[:6]) + (", ..." if len(data_classes) > 6 else "")
         raise UserError(f"the model's classes ({shown}) are not the data's ({wanted}): evaluate a model against "

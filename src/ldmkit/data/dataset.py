@@ -11,6 +11,14 @@ import torch
 from torch.utils.data import Dataset
 
 
+def seeded_subset(count: int, size: int, seed: int) -> list[int]:
+    """`size` of the indices 0..count-1, drawn with `seed` and kept in file order (all of them when
+    `size` >= `count`): a folder lists class by class, so its first `size` files are the first classes."""
+    if size >= count:
+        return list(range(count))
+    return sorted(torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size].tolist())
+
+
 class ImageDataset(Dataset):
     """Images of one size and channel count with optional class labels.
 

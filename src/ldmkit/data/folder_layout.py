@@ -30,6 +30,10 @@ from ldmkit.data.decode import IMAGE_EXTENSIONS, is_image_file, is_unreadable_im
 from ldmkit.errors import UserError
 
 
+class ValClassesMissing(UserWarning):
+    """A val folder without images of some train classes (`ldm eval` says it in its own words)."""
+
+
 @dataclass
 class ImageListing:
     """Image files with labels (-1 everywhere when `class_names` is empty)."""
@@ -81,7 +85,7 @@ def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
     top = os.path.realpath(folder)
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
-        if real in searched or _contains(real, top) and real != top:
+        if real in searched or Path(top).is_relative_to(real) and real != top:
             # A link to a folder above this class (its split folder) would pull the other classes in.
             if real not in searched:
                 warnings.warn(f"Not following '{root}': it links to '{real}', a folder above the class "
@@ -99,10 +103,6 @@ def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
             (images if is_image_file(path) else others).append(path)
     return sorted(images), others
 
-
-def _contains(folder: str, path: str) -> bool:
-    """Whether real path `path` is `folder` or lies inside it."""
-    return os.path.commonpath([folder, path]) == folder
 
 
 def _holds_images(folder: Path) -> bool:
@@ -272,7 +272,7 @@ def list_val_folder(folder: Path, class_names: list[str]) -> ImageListing:
     missing = [name for name in class_names if name not in listing.class_names]
     if missing:  # its validation loss and any evaluation against val say nothing about these
         warnings.warn(f"'{folder}' has no images of the train class(es) {_names(missing)}: validation "
-                      "leaves them out.", stacklevel=3)
+                      "leaves them out.", ValClassesMissing, stacklevel=3)
     relabelled = ImageListing(class_names=list(class_names))
     for path, label in zip(listing.files, listing.labels):
         name = listing.class_names[label]

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from ldmkit.data.dataset import InMemoryImageDataset
+from ldmkit.data.dataset import InMemoryImageDataset, seeded_subset
 from ldmkit.data.folder_layout import list_split, split_folders
 from ldmkit.data.load import is_builtin_source
 from ldmkit.data.memory import check_fits_in_memory
@@ -41,10 +41,7 @@ def listed_class_names(source: str | os.PathLike) -> list[str] | None:
 def baseline_indices(count: int, n: int, seed: int = 0) -> list[int]:
     """`n` of `count` training images drawn (seeded) for the real baseline, in file order: the
     baseline compares n training images with the test set (`evaluate` draws n of what it gets)."""
-    if n >= count:
-        return list(range(count))
-    drawn = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:n]
-    return sorted(drawn.tolist())
+    return seeded_subset(count, n, seed)
 
 
 def _decoded(dataset) -> bool:

@@ -67,7 +67,8 @@ def foreign_request(headers: Mapping[str, str], bound_host: str, allowed: Collec
         return (f"this server answers requests addressed to its loopback address, not to {host!r}: open it as "
                 "http://127.0.0.1:PORT/, start it with --host 0.0.0.0 to serve other machines, or, behind a "
                 "reverse proxy, with --allow-host NAME")
-    if origin is not None and _netloc(origin)[0] != (host or "").lower() and _netloc(origin)[1] not in names:
+    origin_netloc, origin_name = _netloc(origin) if origin is not None else ("", "")
+    if origin is not None and origin_netloc != (host or "").lower() and origin_name not in names:
         return (f"requests from another site's page (Origin {origin}) are refused; open this server's own page "
                 "(behind a reverse proxy, start it with --allow-host NAME for the proxy's host name)")
     return None

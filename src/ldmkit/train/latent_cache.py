@@ -29,6 +29,7 @@ import torch.distributed as torch_dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from ldmkit.data.dataset import seeded_subset
 from ldmkit.models import AutoencoderKL
 from ldmkit.run_files import CACHE_NAME
 from ldmkit.train.checkpoint import atomic_write
@@ -182,13 +183,9 @@ VAL_SUBSET_SEED = 20240611
 
 
 def val_subset(count: int, size: int) -> list[int]:
-    """`size` of `count` val images, drawn with a fixed seed and kept in file order: the first
-    `size` in file order were the first classes only (a folder lists class by class), so the
-    validation loss left whole classes out (the emoji preset's 64 of 96: Flags and Symbols)."""
-    if size >= count:
-        return list(range(count))
-    drawn = torch.randperm(count, generator=torch.Generator().manual_seed(VAL_SUBSET_SEED))[:size]
-    return sorted(drawn.tolist())
+    """The `size` val images validation uses: the first `size` in file order were the first classes
+    only, so the validation loss left whole classes out (the emoji preset's 64 of 96: Flags, Symbols)."""
+    return seeded_subset(count, size, VAL_SUBSET_SEED)
 
 
 def load_or_build_latents(
