@@ -265,6 +265,11 @@ def test_a_text_to_image_model_takes_a_prompt_and_no_class(tmp_path):
     expected = text_pipe.generate_uint8([3], [-1], steps=2, prompt="a cat", negative_prompt="at")
     served = np.asarray(Image.open(io.BytesIO(result.pngs[0])))
     assert result.classes == [None] and np.array_equal(served, expected[0].permute(1, 2, 0).numpy())
+    assert result.notes == []
+    # A prompt the encoder cuts is told to the page (the warning alone reached only the server's log).
+    notes = service.prepare({"prompt": "a cat " * 60, "negative_prompt": "at " * 90}).notes
+    assert [note.split(" is longer")[0] for note in notes] == ["the prompt", "the negative prompt"]
+    assert "only 'a cat a cat" in notes[0]
     for request, message in (({"n": 1}, "give a prompt"), ({"prompt": ""}, "write a prompt"),
                              ({"prompt": "a cat", "class": 1}, "has no classes")):
         with pytest.raises(UserError, match=message):

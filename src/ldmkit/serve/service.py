@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -70,6 +70,7 @@ class Job:
     mask: Image.Image | None = None
     job_id: str | None = None  # the job's name on the ProgressBoard: the client's, or "#N" (`private_id`)
     total_steps: int = 0  # sampler steps over all batches (what the board counts to)
+    notes: list[str] = field(default_factory=list)  # what the client should be told beside the images
 
 
 @dataclass
@@ -80,6 +81,7 @@ class GeneratedImages:
     seeds: list[int]
     classes: list[str | None]
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
 
 def _shown(value: Any) -> str:
@@ -234,7 +236,21 @@ class GenerationService:
         steps_per_batch = img2img_steps(steps, sampling["strength"]) if init_image is not None else steps
         return Job(seeds=seeds, labels=labels, batch_size=batch_size, sampling=sampling, init_image=init_image,
                    mask=mask, job_id=job_id if job_id is not None else self.progress.private_id(),
-                   total_steps=-(-n // batch_size) * steps_per_batch)
+                   total_steps=-(-n // batch_size) * steps_per_batch, notes=self._prompt_notes(prompt, negative))
+
+    def _prompt_notes(self, prompt: str | None, negative: str) -> list[str]:
+        """A note for each prompt the text encoder cuts: the page shows it, where the warning that
+        `ldm generate` prints would reach only the server's log."""
+        encoder = self.pipe.text_encoder
+        if prompt is None or encoder is None:
+            return []
+        notes = []
+        for name, text in (("prompt", prompt), ("negative prompt", negative)):
+            kept = encoder.cut_prompt(text)
+            if kept is not None:
+                notes.append(f"the {name} is longer than the {encoder.max_length} tokens the text encoder "
+                             f"reads: only {kept!r} is used")
+        return notes
 
     def _start_images(self, request: Mapping[str, Any],
                       sampling: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
@@ -283,4 +299,4 @@ class GenerationService:
         finally:
             self.progress.finished(job.job_id, stopped=stopped)
         names = [self.pipe.class_names[c] if c >= 0 else None for c in job.labels]
-        return GeneratedImages(pngs=pngs, seeds=list(job.seeds), classes=names, seconds=seconds)
+        return GeneratedImages(pngs=pngs, seeds=list(job.seeds), classes=names, seconds=seconds, notes=job.notes)

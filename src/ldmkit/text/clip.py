@@ -162,6 +162,16 @@ class CLIPTextEncoder(nn.Module):
         A tokenizer folder without tokenizer_config.json says ~1e30 (transformers' "no limit")."""
         return min(int(self.tokenizer.model_max_length), int(self.model.config.max_position_embeddings))
 
+    def cut_prompt(self, prompt: str) -> str | None:
+        """None when `prompt` fits the encoder's tokens; else the part of it that is read (two prompts
+        differing past the cut give the same images, so the user is told: a warning, the page's notes)."""
+        # One token past the limit tells a cut prompt (tokenizing untruncated had transformers warn of
+        # "indexing errors" that do not happen).
+        longer = self.tokenizer([prompt], max_length=self.max_length + 1, truncation=True).input_ids[0]
+        if len(longer) <= self.max_length:
+            return None
+        return self.tokenizer.decode(longer[1:self.max_length - 1])
+
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Token ids `[B, max_length]`: start token, prompt, end token, padding; long prompts are cut."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
@@ -169,12 +179,9 @@ class CLIPTextEncoder(nn.Module):
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        # One token past the limit tells a cut prompt (tokenizing untruncated had transformers warn of
-        # "indexing errors" that do not happen); two prompts differing past the cut gave the same images.
-        longer = self.tokenizer(list(prompts), max_length=self.max_length + 1, truncation=True).input_ids
-        for row, tokens in zip(ids, longer):
-            if len(tokens) > self.max_length:
-                kept = self.tokenizer.decode(row[1:self.max_length - 1])
+        for prompt in prompts:
+            kept = self.cut_prompt(prompt)
+            if kept is not None:
                 warnings.warn(f"a prompt is longer than the {self.max_length} tokens the text encoder reads: only "
                               f"{kept!r} is used", stacklevel=2)
         return ids
