@@ -155,6 +155,17 @@ def main() -> int:
         check("inpaint: strength left to the server", "strength" not in inpaint)
         check("inpaint: two images shown", shown_images() == [64, 64], page.text_content("#status"))
 
+        mask_upload = "/tmp/ldmkit_check_mask.png"  # right half white: the centre square's right half
+        Image.fromarray(np.where(np.arange(640) >= 320, 255, 0).astype(np.uint8)[None].repeat(480, 0)).save(
+            mask_upload)
+        page.set_input_files("#mask_file", mask_upload)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('mask:')")
+        submit()
+        answered()
+        mask = decode(sent[-1]["mask"])[..., 0]
+        check("a mask file, the keyboard's way to paint, is the mask sent", set(np.unique(mask[:, :30])) == {0}
+              and set(np.unique(mask[:, 34:])) == {255}, page.text_content("#status"))
+
         page.click("#drop_init")
         check("the start image can be dropped", page.is_hidden("#start") and page.input_value("#init_file") == "")
         submit()
