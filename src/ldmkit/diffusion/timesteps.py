@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,9 @@ def spaced_timesteps(
         return torch.arange(T - 1, T - 1 - steps, -1, dtype=torch.float64)
     points = steps + int(skip_zero)
     if spacing == "linspace":
-        t = torch.linspace(0, T - 1, points, dtype=torch.float64)
+        # numpy's linspace and arange, not torch's: at exact halves (n = 30 gives 499.5) they round
+        # the other way, and the grid would be one timestep off diffusers' (17 of 199 counts at T = 1000).
+        t = torch.from_numpy(np.linspace(0, T - 1, points))
         if not fractional:
             t = t.round()
         t = t.flip(0)
@@ -78,7 +82,7 @@ def spaced_timesteps(
             )
         t = (torch.arange(points, dtype=torch.float64) * ratio).flip(0) + offset
     else:  # trailing
-        t = (T - torch.arange(steps, dtype=torch.float64) * (T / steps)).round() - 1
+        t = torch.from_numpy(np.arange(T, 0, -T / steps)[:steps]).round() - 1  # diffusers' arange may hold n + 1
     if skip_zero and spacing != "trailing":
         t = t[:-1]
     if not bool((t[:-1] > t[1:]).all()) or float(t.min()) < 0 or float(t.max()) > T - 1:

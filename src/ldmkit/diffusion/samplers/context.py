@@ -76,17 +76,18 @@ class SamplingContext:
             if init is None:
                 raise UserError("a mask needs init latents (the image to keep outside the mask)")
             self.mask = mask.to(device=x_T.device, dtype=x_T.dtype)
-            try:
-                torch.broadcast_shapes(self.mask.shape, x_T.shape)
+            try:  # and no wider: a [1, B, C, h, w] mask turned the samples into that shape
+                fits = torch.broadcast_shapes(self.mask.shape, x_T.shape) == x_T.shape
             except RuntimeError:
-                raise UserError(
-                    f"mask shape {tuple(mask.shape)} does not broadcast to {tuple(x_T.shape)}"
-                ) from None
+                fits = False
+            if not fits:
+                raise UserError(f"mask shape {tuple(mask.shape)} does not broadcast to {tuple(x_T.shape)}")
         self.grid = grid
         if init is None and strength != 1.0:
             raise UserError("strength needs init latents (it sets how far to noise them)")
         if init is not None:
             self.grid = grid.tail(img2img_steps(len(grid), strength))
+        self.full_grid = len(self.grid) == len(grid)
         # The schedule's own level, not the grid's: sigma-space samplers move alpha_bar = 0 to a
         # finite level, but the network is still told t = T - 1, where it learned zero SNR.
         if len(self.grid) and prediction == "eps" and float(schedule.alpha_bar_at(self.grid.timesteps[0])) == 0:
@@ -113,10 +114,18 @@ class SamplingContext:
 
     def start(self) -> Tensor:
         """State at level 0: the noise itself, or `init` noised there with the same noise
-        (Ho et al. 2020, eq. 4), so an img2img result depends only on the seed."""
+        (Ho et al. 2020, eq. 4), so an img2img result depends only on the seed. Inpainting at
+        strength 1 starts its masked part from the noise alone, as plain generation does (and
+        diffusers' inpainting pipelines): `init` noised to the top level would leak into it
+        (sqrt(alpha_bar) = 0.07 of it on SD's schedule). No step to run (strength 0): `init`."""
         if self.init is None:
             return self.x_T
-        return self.alphas[0] * self.init + self.sigmas_vp[0] * self.x_T
+        if len(self.grid) == 0:
+            return self.init
+        x = self.alphas[0] * self.init + self.sigmas_vp[0] * self.x_T
+        if self.mask is not None and self.full_grid:
+            x = self.mask * self.x_T + (1 - self.mask) * x
+        return x
 
     def predict(self, x: Tensor, level: int) -> tuple[Tensor, Tensor]:
         """Call the network at grid level `level` (< n); return its (x_0, eps) estimates."""
@@ -133,6 +142,21 @@ class SamplingContext:
         """Fresh standard-normal noise for a stochastic step, per seed when a stream is set."""
         return self.noise.draw_like(x) if self.noise is not None else torch.randn_like(x)
 
+    def blend(self, x: Tensor, level: int) -> Tensor:
+        """Inpainting: outside the mask, `init` noised to grid level `level` with the run's own
+        start noise; x unchanged without a mask. At the last level the clean init, even where that
+        level is not fully clean (DDIM with set_alpha_to_one=False ends at alpha_bar of t=0, as
+        SD configures it)."""
+        if self.mask is None:
+            return x
+        if level == len(self.grid):
+            known = self.init
+        else:
+            known = self.alphas[level] * self.init
+            if self.sigmas_vp[level] > 0:
+                known = known + self.sigmas_vp[level] * self.x_T
+        return self.mask * x + (1 - self.mask) * known
+
     def end_step(self, i: int, x: Tensor) -> Tensor:
         """After step i (now at level i + 1): re-impose the known region, then report.
 
@@ -140,17 +164,7 @@ class SamplingContext:
         pipelines): outside the mask, replace x by `init` noised to the current level with
         the run's own start noise, so the kept region follows the forward process exactly.
         """
-        if self.mask is not None:
-            level = i + 1
-            if level == len(self.grid):
-                # The run's output: the clean init, even where the last level is not fully clean
-                # (DDIM with set_alpha_to_one=False ends at alpha_bar of t=0, as SD configures it).
-                known = self.init
-            else:
-                known = self.alphas[level] * self.init
-                if self.sigmas_vp[level] > 0:
-                    known = known + self.sigmas_vp[level] * self.x_T
-            x = self.mask * x + (1 - self.mask) * known
+        x = self.blend(x, i + 1)
         if self.callback is not None:
             self.callback(i, self.timesteps[i], x)
         return x

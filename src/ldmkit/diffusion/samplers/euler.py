@@ -67,8 +67,10 @@ def _run(
         dt = sigmas[i + 1] - sigmas[i]
         x_next = x_ve + dt * eps  # Euler step (Karras et al. 2022, Alg. 1, line 5)
         if heun and sigmas[i + 1] > 0:
-            # Heun's correction (Alg. 1, lines 7-8): average the slopes at both ends.
-            _, eps_next = ctx.predict(alphas[i + 1] * x_next, i + 1)
+            # Heun's correction (Alg. 1, lines 7-8): average the slopes at both ends. Inpainting
+            # blends the known region in first, so the second slope is taken where the network
+            # sees the start image (as diffusers' inpainting loop does with its Heun scheduler).
+            _, eps_next = ctx.predict(ctx.blend(alphas[i + 1] * x_next, i + 1), i + 1)
             x_next = x_ve + dt * 0.5 * (eps + eps_next)
         x = ctx.end_step(i, alphas[i + 1] * x_next)
     return x
