@@ -24,7 +24,8 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} was asked for, but PyTorch sees no CUDA GPU here (use --device cpu)")
+            raise UserError(f"device {name!r} was asked for, but PyTorch sees no CUDA GPU here (use --device cpu, "
+                            "or device='cpu' from Python)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= torch.cuda.device_count():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,25 +41,14 @@ from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
-from ldmkit.pipeline_args import (check_strength, class_names_for, network_dtype, open_image, real_number,
-                                  whole_number)
+from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_strength, class_names_for,  # noqa: F401
+                                  default_strength, network_dtype, open_image, real_number, whole_number)
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 2.0  # class-conditional models
 DEFAULT_TEXT_CFG = 7.5  # text-to-image (Stable Diffusion's usual scale)
 MAX_JOB_IMAGES = 1_000_000  # one job's list of seeds, classes and file names stays under ~200 MB
-DEFAULT_STRENGTH = 0.75  # img2img; inpainting redraws its masked part from noise (strength 1)
-
-
-def default_strength(masked: bool) -> float:
-    """The strength a start image gets when none is given: 1 with a mask, else DEFAULT_STRENGTH."""
-    return 1.0 if masked else DEFAULT_STRENGTH
-TEXT_ENCODER_LAYOUT = (
-    "a diffusers pipeline folder with text_encoder/ (config.json, model.safetensors) and tokenizer/ "
-    "(vocab.json, merges.txt), or a file made by `ldm convert` from one (or from a CompVis checkpoint "
-    "with --tokenizer DIR)"
-)
 
 
 class LatentDiffusionPipeline:
@@ -104,8 +94,9 @@ class LatentDiffusionPipeline:
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: torch.dtype | str | None = None,
-                        compile: str = "auto", **options: Any) -> "LatentDiffusionPipeline":
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "auto",
+                        dtype: torch.dtype | str | None = None, compile: str = "auto",
+                        **options: Any) -> "LatentDiffusionPipeline":
         """Load any model source `ldmkit.interop.load_bundle` reads; `options` go to it (e.g.
         `tokenizer=DIR` for a CompVis checkpoint). `dtype` of the networks: default bf16 on
         CUDA, fp32 on the CPU. `compile`: "auto", "on" or "off" (see `ldmkit.compiled_unet`)."""
@@ -164,8 +155,11 @@ class LatentDiffusionPipeline:
         seed = whole_number(seed, "seed (--seed)")
         if isinstance(classes, (str, numbers.Integral)):  # one class: "Flags" is not the classes F, l, a, g, s
             classes = [classes]
+        elif hasattr(classes, "tolist"):  # a numpy array or a tensor of ids (0-d too): Python ints, not
+            classes = classes.tolist()    # 0-d tensors that are no Integral and matched no id
+            classes = classes if isinstance(classes, list) else [classes]
         elif classes is not None and not isinstance(classes, (list, tuple)):
-            classes = list(classes)  # a numpy array or a tensor of ids: its truth value is ambiguous
+            classes = list(classes)  # any other iterable: its truth value may be ambiguous
         if n is not None and n < 1:
             raise UserError(f"n (--n) must be at least 1, got {n}")
         total = (n or 1) * len(classes) if classes else (n or 0)
@@ -279,6 +273,9 @@ class LatentDiffusionPipeline:
         strength = check_strength(strength, steps) if init is not None else None
         self.check_sampling(sampler, steps, cfg_rescale, cfg, strength, **sampler_settings)  # NaN cfg: black images
         cfg = None if cfg is None else real_number(cfg, "the guidance scale cfg (--cfg)")
+        if cfg is not None and self.guidance_scale(cfg) is None:
+            warnings.warn("cfg (--cfg) has no effect: this model is unconditional (no class or prompt to guide by)",
+                          stacklevel=2)
         negative_prompt = "" if negative_prompt is None else negative_prompt  # None: no negative prompt
         if negative_prompt and not self.takes_text:
             raise UserError("a negative prompt needs a text-to-image model; this one takes no prompt")
@@ -317,7 +314,8 @@ class LatentDiffusionPipeline:
         progress: Callable[[int], None] | None = None,
         **sampler_settings: Any,
     ) -> list[Image.Image]:
-        """Generate images; returns PIL images in order (image k has seed `seed + k`).
+        """Generate images; returns PIL images in order (image k has seed `seed + k`): `n` of each
+        class in `classes`, else `n` spread over all classes (`plan` says how).
 
         `cfg` None takes 7.5 for text-to-image models and 2.0 for class-conditional ones.
         `sampler_settings`: the sampler's own options, e.g. `eta=0.5` for ddim (`generate_latents`).

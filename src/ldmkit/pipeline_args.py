@@ -20,6 +20,19 @@ from ldmkit.errors import UserError
 from ldmkit.models import UNet
 
 
+DEFAULT_STRENGTH = 0.75  # img2img; inpainting redraws its masked part from noise (strength 1)
+TEXT_ENCODER_LAYOUT = (
+    "a diffusers pipeline folder with text_encoder/ (config.json, model.safetensors) and tokenizer/ "
+    "(vocab.json, merges.txt), or a file made by `ldm convert` from one (or from a CompVis checkpoint "
+    "with --tokenizer DIR)"
+)
+
+
+def default_strength(masked: bool) -> float:
+    """The strength a start image gets when none is given: 1 with a mask, else DEFAULT_STRENGTH."""
+    return 1.0 if masked else DEFAULT_STRENGTH
+
+
 def whole_number(value: Any, what: str) -> int:
     """`value` as an int (numpy's integers too), or a `UserError` naming `what`: `2.5` images or a
     seed of `True` are mistakes, not numbers to round."""

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cfg is not None and pipe.guidance_scale(args.cfg) is None:
         print("ldm generate: warning: --cfg has no effect: this model is unconditional (no class or prompt to "
               "guide by)", file=sys.stderr)
+        sampling["cfg"] = None  # said once, here, before any work (the pipeline would say it again)
     names = [sample_filename(k, seed, c if c >= 0 else None) for k, (seed, c) in enumerate(zip(seeds, labels))]
     grid_path = Path(args.grid) if args.grid else out / GRID_FILE
     writes_grid = args.grid is not None or len(names) <= GRID_MAX_IMAGES

@@ -179,8 +179,9 @@ def _override(bundle: ModelBundle, options: dict[str, Any], allowed: tuple[str, 
     given = sorted(k for k, v in options.items() if v is not None and k not in allowed)
     unknown = [k for k in given if k not in COMPVIS_OPTIONS]
     if unknown:
+        only_compvis = [k for k in COMPVIS_OPTIONS if k not in allowed]  # each option named once
         raise UserError(f"unknown loading option {', '.join(unknown)}; the options are {', '.join(allowed)} and, for "
-                        f"CompVis single-file checkpoints, {', '.join(COMPVIS_OPTIONS)}")
+                        f"CompVis single-file checkpoints, {', '.join(only_compvis)}")
     if given:
         verb = "applies" if len(given) == 1 else "apply"
         raise UserError(f"{', '.join(given)} {verb} only to CompVis single-file checkpoints, not {bundle.source}")

@@ -20,6 +20,7 @@ class LatentDiffusionModel(nn.Module):
     `model(x, latent, timesteps=None)`:
       x: `[B, input_channels, H, W]`; latent: `[B, latent_dim]`; timesteps: `[B]` or scalar,
       discrete indices in [0, T). Returns a tensor with the shape of `x`.
+      With `latent_dim=None` the model has no vector conditioning: pass `latent=None`.
 
     Omitting `timesteps` means t = 0 for every sample: the nearly clean end of the diffusion
     process (the network then acts as a conditioned refiner of an almost noise-free input).
@@ -40,7 +41,7 @@ class LatentDiffusionModel(nn.Module):
     def __init__(
         self,
         input_channels: int = 3,
-        latent_dim: int = 512,
+        latent_dim: int | None = 512,
         image_size: int | tuple[int, int] = (64, 64),
         num_heads: int = 4,
         *,
@@ -57,6 +58,11 @@ class LatentDiffusionModel(nn.Module):
                 isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in size):
             raise UserError(f"image_size must be a positive int or (height, width) of ints, got {image_size!r}")
         size = tuple(size)
+        for name, value in (("input_channels", input_channels), ("latent_dim", latent_dim), ("num_heads", num_heads)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1) and not (
+                    name == "latent_dim" and value is None):  # checked here, so errors name the seed's arguments
+                allowed = "a positive int or None" if name == "latent_dim" else "a positive int"
+                raise UserError(f"{name} must be {allowed}, got {value!r}")
         self.image_size = size
         self.input_channels, self.latent_dim = input_channels, latent_dim
         attention_levels = tuple(
@@ -82,7 +88,23 @@ class LatentDiffusionModel(nn.Module):
     def forward(
         self, x: torch.Tensor, latent: torch.Tensor, timesteps: torch.Tensor | float | None = None
     ) -> torch.Tensor:
+        """`x` `[B, input_channels, H, W]`, `latent` `[B, latent_dim]` (None when latent_dim is None),
+        `timesteps` a scalar or `[B]` of indices in [0, T) (None: t = 0) -> the shape of `x`."""
         # x: [B, C, H, W], latent: [B, latent_dim], timesteps: [B] -> [B, C, H, W]
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise UserError(f"x must be a tensor of shape [B, {self.input_channels}, H, W], got "
+                            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        batch = x.shape[0]
+        if self.latent_dim is None:
+            if latent is not None:
+                raise UserError("latent given, but this model was built with latent_dim=None (no vector conditioning)")
+        elif not isinstance(latent, torch.Tensor) or tuple(latent.shape) != (batch, self.latent_dim):
+            got = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
+            raise UserError(f"latent must be a tensor of shape [{batch}, {self.latent_dim}] (batch, latent_dim), "
+                            f"got {got}")
         if timesteps is None:
-            timesteps = torch.zeros(x.shape[0], device=x.device)
+            timesteps = torch.zeros(batch, device=x.device)
+        steps = torch.as_tensor(timesteps)
+        if steps.ndim > 1 or (steps.ndim == 1 and steps.shape[0] != batch):
+            raise UserError(f"timesteps must be a scalar or have shape [{batch}], got {tuple(steps.shape)}")
         return self.unet(x, timesteps, cond=latent)

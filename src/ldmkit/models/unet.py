@@ -172,6 +172,8 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         """The `[B, emb_dim]` vector every ResNet block sees: time + class + cond embeddings."""
         c = self.config
+        if t is None or isinstance(t, bool):
+            raise UserError(f"t (the timesteps) must be a number or a tensor of shape [{batch}], got {t!r}")
         t = torch.as_tensor(t, device=device)
         if t.ndim == 0:
             t = t.expand(batch)
@@ -188,8 +190,10 @@ class UNet(nn.Module):
             if class_labels is None:
                 class_labels = torch.full((batch,), c.num_classes, dtype=torch.long, device=device)
             if (not isinstance(class_labels, torch.Tensor) or class_labels.shape != (batch,)
-                    or class_labels.is_floating_point()):
+                    or class_labels.is_floating_point() or class_labels.is_complex()
+                    or class_labels.dtype == torch.bool):
                 raise UserError(f"class_labels must be an integer tensor of shape [{batch}]")
+            class_labels = class_labels.long()  # uint8 / int16 ids: the embedding takes int64 (or int32)
             if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():  # free here; on a GPU, a sync
                 bad = class_labels[(class_labels < 0) | (class_labels > c.num_classes)]
                 if bad.numel():
@@ -207,6 +211,33 @@ class UNet(nn.Module):
             raise UserError("cond given, but this UNet has no vector conditioning (cond_dim=None)")
         return emb
 
+    def _check_inputs(self, x: torch.Tensor, **others: torch.Tensor | None) -> None:
+        """`UserError` naming the argument for what would fail deep inside as a shape, dtype or
+        device error of some layer (all static properties: no cost, no graph break)."""
+        c, weight = self.config, self.conv_in.weight
+        for name, value in (("x", x), *others.items()):
+            if value is not None and not isinstance(value, torch.Tensor):
+                if name == "class_labels":
+                    continue  # `embedding` says what they must be
+                raise UserError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            if value is not None and value.device != weight.device:
+                raise UserError(f"{name} is on {value.device}, the UNet on {weight.device}: move it there "
+                                f"({name}.to({str(weight.device)!r}))")
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise UserError(f"UNet expects x of shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
+        check_input_dtype(x, weight, "the UNet's input x")
+        context = others.get("context")
+        if c.context_dim is not None:
+            if context is None or context.ndim != 3 or context.shape[-1] != c.context_dim:
+                got = None if context is None else tuple(context.shape)
+                raise UserError(f"this UNet needs context of shape [B, M, {c.context_dim}], got {got}")
+            if context.shape[0] != x.shape[0]:  # one prompt's context for a batch: a reshape error inside
+                raise UserError(f"context has batch {context.shape[0]}, x has {x.shape[0]}: one context per "
+                                f"sample (context.expand({x.shape[0]}, -1, -1) shares one)")
+            check_input_dtype(context, weight, "the UNet's context")
+        elif context is not None:
+            raise UserError("context given, but this UNet has no cross-attention (context_dim=None)")
+
     def forward(
         self,
         x: torch.Tensor,
@@ -216,16 +247,12 @@ class UNet(nn.Module):
         cond: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        c = self.config
-        if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise UserError(f"UNet expects x of shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
-        check_input_dtype(x, self.conv_in.weight, "the UNet's input x")
-        if c.context_dim is not None:
-            if context is None or context.ndim != 3 or context.shape[-1] != c.context_dim:
-                got = None if context is None else tuple(context.shape)
-                raise UserError(f"this UNet needs context of shape [B, M, {c.context_dim}], got {got}")
-        elif context is not None:
-            raise UserError("context given, but this UNet has no cross-attention (context_dim=None)")
+        """Predict from `x` `[B, in_channels, H, W]` at timesteps `t` (a scalar or `[B]`, indices in
+        [0, T)) what the config's training target was (eps, v or x0), of x's shape.
+        `class_labels` `[B]` integer ids (`num_classes`: the null class of guidance; omitted, all
+        null), `cond` `[B, cond_dim]`, `context` `[B, M, context_dim]` (text tokens): each is
+        required exactly when the config has it, and lives on the UNet's device."""
+        self._check_inputs(x, class_labels=class_labels, cond=cond, context=context)
         emb = self.embedding(t, x.shape[0], x.device, class_labels, cond)  # [B, emb_dim]
 
         h = self.conv_in(x)  # [B, C0, H, W]

@@ -65,11 +65,19 @@ class DownSample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_channels(self, x)
         if not self.use_conv:
             return F.avg_pool2d(x, 2)
         if self.padding == 0:
             x = F.pad(x, (0, 1, 0, 1))  # [B, C, H+1, W+1]
         return self.conv(x)  # [B, out_channels, H/2, W/2]
+
+
+def _check_channels(layer: nn.Module, x: torch.Tensor) -> None:
+    """Name the layer and its channels, not a derived kernel's shape the user never made."""
+    if layer.use_conv and (x.ndim != 4 or x.shape[1] != layer.conv.in_channels):
+        raise UserError(f"{type(layer).__name__} expects x of shape [B, {layer.conv.in_channels}, H, W], "
+                        f"got {tuple(x.shape)}")
 
 
 class UpSample(nn.Module):
@@ -91,6 +99,7 @@ class UpSample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        _check_channels(self, x)
         doubled = output_size is None or tuple(output_size) == (2 * x.shape[-2], 2 * x.shape[-1])
         if self.use_conv and doubled:
             # The same function at 0.47x the FLOPs, never materialising the upsampled tensor

@@ -85,6 +85,9 @@ class ResNetBlock(nn.Module):
                 if emb is not None
                 else f"ResNetBlock was built with emb_dim={self.emb_dim}: pass an embedding [B, {self.emb_dim}]"
             )
+        if emb is not None and tuple(emb.shape) != (x.shape[0], self.emb_dim):
+            raise UserError(f"ResNetBlock expects an embedding of shape [{x.shape[0]}, {self.emb_dim}], "
+                            f"got {tuple(emb.shape)}")
         # GroupNorm -> SiLU pairs go through group_norm_silu: Triton kernels in compiled CUDA graphs
         # (nn/norm_silu.py says where), the channels_last form in the rest of compiled inference.
         fused = fused_group_norm_enabled(x)

@@ -1,6 +1,6 @@
 """The `ldm train` engine: VAE stage, latent cache, diffusion stage, checkpoints, torchrun.
 
-Entry point: `run_training(config, out_dir, resume=None)` with a `RunConfig` built from a
+Entry point: `run_training(config, out_dir, *, resume=None)` with a `RunConfig` built from a
 preset (`preset_config("tiny")`) and overridden with `apply_overrides(config, flags)`.
 Artifacts: `load_inference_file(path_or_run_dir)` rebuilds (unet, vae, meta) from
 RUN/model.safetensors; `load_training_state` reads RUN/checkpoint.pt without unpickling code.
