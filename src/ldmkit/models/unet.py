@@ -251,7 +251,9 @@ class UNet(nn.Module):
         [0, T)) what the config's training target was (eps, v or x0), of x's shape.
         `class_labels` `[B]` integer ids (`num_classes`: the null class of guidance; omitted, all
         null), `cond` `[B, cond_dim]`, `context` `[B, M, context_dim]` (text tokens): each is
-        required exactly when the config has it, and lives on the UNet's device."""
+        required exactly when the config has it, and lives on the UNet's device. Class ids are
+        range-checked on the CPU only (on a GPU the check would wait for the device at every call):
+        there an id past `num_classes` is CUDA's device-side assert, which ends the process's CUDA."""
         self._check_inputs(x, class_labels=class_labels, cond=cond, context=context)
         emb = self.embedding(t, x.shape[0], x.device, class_labels, cond)  # [B, emb_dim]
 
