@@ -10,6 +10,7 @@ discriminator's too), and inside a whole-step graph, stood in for by test_step_g
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 from pathlib import Path
@@ -113,6 +114,12 @@ def _two_ranks(tmp_path: Path, *, graph: bool, gan: bool) -> tuple[Path, Path]:
     return data, weights
 
 
+def _vae_terms(run: Path) -> dict[tuple[int, str], float]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return {(row["step"], key): row[key] for row in rows if row.get("stage") == "vae" and "loss" in row
+            for key in ("loss", "rec", "kl") if key in row}
+
+
 @pytest.mark.parametrize("graph", [False, True], ids=["plain", "whole-step-graph"])
 def test_two_gloo_ranks_match_one_process(tmp_path, graph):
     data, weights = _two_ranks(tmp_path, graph=graph, gan=False)
@@ -133,6 +140,11 @@ def test_two_gloo_ranks_match_one_process(tmp_path, graph):
         assert torch.allclose(ddp["unet"][name], tensor, rtol=0, atol=1e-6), name
     for name, tensor in single["vae"].items():
         assert torch.allclose(ddp["vae"][name], tensor, rtol=0, atol=1e-6), name
+    # the VAE's logged loss terms are of the whole global batch, as its loss is (they were rank 0's half)
+    logged = [_vae_terms(tmp_path / run) for run in ("single", "ddp")]
+    assert logged[0].keys() == logged[1].keys() and logged[0]
+    for key, value in logged[0].items():
+        assert value == pytest.approx(logged[1][key], rel=1e-4, abs=1e-6), key
     # the comparison means something only if training moved the weights (from the UNet the
     # run built from its seed)
     torch.manual_seed(single["config"]["seed"])

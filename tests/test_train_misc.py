@@ -114,6 +114,22 @@ def test_rank_slices_cover_the_global_batch():
         per_rank_batch(10, 3)
 
 
+def test_a_batch_that_does_not_split_is_named_by_its_stage_and_flag():
+    """`--batch-size 18` over 3 processes was refused as "batch size 16": the VAE stage's."""
+    from ldmkit.train.distributed import DistInfo
+    from ldmkit.train.run import _check_stages
+
+    config = preset_config("tiny")
+    config.vae.batch_size, config.diffusion.batch_size = 16, 18
+    three = DistInfo(rank=0, local_rank=0, world_size=3, device=torch.device("cpu"))
+    with pytest.raises(UserError, match=r"the VAE stage's batch size \(--set vae.batch_size=N\), 16, is the global"):
+        _check_stages(config, three, trains_vae=True)
+    _check_stages(config, three, trains_vae=False)  # the UNet stage's 18 splits
+    config.diffusion.batch_size = 20
+    with pytest.raises(UserError, match=r"the UNet stage's batch size \(--batch-size\), 20, is the global"):
+        _check_stages(config, three, trains_vae=False)
+
+
 # -- config ---------------------------------------------------------------------------------------
 
 
@@ -338,3 +354,21 @@ def test_a_list_field_given_one_value_is_one_line(key, value):
     with pytest.raises(UserError, match=r"UNetConfig.channel_mult must be a list of whole numbers, got \[1.5\]"):
         UNetConfig(channel_mult=[1.5])
     assert AutoencoderKLConfig(block_channels=[8, 16.0], norm_groups=8).block_channels == (8, 16)  # 16.0 is 16
+
+
+def test_reading_a_folder_leaves_the_global_random_state_alone():
+    """A DataLoader took a draw from torch's global generator when it started: a run resumed in
+    the VAE stage started one more, and with UNet dropout every later mask differed."""
+    from ldmkit.train.image_batches import _loader
+
+    class Items:
+        def __len__(self) -> int:
+            return 4
+
+        def load_uint8(self, index: int) -> tuple[torch.Tensor, int]:
+            return torch.full((3, 2, 2), index, dtype=torch.uint8), index
+
+    state = torch.get_rng_state()
+    batches = list(_loader(Items(), [[0, 1], [2, 3]], torch.device("cpu"), num_workers=0))
+    assert [labels.tolist() for _, labels in batches] == [[0, 1], [2, 3]]
+    assert torch.equal(torch.get_rng_state(), state)

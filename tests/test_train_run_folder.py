@@ -87,6 +87,12 @@ def test_a_second_train_into_a_folder_in_use_is_refused(data, run, capsys):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
+        # what a writer killed mid-save leaves (up to gigabytes): removed by the next run to take the lock
+        partial = [run / ".checkpoint.pt.4242.0123abcd.tmp", run / "samples" / ".step_000002.png.4242.89abcdef.tmp"]
+        (run / "samples").mkdir(exist_ok=True)
+        for path in partial:
+            path.write_bytes(b"partial")
+        (run / ".notes.tmp").write_text("a user's own file")
         before = files(run)
         status = main(["train", *QUICK, "--data", str(data), "--out", str(run)])
         err = capsys.readouterr().err
@@ -102,6 +108,7 @@ def test_a_second_train_into_a_folder_in_use_is_refused(data, run, capsys):
     run_training(config(data, steps=STEPS + 1), run)
     assert load_inference_file(run)[2]["step"] == STEPS + 1
     assert not (run / LOCK_NAME).exists()  # removed at the end of a run
+    assert not any(path.exists() for path in partial) and (run / ".notes.tmp").exists()
 
 
 def test_a_refused_run_leaves_no_folder_for_its_lock(data, tmp_path):

@@ -42,3 +42,31 @@ def test_an_unreadable_checkpoint_is_one_whole_line(tmp_path, damage):
     message = str(err.value)
     assert "\n" not in message and reason in message, message
     assert message.endswith("); restore a copy, or start over in a new --out folder"), message
+
+
+def test_a_lost_torchrun_process_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
+    """A collective failing because another rank died printed ~35 lines of gloo traceback on every
+    surviving rank, burying the dead rank's own error above it."""
+    import ldmkit.train.run as run_module
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:4242\nException raised from ...")
+
+    monkeypatch.setattr(run_module, "train_run", lost)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--data", "emoji", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"ldm train (rank 1 of 2): error: lost contact with another process of this torchrun job "
+        f"([../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4242); its "
+        f"own error, if it had one, is above. What was saved in {tmp_path / 'run'} is kept: run the same command "
+        f"again to resume"]
+    monkeypatch.setattr(run_module, "train_run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error keeps its traceback
+        main(["train", "--data", "emoji", "--out", str(tmp_path / "run")])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(run_module, "train_run", lost)
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):  # one process: not a lost peer
+        main(["train", "--data", "emoji", "--out", str(tmp_path / "run")])

@@ -7,8 +7,10 @@ power cut. Used for checkpoints, model files and images alike.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import IO, Callable
@@ -42,6 +44,22 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+TEMPORARY_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # what `atomic_save` writes before its swap
+
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    """Delete the temporary files `atomic_save` left in `folder` (a writer killed mid-save: a
+    partial checkpoint of up to gigabytes that nothing else would ever remove). Only for a folder
+    whose writers are known to be gone, e.g. a run folder under its lock. Returns what it removed."""
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        if TEMPORARY_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> Path:
     """Replace `path` by what `write_path(tmp)` writes to a temporary path beside it.
 
@@ -53,7 +71,7 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # the folder's name is taken by a file: say that, not "File exists"
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # TEMPORARY_NAME
     try:
         write_path(tmp)
         # The usual mode, as `open` would give: safetensors' save_file makes its files 0600

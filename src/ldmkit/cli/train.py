@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ldmkit.errors import UserError
@@ -83,6 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ldmkit.train.distributed import lost_another_process
     from ldmkit.train.run import train_run
 
     config = config_from_args(args)
@@ -92,7 +94,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    outcome = train_run(config, out, resume=True if args.resume else None)  # None: continue if RUN has a checkpoint
+    try:
+        outcome = train_run(config, out, resume=True if args.resume else None)  # None: continue if RUN has one
+    except Exception as err:
+        if not lost_another_process(err):
+            raise
+        from . import _which_process
+
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"ldm train{_which_process()}: error: lost contact with another process of this torchrun job "
+              f"({reason[:200]}); its own error, if it had one, is above. What was saved in {out} is kept: run the "
+              "same command again to resume", file=sys.stderr)
+        return 1
     return outcome.exit_status  # 130 / 143 after a signal's stop, so `ldm train ... && ...` goes no further
 
 

@@ -64,13 +64,15 @@ def rank_slice(global_batch: torch.Tensor, rank: int, world_size: int) -> torch.
     return global_batch[rank * per_rank : (rank + 1) * per_rank]
 
 
-def per_rank_batch(batch_size: int, world_size: int) -> int:
-    """The per-process batch, or a UserError if the global batch cannot be split evenly."""
+VAE_BATCH = "the VAE stage's batch size (--set vae.batch_size=N)"
+DIFFUSION_BATCH = "the UNet stage's batch size (--batch-size)"
+
+
+def per_rank_batch(batch_size: int, world_size: int, what: str = DIFFUSION_BATCH) -> int:
+    """The per-process batch, or a UserError naming `what` (which stage's, which flag sets it) if
+    the global batch cannot be split evenly."""
     if batch_size % world_size != 0:
-        raise UserError(
-            f"batch size {batch_size} is the global batch and must divide evenly over "
-            f"{world_size} processes"
-        )
+        raise UserError(f"{what}, {batch_size}, is the global batch and must divide evenly over {world_size} processes")
     return batch_size // world_size
 
 

@@ -58,7 +58,7 @@ class DiffusionTrainer:
         self.vae = vae.to(device).eval()
         self.schedule = make_schedule(self.cfg)
         self.num_classes = unet.config.num_classes
-        if self.num_classes and self.cfg.cond_drop == 0:  # the null class's embedding stays as initialised
+        if self.num_classes and self.cfg.cond_drop == 0 and self.dist.is_main:  # the null class stays as initialised
             warnings.warn("--cond-drop 0: the unconditional side of classifier-free guidance is never trained, so "
                           "guided samples are not meaningful; generate with --cfg 1 (the preview grids do)",
                           stacklevel=2)

@@ -115,3 +115,18 @@ def cleanup(finished: bool = False) -> None:
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+
+
+# What a collective raises when another process of the job died (killed, out of memory, its own
+# error): gloo's transport ("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer") and
+# torch's DistError family (NCCL, the store). Each surviving rank printed ~35 lines of it.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport")
+
+
+def lost_another_process(err: BaseException) -> bool:
+    """Whether `err` is a collective failing because another process of a torchrun job is gone."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(err, RuntimeError) and any(sign in str(err) for sign in _PEER_GONE)

@@ -49,6 +49,9 @@ def _loader(dataset: object, batch_sampler: object, device: torch.device, num_wo
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
+        # Its own generator: each DataLoader started took a draw from torch's global one, so a run
+        # resumed in the VAE stage (one more loader started) drew other dropout masks afterwards.
+        generator=torch.Generator().manual_seed(0),
     )
 
 

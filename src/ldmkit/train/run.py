@@ -32,7 +32,7 @@ from ldmkit.atomic import atomic_write_text
 from ldmkit.data import load_image_dataset
 from ldmkit.errors import UserError
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
-from ldmkit.train.batches import per_rank_batch
+from ldmkit.train.batches import VAE_BATCH, per_rank_batch
 from ldmkit.run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_FILE, VAE_FILE
 from ldmkit.train.checkpoint import load_training_state, save_training_state
 from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, validate
@@ -123,7 +123,7 @@ def _check_stages(config: RunConfig, dist: DistInfo, trains_vae: bool) -> None:
     run folder confuses `ldm info` and later runs): precision on this device, batch splits."""
     Precision(config.precision, dist.device)
     if trains_vae:
-        per_rank_batch(config.vae.batch_size, dist.world_size)
+        per_rank_batch(config.vae.batch_size, dist.world_size, VAE_BATCH)
     if config.stage != "vae":
         per_rank_batch(config.diffusion.batch_size, dist.world_size)
 

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from ldmkit.atomic import remove_temporary_files
 from ldmkit.errors import UserError
 from ldmkit.train.distributed import DistInfo, broadcast_object
 
@@ -91,6 +92,8 @@ def locked_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     fd = None
     try:
         fd = _lock(path)
+        for folder in (run_dir, run_dir / "samples"):  # the lock says no writer of these is alive
+            remove_temporary_files(folder)
         yield
     finally:
         if fd is not None:

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from ldmkit.models import AutoencoderKL
-from ldmkit.train.batches import IndexStream, per_rank_batch
+from ldmkit.train.batches import VAE_BATCH, IndexStream, per_rank_batch
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.discriminator import PatchDiscriminator, adaptive_gan_weight, generator_loss, hinge_d_loss
-from ldmkit.train.distributed import all_reduce_sum
+from ldmkit.train.distributed import all_reduce_mean, all_reduce_sum
 from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
@@ -90,7 +90,7 @@ class VAETrainer:
     def __init__(self, vae: AutoencoderKL, dataset: Any, ctx: StageContext) -> None:
         self.ctx, self.cfg, self.run, self.dist = ctx, ctx.config.vae, ctx.config, ctx.dist
         device = self.device = self.dist.device
-        per_rank_batch(self.cfg.batch_size, self.dist.world_size)
+        per_rank_batch(self.cfg.batch_size, self.dist.world_size, VAE_BATCH)
         self.vae, self.dataset = weights_for_training(vae.to(device).train(), self.run, self.dist), dataset
         self.params = list(vae.parameters())  # listed once: walking the module tree costs host time every step
         self.precision = Precision(self.run.precision, device)
@@ -203,6 +203,16 @@ class VAETrainer:
         self.offset += B
         return {"lr": lr, **out}
 
+    def _mean_over_ranks(self, out: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """The step's loss terms over the whole global batch, as the loss is: each rank's are
+        of its own share (every rank logs at the same step, so the one collective is safe)."""
+        names = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        metrics = {k: v for k, v in out.items() if k not in names}
+        if names:
+            terms = torch.stack([out[k].detach().float().reshape(()) for k in names])
+            metrics.update(zip(names, all_reduce_mean(terms, self.dist).tolist()))
+        return metrics
+
     def _captured_step(self, images: torch.Tensor, eps: torch.Tensor) -> list[torch.Tensor]:
         out = self._autoencoder_step(images, eps, gan_on=False)
         return [out[k] for k in CAPTURED_RESULTS]
@@ -285,7 +295,7 @@ class VAETrainer:
                 losses += self.guard.settle(self.step, self.last_saved)
                 if self.step % run.log_every == 0 or self.step == cfg.steps:
                     rate = len(losses) * cfg.batch_size / max(time.perf_counter() - timer, 1e-9)
-                    metrics = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+                    metrics = self._mean_over_ranks(out)
                     metrics.update(loss=sum(losses) / len(losses), img_per_s=rate)
                     if self.guard.skipped:
                         metrics["skipped"] = self.guard.skipped
