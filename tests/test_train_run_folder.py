@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from ldmkit.cli import main
 from ldmkit.errors import UserError
@@ -156,3 +157,25 @@ def test_a_finished_run_in_a_folder_this_user_cannot_write(data, run, capsys, mo
     with pytest.raises(UserError, match=r"is not writable, and ldm train writes its checkpoints, model and log "
                                         r"there: give another --out, or make it writable"):
         train_run(config(data, steps=STEPS + 1), run)
+
+
+def test_a_model_older_than_the_finished_checkpoint_is_exported_again(data, run, capsys):
+    """The checkpoint is written before the model: a run killed (or out of disk) during its last
+    export was "already trained ... nothing to do" with the model of the step before."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = run / "model.safetensors"
+    with safe_open(str(model), framework="pt") as f:
+        final = {k: f.get_tensor(k) for k in f.keys()}
+    with safe_open(str(model), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(model), metadata={**metadata, "step": json.dumps(STEPS - 1)})  # the last export cut
+    capsys.readouterr()
+    assert train_run(config(data), run).exit_status == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert load_inference_file(run)[2]["step"] == STEPS
+    with safe_open(str(model), framework="pt") as f:  # the same weights (the metadata's order may differ)
+        assert all(torch.equal(f.get_tensor(k), tensor) for k, tensor in final.items())

@@ -39,7 +39,7 @@ from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, vali
 from ldmkit.train.context import StageContext
 from ldmkit.train.diffusion_stage import DiffusionTrainer
 from ldmkit.train.distributed import DistInfo, barrier, cleanup, seed_everything, setup_distributed
-from ldmkit.train.inference_file import load_inference_file, save_inference_file
+from ldmkit.train.inference_file import load_inference_file, read_inference_metadata, save_inference_file
 from ldmkit.train.latent_cache import load_or_build_latents
 from ldmkit.train.previews import save_reconstructions
 from ldmkit.train.resume_settings import check_same_classes, settle_resumed_settings
@@ -138,10 +138,20 @@ def _nothing_to_do(state: dict[str, Any], config: RunConfig, out_dir: Path) -> s
             return f"{out_dir} has finished its VAE stage: nothing to do; train the UNet with --stage diffusion"
         return None
     steps = config.diffusion.steps
-    if state["stage"] == "diffusion" and state["step"] >= steps and (out_dir / MODEL_FILE).is_file():
+    if state["stage"] == "diffusion" and state["step"] >= steps and _model_step(out_dir) == state["step"]:
         return (f"{out_dir} is already trained to step {state['step']} (--steps {steps}): nothing to do; "
                 "raise --steps to train further")
     return None
+
+
+def _model_step(out_dir: Path) -> int | None:
+    """The step RUN's model file was exported at (None: no readable model). The checkpoint is
+    written first: a run stopped (killed, disk full) during the last export has a checkpoint at
+    its last step beside the model of the step before, which a rerun must export again."""
+    try:
+        return int(read_inference_metadata(out_dir / MODEL_FILE).get("step", -1))
+    except (UserError, OSError, ValueError, TypeError):
+        return None
 
 
 def _state_to_resume(out_dir: Path, resume: bool | None) -> dict[str, Any] | None:
