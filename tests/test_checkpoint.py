@@ -56,6 +56,38 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+def test_a_full_disk_is_an_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    """torch.save into the file turned ENOSPC into a RuntimeError from its zip writer ("unexpected
+    pos"), printed as a traceback; and an error without a file name named none."""
+    import errno
+
+    import ldmkit.atomic
+
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save_training_state(path, _state(1.0))
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs) -> None:
+            self.file = open(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.file.close()
+
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ldmkit.atomic, "open", FullDisk, raising=False)
+    with pytest.raises(OSError) as caught:
+        ckpt.save_training_state(path, _state(2.0))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(path))
+    monkeypatch.undo()
+    assert torch.equal(ckpt.load_training_state(path)["model"]["w"], torch.full((3, 4), 1.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 def test_crash_at_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     ckpt.save_training_state(path, _state(1.0))

@@ -81,12 +81,16 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        if err.errno is not None and err.filename in (str(tmp), tmp):  # the caller never named the temporary file
+        with contextlib.suppress(OSError):  # a read-only place refuses this too: the first error is the one
+            tmp.unlink(missing_ok=True)
+        # Named by the file the caller asked for: not the temporary one, and not nothing (a full disk
+        # said "No space left on device" without a file).
+        if err.errno is not None and err.filename in (str(tmp), tmp, None):
             raise type(err)(err.errno, err.strerror, str(path)) from None
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
     return path

@@ -10,6 +10,7 @@ checkpoint never runs code from the file.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     `load_training_state` can tell an ldmkit checkpoint from any other pickle.
     """
     tagged = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    atomic_write(path, lambda f: torch.save(tagged, f))
+    # Serialised in memory, then written: torch.save into the file turned a full disk into a
+    # RuntimeError from its zip writer ("unexpected pos ..."), a traceback instead of one line.
+    buffer = io.BytesIO()
+    torch.save(tagged, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
