@@ -73,3 +73,34 @@ def test_inception_weights_choose_inception_features_or_are_refused(model_file, 
     assert f"Inception weights not found at {tmp_path / 'nope.pth'}" in capsys.readouterr().err
     assert main([*args, "--features", "efficientnet"]) == 2
     assert "--inception-weights is for --features inception, not efficientnet" in capsys.readouterr().err
+
+
+def test_the_report_and_classifier_replace_only_their_own_kind(model_file, tmp_path, capsys):  # noqa: F811
+    """--out and --train-classifier's file wrote over anything: a run's model (which then could not
+    generate), its checkpoint, a user's picture. Refused before any work; an earlier report or
+    classifier is replaced as before."""
+    from ldmkit.cli.eval_destinations import check_classifier_destination, report_path
+
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(model_file.read_bytes())
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 a checkpoint")
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (4, 4)).save(picture)
+    for flags, message in (
+            (["--out", str(run / "model.safetensors")], "is a file of the run in"),
+            (["--out", str(picture)], "exists and is not an earlier report"),
+            (["--out", str(tmp_path / "r.json"), "--classifier", str(run / "checkpoint.pt")], "is a file of the run"),
+            (["--out", str(tmp_path / "r.json"), "--classifier", str(picture)], "is not an earlier classifier")):
+        assert main(["eval", "--model", str(model_file), "--data", str(data), *QUICK, *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == model_file.read_bytes()
+    assert (run / "checkpoint.pt").read_bytes() == b"PK\x03\x04 a checkpoint" and Image.open(picture).size == (4, 4)
+    assert not (tmp_path / "r.json").exists()
+
+    (tmp_path / "old.json").write_text('{"results": [], "features": "classifier"}')
+    assert report_path(str(tmp_path / "old.json")) == tmp_path / "old.json"  # an earlier report: replaced
+    assert main(["eval", "--model", str(model_file), "--data", str(data), *QUICK, "--n", "6",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    check_classifier_destination(tmp_path / "classifier.safetensors")  # the classifier it trained: replaced

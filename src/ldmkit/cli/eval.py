@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import bundled_names
 
+from .eval_destinations import check_classifier_destination, report_path
 from .help_format import DefaultsHelpFormatter
 
 
@@ -252,23 +252,6 @@ def _feature_name(args: argparse.Namespace) -> str:
     raise UserError(f"--inception-weights is for --features inception, not {args.features}: drop one of them")
 
 
-def _report_path(path: str) -> Path:
-    """--out, checked and its folder made before any work (not after an hour of it)."""
-    out = Path(path)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give the report's file name (e.g. {out / 'report.json'})")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot make the folder of --out {out}: {err.strerror or err}") from None
-    try:  # the report is written beside its name and moved over it (atomic_write_text): try that folder now
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as err:
-        raise UserError(f"cannot write the report into {out.parent} ({err.strerror or err}): give another --out") \
-            from None
-    return out
-
-
 def _check_arguments(args: argparse.Namespace) -> None:
     """The mistakes the flags alone show."""
     if args.model is None and args.samples is None:
@@ -358,7 +341,9 @@ def run(args: argparse.Namespace) -> int:
     from ldmkit.eval.real_data import listed_class_names, warn_missing_test_classes
 
     _check_arguments(args)
-    out = _report_path(args.out)
+    out = report_path(args.out)
+    if args.train_classifier:
+        check_classifier_destination(_classifier_path(args))
     device = resolve_device(args.device)
     pipe = _pipeline(args, device)
     image_size = pipe.image_size if pipe else args.image_size
