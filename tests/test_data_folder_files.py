@@ -104,3 +104,30 @@ def test_large_images_are_named_with_their_size(tmp_path: Path, monkeypatch) -> 
         "it is read, which is slow; shrinking them would speed up training.",
     ]
     assert "bomb.png" not in {Path(f).name for f in dataset.files}
+
+
+def test_a_folder_gone_mid_run_is_one_user_error_also_from_a_worker(tmp_path: Path) -> None:
+    """Every image gone (the data folder removed during training) was a RuntimeError, and from a
+    DataLoader worker the worker's whole traceback came inside the message."""
+    import shutil
+
+    import torch
+
+    from ldmkit.train.distributed import DistInfo
+    from ldmkit.train.batches import IndexStream
+    from ldmkit.train.image_batches import training_batches
+
+    for k in range(3):
+        rgb_file(tmp_path / "data" / "train" / "a" / f"{k}.png", (200, 10, 10))
+    dataset, _ = load_quietly(tmp_path / "data", "train", image_size=4)
+    shutil.rmtree(tmp_path / "data")
+    one = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    for workers in (0, 1):
+        batches = training_batches(dataset, stream=IndexStream(len(dataset), 0), offset=0, batch_size=2, dist=one,
+                                   num_workers=workers)
+        with pytest.warns(UserWarning) if workers == 0 else warnings.catch_warnings():
+            with pytest.raises(UserError) as caught:
+                next(batches)
+        message = str(caught.value)
+        assert "could not be read" in message and "is the data still there?" in message, message
+        assert "Traceback" not in message and "\n" not in message, message

@@ -90,3 +90,27 @@ def test_an_older_untagged_grid_of_the_folders_own_job_is_written_again(model_fi
     assert Image.open(out / "grid.png").info.get("Software") is None
     assert generate(model_file, out) == 0
     assert Image.open(out / "grid.png").info.get("Software") == "ldmkit generate grid"
+
+
+def test_a_users_samples_json_is_not_replaced_and_dead_writers_files_are_removed(model_file, tmp_path, capsys):  # noqa: F811
+    """A folder with a user's samples.json and no PNGs had it replaced by the job's description; a
+    job killed mid-write left a hidden partial PNG that no later job removed."""
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "samples.json").write_text('{"my": "notes"}')
+    assert generate(model_file, project) == 2
+    assert "samples.json is not a file ldm generate wrote" in capsys.readouterr().err
+    assert (project / "samples.json").read_text() == '{"my": "notes"}'
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = out / f".00000_seed0_class0.png.{ended.stdout.strip()}.0123abcd.tmp"
+    partial.write_bytes(b"\x89PNG half")
+    alive = out / ".00001_seed1_class1.png.1.89abcdef.tmp"  # pid 1 lives: a writer still at work
+    alive.write_bytes(b"")
+    assert generate(model_file, out) == 0
+    assert not partial.exists() and alive.exists()

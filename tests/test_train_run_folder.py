@@ -179,3 +179,34 @@ def test_a_model_older_than_the_finished_checkpoint_is_exported_again(data, run,
     assert load_inference_file(run)[2]["step"] == STEPS
     with safe_open(str(model), framework="pt") as f:  # the same weights (the metadata's order may differ)
         assert all(torch.equal(f.get_tensor(k), tensor) for k, tensor in final.items())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+def test_data_loading_workers_do_not_hold_the_run_lock(tmp_path):
+    """Forked workers inherited the lock's descriptor: a run killed with -9 kept its folder locked
+    for seconds, and the rerun was refused in the name of a dead pid."""
+    import os
+
+    import torch
+
+    from ldmkit.train.image_batches import _loader
+    from ldmkit.train.run_lock import _holder, locked_run_folder
+
+    class Items:
+        def __len__(self) -> int:
+            return 4
+
+        def load_uint8(self, index: int):
+            return torch.zeros((3, 2, 2), dtype=torch.uint8), index
+
+    run = tmp_path / "run"
+    with locked_run_folder(run):
+        batches = iter(_loader(Items(), [[0, 1], [2, 3]], torch.device("cpu"), num_workers=1))
+        next(batches)
+        worker = batches._workers[0].pid
+        opened = {os.readlink(f"/proc/{worker}/fd/{n}") for n in os.listdir(f"/proc/{worker}/fd")}
+        assert str(run / LOCK_NAME) not in opened
+        del batches
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "lock").write_text(f"{ended.stdout.strip()} {__import__('socket').gethostname()}\n")
+    assert "which has ended" in _holder(tmp_path / "lock")

@@ -44,16 +44,27 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-TEMPORARY_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # what `atomic_save` writes before its swap
+TEMPORARY_NAME = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # what `atomic_save` writes before its swap
+
+
+def _process_ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process
+        return False
+    return False
 
 
 def remove_temporary_files(folder: Path) -> list[Path]:
-    """Delete the temporary files `atomic_save` left in `folder` (a writer killed mid-save: a
-    partial checkpoint of up to gigabytes that nothing else would ever remove). Only for a folder
-    whose writers are known to be gone, e.g. a run folder under its lock. Returns what it removed."""
+    """Delete the temporary files `atomic_save` left in `folder` whose writing process has ended
+    (killed mid-save: a partial checkpoint of up to gigabytes that nothing else would remove; a
+    live writer's are left alone). Returns what it removed."""
     removed = []
     for path in folder.glob(".*.tmp"):
-        if TEMPORARY_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+        named = TEMPORARY_NAME.fullmatch(path.name)
+        if named and _process_ended(int(named.group(1))) and path.is_file() and not path.is_symlink():
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed.append(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ldmkit.atomic import remove_temporary_files
 from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     check_inputs_not_written([*(out / name for name in names), *([grid_path] if writes_grid else [])],
                              {"--init-image": args.init_image, "--mask": args.mask, "--model": args.model})
     make_folder(out, "--out")
+    remove_temporary_files(out)  # what an earlier job killed mid-write left (its process has ended)
     if args.grid is not None:
         make_folder(Path(args.grid).parent, "--grid")
     kept = {k for k, name in enumerate(names) if args.skip_existing and readable_png(out / name)}

@@ -101,6 +101,12 @@ def check_no_other_job(out: Path, names: list[str], class_names: list[str], sett
     earlier, larger --n) are its own and may stay; PNGs with no `samples.json` (made by an older
     ldmkit) only where this job replaces them all."""
     out = real(out)  # "nosuch/../photos" is photos/ once nosuch is made
+    if (out / SAMPLES_FILE).is_file():  # the job writes its own there: a user's file of that name is not replaced
+        try:
+            read_samples_info(out)
+        except UserError:
+            raise UserError(f"{out / SAMPLES_FILE} is not a file ldm generate wrote, and a job writes its own there: "
+                            "give another --out, or move that file") from None
     existing = [path.name for path in sample_paths(out)] if out.is_dir() else []
     if not existing:
         return

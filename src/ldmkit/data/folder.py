@@ -81,8 +81,10 @@ class FolderImageDataset(ImageDataset):
                     self._reported.add(candidate)
                     warnings.warn(f"Could not decode '{self.files[candidate]}' ({exc}); "
                                   "using another image in its place.", stacklevel=2)
-        raise RuntimeError(f"{min(tried, _MAX_SUBSTITUTIONS)} images from index {index} of {self.source} could not "
-                           f"be decoded; last error: {error}")
+        # Whole folders unreadable (removed, unmounted mid-run): a run's last checkpoint is kept.
+        raise UserError(f"{min(tried, _MAX_SUBSTITUTIONS)} images from index {index} of {self.source} could not be "
+                        f"read (last error: {error}); is the data still there? A training run keeps its last "
+                        "checkpoint: the same command resumes once the images are back")
 
     def as_label_tensor(self) -> torch.Tensor:
         return torch.tensor(self.labels, dtype=torch.int64)  # no need to decode for labels

@@ -13,8 +13,10 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ldmkit.errors import UserError
 from ldmkit.train.batches import IndexStream, StreamBatchSampler, rank_slice, to_device_without_sync
 from ldmkit.train.distributed import DistInfo
+from ldmkit.train.run_lock import close_inherited_locks
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -52,6 +54,7 @@ def _loader(dataset: object, batch_sampler: object, device: torch.device, num_wo
         # Its own generator: each DataLoader started took a draw from torch's global one, so a run
         # resumed in the VAE stage (one more loader started) drew other dropout masks afterwards.
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=close_inherited_locks if num_workers > 0 else None,
     )
 
 
@@ -76,8 +79,20 @@ def training_batches(
             yield to_float_images(images[idx]), labels[idx]
     sampler = StreamBatchSampler(stream, offset=offset, batch_size=batch_size, rank=dist.rank,
                                  world_size=dist.world_size)
-    for images, labels in _loader(dataset, sampler, device, num_workers):
+    for images, labels in _worker_errors_as_raised(_loader(dataset, sampler, device, num_workers)):
         yield to_float_images(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
+
+
+def _worker_errors_as_raised(loader: DataLoader) -> Iterator:
+    """The loader's batches; a `UserError` a worker raised as its message alone (DataLoader raises
+    it again with the worker's whole traceback in the message, which `ldm` would print)."""
+    try:
+        yield from loader
+    except UserError as err:
+        text = str(err)
+        if text.startswith("Caught UserError"):
+            text = text.rsplit("UserError: ", 1)[-1].strip()
+        raise UserError(text) from None
 
 
 def ordered_batches(
@@ -97,5 +112,5 @@ def ordered_batches(
             yield to_float_images(all_images[idx].to(device)), all_labels[idx].to(device)
         return
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    for images, labels in _loader(dataset, chunks, device, num_workers):
+    for images, labels in _worker_errors_as_raised(_loader(dataset, chunks, device, num_workers)):
         yield to_float_images(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)

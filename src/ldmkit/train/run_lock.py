@@ -38,6 +38,29 @@ LOCK_NAME = "train.lock"
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
+_held: set[int] = set()  # this process's lock descriptors, which its forked workers inherit
+
+
+def close_inherited_locks(worker_id: int = 0) -> None:
+    """A forked DataLoader worker's `worker_init_fn`: close its copies of the run lock's descriptor,
+    which kept the lock held for seconds after the run itself was killed (a rerun was refused,
+    naming a dead pid). Closing a copy releases nothing while the run lives; the run's own stays."""
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def _holder(path: Path) -> str:
     """' (pid N)' (' (pid N on HOST)' from another machine) as the lock's holder wrote it, or ''."""
     try:
@@ -46,7 +69,11 @@ def _holder(path: Path) -> str:
         return ""
     if not pid.isdigit():  # written just now and not yet filled in
         return ""
-    return f" (pid {pid} on {host})" if host and host != socket.gethostname() else f" (pid {pid})"
+    if host and host != socket.gethostname():
+        return f" (pid {pid} on {host})"
+    if not _alive(int(pid)):  # its child processes (data loading workers) still hold it, for seconds
+        return f" (pid {pid}, which has ended; the processes it started still hold the lock: try again shortly)"
+    return f" (pid {pid})"
 
 
 def _lock(path: Path) -> int | None:
@@ -74,6 +101,7 @@ def _lock(path: Path) -> int | None:
         if same:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            _held.add(fd)
             return fd
         os.close(fd)
 
@@ -99,6 +127,7 @@ def locked_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         if fd is not None:
             with contextlib.suppress(OSError):
                 path.unlink()  # while still locked: after the close it could be another run's lock file
+            _held.discard(fd)
             os.close(fd)
         for folder in made:
             try:
