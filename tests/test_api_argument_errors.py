@@ -108,3 +108,28 @@ def test_classes_as_a_tensor_of_ids(tmp_path):
     assert pipe.plan(1, torch.tensor([1, 2]), 0) == ([0, 1], [1, 2])  # 0-d tensors matched no id
     assert pipe.plan(2, torch.tensor(3), 0) == ([0, 1], [3, 3])  # iterating a 0-d tensor was a TypeError
     assert pipe.plan(1, np.array(2), 0) == ([0], [2])
+
+
+def test_the_cfg_warning_names_the_callers_line_and_eval_does_not_raise_it(unconditional_pipe, tmp_path, capsys):
+    """A fixed stacklevel named torch's no_grad wrapper; `ldm eval`'s default --cfg [2.0] set the
+    warning off for every unconditional model, though the user gave no --cfg."""
+    from PIL import Image
+
+    from ldmkit.cli import main
+
+    with pytest.warns(UserWarning, match="has no effect") as caught:
+        unconditional_pipe.generate(1, sampler="ddim", steps=1, cfg=3.0)
+    assert caught[0].filename == __file__
+    data = tmp_path / "data"
+    for split, count in (("train", 6), ("val", 4)):
+        (data / split).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / split / f"{i}.png")
+    model = save_tiny_class_model(tmp_path / "model.safetensors", [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert main(["eval", "--model", str(model), "--data", str(data), "--n", "4", "--steps", "2", "--k", "1",
+                     "--kid-subsets", "2", "--kid-subset-size", "2", "--device", "cpu", "--quiet",
+                     "--out", str(tmp_path / "report.json")]) == 0
+    assert "has no effect" not in capsys.readouterr().err

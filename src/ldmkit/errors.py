@@ -5,7 +5,27 @@ and keeps its traceback.
 """
 
 import contextlib
+import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def warn_caller(message: str) -> None:
+    """`warnings.warn(message)` shown at the first frame outside ldmkit and torch: a Python caller's
+    own line (a fixed stacklevel named torch's no_grad wrapper), or ldmkit's outermost frame when
+    there is no such caller (a command, whose warnings then print as `ldm VERB: warning: ...`)."""
+    import torch
+
+    internal = (_PACKAGE, str(Path(torch.__file__).resolve().parent))
+    frame, level, last_ldmkit = sys._getframe(1), 1, 1
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        if frame.f_code.co_filename.startswith(_PACKAGE):
+            last_ldmkit = level
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=1 + (level if frame is not None else last_ldmkit))
 
 
 class UserError(ValueError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from ldmkit.diffusion import (
 )
 from ldmkit.diffusion.guidance import check_rescale
 from ldmkit.diffusion.samplers import check_sampler, sampler_options
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, warn_caller
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
@@ -274,8 +273,7 @@ class LatentDiffusionPipeline:
         self.check_sampling(sampler, steps, cfg_rescale, cfg, strength, **sampler_settings)  # NaN cfg: black images
         cfg = None if cfg is None else real_number(cfg, "the guidance scale cfg (--cfg)")
         if cfg is not None and self.guidance_scale(cfg) is None:
-            warnings.warn("cfg (--cfg) has no effect: this model is unconditional (no class or prompt to guide by)",
-                          stacklevel=2)
+            warn_caller("cfg (--cfg) has no effect: this model is unconditional (no class or prompt to guide by)")
         negative_prompt = "" if negative_prompt is None else negative_prompt  # None: no negative prompt
         if negative_prompt and not self.takes_text:
             raise UserError("a negative prompt needs a text-to-image model; this one takes no prompt")

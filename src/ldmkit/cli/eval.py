@@ -233,8 +233,9 @@ def _sample_runs(args: argparse.Namespace, pipe, samples: tuple | None, data_ids
         seeds, labels = pipe.plan(args.n, None, args.seed)
         t0 = time.time()
         bar = tqdm(total=len(seeds), unit="img", disable=args.quiet, desc=f"generating (cfg {scale:g})")
-        images = pipe.generate_uint8(seeds, labels, sampler=args.sampler, steps=args.steps, cfg=scale,
-                                     batch_size=args.batch_size, progress=bar.update)
+        guided = pipe.guidance_scale(scale) is not None  # an unconditional model: --cfg's default means nothing
+        images = pipe.generate_uint8(seeds, labels, sampler=args.sampler, steps=args.steps,
+                                     cfg=scale if guided else None, batch_size=args.batch_size, progress=bar.update)
         bar.close()
         info = {"cfg": scale, "sampler": args.sampler, "steps": args.steps, "seconds": time.time() - t0}
         fake_labels = None
