@@ -165,6 +165,17 @@ def main() -> int:
         mask = decode(sent[-1]["mask"])[..., 0]
         check("a mask file, the keyboard's way to paint, is the mask sent", set(np.unique(mask[:, :30])) == {0}
               and set(np.unique(mask[:, 34:])) == {255}, page.text_content("#status"))
+        colours = np.zeros((480, 640, 3), np.uint8)  # green (grey level 150) left, magenta (105) right
+        colours[:, :320] = (0, 255, 0)
+        colours[:, 320:] = (255, 0, 255)
+        Image.fromarray(colours).save(mask_upload)
+        page.set_input_files("#mask_file", mask_upload)
+        page.wait_for_function("document.getElementById('status').textContent.includes('50%')")
+        submit()
+        answered()
+        mask = decode(sent[-1]["mask"])[..., 0]
+        check("a coloured mask paints what --mask redraws (grey level >= 128)", set(np.unique(mask[:, :30])) == {255}
+              and set(np.unique(mask[:, 34:])) == {0}, page.text_content("#status"))
 
         page.click("#drop_init")
         check("the start image can be dropped", page.is_hidden("#start") and page.input_value("#init_file") == "")
