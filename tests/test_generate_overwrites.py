@@ -108,9 +108,11 @@ def test_a_users_samples_json_is_not_replaced_and_dead_writers_files_are_removed
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     out = tmp_path / "out"
     out.mkdir()
-    partial = out / f".00000_seed0_class0.png.{ended.stdout.strip()}.0123abcd.tmp"
+    from ldmkit.atomic import _HOST
+
+    partial = out / f".00000_seed0_class0.png.{_HOST}.{ended.stdout.strip()}.0123abcd.tmp"
     partial.write_bytes(b"\x89PNG half")
-    alive = out / ".00001_seed1_class1.png.1.89abcdef.tmp"  # pid 1 lives: a writer still at work
+    alive = out / f".00001_seed1_class1.png.{_HOST}.1.89abcdef.tmp"  # pid 1 lives: a writer still at work
     alive.write_bytes(b"")
     assert generate(model_file, out) == 0
     assert not partial.exists() and alive.exists()

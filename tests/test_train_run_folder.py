@@ -89,7 +89,14 @@ def test_a_second_train_into_a_folder_in_use_is_refused(data, run, capsys):
     try:
         assert holder.stdout.readline() == "locked\n"
         # what a writer killed mid-save leaves (up to gigabytes): removed by the next run to take the lock
-        partial = [run / ".checkpoint.pt.4242.0123abcd.tmp", run / "samples" / ".step_000002.png.4242.89abcdef.tmp"]
+        from ldmkit.atomic import _HOST
+
+        ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout.strip()
+        partial = [run / f".checkpoint.pt.{_HOST}.{ended}.0123abcd.tmp",
+                   run / "samples" / f".step_000002.png.{_HOST}.{ended}.89abcdef.tmp"]
+        elsewhere = run / f".model.safetensors.another-host.{ended}.0123abcd.tmp"  # its writer may live there
+        elsewhere.write_bytes(b"")
         (run / "samples").mkdir(exist_ok=True)
         for path in partial:
             path.write_bytes(b"partial")
@@ -109,7 +116,7 @@ def test_a_second_train_into_a_folder_in_use_is_refused(data, run, capsys):
     run_training(config(data, steps=STEPS + 1), run)
     assert load_inference_file(run)[2]["step"] == STEPS + 1
     assert not (run / LOCK_NAME).exists()  # removed at the end of a run
-    assert not any(path.exists() for path in partial) and (run / ".notes.tmp").exists()
+    assert not any(path.exists() for path in partial) and (run / ".notes.tmp").exists() and elsewhere.exists()
 
 
 def test_a_refused_run_leaves_no_folder_for_its_lock(data, tmp_path):

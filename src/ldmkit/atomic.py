@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import re
+import socket
 import uuid
 from pathlib import Path
 from typing import IO, Callable
@@ -44,15 +45,20 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-TEMPORARY_NAME = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # what `atomic_save` writes before its swap
+# What `atomic_save` writes before its swap: .NAME.HOST.PID.RANDOM.tmp (the host: a pid says
+# whether its writer lives only on the machine that wrote it, e.g. not on a shared file system).
+TEMPORARY_NAME = re.compile(r"\..+\.([A-Za-z0-9-]+)\.(\d+)\.[0-9a-f]{8}\.tmp")
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
-def _process_ended(pid: int) -> bool:
+def _writer_ended(host: str, pid: str) -> bool:
+    if host != _HOST:  # another machine's writer: nothing here says whether it lives
+        return False
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except OSError:  # another user's process
+    except (OSError, OverflowError):  # another user's process; a number no pid can be
         return False
     return False
 
@@ -64,7 +70,7 @@ def remove_temporary_files(folder: Path) -> list[Path]:
     removed = []
     for path in folder.glob(".*.tmp"):
         named = TEMPORARY_NAME.fullmatch(path.name)
-        if named and _process_ended(int(named.group(1))) and path.is_file() and not path.is_symlink():
+        if named and _writer_ended(*named.groups()) and path.is_file() and not path.is_symlink():
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed.append(path)
@@ -82,7 +88,7 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # the folder's name is taken by a file: say that, not "File exists"
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # TEMPORARY_NAME
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # TEMPORARY_NAME
     try:
         write_path(tmp)
         # The usual mode, as `open` would give: safetensors' save_file makes its files 0600

@@ -120,8 +120,9 @@ def locked_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     fd = None
     try:
         fd = _lock(path)
-        for folder in (run_dir, run_dir / "samples"):  # the lock says no writer of these is alive
-            remove_temporary_files(folder)
+        if fd is not None:  # the lock says no other run writes here (a file system without locks: unknown)
+            for folder in (run_dir, run_dir / "samples"):
+                remove_temporary_files(folder)
         yield
     finally:
         if fd is not None:
