@@ -51,16 +51,20 @@ TEMPORARY_NAME = re.compile(r"\..+\.([A-Za-z0-9-]+)\.(\d+)\.[0-9a-f]{8}\.tmp")
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
-def _writer_ended(host: str, pid: str) -> bool:
-    if host != _HOST:  # another machine's writer: nothing here says whether it lives
-        return False
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine lives (another user's too); True where unsure."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except (OSError, OverflowError):  # another user's process; a number no pid can be
         return False
-    return False
+    except (OSError, OverflowError):  # another user's process; a number no pid can be
+        return True
+    return True
+
+
+def _writer_ended(host: str, pid: str) -> bool:
+    # another machine's writer: nothing here says whether it lives
+    return host == _HOST and not process_alive(int(pid))
 
 
 def remove_temporary_files(folder: Path) -> list[Path]:

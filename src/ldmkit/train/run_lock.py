@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from ldmkit.atomic import remove_temporary_files
+from ldmkit.atomic import process_alive, remove_temporary_files
 from ldmkit.errors import UserError
 from ldmkit.train.distributed import DistInfo, broadcast_object
 
@@ -51,16 +51,6 @@ def close_inherited_locks(worker_id: int = 0) -> None:
     _held.clear()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
-
-
 def _holder(path: Path) -> str:
     """' (pid N)' (' (pid N on HOST)' from another machine) as the lock's holder wrote it, or ''."""
     try:
@@ -71,7 +61,7 @@ def _holder(path: Path) -> str:
         return ""
     if host and host != socket.gethostname():
         return f" (pid {pid} on {host})"
-    if not _alive(int(pid)):  # its child processes (data loading workers) still hold it, for seconds
+    if not process_alive(int(pid)):  # its child processes (data loading workers) still hold it, for seconds
         return f" (pid {pid}, which has ended; the processes it started still hold the lock: try again shortly)"
     return f" (pid {pid})"
 
