@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     # What the ids in the names mean (for `ldm eval --samples`) and the settings (for --skip-existing).
     write_samples_info(out, pipe.class_names, settings)
     bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, desc="generating")
-    written = 0
+    written, started = 0, time.time_ns()
     try:  # each batch is written as it comes: an interrupt keeps what was made
         for images in pipe.iter_uint8([seeds[k] for k in todo], [labels[k] for k in todo],
                                       batch_size=args.batch_size, progress=bar.update, **sampling):
@@ -157,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
                 written += 1
     except KeyboardInterrupt:
         bar.close()
+        if written < len(todo) and _made_since(out / names[todo[written]], started):
+            written += 1  # the interrupt came after the file was in place, before it was counted
         print(f"ldm generate: interrupted: {written} of {len(todo)} images written to {out}/; the same command "
               "with --skip-existing makes the rest", file=sys.stderr)
         return 130
@@ -175,6 +178,13 @@ def run(args: argparse.Namespace) -> int:
     _write(lambda image, path: save_png(image, path, pnginfo=grid_pnginfo()), grid_image, grid_path)  # tagged: ours
     print(f"{done} and the grid {grid_path}")
     return 0
+
+
+def _made_since(path: Path, since_ns: int) -> bool:
+    try:
+        return path.stat().st_mtime_ns >= since_ns - 50_000_000  # file times run on a coarser clock
+    except OSError:
+        return False
 
 
 def _write(save, image, path: Path) -> None:
