@@ -40,8 +40,8 @@ from ldmkit.errors import UserError, warn_caller
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
-from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_strength, class_names_for,  # noqa: F401
-                                  default_strength, network_dtype, open_image, real_number, whole_number)
+from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_strength, class_names_for,
+                                  network_dtype, open_image, real_number, whole_number)
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                                             check_no_other_job, check_same_job, grid_pnginfo, job_settings,
                                             make_folder, readable_png)
     from ldmkit.eval.samples_io import GRID_FILE, sample_filename, write_samples_info
-    from ldmkit.pipeline import LatentDiffusionPipeline, default_strength, open_image
+    from ldmkit.pipeline import LatentDiffusionPipeline, open_image
+    from ldmkit.pipeline_args import default_strength
 
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1 (got {args.steps})")

@@ -35,12 +35,8 @@ from ldmkit.data.images import to_pil
 from ldmkit.diffusion.samplers import SAMPLERS
 from ldmkit.diffusion.samplers.context import img2img_steps
 from ldmkit.errors import UserError
-from ldmkit.pipeline import (
-    DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
-    LatentDiffusionPipeline,
-    default_strength,
-)
+from ldmkit.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, LatentDiffusionPipeline
+from ldmkit.pipeline_args import default_strength
 
 from .progress import JobStopped, ProgressBoard
 from .request_images import request_image
