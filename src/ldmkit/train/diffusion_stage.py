@@ -39,7 +39,8 @@ from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import compile_for_training, optimizer_state_like_params, weights_for_training
+from ldmkit.train.optimizer_resume import load_optimizer_state
+from ldmkit.train.step_compile import compile_for_training, weights_for_training
 from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
@@ -101,8 +102,9 @@ class DiffusionTrainer:
         self.step, self.offset = int(state["step"]), int(state["offset"])
         self.unet.load_state_dict(state["unet"])
         self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["optimizer"])
-        optimizer_state_like_params(self.opt)
+        # the average and the moments from the checkpoint, the settings from this run's config
+        self.ema.decay, self.ema.warmup = float(self.cfg.ema_decay), bool(self.cfg.ema_warmup)
+        load_optimizer_state(self.opt, state["optimizer"], weight_decay=self.cfg.weight_decay)
         if self.precision.scaler is not None and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])

@@ -35,7 +35,8 @@ from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.step_compile import compile_for_training, optimizer_state_like_params, weights_for_training
+from ldmkit.train.optimizer_resume import load_optimizer_state
+from ldmkit.train.step_compile import compile_for_training, weights_for_training
 from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
 
@@ -96,8 +97,8 @@ class VAETrainer:
         self.precision = Precision(self.run.precision, device)
         fused = fused_adamw_supported(device)
         self.use_gan = self.cfg.disc_start >= 0
-        betas = (0.5, 0.9) if self.use_gan else (0.9, 0.999)  # GAN training wants a short Adam memory
-        self.opt = torch.optim.AdamW(vae.parameters(), lr=self.cfg.lr, betas=betas,
+        self.betas = (0.5, 0.9) if self.use_gan else (0.9, 0.999)  # GAN training wants a short Adam memory
+        self.opt = torch.optim.AdamW(vae.parameters(), lr=self.cfg.lr, betas=self.betas,
                                      weight_decay=self.cfg.weight_decay, fused=fused)
         self.disc = self.disc_opt = None
         if self.use_gan:
@@ -162,11 +163,11 @@ class VAETrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.offset = int(state["step"]), int(state["offset"])
         self.vae.load_state_dict(state["vae"])
-        self.opt.load_state_dict(state["optimizer"])
-        optimizer_state_like_params(self.opt)
+        # the moments from the checkpoint, the settings from this run's config (a resume may change them)
+        load_optimizer_state(self.opt, state["optimizer"], betas=self.betas, weight_decay=self.cfg.weight_decay)
         if self.disc is not None and state.get("disc") is not None:
             self.disc.load_state_dict(state["disc"])
-            self.disc_opt.load_state_dict(state["disc_optimizer"])
+            load_optimizer_state(self.disc_opt, state["disc_optimizer"], lr=self.cfg.disc_lr)
         if self.precision.scaler is not None and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
