@@ -345,7 +345,9 @@ def measure_latent_stats(vae: AutoencoderKL, dataset: Any, ctx: StageContext) ->
     Exact moments of the posterior mixture rather than of samples (E[z] = E[mean],
     E[z^2] = E[mean^2] + E[std^2]), so the result depends on no generator and is the same on
     1 or N processes. The images are the first ones of the run's seeded order (a random
-    subset); ranks encode disjoint shares and the float64 sums are all-reduced.
+    subset); ranks encode disjoint shares and the float64 sums are all-reduced. With `flip` on,
+    each image counts mirrored too, half each: the diffusion stage trains on the mirrored latent
+    half of the time, and on data with a left and a right the two halves' moments differ.
     """
     run, dist = ctx.config, ctx.dist
     count = min(len(dataset), run.vae.latent_stats_images)
@@ -353,11 +355,12 @@ def measure_latent_stats(vae: AutoencoderKL, dataset: Any, ctx: StageContext) ->
     sums = torch.zeros(3, vae.config.latent_channels, dtype=torch.float64, device=dist.device)  # n, sum, sum sq
     for images, _ in ordered_batches(dataset, indices, batch_size=max(1, run.vae.batch_size // dist.world_size),
                                      device=dist.device, num_workers=run.num_workers):
-        posterior = vae.posterior(images)
-        mean, std = posterior.mean.double(), posterior.std.double()  # [B, c, h, w]
-        sums[0] += mean.shape[0] * mean.shape[2] * mean.shape[3]
-        sums[1] += mean.sum(dim=(0, 2, 3))
-        sums[2] += (mean.pow(2) + std.pow(2)).sum(dim=(0, 2, 3))
+        for view in (images, images.flip(-1)) if run.flip else (images,):
+            posterior = vae.posterior(view)
+            mean, std = posterior.mean.double(), posterior.std.double()  # [B, c, h, w]
+            sums[0] += mean.shape[0] * mean.shape[2] * mean.shape[3]
+            sums[1] += mean.sum(dim=(0, 2, 3))
+            sums[2] += (mean.pow(2) + std.pow(2)).sum(dim=(0, 2, 3))
     sums = all_reduce_sum(sums, dist)
     mean = sums[1] / sums[0]
     std = (sums[2] / sums[0] - mean.pow(2)).clamp(min=1e-12).sqrt()
