@@ -4,8 +4,9 @@ training): the message then says what the file is and what to pass instead, rath
 file failed to parse as a model."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ldmkit.json_text import read_json_file
 
 # The files of a run folder (train/run.py's layout); the modules that write each take its name from here.
 MODEL_FILE = "model.safetensors"  # EMA UNet + VAE, for generation
@@ -28,7 +29,7 @@ def _is_run_folder(folder: Path) -> bool:
     if (folder / CHECKPOINT_NAME).is_file() or (folder / LOG_NAME).is_file():
         return True
     try:  # a run that failed at once leaves only its config.json: ldmkit's keys, not a diffusers class
-        config = json.loads((folder / CONFIG_NAME).read_text())
+        config = read_json_file(folder / CONFIG_NAME)
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(config, dict) and {"vae", "diffusion"} <= config.keys() and "_class_name" not in config

@@ -16,6 +16,7 @@ from ldmkit.atomic import atomic_write_text
 from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import bundled_names
+from ldmkit.eval.npz_samples import npz_arrays
 
 from .eval_destinations import check_classifier_destination, report_path
 from .help_format import DefaultsHelpFormatter
@@ -155,33 +156,6 @@ def data_ids_of_model_classes(model_classes: list[str], data_classes: list[str])
     return [data.index(name) for name in model]
 
 
-def _npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`images` (and `labels`) of an `.npz` file; a file that is not one is one line, not numpy's traceback."""
-    import zipfile
-
-    import numpy as np
-
-    if not Path(path).is_file():
-        raise UserError(f"--samples {path} does not exist")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not hasattr(data, "files"):  # an .npy file under an .npz name: one array, no `with` protocol
-            raise UserError(f"--samples {path} holds one array, not the arrays of an .npz file (save them with "
-                            "numpy.savez(path, images=..., labels=...))")
-        with data:
-            if "images" not in data:
-                raise UserError(f"{path} has no 'images' array (found: {', '.join(data.files)})")
-            images = torch.from_numpy(data["images"][:limit])
-            labels = torch.from_numpy(data["labels"][:limit]).long() if "labels" in data else None
-    except UserError:  # a ValueError too: keep its own message
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(f"--samples {path} is not a readable .npz file ({type(err).__name__}: {err})") from None
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise UserError(f"{path}: 'images' must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-    return images, labels
-
-
 def _is_npz(path: str) -> bool:
     return path.lower().endswith(".npz")
 
@@ -189,7 +163,7 @@ def _is_npz(path: str) -> bool:
 def _samples_image_size(path: str) -> int:
     """The height of the samples at `path` (the real images are read at it when no --model says)."""
     if _is_npz(path):
-        return int(_npz_arrays(path, 1)[0].shape[-2])
+        return int(npz_arrays(path, 1)[0].shape[-2])
     from ldmkit.eval.samples_io import check_sample_folder, sample_paths
 
     folder = Path(path)
@@ -210,7 +184,7 @@ def _read_samples(path: str, class_names: list[str], channels: int, limit: int, 
     from ldmkit.eval.samples_io import check_sample_folder
 
     if _is_npz(path):
-        images, labels = _npz_arrays(path, limit)
+        images, labels = npz_arrays(path, limit)
     else:
         check_sample_folder(Path(path), "--samples")
         samples = read_sample_folder(path, class_names=class_names, channels=channels, limit=limit,

@@ -5,11 +5,11 @@ was replaced by JSON, and the run could no longer generate)."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 from ldmkit.errors import UserError
+from ldmkit.json_text import read_json_file
 from ldmkit.run_files import run_owned_file
 
 
@@ -36,8 +36,7 @@ def _writable_folder(path: Path, flag: str, kind: str) -> None:
 def is_eval_report(path: Path) -> bool:
     """Whether `path` holds a report `ldm eval` wrote (JSON with its "results")."""
     try:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)
+        report = read_json_file(path)
     except (OSError, ValueError):
         return False
     return isinstance(report, dict) and "results" in report

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ldmkit.errors import UserError
+from ldmkit.json_text import loads
 from ldmkit.train.config import COMPILE_MODES
 
 from .help_format import DefaultsHelpFormatter
@@ -141,13 +142,12 @@ def config_from_args(args: argparse.Namespace):
 def parse_setting(text: str) -> tuple[str, object]:
     """`KEY=VALUE` -> (key, value): VALUE is read as JSON when it can be (numbers, true/false,
     null), else kept as a string."""
-    import json
 
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set expects KEY=VALUE, got {text!r}")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = loads(raw)
+    except ValueError:
         value = raw
     return key.strip(), value

@@ -20,6 +20,7 @@ from torch import Tensor
 from ldmkit.errors import UserError
 
 SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "custom")
+MAX_STEPS = 100_000  # 100x any schedule in use (1000-4000): a saved config's 10**10 would be an 80 GB table
 
 # Default beta ranges: Ho et al. 2020 (linear) and Stable Diffusion (scaled_linear).
 _DEFAULT_BETA_RANGE = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
@@ -88,8 +89,8 @@ class NoiseSchedule:
         Diffusion: linspace of sqrt(beta), squared) or "cosine" (Nichol & Dhariwal 2021)."""
         if kind not in ("linear", "scaled_linear", "cosine"):
             raise UserError(f"unknown noise schedule {kind!r}; choose linear, scaled_linear or cosine")
-        if not isinstance(num_steps, int) or num_steps < 2:
-            raise UserError(f"num_steps must be an integer >= 2, got {num_steps!r}")
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 2 <= num_steps <= MAX_STEPS:
+            raise UserError(f"num_steps must be an integer from 2 to {MAX_STEPS}, got {num_steps!r}")
         if kind == "cosine":
             if beta_start is not None or beta_end is not None:
                 raise UserError("the cosine schedule takes no beta_start/beta_end")
@@ -123,12 +124,20 @@ class NoiseSchedule:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "NoiseSchedule":
+        if not isinstance(spec, dict):
+            raise UserError(f"a saved noise schedule must be a JSON object, got {spec!r:.80}")
         spec = dict(spec)
         kind = spec.pop("kind", None)
         if kind == "custom":
-            return cls(torch.tensor(spec["betas"], dtype=torch.float64))
+            betas = spec.get("betas")
+            if not isinstance(betas, list) or not all(isinstance(b, (int, float)) for b in betas):
+                raise UserError("a saved custom noise schedule needs its betas as a list of numbers")
+            return cls(torch.tensor(betas, dtype=torch.float64))
         if kind not in SCHEDULE_KINDS:
             raise UserError(f"unknown noise schedule kind {kind!r} in saved config")
+        unknown = sorted(set(spec) - {"num_steps", "beta_start", "beta_end", "zero_terminal_snr"})
+        if unknown:
+            raise UserError(f"unknown field(s) of a saved noise schedule: {', '.join(map(str, unknown))}")
         return cls.create(kind, **spec)
 
     # -- tables --------------------------------------------------------------------------------

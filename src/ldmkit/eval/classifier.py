@@ -24,8 +24,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ldmkit.atomic import atomic_save_safetensors
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, reading
 from ldmkit.eval.extractor import FeatureExtractor, check_uint8_images
+from ldmkit.json_text import loads
+from ldmkit.models.fitted import build_fitted
 
 __all__ = [
     "ClassifierConfig",
@@ -64,6 +66,8 @@ class ClassifierConfig:
         data = dict(data)
         data["image_size"] = tuple(data["image_size"])
         data["widths"] = tuple(data["widths"])
+        if len(data["widths"]) > 16 or data.get("convs_per_stage", 2) > 64:  # a few bytes asking for a million layers
+            raise ValueError(f"{len(data['widths'])} stages of {data.get('convs_per_stage')} convolutions")
         return cls(**data)
 
 
@@ -130,8 +134,9 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
         raise UserError(f"{path} is not a safetensors file: {exc}") from None
     if metadata.get("format") != _FORMAT:
         raise UserError(f"{path} is not an ldmkit evaluation classifier (train one with train_classifier)")
-    model = ClassifierNet(ClassifierConfig.from_dict(json.loads(metadata["config"])))
-    model.load_state_dict(state)
+    with reading(f"the classifier file {path}"):  # its config is JSON anyone can write
+        config = ClassifierConfig.from_dict(loads(metadata.get("config", "null")))
+    model = build_fitted(lambda: ClassifierNet(config), state, source=f"{path}: the weights")
     return model.to(device).eval()
 
 

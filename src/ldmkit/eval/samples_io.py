@@ -28,6 +28,7 @@ from ldmkit.atomic import atomic_write_text
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.decode import to_rgb
 from ldmkit.errors import UserError
+from ldmkit.json_text import read_json_file
 
 __all__ = ["SampleSet", "sample_filename", "sample_paths", "read_sample_folder", "dataset_to_uint8",
            "write_samples_info", "read_samples_info", "read_sample_classes", "is_generate_grid", "SAMPLES_FILE",
@@ -77,13 +78,15 @@ def read_samples_info(folder: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        info = json.loads(path.read_text())
+        info = read_json_file(path)
         names = info["class_names"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path} is not ldmkit's description of the samples ({type(err).__name__}: {err}); remove "
                         "it to read the ids in the file names as the data's") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path}: 'class_names' must be a list of strings")
+    if not isinstance(info.get("settings", {}), dict):
+        raise UserError(f"{path}: 'settings' must be a JSON object (what ldm generate wrote there)")
     return info
 
 

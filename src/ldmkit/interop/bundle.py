@@ -122,6 +122,8 @@ def _read_bundle(path: str | os.PathLike, **options: Any) -> ModelBundle:
         return _override(bundle, options, allowed=("image_size", "prediction"), source=source)
     if not path.exists():
         raise UserError(f"no such model file or folder: {path}")
+    if not path.is_file():  # a FIFO or a device: opening it to read would wait for ever
+        raise UserError(f"{path} is neither a file nor a folder")
     if is_ldmkit_file(path):
         return _override(ldmkit_file.read_ldmkit_file(path), options, allowed=("image_size", "prediction"),
                          source=source)

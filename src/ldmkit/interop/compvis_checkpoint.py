@@ -23,13 +23,13 @@ from typing import Any
 import torch
 
 from ldmkit.diffusion import NoiseSchedule
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, reading
 from ldmkit.interop import compvis_unet, compvis_vae
 from ldmkit.interop.bundle import ModelBundle, sd_default_schedule
 from ldmkit.interop.key_table import check_keys
-from ldmkit.interop.loading import load_state_dict_strict
 from ldmkit.interop.weights_io import read_weights
 from ldmkit.models import AutoencoderKL, UNet
+from ldmkit.models.fitted import build_fitted
 
 UNET, EMA, VAE, TEXT = "model.diffusion_model.", "model_ema.", "first_stage_model.", "cond_stage_model.transformer."
 SD_SCALING_FACTOR = 0.18215
@@ -128,24 +128,32 @@ def read_compvis_checkpoint(
         norm_groups: GroupNorm groups of both models (not stored in weights; CompVis always uses 32).
     """
     path = Path(path)
-    groups = _partition(read_weights(path))
+    weights = read_weights(path)
+    with reading(f"the CompVis checkpoint {path}"):  # tensors of unexpected ranks: KeyError, ValueError inside
+        return _bundle_from_compvis(path, weights, use_ema=use_ema, tokenizer=tokenizer, num_heads=num_heads,
+                                    head_dim=head_dim, prediction=prediction, scaling_factor=scaling_factor,
+                                    image_size=image_size, norm_groups=norm_groups)
+
+
+def _bundle_from_compvis(path: Path, weights: dict[str, Any], *, use_ema: bool | None, tokenizer: Any,
+                         num_heads: int | None, head_dim: int | None, prediction: str | None,
+                         scaling_factor: float | None, image_size: int | None, norm_groups: int) -> ModelBundle:
+    groups = _partition(weights)
     bundle = ModelBundle(source=f"CompVis checkpoint {path}", prediction=prediction or "eps", image_size=image_size)
     if groups["unet"]:
         weights, is_ema = _pick_unet_weights(groups, use_ema)
         config = compvis_unet.unet_config_from_compvis(weights, num_heads=num_heads, head_dim=head_dim,
                                                      norm_groups=norm_groups)
-        bundle.unet = UNet(config)
-        load_state_dict_strict(bundle.unet, compvis_unet.unet_state_dict_from_compvis(weights, config),
-                               source="CompVis UNet weights")
+        unet_weights = compvis_unet.unet_state_dict_from_compvis(weights, config)
+        bundle.unet = build_fitted(lambda: UNet(config), unet_weights, source="CompVis UNet weights")
         bundle.notes.append(f"UNet: {'EMA' if is_ema else 'non-EMA'} weights")
     if groups["vae"]:
         config = compvis_vae.vae_config_from_compvis(groups["vae"], norm_groups=norm_groups)
         if scaling_factor is None:
             stored = groups["buffers"].get("scale_factor")
             scaling_factor = float(stored) if stored is not None else SD_SCALING_FACTOR
-        bundle.vae = AutoencoderKL(config)
         weights = compvis_vae.vae_state_dict_from_compvis(groups["vae"], config, scaling_factor)
-        load_state_dict_strict(bundle.vae, weights, source="CompVis autoencoder weights")
+        bundle.vae = build_fitted(lambda: AutoencoderKL(config), weights, source="CompVis autoencoder weights")
     if groups["unet"]:
         betas = groups["buffers"].get("betas")
         bundle.schedule = _schedule_from_betas(betas) if betas is not None else sd_default_schedule()

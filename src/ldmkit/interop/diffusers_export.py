@@ -36,6 +36,7 @@ from ldmkit.interop.diffusers_folder import EXPORT_INFO, WEIGHTS
 from ldmkit.interop.diffusers_keys import autoencoder_state_dict_to_diffusers, unet_state_dict_to_diffusers
 from ldmkit.interop.diffusers_scheduler import schedule_to_diffusers
 from ldmkit.interop.weights_io import write_safetensors
+from ldmkit.json_text import read_json_file
 from ldmkit.run_files import MODEL_FILES
 
 
@@ -104,7 +105,7 @@ EXPORT_MARK = "_ldmkit_export"  # in a lone model's config.json (diffusers drops
 
 def _config(folder: Path) -> dict[str, Any]:
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = read_json_file(folder / "config.json")
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}

@@ -8,7 +8,6 @@ variant such as `.fp16.safetensors`) and only then from `diffusion_pytorch_model
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ldmkit.interop.bundle import ModelBundle, sd_default_schedule
 from ldmkit.interop.diffusers_scheduler import schedule_from_diffusers
 from ldmkit.interop.loading import autoencoder_from_diffusers, unet_from_diffusers
 from ldmkit.interop.weights_io import read_sharded_safetensors, read_weights
+from ldmkit.json_text import read_json_file
 
 WEIGHTS = "diffusion_pytorch_model"
 EXPORT_INFO = "ldmkit.json"  # what diffusers' folders cannot hold (class names), from `ldm convert --to diffusers`
@@ -27,7 +27,7 @@ MODEL_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "AutoencoderKL")
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = read_json_file(path)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read {path} ({err})") from None
     if not isinstance(data, dict):

@@ -27,9 +27,9 @@ from ldmkit.diffusion import NoiseSchedule
 from ldmkit.errors import UserError
 from ldmkit.interop.bundle import ModelBundle
 from ldmkit.interop.key_table import check_keys
-from ldmkit.interop.loading import load_state_dict_strict
 from ldmkit.interop.weights_io import write_safetensors
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
+from ldmkit.models.fitted import build_fitted
 from ldmkit.train.inference_file import FORMAT, FORMAT_VERSION, read_inference_metadata, resolve_inference_path
 
 PREFIXES = {"unet": "unet.", "vae": "vae.", "text_encoder": "text_encoder."}
@@ -90,6 +90,8 @@ def read_ldmkit_file(path: str | os.PathLike) -> ModelBundle:
     """A bundle from an ldmkit inference file or run folder (trained or converted)."""
     path = resolve_inference_path(path, require_unet=False)
     meta = read_inference_metadata(path)
+    if meta.get("unet_config") is None and meta.get("vae_config") is None:
+        raise UserError(f"{path} holds neither a UNet nor a VAE (both configs are empty): the file is damaged")
     weights = load_file(str(path), device="cpu")
     stray = [k for k in weights if not k.startswith(tuple(PREFIXES.values()))]
     if stray:
@@ -107,11 +109,13 @@ def read_ldmkit_file(path: str | os.PathLike) -> ModelBundle:
              "tokenizer_files"}
     bundle.extra = {k: v for k, v in meta.items() if k not in known}
     if meta.get("unet_config") is not None:
-        bundle.unet = UNet(UNetConfig.from_dict(meta["unet_config"]))
-        load_state_dict_strict(bundle.unet, _module_weights(weights, "unet."), source=f"{path}: the unet.* weights")
+        unet_config = UNetConfig.from_dict(meta["unet_config"])
+        bundle.unet = build_fitted(lambda: UNet(unet_config), _module_weights(weights, "unet."),
+                                   source=f"{path}: the unet.* weights")
     if meta.get("vae_config") is not None:
-        bundle.vae = AutoencoderKL(AutoencoderKLConfig.from_dict(meta["vae_config"]))
-        load_state_dict_strict(bundle.vae, _module_weights(weights, "vae."), source=f"{path}: the vae.* weights")
+        vae_config = AutoencoderKLConfig.from_dict(meta["vae_config"])
+        bundle.vae = build_fitted(lambda: AutoencoderKL(vae_config), _module_weights(weights, "vae."),
+                                  source=f"{path}: the vae.* weights")
     text = _module_weights(weights, "text_encoder.")
     if text or meta.get("text_encoder_config") is not None:
         if meta.get("text_encoder_config") is None or not meta.get("tokenizer_files"):

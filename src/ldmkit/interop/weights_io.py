@@ -8,8 +8,8 @@ refuses any pickled class. A PyTorch Lightning checkpoint keeps its weights unde
 
 from __future__ import annotations
 
-import json
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from ldmkit.atomic import atomic_save_safetensors
 from ldmkit.errors import UserError
+from ldmkit.json_text import read_json_file
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
@@ -34,9 +35,12 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise UserError(f"{path} is not a readable safetensors file ({err})") from None
     if path.suffix not in PICKLE_SUFFIXES:
         raise UserError(f"{path}: unknown weight file type (expected .safetensors, {', '.join(PICKLE_SUFFIXES)})")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty")
     try:
-        # mmap: a 4 GB checkpoint is paged in as tensors are used, not read whole first.
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        # mmap: a 4 GB checkpoint is paged in as tensors are used, not read whole first. Only the zip
+        # format (torch >= 1.6) can be mapped; files of the older one are read whole.
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:
         text = str(err).strip()
         why = ("it holds Python objects besides tensors" if text.startswith("Weights only load failed")
@@ -58,7 +62,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def read_sharded_safetensors(index_file: Path) -> dict[str, torch.Tensor]:
     """Weights split over shards listed by a `*.safetensors.index.json` (its `weight_map`)."""
     try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
+        weight_map = read_json_file(index_file)["weight_map"]
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{index_file} is not a readable shard index ({err})") from None
     out: dict[str, torch.Tensor] = {}

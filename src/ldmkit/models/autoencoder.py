@@ -19,7 +19,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.models.input_dtype import check_input_dtype
-from ldmkit.models.config_io import JsonConfig, int_tuple
+from ldmkit.models.config_io import MAX_BLOCKS, MAX_LEVELS, JsonConfig, int_tuple
 from ldmkit.models.distributions import DiagonalGaussian
 from ldmkit.models.vae_coders import Decoder, Encoder
 
@@ -56,6 +56,11 @@ class AutoencoderKLConfig(JsonConfig):
                 raise UserError(f"AutoencoderKLConfig.{name} must be a positive integer, got {value!r}")
         if not self.block_channels or any(c < 1 for c in self.block_channels):
             raise UserError(f"AutoencoderKLConfig.block_channels must be positive ints, got {self.block_channels}")
+        if len(self.block_channels) > MAX_LEVELS or self.num_res_blocks > MAX_BLOCKS:  # see UNetConfig
+            raise UserError(f"AutoencoderKLConfig: at most {MAX_LEVELS} levels of at most {MAX_BLOCKS} blocks, got "
+                            f"{len(self.block_channels)} of {self.num_res_blocks}")
+        if not self.norm_eps > 0:
+            raise UserError(f"AutoencoderKLConfig.norm_eps must be positive, got {self.norm_eps}")
         bad = [c for c in self.block_channels if c % self.norm_groups != 0]
         if bad:
             raise UserError(f"AutoencoderKLConfig.norm_groups={self.norm_groups} does not divide widths {bad}")

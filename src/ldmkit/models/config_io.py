@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
+import types
 import typing
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -11,6 +13,8 @@ from typing import Any, TypeVar
 from ldmkit.errors import UserError
 
 ConfigT = TypeVar("ConfigT", bound="JsonConfig")
+MAX_LEVELS = 16  # resolutions of a UNet or VAE: 2**15 times smaller at the last
+MAX_BLOCKS = 64  # ResNet blocks per level, transformer blocks per attention layer
 
 
 def int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -56,8 +60,33 @@ class JsonConfig:
         for key, value in data.items():
             if isinstance(value, list) and _is_tuple_type(hints[key]):
                 value = tuple(value)
-            kwargs[key] = value
+            kwargs[key] = _checked_scalar(cls, key, hints[key], value)
         return cls(**kwargs)
+
+
+def _checked_scalar(cls: type, name: str, hint: Any, value: Any) -> Any:
+    """`value` if it is of a scalar field's annotated type (ints pass as floats, bools only as
+    bools, floats finite); UserError otherwise. A model file's metadata is JSON anyone can write:
+    `"norm_eps": "x"` loaded and then failed inside the first GroupNorm of a generation."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    scalar = [a for a in allowed if a in (bool, int, float, str)]
+    if not scalar:  # a tuple field: its items are checked by `int_tuple` in the dataclass
+        return value
+    if isinstance(value, bool):
+        ok = bool in scalar
+    elif isinstance(value, int):
+        ok = int in scalar or float in scalar
+        value = float(value) if int not in scalar else value
+    elif isinstance(value, float):
+        ok = float in scalar and math.isfinite(value)
+    else:
+        ok = isinstance(value, str) and str in scalar
+    if not ok:
+        names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+        raise UserError(f"{cls.__name__}.{name} must be {names}, got {value!r}")
+    return value
 
 
 def _is_tuple_type(hint: Any) -> bool:

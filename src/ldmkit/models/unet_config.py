@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ldmkit.errors import UserError
-from ldmkit.models.config_io import JsonConfig, int_tuple
+from ldmkit.models.config_io import MAX_BLOCKS, MAX_LEVELS, JsonConfig, int_tuple
 
 
 @dataclass
@@ -95,6 +95,15 @@ class UNetConfig(JsonConfig):
             raise UserError(
                 f"UNetConfig.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}"
             )
+        # Bounds no real UNet comes near (SD: 4 levels, 2 blocks, depth 1; SDXL depth 10), so a model
+        # file's few bytes of config cannot have a loader build millions of modules before the weights say no.
+        for name, value, bound in (("channel_mult's levels", len(self.channel_mult), MAX_LEVELS),
+                                   ("num_res_blocks", self.num_res_blocks, MAX_BLOCKS),
+                                   ("transformer_depth", self.transformer_depth, MAX_BLOCKS)):
+            if value > bound:
+                raise UserError(f"UNetConfig: {value} {name} is more than the {bound} ldmkit builds")
+        if not self.norm_eps > 0:
+            raise UserError(f"UNetConfig.norm_eps must be positive, got {self.norm_eps}")
         bad_levels = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mult)]
         if bad_levels:
             raise UserError(

@@ -12,7 +12,6 @@ stored inside an ldmkit model file and rebuilt from there.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,8 +22,9 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError, reading
-from ldmkit.interop.loading import load_state_dict_strict
+from ldmkit.interop.diffusers_folder import read_json
 from ldmkit.interop.weights_io import read_weights
+from ldmkit.models.fitted import build_fitted
 
 TEXT_ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_SUFFIXES = (".json", ".txt")
@@ -51,6 +51,22 @@ def read_tokenizer_files(folder: str | Path) -> dict[str, str]:
     if sum(p.stat().st_size for p in files.values()) > _MAX_TOKENIZER_BYTES:
         raise UserError(f"{folder}: tokenizer files larger than {_MAX_TOKENIZER_BYTES} bytes")
     return {name: p.read_text(encoding="utf-8") for name, p in files.items()}
+
+
+def checked_tokenizer_files(files: Any) -> dict[str, str]:
+    """`files` ({name: text}, as a model file's metadata holds them) if every name is a plain file
+    name of a tokenizer's kind; UserError otherwise. The names become paths when the tokenizer is
+    rebuilt or exported, so a name with a folder in it ("../../.bashrc", "/etc/x") would let a
+    downloaded model file write where it likes."""
+    if not isinstance(files, Mapping) or not all(isinstance(v, str) for v in files.values()):
+        raise UserError("the tokenizer files are not a mapping of file names to texts")
+    for name in files:
+        if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+                or Path(name).suffix not in _TOKENIZER_SUFFIXES):
+            raise UserError(f"the tokenizer files include {name!r}, which is not a plain .json or .txt file name")
+    if sum(len(text) for text in files.values()) > _MAX_TOKENIZER_BYTES:
+        raise UserError(f"tokenizer files larger than {_MAX_TOKENIZER_BYTES} characters")
+    return dict(files)
 
 
 def _fit_keys(state_dict: Mapping[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -102,7 +118,7 @@ class CLIPTextEncoder(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.tokenizer_files = dict(tokenizer_files)
+        self.tokenizer_files = checked_tokenizer_files(tokenizer_files)
 
     @classmethod
     def from_parts(
@@ -110,12 +126,14 @@ class CLIPTextEncoder(nn.Module):
         *, folders: tuple[Path, Path] | None = None,
     ) -> "CLIPTextEncoder":
         """`folders`: (text encoder, tokenizer) folders the parts came from, for the messages."""
+        tokenizer_files = checked_tokenizer_files(tokenizer_files)  # before any of them is written
         tf = _transformers()
         encoder_from, tokenizer_from = (f" in {folders[0]}", f" in {folders[1]}") if folders else ("", "")
-        with reading(f"the CLIP text encoder's config{encoder_from}"):
-            model = tf.CLIPTextModel(tf.CLIPTextConfig.from_dict(dict(config)))
-        weights = _fit_keys(state_dict, set(model.state_dict()))
-        load_state_dict_strict(model, weights, source="CLIP text encoder weights")
+        with reading(f"the CLIP text encoder's config{encoder_from}"), torch.device("meta"):
+            text_config = tf.CLIPTextConfig.from_dict(dict(config))
+            names = set(tf.CLIPTextModel(text_config).state_dict())  # sizes only: the config is the file's word
+        weights = _fit_keys(state_dict, names)
+        model = build_fitted(lambda: tf.CLIPTextModel(text_config), weights, source="CLIP text encoder weights")
         with tempfile.TemporaryDirectory() as tmp, reading(f"the tokenizer{tokenizer_from}"):
             for name, text in tokenizer_files.items():
                 (Path(tmp) / name).write_text(text, encoding="utf-8")
@@ -139,9 +157,7 @@ class CLIPTextEncoder(nn.Module):
                 f"{folder} is not a CLIP text encoder folder: it needs config.json and one of "
                 f"{', '.join(TEXT_ENCODER_WEIGHTS)} (the text_encoder/ folder of a diffusers SD download)"
             )
-        config = json.loads((folder / "config.json").read_text())
-        if not isinstance(config, dict):
-            raise UserError(f"{folder / 'config.json'} does not hold a JSON object")
+        config = read_json(folder / "config.json")  # a JSON object, or a UserError naming the file
         if config.get("model_type", "clip_text_model") != "clip_text_model":
             raise UserError(f"{folder} holds a {config.get('model_type')!r} model; only CLIP text encoders work here")
         return cls.from_parts(config, read_weights(weights), read_tokenizer_files(tokenizer_dir),

@@ -10,8 +10,10 @@ checkpoint never runs code from the file.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,58 @@ def load_training_state(path: str | os.PathLike, map_location: str | torch.devic
                         "restore a copy, or start over in a new --out folder") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not an ldmkit training checkpoint")
-    if state.get("format_version", 0) > FORMAT_VERSION:
+    version = state.get("format_version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise UserError(
             f"checkpoint {path} was written by a newer ldmkit (format {state['format_version']}); "
             "upgrade ldmkit to resume it"
         )
     return state
+
+
+def check_run_state(state: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """`state` (a run's checkpoint, as `ldm train` writes it) if it holds what a resume reads;
+    UserError naming the first missing or damaged entry otherwise."""
+    problem = _structure_problem(state)
+    if problem:
+        raise UserError(f"checkpoint {path} is damaged ({problem}); restore a copy, or start over in a new --out "
+                        "folder")
+    return state
+
+
+@contextlib.contextmanager
+def loading_run_state(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a failure while the trainers take in a checkpoint's tensors (a weight of another shape,
+    a damaged optimizer state: PyTorch's RuntimeError, KeyError, ...) into one UserError."""
+    try:
+        yield
+    except (UserError, OSError, MemoryError):
+        raise
+    except Exception as error:
+        detail = " ".join(line.strip() for line in str(error).splitlines())[:200]
+        raise UserError(f"checkpoint {path} does not hold what this run needs ({type(error).__name__}: {detail}); "
+                        "restore a copy, or start over in a new --out folder") from None
+
+
+# What each stage's state holds (the trainers' `state_dict`s and run.py's additions), by kind.
+_COMMON = {"format_version": int, "stage": str, "step": int, "offset": int, "config": dict, "optimizer": dict,
+           "rng": list, "generator": torch.Tensor}
+_BY_STAGE = {"vae": {"vae": dict}, "diffusion": {"unet": dict, "ema": dict, "vae": dict}}
+
+
+def _structure_problem(state: dict[str, Any]) -> str | None:
+    """What is missing from `state` or of the wrong kind, or None. Damage found here is one line;
+    found while the trainers load it, it was a KeyError or TypeError traceback."""
+    stage = state.get("stage")
+    if stage not in _BY_STAGE:
+        return f"stage {stage!r}"
+    for key, kind in {**_COMMON, **_BY_STAGE[stage]}.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            return f"{key} is {'missing' if key not in state else repr(value)[:60]}"
+    if stage == "diffusion" and not isinstance(state["ema"].get("module"), dict):
+        return "the EMA's weights are missing"
+    return None
 
 
 def _why_unreadable(path: Path, error: Exception) -> str:

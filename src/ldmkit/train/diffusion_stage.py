@@ -28,18 +28,18 @@ from torch import nn
 
 from ldmkit.diffusion import diffusion_loss
 from ldmkit.models import AutoencoderKL, UNet
+from ldmkit.run_files import MODEL_FILE
 from ldmkit.train.batches import IndexStream, per_rank_batch, rank_slice
 from ldmkit.train.config import make_schedule
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.ema import EMA
 from ldmkit.train.grad_sync import GradientMean
-from ldmkit.run_files import MODEL_FILE
 from ldmkit.train.inference_file import save_inference_file
 from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
+from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.step_compile import compile_for_training, weights_for_training
 from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported

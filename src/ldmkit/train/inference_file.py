@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -20,12 +21,15 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.json_text import loads
+from ldmkit.models.fitted import build_fitted
 from ldmkit.pretrained import resolve_model_source
 from ldmkit.run_files import MODEL_FILE, VAE_FILE, run_file_message
 from ldmkit.train.checkpoint import atomic_write
 
 FORMAT = "ldmkit-inference"
 FORMAT_VERSION = 1
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def _tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -105,20 +109,45 @@ def read_inference_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{path} is a safetensors file but not an ldmkit model file (no ldmkit metadata); "
                         "`ldm convert` makes one from diffusers or Stable Diffusion weights")
     try:
-        meta = {k: json.loads(v) for k, v in raw.items()}
+        meta = {k: loads(v) for k, v in raw.items()}
     except ValueError as e:
         raise UserError(f"{path}: its ldmkit metadata is damaged ({e})") from None
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    problem = _metadata_problem(meta)
+    if problem:
+        raise UserError(f"{path}: its ldmkit metadata is damaged ({problem})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer ldmkit; upgrade to load it")
     return meta
 
 
-def _load_module(module: nn.Module, weights: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+# The kind of each entry a reader uses (None is allowed for all): the file is JSON anyone can write.
+_METADATA_KINDS: dict[str, type] = {
+    "format_version": int, "image_size": int, "channels": int, "step": int, "prediction": str, "source": str,
+    "class_names": list, "unet_config": dict, "vae_config": dict, "schedule": dict, "sampler_defaults": dict,
+    "run_config": dict, "text_encoder_config": dict, "tokenizer_files": dict,
+}
+_SAMPLER_DEFAULTS = {"spacing": str, "steps_offset": int, "set_alpha_to_one": bool}  # interop/diffusers_scheduler.py
+
+
+def _metadata_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the decoded metadata's entries, or None."""
+    for key, kind in _METADATA_KINDS.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            return f"{key} is {value!r:.60}, not a JSON {kind.__name__}"
+    if not all(isinstance(name, str) for name in meta.get("class_names") or []):
+        return "class_names holds something other than names"
+    for key, value in (meta.get("sampler_defaults") or {}).items():
+        kind = _SAMPLER_DEFAULTS.get(key)
+        if kind is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"sampler_defaults has {key}={value!r:.60}"
+    return None
+
+
+def _built(make: Callable[[], ModuleT], weights: dict[str, torch.Tensor], prefix: str, path: Path) -> ModuleT:
+    """`make()` holding the `prefix` weights, checked against them before it is built (models/fitted.py)."""
     state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{path}: the {prefix[:-1]} weights do not match the config stored with them ({e})") from None
+    return build_fitted(make, state, source=f"{path}: the {prefix}* weights")
 
 
 def load_inference_file(
@@ -135,11 +164,11 @@ def load_inference_file(
     if meta.get("unet_config") is None and require_unet:
         raise UserError(f"{path} holds only a VAE (from a --stage vae run); a UNet is needed here")
     weights = load_file(str(path), device="cpu")
-    vae = AutoencoderKL(AutoencoderKLConfig.from_dict(meta["vae_config"]))
-    _load_module(vae, weights, "vae.", path)
+    vae_config = AutoencoderKLConfig.from_dict(meta["vae_config"])
+    vae = _built(lambda: AutoencoderKL(vae_config), weights, "vae.", path)
     unet = None
     if meta.get("unet_config") is not None:
-        unet = UNet(UNetConfig.from_dict(meta["unet_config"]))
-        _load_module(unet, weights, "unet.", path)
+        unet_config = UNetConfig.from_dict(meta["unet_config"])
+        unet = _built(lambda: UNet(unet_config), weights, "unet.", path)
         unet = unet.to(device).eval()
     return unet, vae.to(device).eval(), meta

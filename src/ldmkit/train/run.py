@@ -31,10 +31,11 @@ import torch
 from ldmkit.atomic import atomic_write_text
 from ldmkit.data import load_image_dataset
 from ldmkit.errors import UserError
+from ldmkit.json_text import read_json_file
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
-from ldmkit.train.batches import VAE_BATCH, per_rank_batch
 from ldmkit.run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_FILE, VAE_FILE
-from ldmkit.train.checkpoint import load_training_state, save_training_state
+from ldmkit.train.batches import VAE_BATCH, per_rank_batch
+from ldmkit.train.checkpoint import check_run_state, load_training_state, loading_run_state, save_training_state
 from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, validate
 from ldmkit.train.context import StageContext
 from ldmkit.train.diffusion_stage import DiffusionTrainer
@@ -47,8 +48,8 @@ from ldmkit.train.run_lock import hold_run_lock
 from ldmkit.train.run_outcome import RunOutcome, agreed_stop
 from ldmkit.train.run_paths import check_models_have_a_checkpoint, check_run_folder
 from ldmkit.train.signals import StopSignal
-from ldmkit.train.stop_check import TrainingStopped, check_stop
 from ldmkit.train.step_guard import Precision
+from ldmkit.train.stop_check import TrainingStopped, check_stop
 from ldmkit.train.vae_stage import train_vae
 
 T = TypeVar("T")
@@ -63,9 +64,10 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise UserError(f"{run_dir} has no {CONFIG_NAME}: not an ldmkit run folder")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
+        data = read_json_file(path)
+    except ValueError as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
+    return RunConfig.from_dict(data)
 
 
 def _resolve_models(config: RunConfig, channels: int, num_classes: int) -> None:
@@ -159,7 +161,9 @@ def _state_to_resume(out_dir: Path, resume: bool | None) -> dict[str, Any] | Non
     ckpt_path = out_dir / CHECKPOINT_NAME
     if resume is True and not ckpt_path.is_file():
         raise UserError(f"nothing to resume: {ckpt_path} does not exist")
-    return load_training_state(ckpt_path) if resume is not False and ckpt_path.is_file() else None
+    if resume is False or not ckpt_path.is_file():
+        return None
+    return check_run_state(load_training_state(ckpt_path), ckpt_path)
 
 
 def _nothing_to_do_in(config: RunConfig, out_dir: Path, resume: bool | None) -> str | None:
@@ -307,7 +311,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
             log.record(resumed[1])
             log.close()
         if state is not None and state["stage"] == "diffusion":
-            vae.load_state_dict(state["vae"])
+            with loading_run_state(ckpt_path):
+                vae.load_state_dict(state["vae"])
         elif vae_file is None:
             if not train_vae(vae, train_set, ctx, state if state is not None and state["stage"] == "vae" else None):
                 return RunOutcome(out_dir, agreed_stop(stop.signal_name, dist))  # checkpoint written
@@ -339,7 +344,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
         unet = _built_from_run_seed(lambda: UNet(UNetConfig.from_dict(config.diffusion.model)), config.seed)
         trainer = DiffusionTrainer(unet, vae, train_latents, val_latents, ctx, class_names)
         if state is not None and state["stage"] == "diffusion":
-            trainer.load_state_dict(state)
+            with loading_run_state(ckpt_path):
+                trainer.load_state_dict(state)
         trainer.train()
         if trainer.guard.stop_agreed:  # checkpoint and model written
             return RunOutcome(out_dir, agreed_stop(stop.signal_name, dist))

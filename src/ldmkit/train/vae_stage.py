@@ -26,16 +26,18 @@ import torch
 from torch import nn
 
 from ldmkit.models import AutoencoderKL
+from ldmkit.run_files import CHECKPOINT_NAME
 from ldmkit.train.batches import VAE_BATCH, IndexStream, per_rank_batch
+from ldmkit.train.checkpoint import loading_run_state
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.discriminator import PatchDiscriminator, adaptive_gan_weight, generator_loss, hinge_d_loss
 from ldmkit.train.distributed import all_reduce_mean, all_reduce_sum
 from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
+from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
-from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.step_compile import compile_for_training, weights_for_training
 from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
 from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
@@ -328,11 +330,13 @@ def train_vae(vae: AutoencoderKL, dataset: Any, ctx: StageContext, state: dict[s
     (with a checkpoint written). A `state` marked complete only restores the finished VAE.
     """
     if state is not None and state.get("complete"):  # trained and measured: nothing left to do
-        vae.load_state_dict(state["vae"])
+        with loading_run_state(ctx.run_dir / CHECKPOINT_NAME):
+            vae.load_state_dict(state["vae"])
         return True
     trainer = VAETrainer(vae, dataset, ctx)
     if state is not None:
-        trainer.load_state_dict(state)
+        with loading_run_state(ctx.run_dir / CHECKPOINT_NAME):
+            trainer.load_state_dict(state)
     else:
         trainer.fresh_start()
     return trainer.train()
