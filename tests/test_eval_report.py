@@ -85,6 +85,35 @@ def test_evaluate_class_accuracy_uses_the_classifier():
     assert "class_accuracy" in table and "0.0000" in table
 
 
+def test_evaluate_judges_the_real_side_once_for_several_sample_sets():
+    """`ldm eval --cfg 1.5 2 3`: the real features, the baseline and the classifier's accuracy on the
+    real images are the same for every scale; with `reuse` they are computed once, and each report
+    is the one a call of its own gives."""
+    net = ClassifierNet(ClassifierConfig(in_channels=1, num_classes=4, image_size=(6, 6), widths=(4, 8))).eval()
+    images_seen = []
+
+    class Counted(ClassifierFeatures):
+        def _features(self, batch):
+            images_seen.append(batch.shape[0])
+            return super()._features(batch)
+
+    extractor = Counted(net, device="cpu")
+    train, test = _images(40, 6), _images(30, 5)
+    test_labels = extractor.predict(test)
+    fakes = [(_images(30, 10 + i), torch.arange(30) % 4) for i in range(3)]
+    options = dict(real_test_labels=test_labels, kid_subsets=3, kid_subset_size=10)
+    alone = [evaluate(f, labels, train, test, extractor, classifier=net, **options) for f, labels in fakes]
+    seen_alone, reuse = sum(images_seen), {}
+    images_seen.clear()
+    shared = [evaluate(f, labels, train, test, extractor, classifier=net, reuse=reuse, **options) for f, labels in fakes]
+    assert shared == alone
+    assert sum(images_seen) == 30 + 30 + 3 * 30  # test, the train subset once; each sample set once
+    assert seen_alone == 3 * (30 + 30 + 30)  # each call: test, samples, train subset (predictions from features)
+    assert alone[0]["metrics"]["class_accuracy"]["real"] == 1.0  # the head on the features = predict()
+    predicted = extractor.predict(fakes[0][0])
+    assert alone[0]["metrics"]["class_accuracy"]["model"] == float((predicted == fakes[0][1]).double().mean())
+
+
 def test_only_inception_features_make_fid():
     class FakeInception(PixelFeatures):
         name = "inception"

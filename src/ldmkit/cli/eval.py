@@ -15,11 +15,13 @@ from tqdm import tqdm
 from ldmkit.atomic import atomic_write_text
 from ldmkit.compiled_unet import COMPILE_CHOICES
 from ldmkit.errors import UserError
-from ldmkit.pretrained import bundled_names
 from ldmkit.eval.npz_samples import npz_arrays
+from ldmkit.pretrained import bundled_names
 
 from .eval_destinations import check_classifier_destination, report_path
 from .help_format import DefaultsHelpFormatter
+
+GPU_BATCH, CPU_BATCH = 500, 64  # --batch-size's defaults
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="dpmpp-2m", help="sampler for generation")
     p.add_argument("--steps", type=int, default=25, help="sampler steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
-    p.add_argument("--batch-size", type=int, default=500, help="images per generation batch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per generation batch, and per feature batch on a CPU (default: {GPU_BATCH} on a "
+                        f"GPU, {CPU_BATCH} on a CPU, where batches of {GPU_BATCH} held ~2.5 GB and ran no faster)")
     p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall")
     p.add_argument("--kid-subsets", type=int, default=100,
                    help="KID: random subsets drawn from each set, their MMD averaged (default: 100)")
@@ -320,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
     if args.train_classifier:
         check_classifier_destination(_classifier_path(args))
     device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    args.batch_size = args.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+    features_batch = None if on_gpu else args.batch_size  # None: each extractor's own (500)
     pipe = _pipeline(args, device)
     image_size = pipe.image_size if pipe else args.image_size
     if image_size is None and args.samples:
@@ -334,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
     classifier = _given_classifier(args, device)
     extractor = None
     if not _classifier_features(args, feature_name, classifier):
-        extractor = resolve_features(feature_name, inception_weights=args.inception_weights, device=device)
+        extractor = resolve_features(feature_name, inception_weights=args.inception_weights, device=device,
+                                     batch_size=features_batch)
     listed = listed_class_names(args.data)
     if listed is not None:
         _check_class_names(args, pipe, classifier, listed)
@@ -347,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
         n = samples[0].shape[0]
     _check_k(args, n, len(train), len(val), read=samples is not None)
     if extractor is None and not args.train_classifier:  # the classifier's features: refused here if none
-        extractor = resolve_features(feature_name, classifier=classifier, device=device)
+        extractor = resolve_features(feature_name, classifier=classifier, device=device, batch_size=features_batch)
     (real_train, train_labels), (real_test, test_labels) = _decode_real(args, train, val, n)
     if train.class_names:
         warn_missing_test_classes(train.class_names, test_labels, f"the val split of {args.data}")
@@ -357,20 +365,22 @@ def run(args: argparse.Namespace) -> int:
         classifier = _trained_classifier(args, (real_train, train_labels), (real_test, test_labels),
                                          train.class_names, device, report)
     if extractor is None:  # the features of the classifier just trained
-        extractor = resolve_features(feature_name, classifier=classifier, device=device)
+        extractor = resolve_features(feature_name, classifier=classifier, device=device, batch_size=features_batch)
     report["features"] = extractor.name
 
     if args.vae:
-        report["vae"] = _reconstruction_report(pipe.vae, real_test, extractor, device)
+        report["vae"] = _reconstruction_report(pipe.vae, real_test, extractor, device, batch=min(256, args.batch_size))
         print(f"VAE: PSNR {report['vae']['psnr']:.2f} dB, SSIM {report['vae']['ssim']:.4f}; reconstructions vs real: "
               + ", ".join(f"{k} {v:.4f}" for k, v in report["vae"]["reconstruction_vs_real"].items()))
 
     report["results"] = []
+    reuse: dict = {}  # the real side, judged once for every guidance scale
     try:
         for info, images, fake_labels in _sample_runs(args, pipe, samples, data_ids):
             result = evaluate(images, fake_labels, real_train, real_test, extractor, classifier, args.k,
                               real_test_labels=test_labels if len(train.class_names) else None,
-                              kid_subsets=args.kid_subsets, kid_subset_size=min(args.kid_subset_size, images.shape[0]))
+                              kid_subsets=args.kid_subsets, kid_subset_size=min(args.kid_subset_size, images.shape[0]),
+                              reuse=reuse)
             result.update(info)
             report["results"].append(result)
             print(("\n" + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")).strip())

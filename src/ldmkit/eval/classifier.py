@@ -175,6 +175,17 @@ class ClassifierFeatures(FeatureExtractor):
         return self.model.features(uint8_to_unit(batch))
 
     @torch.inference_mode()
+    def predict_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Predicted class ids `[N]` (int64, CPU) from this classifier's own features `[N, D]` (what
+        calling it returned): its head alone, so images already judged are not run through it again."""
+        head = self.model.head
+        out = []
+        for start in range(0, features.shape[0], self.batch_size):
+            batch = features[start : start + self.batch_size].to(self.device, head.weight.dtype)
+            out.append(head(batch).argmax(dim=1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+
+    @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted class ids `[N]` (int64, CPU) of uint8 images `[N, C, H, W]`."""
         check_uint8_images(images)

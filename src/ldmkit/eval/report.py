@@ -8,6 +8,9 @@ against the same test set. The second is the floor a perfect generator would rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ldmkit.errors import UserError
@@ -47,11 +50,15 @@ def distribution_metrics(
     }
 
 
-def _class_accuracy(classifier: ClassifierFeatures, images: torch.Tensor, labels: torch.Tensor) -> float:
+def _class_accuracy(classifier: ClassifierFeatures, images: torch.Tensor, labels: torch.Tensor,
+                    features: torch.Tensor | None = None) -> float:
+    """The fraction of `images` `classifier` assigns to `labels`; from `features` (the classifier's
+    own, already computed for these images) when given."""
     labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
     if labels.shape[0] != images.shape[0]:
         raise UserError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    return float((classifier.predict(images) == labels).double().mean())
+    predicted = classifier.predict(images) if features is None else classifier.predict_from_features(features)
+    return float((predicted == labels).double().mean())
 
 
 def evaluate(
@@ -67,6 +74,7 @@ def evaluate(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    reuse: dict | None = None,
 ) -> dict:
     """Compare generated images with real ones; returns a JSON-serialisable report.
 
@@ -79,7 +87,18 @@ def evaluate(
 
     Returns {"extractor", "counts", "k", "metrics": {name: {"model", "real"}}}; KID rows
     also carry "model_std" and "real_std"; every row says whether "lower" or "higher" is better.
+
+    `reuse`: a dict shared by calls that judge several sample sets (one per guidance scale) against
+    the same real images, extractor and classifier; what depends on those alone (the real
+    features, the real baseline, the classifier's accuracy on real_test) is computed once in it.
     """
+    reuse = {} if reuse is None else reuse
+
+    def once(key: tuple, compute: Callable[[], Any]) -> Any:
+        if key not in reuse:
+            reuse[key] = compute()
+        return reuse[key]
+
     for name, images in (("fake_images", fake_images), ("real_train", real_train), ("real_test", real_test)):
         check_uint8_images(images, name)
     shapes = {tuple(x.shape[1:]) for x in (fake_images, real_train, real_test)}
@@ -91,11 +110,13 @@ def evaluate(
     train_idx = torch.randperm(real_train.shape[0], generator=generator)[:n]
     train_subset = real_train[train_idx]
 
-    feats_test = extractor(real_test)
+    feats_test = once(("features", "real_test"), lambda: extractor(real_test))
     options = dict(extractor_name=extractor.name, k=k, kid_subsets=kid_subsets,
                    kid_subset_size=kid_subset_size, seed=seed, device=extractor.device)
-    model_values = distribution_metrics(extractor(fake_images), feats_test, **options)
-    real_values = distribution_metrics(extractor(train_subset), feats_test, **options)
+    feats_fake = extractor(fake_images)
+    model_values = distribution_metrics(feats_fake, feats_test, **options)
+    real_values = once(("baseline", n, k, kid_subsets, kid_subset_size, seed),
+                       lambda: distribution_metrics(extractor(train_subset), feats_test, **options))
 
     metrics: dict[str, dict] = {}
     for name in model_values:
@@ -111,11 +132,15 @@ def evaluate(
     if classifier is None and isinstance(extractor, ClassifierFeatures):
         classifier = extractor
     if isinstance(classifier, ClassifierNet):
-        classifier = ClassifierFeatures(classifier, device=extractor.device)
+        classifier = ClassifierFeatures(classifier, device=extractor.device, batch_size=extractor.batch_size)
     if classifier is not None and fake_labels is not None:
-        row = {"model": _class_accuracy(classifier, fake_images, fake_labels), "real": None, "better": "higher"}
+        # the extractor is this classifier: its features of these images are at hand, its head alone decides
+        own = isinstance(extractor, ClassifierFeatures) and extractor.model is classifier.model
+        row = {"model": _class_accuracy(classifier, fake_images, fake_labels, feats_fake if own else None),
+               "real": None, "better": "higher"}
         if real_test_labels is not None:
-            row["real"] = _class_accuracy(classifier, real_test, real_test_labels)
+            row["real"] = once(("accuracy", "real_test"), lambda: _class_accuracy(
+                classifier, real_test, real_test_labels, feats_test if own else None))
         metrics["class_accuracy"] = row
 
     return {
