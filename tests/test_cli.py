@@ -269,3 +269,13 @@ def test_a_user_error_is_a_value_error_for_python_callers():
 
     with pytest.raises(ValueError, match="unknown sampler"):  # `except ValueError` catches ldmkit's refusals
         sample(lambda x, t: x, torch.zeros(1, 2), NoiseSchedule.create(), sampler="plms")
+
+
+def test_help_imports_no_torch():
+    """`ldm --help` and every verb's help without torch (its import was ~1.8 s of a 2 s --help on a
+    laptop); each verb imports what it runs with inside `run`."""
+    probe = ("import sys\nfrom ldmkit.cli import VERBS, _verb_parser, build_parser\nparser = build_parser()\n"
+             "helps = [parser.format_help()] + [_verb_parser(parser, v.__name__.rsplit('.', 1)[-1].removesuffix("
+             "'_verb')).format_help() for v in VERBS]\nprint(len(helps), 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(len(VERBS) + 1), "False"], out

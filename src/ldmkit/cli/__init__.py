@@ -14,8 +14,8 @@ import sys
 from ldmkit import __version__
 from ldmkit.errors import UserError
 
-from . import eval as eval_verb
 from . import convert, generate, info, serve, train
+from . import eval as eval_verb
 from .closed_pipe import outputs_survive_a_closed_pipe
 from .warning_lines import warning_lines
 

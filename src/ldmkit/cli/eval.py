@@ -8,18 +8,20 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm import tqdm
 
 from ldmkit.atomic import atomic_write_text
-from ldmkit.compiled_unet import COMPILE_CHOICES
+from ldmkit.compile_choices import COMPILE_CHOICES
 from ldmkit.errors import UserError
-from ldmkit.eval.npz_samples import npz_arrays
 from ldmkit.pretrained import bundled_names
 
 from .eval_destinations import check_classifier_destination, report_path
 from .help_format import DefaultsHelpFormatter
+
+if TYPE_CHECKING:
+    import torch
 
 GPU_BATCH, CPU_BATCH = 500, 64  # --batch-size's defaults
 
@@ -123,6 +125,8 @@ def _classifier_path(args: argparse.Namespace) -> Path | None:
 
 def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batch: int = 256) -> dict:
     """PSNR / SSIM of the VAE on real test images, and the distance of the reconstructions."""
+    import torch
+
     from ldmkit.eval import distribution_metrics, reconstruction_metrics
 
     recons = []
@@ -167,6 +171,8 @@ def _is_npz(path: str) -> bool:
 def _samples_image_size(path: str) -> int:
     """The height of the samples at `path` (the real images are read at it when no --model says)."""
     if _is_npz(path):
+        from ldmkit.eval.npz_samples import npz_arrays
+
         return int(npz_arrays(path, 1)[0].shape[-2])
     from ldmkit.eval.samples_io import check_sample_folder, sample_paths
 
@@ -188,6 +194,8 @@ def _read_samples(path: str, class_names: list[str], channels: int, limit: int, 
     from ldmkit.eval.samples_io import check_sample_folder
 
     if _is_npz(path):
+        from ldmkit.eval.npz_samples import npz_arrays
+
         images, labels = npz_arrays(path, limit)
     else:
         check_sample_folder(Path(path), "--samples")
@@ -204,6 +212,8 @@ def _read_samples(path: str, class_names: list[str], channels: int, limit: int, 
 def _sample_runs(args: argparse.Namespace, pipe, samples: tuple | None, data_ids: list[int] | None):
     """(info, uint8 images, labels in the data's ids or None) for --samples, or for each --cfg in
     turn, generated only when the one before has been judged and written."""
+    import torch
+
     if samples is not None:  # read, and checked, before any work
         yield {"samples": args.samples}, *samples
         return

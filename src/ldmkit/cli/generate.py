@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ldmkit.atomic import remove_temporary_files
-from ldmkit.compiled_unet import COMPILE_CHOICES
+from ldmkit.compile_choices import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
 
@@ -81,10 +81,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ldmkit.cli.generate_output import (
+        check_folder,
+        check_grid_destination,
+        check_inputs_not_written,
+        check_no_other_job,
+        check_same_job,
+        grid_pnginfo,
+        job_settings,
+        make_folder,
+        readable_png,
+    )
     from ldmkit.data.images import make_grid, save_png, to_pil
-    from ldmkit.cli.generate_output import (check_folder, check_grid_destination, check_inputs_not_written,
-                                            check_no_other_job, check_same_job, grid_pnginfo, job_settings,
-                                            make_folder, readable_png)
     from ldmkit.eval.samples_io import GRID_FILE, sample_filename, write_samples_info
     from ldmkit.pipeline import LatentDiffusionPipeline, open_image
     from ldmkit.pipeline_args import default_strength

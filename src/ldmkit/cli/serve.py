@@ -10,7 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from ldmkit.compiled_unet import COMPILE_CHOICES
+from ldmkit.compile_choices import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
 

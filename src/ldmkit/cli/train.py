@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ldmkit.compile_choices import COMPILE_MODES
 from ldmkit.errors import UserError
 from ldmkit.json_text import loads
-from ldmkit.train.config import COMPILE_MODES
 
 from .help_format import DefaultsHelpFormatter
 

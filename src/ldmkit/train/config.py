@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ldmkit.compile_choices import COMPILE_MODES  # noqa: F401 (also imported from here)
 from ldmkit.errors import UserError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 RECON_LOSSES = ("l1", "l2")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 def vae_model_dict(preset: str) -> dict[str, Any]:
