@@ -105,7 +105,8 @@ def test_evaluate_judges_the_real_side_once_for_several_sample_sets():
     alone = [evaluate(f, labels, train, test, extractor, classifier=net, **options) for f, labels in fakes]
     seen_alone, reuse = sum(images_seen), {}
     images_seen.clear()
-    shared = [evaluate(f, labels, train, test, extractor, classifier=net, reuse=reuse, **options) for f, labels in fakes]
+    shared = [evaluate(f, labels, train, test, extractor, classifier=net, reuse=reuse, **options)
+              for f, labels in fakes]
     assert shared == alone
     assert sum(images_seen) == 30 + 30 + 3 * 30  # test, the train subset once; each sample set once
     assert seen_alone == 3 * (30 + 30 + 30)  # each call: test, samples, train subset (predictions from features)
