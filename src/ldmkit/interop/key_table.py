@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 
 from ldmkit.errors import UserError
+from ldmkit.models.fitted import name_list
 
-_SHOWN = 8
 
 Merge = Callable[..., torch.Tensor]
 Split = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, ...]"]
@@ -30,21 +30,15 @@ def rename(key: str, rules: Sequence[tuple[str, str]]) -> str:
     return key
 
 
-def _names(keys: Sequence[str]) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_SHOWN])
-    return shown + (f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
-
-
 def check_keys(given: Sequence[str], expected: Sequence[str], what: str) -> None:
     """`UserError` listing the keys missing from `given` and the unexpected ones in it."""
     missing = set(expected) - set(given)
     unexpected = set(given) - set(expected)
     problems = []
     if missing:
-        problems.append(f"missing keys: {_names(list(missing))}")
+        problems.append(f"missing keys: {name_list(list(missing))}")
     if unexpected:
-        problems.append(f"unexpected keys: {_names(list(unexpected))}")
+        problems.append(f"unexpected keys: {name_list(list(unexpected))}")
     if problems:
         raise UserError(f"{what} weights do not fit the expected layout: " + "; ".join(problems))
 
@@ -111,5 +105,5 @@ class KeyTable:
                     mismatched.append(f"{theirs} {tuple(tensor.shape)} (as {key}: {shapes})")
                 out[key] = part
         if mismatched:
-            raise UserError(f"{what} weights have the wrong shape for the config: {_names(mismatched)}")
+            raise UserError(f"{what} weights have the wrong shape for the config: {name_list(mismatched)}")
         return out

@@ -18,14 +18,6 @@ from ldmkit.models.autoencoder import AutoencoderKL
 from ldmkit.models.fitted import build_fitted, check_fit
 from ldmkit.models.unet import UNet
 
-_SHOWN = 8  # names listed per kind of problem before "... and N more"
-
-
-def _names(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN])
-    return shown + (f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
-
-
 def load_state_dict_strict(
     module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "weights"
 ) -> None:

@@ -13,7 +13,7 @@ without a word.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import torch
@@ -25,7 +25,9 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 _SHOWN = 8  # names listed per kind of problem before "... and N more"
 
 
-def _names(keys: list[str]) -> str:
+def name_list(keys: Sequence[str]) -> str:
+    """`keys` sorted and joined, cut after the first few ("... and N more")."""
+    keys = sorted(keys)
     shown = ", ".join(keys[:_SHOWN])
     return shown + (f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
 
@@ -51,18 +53,18 @@ def check_fit(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Te
                   if not _kind_fits(expected[k], given[k])]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_names(missing)}")
+        problems.append(f"missing keys: {name_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
+        problems.append(f"unexpected keys: {name_list(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches (given vs model): {_names(mismatched)}")
+        problems.append(f"shape mismatches (given vs model): {name_list(mismatched)}")
     if wrong_kind:
-        problems.append(f"values of the wrong kind: {_names(wrong_kind)}")
+        problems.append(f"values of the wrong kind: {name_list(wrong_kind)}")
     if problems:
         raise UserError(f"{source} do not fit {target}: " + "; ".join(problems))
     not_finite = [k for k in common if given[k].dtype.is_floating_point and not bool(torch.isfinite(given[k]).all())]
     if not_finite:
-        raise UserError(f"{source} hold NaN or infinite values ({_names(not_finite)}): the file is damaged, or was "
+        raise UserError(f"{source} hold NaN or infinite values ({name_list(not_finite)}): the file is damaged, or was "
                         "saved from a training run that diverged; images made with it would be blank")
 
 
