@@ -5,6 +5,8 @@ not named."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -98,6 +100,11 @@ def test_the_report_and_classifier_replace_only_their_own_kind(model_file, tmp_p
     assert (run / "model.safetensors").read_bytes() == model_file.read_bytes()
     assert (run / "checkpoint.pt").read_bytes() == b"PK\x03\x04 a checkpoint" and Image.open(picture).size == (4, 4)
     assert not (tmp_path / "r.json").exists()
+
+    if hasattr(os, "mkfifo"):  # reading it to see whether it is a report waited for a writer for ever
+        os.mkfifo(tmp_path / "pipe.json")
+        with pytest.raises(UserError, match="exists and is not an earlier report"):
+            report_path(str(tmp_path / "pipe.json"))
 
     (tmp_path / "old.json").write_text('{"results": [], "features": "classifier"}')
     assert report_path(str(tmp_path / "old.json")) == tmp_path / "old.json"  # an earlier report: replaced

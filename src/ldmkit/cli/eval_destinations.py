@@ -17,7 +17,8 @@ def _refuse_foreign(path: Path, flag: str, kind: str, is_same_kind) -> None:
     if run_owned_file(path):
         raise UserError(f"{flag} {path} is a file of the run in {path.parent}, which only `ldm train` writes; "
                         f"give the {kind} another name")
-    if path.exists() and not path.is_dir() and not is_same_kind(path):
+    # a FIFO or a device is no earlier output, and reading it to see would wait for ever
+    if path.exists() and not path.is_dir() and not (path.is_file() and is_same_kind(path)):
         raise UserError(f"{flag} {path} exists and is not an earlier {kind}: it is left as it is; give another name")
 
 
