@@ -95,7 +95,7 @@ def test_damaged_metadata_is_one_line(model_file, tmp_path, capsys, meta):
     ("unet_config", "norm_eps", "x"), ("unet_config", "freq_shift", "abc"), ("unet_config", "mid_attention", "yes"),
     ("unet_config", "zero_init_output", 7), ("unet_config", "dropout", float("nan")),
     ("vae_config", "logvar_min", "a"), ("vae_config", "norm_eps", -1.0), ("unet_config", "channel_mult", [1] * 10**5),
-    ("unet_config", "num_res_blocks", 10**7),
+    ("unet_config", "num_res_blocks", 10**7), ("unet_config", "dropout", 10**400),
 ])
 def test_config_fields_of_the_wrong_kind_are_refused_at_load(model_file, tmp_path, which, field, value):
     with safe_open(str(model_file), "pt") as f:

@@ -77,15 +77,15 @@ def _checked_scalar(cls: type, name: str, hint: Any, value: Any) -> Any:
     if isinstance(value, bool):
         ok = bool in scalar
     elif isinstance(value, int):
-        ok = int in scalar or float in scalar
-        value = float(value) if int not in scalar else value
+        ok = int in scalar or (float in scalar and abs(value) < 2**1023)  # float() of 10**400 overflows
+        value = float(value) if ok and int not in scalar else value
     elif isinstance(value, float):
         ok = float in scalar and math.isfinite(value)
     else:
         ok = isinstance(value, str) and str in scalar
     if not ok:
         names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
-        raise UserError(f"{cls.__name__}.{name} must be {names}, got {value!r}")
+        raise UserError(f"{cls.__name__}.{name} must be {names}, got {value!r:.60}")
     return value
 
 
