@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldmkit.compile_choices import COMPILE_CHOICES  # noqa: F401 (also imported from here)
+from ldmkit.compile_choices import COMPILE_CHOICES
 from ldmkit.compile_fallback import call_or_fallback, compile_allowed
 from ldmkit.errors import UserError
 from ldmkit.nn import context_kv, derived_weights

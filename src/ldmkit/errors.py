@@ -36,8 +36,10 @@ class UserError(ValueError):
 
 
 @contextlib.contextmanager
-def reading(what: object) -> Iterator[None]:
-    """Turn a failure while reading a file someone else made into one `UserError` naming `what`.
+def reading(what: object, *, failed: str = "cannot be read",
+            advice: str = "the file is damaged, or is not what its folder says it is") -> Iterator[None]:
+    """Turn a failure while reading a file someone else made into one `UserError` naming `what`:
+    "WHAT FAILED (Error: first line); ADVICE".
 
     A damaged or mislabelled model folder (a UNet's config.json of another class, `[]` for a
     config, a tokenizer.json of garbage) fails somewhere inside diffusers' config handling,
@@ -50,5 +52,4 @@ def reading(what: object) -> Iterator[None]:
         raise
     except Exception as error:
         detail = (str(error).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{what} cannot be read ({type(error).__name__}: {detail}); the file is damaged, or "
-                        "is not what its folder says it is") from None
+        raise UserError(f"{what} {failed} ({type(error).__name__}: {detail}); {advice}") from None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 
 from ldmkit.errors import UserError
-from ldmkit.models.fitted import name_list
+from ldmkit.models.fitted import key_problems, name_list
 
 
 Merge = Callable[..., torch.Tensor]
@@ -32,13 +32,7 @@ def rename(key: str, rules: Sequence[tuple[str, str]]) -> str:
 
 def check_keys(given: Sequence[str], expected: Sequence[str], what: str) -> None:
     """`UserError` listing the keys missing from `given` and the unexpected ones in it."""
-    missing = set(expected) - set(given)
-    unexpected = set(given) - set(expected)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {name_list(list(missing))}")
-    if unexpected:
-        problems.append(f"unexpected keys: {name_list(list(unexpected))}")
+    problems = key_problems(given, expected)
     if problems:
         raise UserError(f"{what} weights do not fit the expected layout: " + "; ".join(problems))
 

@@ -13,7 +13,7 @@ without a word.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import torch
@@ -32,6 +32,17 @@ def name_list(keys: Sequence[str]) -> str:
     return shown + (f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
 
 
+def key_problems(given: Iterable[str], expected: Iterable[str]) -> list[str]:
+    """["missing keys: ...", "unexpected keys: ..."] for what `given` lacks and has beyond `expected`."""
+    given, expected = set(given), set(expected)
+    problems = []
+    if expected - given:
+        problems.append(f"missing keys: {name_list(list(expected - given))}")
+    if given - expected:
+        problems.append(f"unexpected keys: {name_list(list(given - expected))}")
+    return problems
+
+
 def _kind_fits(expected: torch.Tensor, given: torch.Tensor) -> bool:
     """A floating-point tensor takes only real floating-point values (bool, integer or complex ones
     load by a silent cast); an integer buffer takes integers."""
@@ -44,18 +55,12 @@ def check_fit(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Te
               target: str) -> None:
     """UserError unless `given` has exactly `expected`'s names, with its shapes and kinds of values,
     all finite. `source` names the weights ("FILE: the unet.* weights"), `target` the model."""
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
     common = sorted(set(expected) & set(given))
     mismatched = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in common
                   if tuple(given[k].shape) != tuple(expected[k].shape)]
     wrong_kind = [f"{k} {given[k].dtype} for {expected[k].dtype}" for k in common
                   if not _kind_fits(expected[k], given[k])]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {name_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {name_list(unexpected)}")
+    problems = key_problems(given, expected)
     if mismatched:
         problems.append(f"shape mismatches (given vs model): {name_list(mismatched)}")
     if wrong_kind:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ldmkit.atomic import atomic_write
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, reading
 
 FORMAT = "ldmkit-train-state"
 FORMAT_VERSION = 1
@@ -76,18 +75,11 @@ def check_run_state(state: dict[str, Any], path: str | os.PathLike) -> dict[str,
     return state
 
 
-@contextlib.contextmanager
-def loading_run_state(path: str | os.PathLike) -> Iterator[None]:
+def loading_run_state(path: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
     """Turn a failure while the trainers take in a checkpoint's tensors (a weight of another shape,
     a damaged optimizer state: PyTorch's RuntimeError, KeyError, ...) into one UserError."""
-    try:
-        yield
-    except (UserError, OSError, MemoryError):
-        raise
-    except Exception as error:
-        detail = " ".join(line.strip() for line in str(error).splitlines())[:200]
-        raise UserError(f"checkpoint {path} does not hold what this run needs ({type(error).__name__}: {detail}); "
-                        "restore a copy, or start over in a new --out folder") from None
+    return reading(f"checkpoint {path}", failed="does not hold what this run needs",
+                   advice="restore a copy, or start over in a new --out folder")
 
 
 # What each stage's state holds (the trainers' `state_dict`s and run.py's additions), by kind.

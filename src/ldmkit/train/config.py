@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ldmkit.compile_choices import COMPILE_MODES  # noqa: F401 (also imported from here)
+from ldmkit.compile_choices import COMPILE_MODES
 from ldmkit.errors import UserError
 
 if TYPE_CHECKING:
