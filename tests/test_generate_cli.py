@@ -201,22 +201,3 @@ def test_cfg_for_an_unconditional_model_is_a_warning(tmp_path, capsys):
     assert main(["generate", "--model", str(unconditional), "--n", "1", "--steps", "1", "--cfg", "3", "--device",
                  "cpu", "--quiet", "--out", str(tmp_path / "out")]) == 0
     assert "warning: --cfg has no effect: this model is unconditional" in capsys.readouterr().err
-
-
-def test_an_image_in_place_when_the_interrupt_came_is_counted(model_file, tmp_path, monkeypatch, capsys):
-    """The interrupt landed between a file's rename (and folder fsync) and its count: "1 of 6
-    images written" with two complete images in the folder."""
-    from ldmkit.data.images import save_png
-
-    calls = []
-
-    def saved_then_interrupted(image, path, **options):
-        save_png(image, path, **options)
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr("ldmkit.data.images.save_png", saved_then_interrupted)  # `ldm generate` imports it per run
-    assert generate(model_file, tmp_path / "cut") == 130
-    assert "interrupted: 2 of 6 images written" in capsys.readouterr().err
-    assert len(pngs(tmp_path / "cut")) == 2

@@ -87,19 +87,37 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
     For writers that want a file name (e.g. `safetensors.torch.save_file`). The temporary file
     is removed if anything fails before the swap. Returns the final path.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # the folder's name is taken by a file: say that, not "File exists"
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
-    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # TEMPORARY_NAME
-    try:
+    def written_and_synced(tmp: Path) -> None:
         write_path(tmp)
         # The usual mode, as `open` would give: safetensors' save_file makes its files 0600
         # (private to this user, so a server account could not read a converted model).
         os.chmod(tmp, _new_file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+
+    return _swap_in(Path(path), written_and_synced)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Replace `path` by what `write(file)` writes to an open binary file (see `atomic_save`)."""
+    def written_and_synced(tmp: Path) -> None:
+        with open(tmp, "xb") as f:  # made with the usual mode; synced through this handle (no second open)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _swap_in(Path(path), written_and_synced)
+
+
+def _swap_in(path: Path, write_synced: Callable[[Path], None]) -> Path:
+    """`write_synced(tmp)` writes and fsyncs the temporary file; then the rename over `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # the folder's name is taken by a file: say that, not "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # TEMPORARY_NAME
+    try:
+        write_synced(tmp)
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):  # a read-only place refuses this too: the first error is the one
@@ -115,15 +133,6 @@ def atomic_save(path: str | os.PathLike, write_path: Callable[[Path], None]) -> 
         raise
     fsync_directory(path.parent)
     return path
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Replace `path` by what `write(file)` writes to an open binary file."""
-    def write_path(tmp: Path) -> None:
-        with open(tmp, "xb") as f:
-            write(f)
-
-    return atomic_save(path, write_path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ldmkit.atomic import remove_temporary_files
+from ldmkit.cli.background_writes import BackgroundWrites, writer_threads
 from ldmkit.compile_choices import COMPILE_CHOICES
 from ldmkit.errors import UserError
 from ldmkit.pretrained import DEFAULT_MODEL, bundled_names
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.strength is not None and not 0 < args.strength <= 1:  # NaN too; before --out is made
         raise UserError(f"--strength must be in (0, 1], got {args.strength}")
     out = check_folder(args.out, "--out")  # made once the model has loaded
+    threads = writer_threads()
     if args.grid is not None:
         grid = Path(args.grid)
         if grid.is_dir():
@@ -158,20 +159,22 @@ def run(args: argparse.Namespace) -> int:
     # What the ids in the names mean (for `ldm eval --samples`) and the settings (for --skip-existing).
     write_samples_info(out, pipe.class_names, settings)
     bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, desc="generating")
-    written, started = 0, time.time_ns()
-    try:  # each batch is written as it comes: an interrupt keeps what was made
-        for images in pipe.iter_uint8([seeds[k] for k in todo], [labels[k] for k in todo],
-                                      batch_size=args.batch_size, progress=bar.update, **sampling):
-            for image in to_pil(images):
-                _write(save_png, image, out / names[todo[written]])
-                written += 1
-    except KeyboardInterrupt:
-        bar.close()
-        if written < len(todo) and _made_since(out / names[todo[written]], started):
-            written += 1  # the interrupt came after the file was in place, before it was counted
-        print(f"ldm generate: interrupted: {written} of {len(todo)} images written to {out}/; the same command "
-              "with --skip-existing makes the rest", file=sys.stderr)
-        return 130
+    with BackgroundWrites(lambda image, path: _write(save_png, image, path), threads) as writes:
+        try:  # each batch is written as it comes (while the next is sampled): an interrupt keeps what was made
+            handed = 0
+            for images in pipe.iter_uint8([seeds[k] for k in todo], [labels[k] for k in todo],
+                                          batch_size=args.batch_size, progress=bar.update, **sampling):
+                writes.wait_for(0)  # the batch before last is on disk: at most two batches in memory
+                for image in to_pil(images):
+                    writes.put(image, out / names[todo[handed]])
+                    handed += 1
+            written = writes.finish()
+        except KeyboardInterrupt:
+            bar.close()
+            written = writes.finish_after_interrupt()  # the images already made are written, then counted
+            print(f"ldm generate: interrupted: {written} of {len(todo)} images written to {out}/; the same command "
+                  "with --skip-existing makes the rest", file=sys.stderr)
+            return 130
     bar.close()
 
     done = f"wrote {written} images to {out}/" + (f" ({len(names) - len(todo)} were there)" if len(todo) < len(names)
@@ -187,13 +190,6 @@ def run(args: argparse.Namespace) -> int:
     _write(lambda image, path: save_png(image, path, pnginfo=grid_pnginfo()), grid_image, grid_path)  # tagged: ours
     print(f"{done} and the grid {grid_path}")
     return 0
-
-
-def _made_since(path: Path, since_ns: int) -> bool:
-    try:
-        return path.stat().st_mtime_ns >= since_ns - 50_000_000  # file times run on a coarser clock
-    except OSError:
-        return False
 
 
 def _write(save, image, path: Path) -> None:
