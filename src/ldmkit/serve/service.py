@@ -21,7 +21,6 @@ mistake named by its field, never quietly defaulted.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -29,9 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from PIL import Image
 
-from ldmkit.data.images import to_pil
+from ldmkit.data.images import png_bytes, to_pil
 from ldmkit.diffusion.samplers import SAMPLERS
 from ldmkit.diffusion.samplers.context import img2img_steps
 from ldmkit.errors import UserError
@@ -71,13 +71,23 @@ class Job:
 
 @dataclass
 class GeneratedImages:
-    """One job's result: PNG files in order, with the seed and class name (or None) of each."""
+    """One job's result: the images (uint8 [n, C, H, W] on the CPU) in order, with the seed and
+    class name (or None) of each. `pngs` encodes them once, when first asked for, on the thread
+    that asks: the server's request thread, so its runner goes on to the next job meanwhile."""
 
-    pngs: list[bytes]
+    images: torch.Tensor
     seeds: list[int]
     classes: list[str | None]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    _pngs: list[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pngs(self) -> list[bytes]:
+        """The images as PNG files' bytes."""
+        if self._pngs is None:
+            self._pngs = png_bytes(to_pil(self.images))
+        return self._pngs
 
 
 def _shown(value: Any) -> str:
@@ -284,15 +294,10 @@ class GenerationService:
                 images = self.pipe.generate_uint8(job.seeds, job.labels, batch_size=job.batch_size,
                                                   whole_batches=self.compiled, **sampling)
                 seconds = time.perf_counter() - start
-            pngs = []
-            for image in to_pil(images):
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                pngs.append(buffer.getvalue())
         except JobStopped:
             stopped = True
             raise
         finally:
             self.progress.finished(job.job_id, stopped=stopped)
         names = [self.pipe.class_names[c] if c >= 0 else None for c in job.labels]
-        return GeneratedImages(pngs=pngs, seeds=list(job.seeds), classes=names, seconds=seconds, notes=job.notes)
+        return GeneratedImages(images=images, seeds=list(job.seeds), classes=names, seconds=seconds, notes=job.notes)
