@@ -55,6 +55,7 @@ class VAETrainConfig:
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-4
+    lr_schedule: str = "constant"  # or "cosine" to 0 at `steps` (the GAN's discriminator LR stays constant)
     warmup: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -285,6 +286,7 @@ def validate(config: RunConfig) -> None:
     need(d.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {d.prediction!r}")
     need(d.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {d.schedule!r}")
     need(d.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'")
+    need(v.lr_schedule in ("constant", "cosine"), "vae.lr_schedule must be 'constant' or 'cosine'")
     need(0.0 <= d.cond_drop < 1.0, f"--cond-drop must be in [0, 1), got {d.cond_drop}")
     need(0.0 <= d.ema_decay <= 1.0, "ema_decay must be in [0, 1]")
     need(d.min_snr_gamma is None or d.min_snr_gamma > 0, "min_snr_gamma must be positive")

@@ -190,7 +190,7 @@ class VAETrainer:
             flip = global_draw(lambda: torch.rand(B, generator=gen, device=dev) < 0.5, self.dist)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         eps = global_draw(lambda: torch.randn((B, *self.latent_shape), generator=gen, device=dev), self.dist)
-        lr = lr_at(self.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=cfg.steps)
+        lr = lr_at(self.step, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=cfg.steps, schedule=cfg.lr_schedule)
         if self.step_graph is not None:
             self.device_lr.set(lr)  # a kernel, no sync: the captured AdamW reads it
             captured = self.step_graph(images, eps)
