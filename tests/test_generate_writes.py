@@ -117,3 +117,15 @@ def test_a_bad_thread_count_is_one_line(model_file, tmp_path, monkeypatch, capsy
     monkeypatch.setenv(THREADS_VARIABLE, value)
     assert generate(model_file, tmp_path / "out") == 2
     assert THREADS_VARIABLE in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_skipped_write_reports_the_failure_behind_it(tmp_path):
+    """Threads end out of order: a write skipped because a later-queued one failed first is
+    settled before that one, and must raise its failure, not the internal skip."""
+    writes = BackgroundWrites(lambda item, path: None, threads=1)
+    writes._failure = UserError("cannot write 7.png: No space left on device")  # as a worker records it
+    with pytest.raises(UserError, match="7.png: No space left"):
+        with writes:
+            writes.put(0, tmp_path / "0.png")
+            writes.finish()
+    assert writes.written == 0

@@ -55,7 +55,7 @@ class BackgroundWrites:
         self._write = write
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ldm-write")
         self._pending: collections.deque[Future] = collections.deque()
-        self._failed = False  # set by the first failed write: the writes queued behind it are skipped
+        self._failure: BaseException | None = None  # the first failed write's error: later writes are skipped
         self.written = 0
 
     def put(self, item: Any, path: Path) -> None:
@@ -63,12 +63,12 @@ class BackgroundWrites:
         self._pending.append(self._pool.submit(self._guarded_write, item, path))
 
     def _guarded_write(self, item: Any, path: Path) -> None:
-        if self._failed:  # a full disk fails the next write too: stop at the first
+        if self._failure is not None:  # a full disk fails the next write too: stop at the first
             raise _Skipped
         try:
             self._write(item, path)
-        except BaseException:
-            self._failed = True
+        except BaseException as err:
+            self._failure = self._failure or err
             raise
 
     def wait_for(self, limit: int) -> None:
@@ -77,7 +77,12 @@ class BackgroundWrites:
             self._settle(self._pending.popleft())
 
     def _settle(self, future: Future) -> None:
-        future.result()  # the write's own error (a `UserError` from the caller's wrapper)
+        try:
+            future.result()  # the write's own error (a `UserError` from the caller's wrapper)
+        except _Skipped:
+            # Skipped for a failure that may lie later in the queue (threads finish out of order):
+            # that failure is the error to report, never the internal skip.
+            raise self._failure from None
         self.written += 1
 
     def finish(self) -> int:
