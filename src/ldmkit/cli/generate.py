@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             handed = 0
             for images in pipe.iter_uint8([seeds[k] for k in todo], [labels[k] for k in todo],
                                           batch_size=args.batch_size, progress=bar.update, **sampling):
-                writes.wait_for(0)  # the batch before last is on disk: at most two batches in memory
+                writes.wait_for(0)  # the previous batch is on disk: at most two batches in memory
                 for image in to_pil(images):
                     writes.put(image, out / names[todo[handed]])
                     handed += 1
