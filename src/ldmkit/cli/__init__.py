@@ -18,6 +18,7 @@ from . import convert, generate, info, serve, train
 from . import eval as eval_verb
 from .closed_pipe import outputs_survive_a_closed_pipe
 from .warning_lines import warning_lines
+from .whole_line import print_line
 
 VERBS = [train, generate, serve, info, eval_verb, convert]
 
@@ -77,16 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         with outputs_survive_a_closed_pipe(), warning_lines(f"ldm {args.verb}{_which_process()}"):
             result = args.run(args)
     except UserError as err:
-        print(f"ldm {args.verb}{_which_process()}: error: {err}", file=sys.stderr)
+        print_line(f"ldm {args.verb}{_which_process()}: error: {err}")
         return 2
     except BrokenPipeError:  # a pipe other than stdout / stderr (those drop their writes: closed_pipe.py)
         return 0
     except OSError as err:  # the file system said no: a missing or read-only place, a full disk
         where = f": {err.filename}" if err.filename else ""
-        print(f"ldm {args.verb}{_which_process()}: error: {err.strerror or err}{where}", file=sys.stderr)
+        print_line(f"ldm {args.verb}{_which_process()}: error: {err.strerror or err}{where}")
         return 1
     except KeyboardInterrupt:
-        print(f"ldm {args.verb}: interrupted", file=sys.stderr)
+        print_line(f"ldm {args.verb}{_which_process()}: interrupted")
         return 130
     return int(result or 0)
 

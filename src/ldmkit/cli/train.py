@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ldmkit.compile_choices import COMPILE_MODES
@@ -11,6 +10,7 @@ from ldmkit.errors import UserError
 from ldmkit.json_text import loads
 
 from .help_format import DefaultsHelpFormatter
+from .whole_line import print_line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
         from . import _which_process
 
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"ldm train{_which_process()}: error: lost contact with another process of this torchrun job "
-              f"({reason[:200]}); its own error, if it had one, is above. What was saved in {out} is kept: run the "
-              "same command again to resume", file=sys.stderr)
+        print_line(f"ldm train{_which_process()}: error: lost contact with another process of this torchrun job "
+                   f"({reason[:200]}); its own error, if it had one, is above. What was saved in {out} is kept: run "
+                   "the same command again to resume")
         return 1
     return outcome.exit_status  # 130 / 143 after a signal's stop, so `ldm train ... && ...` goes no further
 

@@ -10,10 +10,11 @@ libraries keep Python's format, which is what their authors' issue trackers expe
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+from .whole_line import print_line
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # src/ldmkit
 
@@ -32,7 +33,7 @@ def warning_lines(prefix: str) -> Iterator[None]:
 
     def show(message, category, filename, lineno, file=None, line=None):  # warnings.showwarning's signature
         if _raised_by_ldmkit(filename):
-            print(f"{prefix}: warning: {message}", file=file or sys.stderr)
+            print_line(f"{prefix}: warning: {message}", file)
         else:
             shown_before(message, category, filename, lineno, file, line)
 
