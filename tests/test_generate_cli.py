@@ -32,20 +32,25 @@ def pngs(folder: Path) -> dict[str, np.ndarray]:
     return {path.name: np.asarray(Image.open(path)) for path in sorted(folder.glob("0*.png"))}
 
 
+def interrupt_after_batches(monkeypatch, batches: int) -> None:
+    """A Ctrl-C while the pipeline makes batch `batches` (0-based), after the earlier ones came out."""
+    real_iter = LatentDiffusionPipeline.iter_uint8
+
+    def interrupted(self, seeds, labels, **options):
+        for k, images in enumerate(real_iter(self, seeds, labels, **options)):
+            if k == batches:
+                raise KeyboardInterrupt
+            yield images
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "iter_uint8", interrupted)
+
+
 def test_an_interrupted_job_keeps_its_batches_and_resumes_exactly(model_file, tmp_path, monkeypatch, capsys):
     assert generate(model_file, tmp_path / "whole") == 0  # 6 images, round the classes, in batches of 2
     whole = pngs(tmp_path / "whole")
     assert len(whole) == 6
 
-    real_iter = LatentDiffusionPipeline.iter_uint8
-
-    def interrupted_after_two_batches(self, seeds, labels, **options):
-        for k, images in enumerate(real_iter(self, seeds, labels, **options)):
-            if k == 2:
-                raise KeyboardInterrupt
-            yield images
-
-    monkeypatch.setattr(LatentDiffusionPipeline, "iter_uint8", interrupted_after_two_batches)
+    interrupt_after_batches(monkeypatch, 2)
     assert generate(model_file, tmp_path / "cut") == 130
     assert "interrupted: 4 of 6 images written" in capsys.readouterr().err
     assert len(pngs(tmp_path / "cut")) == 4 and not (tmp_path / "cut" / "grid.png").exists()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_generate_cli import interrupt_after_batches
 from tiny_models import save_tiny_class_model
 
 from ldmkit.cli import main
@@ -62,16 +63,8 @@ def test_an_interrupt_finishes_the_writes_handed_over_and_counts_them(model_file
         time.sleep(0.3)
         return save_png(image, path, **options)
 
-    real_iter = LatentDiffusionPipeline.iter_uint8
-
-    def interrupted_after_two_batches(self, seeds, labels, **options):
-        for k, images in enumerate(real_iter(self, seeds, labels, **options)):
-            if k == 2:
-                raise KeyboardInterrupt
-            yield images
-
     monkeypatch.setattr("ldmkit.data.images.save_png", slow)
-    monkeypatch.setattr(LatentDiffusionPipeline, "iter_uint8", interrupted_after_two_batches)
+    interrupt_after_batches(monkeypatch, 2)
     assert generate(model_file, tmp_path / "cut") == 130
     assert "interrupted: 4 of 6 images written" in capsys.readouterr().err
     assert len(list((tmp_path / "cut").glob("0*.png"))) == 4
