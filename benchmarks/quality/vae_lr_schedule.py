@@ -25,7 +25,7 @@ from ldmkit.train.inference_file import load_inference_file
 
 
 @torch.no_grad()
-def test_set_metrics(run: Path, data: str, device: torch.device) -> dict[str, float]:
+def metrics_on_the_test_images(run: Path, data: str, device: torch.device) -> dict[str, float]:
     _, vae, _ = load_inference_file(run, "cpu", require_unet=False)
     vae = vae.to(device).eval()
     test = load_fashion_mnist_dataset(data, "val", image_size=32, flip=False, channels=1)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                             "--preset", "fashion-mnist", "--stage", "vae", "--seed", str(seed), "--quiet",
                             "--out", str(run), "--set", f"vae.lr_schedule={schedule}",
                             *(["--vae-steps", str(args.vae_steps)] if args.vae_steps else [])], check=True)
-            metrics = test_set_metrics(run, args.data, device)
+            metrics = metrics_on_the_test_images(run, args.data, device)
             rows.append(dict(schedule=schedule, seed=seed, train_s=time.perf_counter() - start, **metrics))
             print(f"{schedule:>8} seed {seed}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
                   f"({rows[-1]['train_s']:.0f} s)", flush=True)

@@ -24,7 +24,7 @@ from typing import Any
 from ldmkit.errors import UserError
 
 THREADS_VARIABLE = "LDMKIT_WRITE_THREADS"
-DEFAULT_THREADS = 4  # four fsyncs in flight hid the write time on the disks measured (NOTES v27)
+DEFAULT_THREADS = 4  # fastest beside the sampling thread on the H200 (NOTES v27); 8 contended for the GIL
 
 
 def writer_threads() -> int:

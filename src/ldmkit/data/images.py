@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ldmkit.atomic import atomic_write
+from ldmkit.thread_map import map_in_threads
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
@@ -102,9 +103,4 @@ def png_bytes(images: Sequence[Image.Image], threads: int = 4) -> list[bytes]:
         image.save(buffer, format="PNG")
         return buffer.getvalue()
 
-    if threads <= 1 or len(images) <= 1:
-        return [encode(image) for image in images]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(threads, len(images)), thread_name_prefix="ldm-png") as pool:
-        return list(pool.map(encode, images))
+    return map_in_threads(encode, images, threads, "ldm-png")

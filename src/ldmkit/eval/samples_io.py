@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +29,7 @@ from ldmkit.data.class_names import match_class_name
 from ldmkit.data.decode import to_rgb
 from ldmkit.errors import UserError
 from ldmkit.json_text import read_json_file
+from ldmkit.thread_map import map_in_threads
 
 __all__ = ["SampleSet", "sample_filename", "sample_paths", "read_sample_folder", "dataset_to_uint8",
            "write_samples_info", "read_samples_info", "read_sample_classes", "is_generate_grid", "SAMPLES_FILE",
@@ -154,10 +154,7 @@ def _load_pngs(paths: Sequence[Path], channels: int, threads: int = READ_THREADS
     """`_load_png` of each path, in order, on `threads` threads: PNG decoding (zlib) releases the
     GIL, and a folder of 10,000 samples at 512 px takes about a minute to decode on one core. The
     first file that cannot be read (in order) is the error raised."""
-    if threads <= 1 or len(paths) < 2:
-        return [_load_png(path, channels) for path in paths]
-    with ThreadPoolExecutor(min(threads, len(paths)), thread_name_prefix="ldm-read") as pool:
-        return list(pool.map(lambda path: _load_png(path, channels), paths))
+    return map_in_threads(lambda path: _load_png(path, channels), paths, threads, "ldm-read")
 
 
 def is_generate_grid(path: str | Path) -> bool:
