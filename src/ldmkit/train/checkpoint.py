@@ -100,6 +100,10 @@ def _structure_problem(state: dict[str, Any]) -> str | None:
             return f"{key} is {'missing' if key not in state else repr(value)[:60]}"
     if stage == "diffusion" and not isinstance(state["ema"].get("module"), dict):
         return "the EMA's weights are missing"
+    average = state.get("vae_ema")  # the VAE's moving average: only with vae.ema_decay > 0
+    if stage == "vae" and average is not None and not (
+            isinstance(average, dict) and isinstance(average.get("module"), dict)):
+        return "the VAE's moving average is damaged"
     return None
 
 

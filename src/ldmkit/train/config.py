@@ -71,6 +71,9 @@ class VAETrainConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     latent_stats_images: int = 4096  # images used to measure the latents' shift and scale
+    # 0: the VAE handed on is the last step's weights; else their moving average (train/ema.py,
+    # with the warm-up), which the diffusion stage, vae.safetensors and the model file then hold
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -289,6 +292,7 @@ def validate(config: RunConfig) -> None:
     need(v.lr_schedule in ("constant", "cosine"), "vae.lr_schedule must be 'constant' or 'cosine'")
     need(0.0 <= d.cond_drop < 1.0, f"--cond-drop must be in [0, 1), got {d.cond_drop}")
     need(0.0 <= d.ema_decay <= 1.0, "ema_decay must be in [0, 1]")
+    need(0.0 <= v.ema_decay < 1.0, f"vae.ema_decay must be in [0, 1) (0: no average), got {v.ema_decay}")
     need(d.min_snr_gamma is None or d.min_snr_gamma > 0, "min_snr_gamma must be positive")
     need(not (d.zero_terminal_snr and d.prediction == "eps"), "zero_terminal_snr needs a v- or x0-prediction model "
          "(Lin et al. 2024, Sec. 3.2: eps cannot give x0 at SNR 0, so sampling fails): --set diffusion.prediction=v")

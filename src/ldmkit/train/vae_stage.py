@@ -32,6 +32,7 @@ from ldmkit.train.checkpoint import loading_run_state
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.discriminator import PatchDiscriminator, adaptive_gan_weight, generator_loss, hinge_d_loss
 from ldmkit.train.distributed import all_reduce_mean, all_reduce_sum
+from ldmkit.train.ema import EMA
 from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
@@ -118,6 +119,8 @@ class VAETrainer:
         self.step = self.offset = 0
         self.last_saved: int | None = None
         self.latent_shape = _latent_shape(vae, self.run.image_size)
+        # `vae.ema_decay` > 0: the VAE handed on is the weights' moving average, updated inside the step
+        self.ema = EMA(self.vae, self.cfg.ema_decay, warmup=True) if self.cfg.ema_decay > 0 else None
         self.last_layer = self.vae.decoder.conv_out  # G_L of Esser et al. eq. 7, applied outside the compiled forward
         self.pixels = vae.config.in_channels * self.run.image_size**2
         self.perceptual, self.perceptual_note = (
@@ -147,14 +150,25 @@ class VAETrainer:
     def fresh_start(self) -> None:
         if self.cfg.logvar_init is not None:
             _init_posterior_width(self.vae, self.cfg.logvar_init)
+        if self.ema is not None:  # the average starts from the initialised weights
+            self.ema.module.load_state_dict(self.vae.state_dict())
+
+    def final_vae(self) -> AutoencoderKL:
+        """The VAE this stage hands on: the moving average when `vae.ema_decay` > 0, else the weights."""
+        return self.ema.module if self.ema is not None else self.vae
 
     # -- state -------------------------------------------------------------------------------
 
     def state_dict(self, complete: bool = False) -> dict[str, Any]:
+        """The stage's state; once `complete`, "vae" is the finished VAE (the average, if kept) and
+        nothing trains on from it, so the average is not kept beside it."""
         scaler = self.precision.scaler
+        keep_ema = self.ema is not None and not complete
         return {
             "stage": "vae", "step": self.step, "offset": self.offset, "complete": complete,
-            "vae": self.vae.state_dict(), "optimizer": self.device_lr.optimizer_state(),
+            "vae": (self.final_vae() if complete else self.vae).state_dict(),
+            "vae_ema": self.ema.state_dict() if keep_ema else None,
+            "optimizer": self.device_lr.optimizer_state(),
             "disc": self.disc.state_dict() if self.disc is not None else None,
             "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -165,6 +179,12 @@ class VAETrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.offset = int(state["step"]), int(state["offset"])
         self.vae.load_state_dict(state["vae"])
+        if self.ema is not None:
+            if state.get("vae_ema") is not None:
+                self.ema.load_state_dict(state["vae_ema"])
+                self.ema.decay, self.ema.warmup = float(self.cfg.ema_decay), True  # this run's setting
+            else:  # a run that kept no average until now: it starts from the resumed weights
+                self.ema = EMA(self.vae, self.cfg.ema_decay, warmup=True)
         # the moments from the checkpoint, the settings from this run's config (a resume may change them)
         load_optimizer_state(self.opt, state["optimizer"], betas=self.betas, weight_decay=self.cfg.weight_decay)
         if self.disc is not None and state.get("disc") is not None:
@@ -252,6 +272,8 @@ class VAETrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         applied, row = self.guard.judge(loss, grad_norm, scaled=scaler is not None)
         apply_update(self.opt, applied, scaler)
+        if self.ema is not None:
+            self.ema.update(self.vae, gate=applied)  # a skipped step leaves the average alone
         # detached: a kept term would keep this step's autograd graph alive into the next step
         out = {"loss": loss.detach(), "rec": rec.detach(), "kl": kl_loss.detach(), "row": row}
         if gan_on:
@@ -311,12 +333,16 @@ class VAETrainer:
                 log.message(f"stopped by {self.ctx.stop.signal_name} at VAE step {self.step}; checkpoint saved, "
                             "run the same command again to resume")
                 return False
-            self.vae.eval()
-            shift, scale = measure_latent_stats(self.vae, self.dataset, self.ctx)
-            self.vae.set_latent_stats(shift=shift, scale=scale)
+            final = self.final_vae().eval()
+            shift, scale = measure_latent_stats(final, self.dataset, self.ctx)
+            final.set_latent_stats(shift=shift, scale=scale)
             log.message(f"latent stats: shift {[round(v, 4) for v in shift.tolist()]}, "
-                        f"scale {[round(v, 4) for v in scale.tolist()]}")
+                        f"scale {[round(v, 4) for v in scale.tolist()]}"
+                        + (f" (of the weights' moving average, decay {self.cfg.ema_decay})" if self.ema else ""))
             self.checkpoint(complete=True)
+            if final is not self.vae:  # the caller's VAE becomes the average (`train_vae` works in place)
+                self.vae.load_state_dict(final.state_dict())
+            self.vae.eval()
             return True
         finally:
             release_training_memory(self.opt, self.step_graph)
