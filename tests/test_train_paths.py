@@ -145,3 +145,25 @@ def test_an_unusable_val_folder_is_a_warning_and_training_goes_on(tmp_path, caps
     assert status == 0, err
     assert (f"ldm train: warning: no validation split, so no val loss: '{data / 'val'}' has no class subfolders "
             "but the train set has classes") in err
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_warned(data: Path, tmp_path: Path, capsys, monkeypatch, native):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    status, err = train(capsys, "--data", str(data), "--precision", "bf16", "--stage", "vae",
+                        "--out", str(tmp_path / f"bf16-{native}"))
+    assert status == 0
+    warned = "ldm train: warning: precision bf16 on this CPU, which has no bf16 arithmetic of its own" in err
+    assert warned == (not native) and (not warned or "pass --precision fp32" in err)
+    assert err.count("has no bf16 arithmetic") <= 1
+
+
+def test_fp32_on_such_a_cpu_is_not_warned(data: Path, tmp_path: Path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    status, err = train(capsys, "--data", str(data), "--precision", "fp32", "--stage", "vae",
+                        "--out", str(tmp_path / "fp32"))
+    assert status == 0 and "bf16 arithmetic" not in err

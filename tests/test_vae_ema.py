@@ -1,5 +1,6 @@
 """`vae.ema_decay`: the VAE stage keeps a moving average of the autoencoder's weights and hands
-that average on (vae.safetensors, the diffusion stage, the model file); off (0) by default.
+that average on (vae.safetensors, the diffusion stage, the model file); 0 hands on the last
+step's weights.
 
 The average is checked against its closed form over the recorded weight iterates, a resume in
 the middle of the stage against the same run uninterrupted (bitwise on the CPU), and the
@@ -92,7 +93,7 @@ def test_without_the_setting_the_last_weights_are_handed_on(data, tmp_path, monk
         return out
 
     monkeypatch.setattr(vae_stage.VAETrainer, "train_step", train_step)
-    run = run_training(_config(data), tmp_path / "run")
+    run = run_training(_config(data, **{"vae.ema_decay": 0}), tmp_path / "run")
     saved = _vae_weights(run / "vae.safetensors")
     for k, v in last.items():
         assert torch.equal(saved[k], v), k
@@ -118,7 +119,7 @@ def test_a_resume_in_the_middle_continues_the_average_exactly(data, tmp_path, mo
 def test_a_resume_that_turns_the_average_on_starts_it_from_the_resumed_weights(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     _stop_after(monkeypatch, STEPS - 1)
-    run_training(_config(data), run)  # no average kept
+    run_training(_config(data, **{"vae.ema_decay": 0}), run)  # no average kept
     resumed = {k: v.clone() for k, v in load_training_state(run / "checkpoint.pt")["vae"].items()}
     monkeypatch.undo()
     iterates = _record_iterates(monkeypatch)
@@ -141,6 +142,12 @@ def test_a_damaged_average_in_a_checkpoint_is_one_line(data, tmp_path, monkeypat
     state["vae_ema"] = {"decay": DECAY}
     with pytest.raises(UserError, match="moving average is damaged"):
         check_run_state(state, run / "checkpoint.pt")
+
+
+def test_the_average_is_on_by_default():
+    from ldmkit.train.config import TRAIN_PRESETS, preset_config
+
+    assert all(preset_config(name).vae.ema_decay == 0.99 for name in TRAIN_PRESETS)
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])

@@ -48,7 +48,7 @@ from ldmkit.train.run_lock import hold_run_lock
 from ldmkit.train.run_outcome import RunOutcome, agreed_stop
 from ldmkit.train.run_paths import check_models_have_a_checkpoint, check_run_folder
 from ldmkit.train.signals import StopSignal
-from ldmkit.train.step_guard import Precision
+from ldmkit.train.step_guard import Precision, slow_precision_note
 from ldmkit.train.stop_check import TrainingStopped, check_stop
 from ldmkit.train.vae_stage import train_vae
 
@@ -122,8 +122,11 @@ def _load_val(config: RunConfig, channels: int, is_main: bool) -> Any | None:
 
 def _check_stages(config: RunConfig, dist: DistInfo, trains_vae: bool) -> None:
     """The refusals the stages would otherwise make after RUN/config.json exists (a half-made
-    run folder confuses `ldm info` and later runs): precision on this device, batch splits."""
+    run folder confuses `ldm info` and later runs): precision on this device, batch splits; and the
+    warning of a precision this CPU runs slowly."""
     Precision(config.precision, dist.device)
+    if dist.is_main and (note := slow_precision_note(config.precision, dist.device)):
+        warnings.warn(note, stacklevel=2)
     if trains_vae:
         per_rank_batch(config.vae.batch_size, dist.world_size, VAE_BATCH)
     if config.stage != "vae":
