@@ -96,7 +96,7 @@ def chunked_decoder(head, tail, split: int, chunk: int, batch: int, compile_mode
     return decode
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32, help="images per decode (C3: 32)")
     ap.add_argument("--variants", default="4:32,2:4,2:2,2:1,3:2",
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--compile", default="default", help="torch.compile mode, or none")
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: the code runs")
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     device = torch.device("cpu" if args.smoke else "cuda")
     H.setup_backends(device)

@@ -241,3 +241,17 @@ def test_exit_probe_smoke():
     assert stamps == [["start"], ["main", "returned"], ["finish"], ["first", "atexit", "handler"],
                       ["last", "atexit", "handler"]]
     assert done.stderr.index("diffusion stage done") < done.stderr.index("exit_probe main returned")
+
+
+def test_decode_chunks_smoke(tmp_path):
+    """benchmarks/decode_chunks.py --smoke (CPU, tiny VAEs, batch 2): every variant runs on both
+    sides, and the decoder run a chunk at a time gives the whole batch's images (the same function)."""
+    import subprocess
+
+    subprocess.run([sys.executable, str(BENCH.parent / "decode_chunks.py"), "--smoke", "--variants", "4:32,2:1,1:1",
+                    "--peer-variants", "4:32,1:1", "--out", str(tmp_path / "dc.json")], check=True, capture_output=True)
+    rows = json.loads((tmp_path / "dc.json").read_text())["results"]
+    assert [(r["side"], r["chunk"]) for r in rows] == [("ldmkit", 32), ("ldmkit", 1), ("ldmkit", 1),
+                                                       ("peer", 32), ("peer", 1)]
+    assert all("error" not in r and r["ms"] > 0 for r in rows), rows
+    assert all(r["rel_l2_vs_first"] < 1e-5 for r in rows)
