@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ldmkit.errors import UserError
-from ldmkit.train import apply_overrides, load_training_state, run_training
+from ldmkit.train import apply_overrides, load_training_state, run_training, vae_stage
 from ldmkit.train.ema import EMA
 from test_resume import _losses, _stop_after
 from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
@@ -52,8 +52,6 @@ def _record_iterates(monkeypatch) -> list[dict[str, torch.Tensor]]:
 def test_the_handed_on_vae_is_the_moving_average_of_the_weights(data, tmp_path, monkeypatch):
     iterates = _record_iterates(monkeypatch)
     start: dict[str, torch.Tensor] = {}
-    from ldmkit.train import vae_stage
-
     real_fresh = vae_stage.VAETrainer.fresh_start
 
     def fresh_start(self):
@@ -83,8 +81,6 @@ def test_the_handed_on_vae_is_the_moving_average_of_the_weights(data, tmp_path, 
 
 def test_without_the_setting_the_last_weights_are_handed_on(data, tmp_path, monkeypatch):
     last: dict[str, torch.Tensor] = {}
-    from ldmkit.train import vae_stage
-
     real_step = vae_stage.VAETrainer.train_step
 
     def train_step(self, images):
