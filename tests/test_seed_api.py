@@ -42,9 +42,10 @@ def test_seed_shapes_fp32_and_bf16(model: LatentDiffusionModel) -> None:
     with torch.no_grad():
         out = model(x, latent)
         assert out.shape == x.shape and out.dtype == torch.float32 and out.abs().max() > 0
+        # two images in bf16: a CPU without bf16 arithmetic emulates it at ~1/10 of fp32's speed
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out16 = model(x, latent, torch.full((8,), 500))
-    assert out16.shape == x.shape and out16.dtype == torch.bfloat16 and torch.isfinite(out16).all()
+            out16 = model(x[:2], latent[:2], torch.full((2,), 500))
+    assert out16.shape == x[:2].shape and out16.dtype == torch.bfloat16 and torch.isfinite(out16).all()
 
 
 def test_omitted_timesteps_mean_t0(model: LatentDiffusionModel) -> None:
