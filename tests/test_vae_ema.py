@@ -8,6 +8,8 @@ checkpoint's structure check against a damaged average.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -126,6 +128,34 @@ def test_a_resume_that_turns_the_average_on_starts_it_from_the_resumed_weights(d
     for k, new in iterates[0].items():
         torch.testing.assert_close(saved[k].float(), d0 * resumed[k].float() + (1 - d0) * new.float(),
                                    rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_run_from_before_the_setting_reads_as_no_average_and_its_resume_says_so(data, tmp_path, monkeypatch,
+                                                                                capsys):
+    from ldmkit.train import load_run_config
+    from ldmkit.train.checkpoint import save_training_state
+
+    run = tmp_path / "run"
+    _stop_after(monkeypatch, 2)
+    run_training(_config(data, **{"vae.ema_decay": 0}), run)
+    monkeypatch.undo()
+    # what a run folder written before vae.ema_decay existed holds: neither config names the field
+    state = load_training_state(run / "checkpoint.pt")
+    del state["config"]["vae"]["ema_decay"]
+    save_training_state(run / "checkpoint.pt", state)
+    old = json.loads((run / "config.json").read_text())
+    del old["vae"]["ema_decay"]
+    (run / "config.json").write_text(json.dumps(old))
+    assert load_run_config(run).vae.ema_decay == 0.0  # the behaviour it ran with, not today's default
+
+    capsys.readouterr()
+    run_training(_config(data), run)  # today's default: the average, from the resumed weights
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert note == ["note: settings differ from the checkpoint's (vae step 2); used from here on: "
+                    "vae.ema_decay 0.0 -> 0.99"], note
+    assert load_run_config(run).vae.ema_decay == 0.99
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [row["changed"] for row in rows if row.get("event") == "resume"] == [{"vae.ema_decay": [0.0, 0.99]}]
 
 
 def test_a_damaged_average_in_a_checkpoint_is_one_line(data, tmp_path, monkeypatch):

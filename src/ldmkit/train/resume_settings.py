@@ -12,6 +12,10 @@ config.json never claims a setting for steps that ran with another. A stage that
 keeps the settings it ran with: a VAE trained 40 steps stays `vae.steps` 40 in config.json and
 in vae.safetensors, whatever --vae-steps the resume gives (the note says so).
 
+A run saved before a setting existed is read as what the code did then (`saved_config`): a run
+from before `vae.ema_decay` trained its VAE without an average, so its resume says "vae.ema_decay
+0.0 -> 0.99" rather than claim the average for steps that ran without it.
+
 Not compared: the settings of how this process runs rather than what the run learns (the
 device, compilation, logging, the time limit, --stage), which may differ at every invocation.
 """
@@ -45,6 +49,23 @@ def check_same_classes(saved: list[str] | None, names: list[str], run_dir: Path,
     raise UserError(f"{run_dir} was trained on {_classes(list(saved))}, but --data {data} has {_classes(names)}: "
                     "resuming would give what each label learned another name; resume with the original "
                     "--data, or train into a new --out")
+
+
+# (section, field) -> the value that gives the behaviour from before the field was added, for
+# fields whose default today is another behaviour. (Fields whose default is the old behaviour,
+# like vae.lr_schedule "constant", need no entry.)
+_BEFORE_THE_FIELD: dict[tuple[str, str], Any] = {("vae", "ema_decay"): 0.0}
+
+
+def saved_config(data: dict[str, Any]) -> RunConfig:
+    """A run's own saved config (RUN/config.json or a checkpoint's), with the fields it predates
+    set to the behaviour it ran with."""
+    data = copy.deepcopy(dict(data))
+    for (section, name), before in _BEFORE_THE_FIELD.items():
+        part = data.get(section)
+        if isinstance(part, dict) and name not in part:
+            part[name] = before
+    return RunConfig.from_dict(data)
 
 
 def _settings(config: RunConfig) -> dict[str, Any]:

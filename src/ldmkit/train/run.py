@@ -43,7 +43,7 @@ from ldmkit.train.distributed import DistInfo, barrier, cleanup, seed_everything
 from ldmkit.train.inference_file import load_inference_file, read_inference_metadata, save_inference_file
 from ldmkit.train.latent_cache import load_or_build_latents
 from ldmkit.train.previews import save_reconstructions
-from ldmkit.train.resume_settings import check_same_classes, settle_resumed_settings
+from ldmkit.train.resume_settings import check_same_classes, saved_config, settle_resumed_settings
 from ldmkit.train.run_lock import hold_run_lock
 from ldmkit.train.run_outcome import RunOutcome, agreed_stop
 from ldmkit.train.run_paths import check_models_have_a_checkpoint, check_run_folder
@@ -67,7 +67,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         data = read_json_file(path)
     except ValueError as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
-    return RunConfig.from_dict(data)
+    return saved_config(data)
 
 
 def _resolve_models(config: RunConfig, channels: int, num_classes: int) -> None:
@@ -275,7 +275,7 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
     _resolve_models(config, train_set.channels, len(class_names))
     resumed = None
     if state is not None:
-        saved = RunConfig.from_dict(state["config"])
+        saved = saved_config(state["config"])
         _check_resumable(saved, config, out_dir)
         resumed = settle_resumed_settings(saved, config, state)  # a finished stage keeps its settings
         say(f"resuming {out_dir} from the {state['stage']} stage at step {state['step']}")
