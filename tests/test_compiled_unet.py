@@ -136,3 +136,37 @@ def test_one_short_batch_is_padded_only_when_asked(monkeypatch):
     batches.clear()
     whole = pipe.generate_uint8([3, 4, 5], [0, 1, 2], batch_size=8, whole_batches=True, steps=1, cfg=2.0)
     assert batches == [8] and torch.equal(whole, alone)
+
+
+def test_a_long_lived_process_compiles_every_batch_size_it_meets(monkeypatch):
+    """`ldm serve` compiles one graph per batch size (powers of two to 64, doubled by guidance:
+    eight) and a Python session may load several models: at dynamo's default of 8 graphs per
+    function every later size would run uncompiled, without a word from ldmkit. A one-layer
+    stand-in for the UNet keeps the twelve compiles quick; the limit is the same for any forward."""
+    import torch._dynamo
+
+    class OneLayer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x, t, class_labels=None):  # the UNet's signature
+            return self.conv(x) * t[:, None, None, None]
+
+    compiled = []
+
+    def counting_backend(gm, example_inputs):
+        compiled.extend(x.shape[0] for x in example_inputs if tuple(x.shape[1:]) == (4, 4, 4))  # the latents
+        return gm.forward
+
+    monkeypatch.setattr(compiled_unet, "compile_options", lambda device: {"backend": counting_backend,
+                                                                          "dynamic": False})
+    torch._dynamo.reset()
+    net = OneLayer()
+    fast = CompiledUNet(net, CPU)
+    sizes = list(range(1, 13))
+    with torch.no_grad():
+        for b in sizes:
+            x, t = torch.randn(b, 4, 4, 4), torch.rand(b)
+            torch.testing.assert_close(fast(x, t), net(x, t))
+    assert compiled == sizes

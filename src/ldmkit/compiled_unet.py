@@ -39,6 +39,10 @@ from ldmkit.errors import UserError
 from ldmkit.nn import context_kv, derived_weights
 
 AUTO_MIN_IMAGES = 256
+# Graphs dynamo may build for one function before it runs every new shape uncompiled (its default
+# is 8, and only its log says so): `ldm serve` builds one per batch size, powers of two to 64 and
+# doubled by guidance (eight), and a Python session may load several models of one UNet class.
+RECOMPILE_LIMIT = 64
 
 
 def compile_options(device: torch.device) -> dict[str, Any]:
@@ -80,6 +84,10 @@ class CompiledUNet:
         unet.to(memory_format=self.memory_format)  # the convolutions' weights; values unchanged
         derived_weights.attach(unet)
         self.unet = unet
+        import torch._dynamo  # what torch.compile imports anyway
+
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)  # raised, never lowered
         self.compiled = torch.compile(unet, **self.options)
         self.fallback: dict[str, str] = {}  # "failed": why, once the compiler failed (then eager for good)
 
