@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from ldmkit.models import UNet, UNetConfig
 from ldmkit.train import diffusion_stage, load_training_state, run_training, vae_stage
 from ldmkit.train.config import apply_overrides
 from ldmkit.train.diffusion_stage import DiffusionTrainer
 from ldmkit.train.vae_stage import VAETrainer
+from gloo_ranks import run_ranks
 from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 WORLD = 2
@@ -109,8 +109,7 @@ def _two_ranks(tmp_path: Path, *, graph: bool, gan: bool) -> tuple[Path, Path]:
     data = write_color_dataset(tmp_path / "data", per_class=6, size=8)
     weights = tmp_path / "weights"
     weights.mkdir()
-    mp.spawn(_rank_main, args=(_free_port(), str(data), str(tmp_path / "ddp"), str(weights), graph, gan),
-             nprocs=WORLD, join=True)
+    run_ranks(_rank_main, (_free_port(), str(data), str(tmp_path / "ddp"), str(weights), graph, gan), WORLD)
     return data, weights
 
 

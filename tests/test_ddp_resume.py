@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from ldmkit.train import load_training_state, run_training
 from ldmkit.train.step_guard import StepGuard
 from test_ddp import STEPS, VAE_STEPS, WORLD, _config, _free_port, _whole_step_graph_on_cpu
 from test_resume import _losses, assert_same_training_state
+from gloo_ranks import run_ranks
 from test_train_e2e import one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 
@@ -46,7 +46,7 @@ def _rank_main(rank: int, port: int, data: str, out: str, graph: bool, stop_afte
 
 
 def _two_ranks(data: Path, out: Path, *, graph: bool, stop_after: int | None = None) -> dict:
-    mp.spawn(_rank_main, args=(_free_port(), str(data), str(out), graph, stop_after), nprocs=WORLD, join=True)
+    run_ranks(_rank_main, (_free_port(), str(data), str(out), graph, stop_after), WORLD)
     return load_training_state(out / "checkpoint.pt")
 
 

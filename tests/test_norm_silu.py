@@ -208,13 +208,16 @@ def test_resnet_block_takes_the_fused_path_with_the_same_result(monkeypatch, wit
         assert _rel(a, b) < 1e-5
 
 
-def test_fused_path_is_off_on_the_cpu_and_the_switch_is_read_at_import():
+def test_fused_path_is_off_on_the_cpu_and_the_switch_is_read_at_import(monkeypatch):
     assert not gns.fused_group_norm_enabled(torch.zeros(1, 4, 2, 2))
-    code = "import ldmkit.nn.norm_silu as g; print(g.FUSED_MODE)"
     for value, mode in (("0", "0"), ("all", "all"), ("train", "train"), ("1", "auto"), ("", "auto")):
-        env = {**os.environ, gns.ENV_SWITCH: value}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == mode
+        monkeypatch.setenv(gns.ENV_SWITCH, value)
+        assert gns._mode_from_environment() == mode, value
+    # and the module's mode is that reading, taken when it is imported (one fresh interpreter)
+    code = "import ldmkit.nn.norm_silu as g; print(g.FUSED_MODE)"
+    env = {**os.environ, gns.ENV_SWITCH: "train"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "train"
 
 
 @pytest.mark.parametrize("mode, grad, pixels, want", [

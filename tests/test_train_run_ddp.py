@@ -10,11 +10,11 @@ import signal
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
 from ldmkit.train import latent_cache, load_inference_file, load_training_state
 from ldmkit.train.run import train_run
 from test_ddp import WORLD, _config, _free_port
+from gloo_ranks import run_ranks
 from test_train_e2e import one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 
@@ -44,7 +44,7 @@ def _rank_main(rank: int, port: int, data: str, out: str, stop: bool) -> None:
 
 
 def _two_ranks(data: Path, out: Path, *, stop: bool) -> list[str]:
-    mp.spawn(_rank_main, args=(_free_port(), str(data), str(out), stop), nprocs=WORLD, join=True)
+    run_ranks(_rank_main, (_free_port(), str(data), str(out), stop), WORLD)
     return [(out / f"exit{rank}.txt").read_text() for rank in range(WORLD)]
 
 
