@@ -15,9 +15,9 @@ import torch
 
 from ldmkit.train import load_training_state, run_training
 from ldmkit.train.step_guard import StepGuard
+from gloo_ranks import run_ranks
 from test_ddp import STEPS, VAE_STEPS, WORLD, _config, _free_port, _whole_step_graph_on_cpu
 from test_resume import _losses, assert_same_training_state
-from gloo_ranks import run_ranks
 from test_train_e2e import one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 

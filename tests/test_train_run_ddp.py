@@ -13,8 +13,8 @@ import torch
 
 from ldmkit.train import latent_cache, load_inference_file, load_training_state
 from ldmkit.train.run import train_run
-from test_ddp import WORLD, _config, _free_port
 from gloo_ranks import run_ranks
+from test_ddp import WORLD, _config, _free_port
 from test_train_e2e import one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 
 
