@@ -7,12 +7,12 @@ with the same weights (UNet, VAE, and the whole CFG + DPM-Solver++(2M) + decode 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from script_module import load_script
 
 pytest.importorskip("diffusers")
 
@@ -20,14 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
 
 
 def _bench_module():
-    saved = list(sys.path)  # bench_gpu.py puts its own folder first to import its helpers
-    try:
-        spec = importlib.util.spec_from_file_location("bench_gpu_under_test", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path[:] = saved
+    return load_script(BENCH)  # bench_gpu.py puts its own folder first to import its helpers
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
@@ -130,9 +123,7 @@ def test_forwards_check_the_compiled_output_and_profile_top_limits_the_rows(tmp_
 
 def test_attention_benchmark_shapes_are_the_unets():
     path = BENCH.with_name("attention_backends.py")
-    spec = importlib.util.spec_from_file_location("attention_backends_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path)
     rows = {name: (b, h, n, m, d) for name, b, h, n, m, d in module.shapes(256, 128, 32, 2)}
     assert rows["C2 self 64x64"] == (32, 8, 4096, 4096, 40)  # SD 1.x: 320 channels, 8 heads
     assert rows["E2 cross 32x32"] == (2, 8, 1024, 77, 80)  # 640 channels, 77 text tokens
