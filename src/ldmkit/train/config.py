@@ -57,7 +57,7 @@ class VAETrainConfig:
     lr: float = 2e-4
     lr_schedule: str = "constant"  # or "cosine" to 0 at `steps` (the GAN's discriminator LR stays constant)
     warmup: int = 100
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # as the diffusion stage's: weights only
     grad_clip: float = 1.0
     recon_loss: str = "l1"
     # KL on the mean-reduced loss scale: kl_weight * KL summed over latent elements / number
@@ -89,7 +89,7 @@ class DiffusionTrainConfig:
     lr: float = 2e-4
     lr_schedule: str = "constant"
     warmup: int = 500
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW's, on weights only: biases and norm gains are not decayed
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True

@@ -37,6 +37,7 @@ from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.inference_file import save_inference_file
 from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
+from ldmkit.train.decay_groups import decay_groups
 from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
@@ -74,8 +75,9 @@ class DiffusionTrainer:
         self.grad_mean = GradientMean(self.params, self.dist) if self.dist.distributed else None
         if self.grad_mean is not None:
             self.grad_mean.broadcast_parameters()
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999),
-                                     weight_decay=self.cfg.weight_decay, fused=fused_adamw_supported(device))
+        # weight decay on the weights, not on biases and norm gains (decay_groups.py)
+        self.opt = torch.optim.AdamW(decay_groups(self.unet, self.cfg.weight_decay), lr=self.cfg.lr,
+                                     betas=(0.9, 0.999), fused=fused_adamw_supported(device))
         self.precision = Precision(self.run.precision, device)
         self.generator = make_generator(self.run.seed + 3, device)
         self.stream = IndexStream(len(train), self.run.seed, device)

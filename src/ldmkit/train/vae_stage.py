@@ -36,6 +36,7 @@ from ldmkit.train.ema import EMA
 from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
+from ldmkit.train.decay_groups import decay_groups
 from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
@@ -101,8 +102,9 @@ class VAETrainer:
         fused = fused_adamw_supported(device)
         self.use_gan = self.cfg.disc_start >= 0
         self.betas = (0.5, 0.9) if self.use_gan else (0.9, 0.999)  # GAN training wants a short Adam memory
-        self.opt = torch.optim.AdamW(vae.parameters(), lr=self.cfg.lr, betas=self.betas,
-                                     weight_decay=self.cfg.weight_decay, fused=fused)
+        # weight decay on the weights, not on biases and norm gains (decay_groups.py)
+        self.opt = torch.optim.AdamW(decay_groups(vae, self.cfg.weight_decay), lr=self.cfg.lr, betas=self.betas,
+                                     fused=fused)
         self.disc = self.disc_opt = None
         if self.use_gan:
             self.disc = PatchDiscriminator(vae.config.out_channels, self.cfg.disc_channels,
