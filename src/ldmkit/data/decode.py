@@ -7,7 +7,11 @@ Image files in the wild come in many modes. The rules here:
   dropping alpha would paint it into the training data.
 - 16-bit greyscale (`I;16*`, and `I`, which is how PIL reads 16-bit PNG/TIFF) is scaled by
   1/257 to 8 bits; PIL's own `convert("L")` clips at 255 instead, which turns most of a
-  16-bit image white.
+  16-bit image white. Mode `I` also holds 32-bit integer TIFFs: values beyond 16 bits (or
+  below 0) are scaled from the image's own range instead, [min(lowest, 0), highest] -> [0, 255].
+- Float greyscale (`F`, 32-bit float TIFF) has no range in its header: values within [0, 1]
+  are scaled by 255, values within [0, 255] kept, and others scaled from the image's own range
+  as above; NaN reads as 0.
 - CMYK, YCbCr, 1-bit, palette and greyscale go through PIL's `convert("RGB")`.
 - EXIF orientation is applied, so phone photos are upright.
 
@@ -132,15 +136,8 @@ def check_image_file(path: str | Path) -> bool:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert a PIL image of any common mode to 8-bit RGB (rules in the module docstring)."""
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.float32) / 257.0  # 65535 -> 255
-        return _gray_array_to_rgb(values)
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        # Float images are stored either in [0, 1] or in [0, 255]; there is no header to say.
-        if values.size and float(np.nanmax(values)) <= 1.0:
-            values = values * 255.0
-        return _gray_array_to_rgb(np.nan_to_num(values))
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        return _gray_array_to_rgb(_eight_bit_levels(np.asarray(image), image.mode))
     if image.mode in _ALPHA_MODES or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -159,6 +156,20 @@ def mask_levels(image: Image.Image) -> np.ndarray:
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return np.asarray(Image.alpha_composite(black, rgba).convert("L"))
     return np.asarray(to_rgb(image).convert("L"))
+
+
+def _eight_bit_levels(values: np.ndarray, mode: str) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey image's values on the 0..255 scale (module docstring)."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
+        return values * 255.0  # a float image in [0, 1]
+    if mode == "F" and lo >= 0.0 and hi <= 255.0:
+        return values  # a float image in [0, 255]
+    if mode != "F" and lo >= 0.0 and hi <= 65535.0:
+        return values / 257.0  # 16 bits: 65535 -> 255
+    low = min(lo, 0.0)  # other ranges: the image's own, never clipped
+    return (values - low) * (255.0 / (hi - low)) if hi > low else np.zeros_like(values)
 
 
 def _gray_array_to_rgb(values: np.ndarray) -> Image.Image:
