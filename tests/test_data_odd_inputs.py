@@ -113,6 +113,25 @@ def test_a_file_that_fails_later_is_replaced_by_one_of_its_own_class(tmp_path):
     assert label == 1 and image[2].float().mean() > 250
 
 
+def test_the_latent_cache_keeps_a_substitute_under_its_own_label(tmp_path):
+    from ldmkit.models import VAE_PRESETS, AutoencoderKL
+    from ldmkit.train.distributed import DistInfo
+    from ldmkit.train.latent_cache import encode_dataset
+
+    broken = tmp_path / "red1.png"
+    broken.write_bytes(b"not an image")  # the only red image, gone bad after the first check
+    blue = rgb_file(tmp_path / "blue0.png", (0, 0, 255))
+    dataset = FolderImageDataset(ImageListing([broken, blue, blue], [0, 1, 1], ["red", "blue"]), source="t",
+                                 split="train", channels=3, image_size=8, flip=False)
+    vae = AutoencoderKL(VAE_PRESETS["tiny"](block_channels=(8, 16), norm_groups=4, mid_attention=False)).eval()
+    single = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        latents = encode_dataset(vae, dataset, limit=None, flip=False, batch_size=2, dist=single)
+    assert latents.labels.tolist() == [1, 1, 1]  # the blue image that stood in for red0, as blue
+    assert torch.equal(latents.mean[0], latents.mean[1])
+
+
 def test_photo_formats_this_pillow_cannot_read_are_named(tmp_path):
     assert is_image_file(Path("x.jpe")) and is_image_file(Path("x.PPM"))
     for i in range(2):

@@ -136,6 +136,8 @@ def encode_dataset(
     start = dist.rank * per_rank
     indices = order[start:min(start + per_rank, total)]
     outputs: dict[str, list[torch.Tensor]] = {}
+    # the labels the batches carry: a damaged file's substitute comes with its own (data/folder.py)
+    batch_labels: list[torch.Tensor] = []
     was_training = vae.training
     vae.eval()
     batches = ordered_batches(dataset, indices, batch_size=batch_size, device=dist.device, num_workers=num_workers)
@@ -154,6 +156,7 @@ def encode_dataset(
             if item is None:
                 continue
             images = item[0]
+            batch_labels.append(item[1].to(torch.int64))
             for suffix, batch in (("", images),) + ((("_flip", images.flip(-1)),) if flip else ()):
                 post = vae.posterior(batch)
                 shift, scale = vae.latent_shift.view(1, -1, 1, 1), vae.latent_scale.view(1, -1, 1, 1)
@@ -175,8 +178,10 @@ def encode_dataset(
         padded = torch.zeros(per_rank, c, side, side, device=dist.device)
         padded[: local.shape[0]] = local
         result[name] = _gather_rows(padded, total, dist)
-    labels = dataset.as_label_tensor()[torch.as_tensor(order[:total], dtype=torch.int64)].to(dist.device)
-    return LatentSet(labels=labels, **result)
+    local_labels = torch.cat(batch_labels) if batch_labels else torch.empty(0, dtype=torch.int64, device=dist.device)
+    padded_labels = torch.zeros(per_rank, dtype=torch.int64, device=dist.device)
+    padded_labels[: local_labels.shape[0]] = local_labels
+    return LatentSet(labels=_gather_rows(padded_labels, total, dist), **result)
 
 
 VAL_SUBSET_SEED = 20240611
