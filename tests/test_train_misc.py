@@ -160,7 +160,9 @@ def test_config_overrides_round_trip_and_errors():
                        ({"diffusion.sample_per_class": 0}, "sample_per_class"),
                        ({"diffusion.sample_steps": 0}, "sample_steps"),
                        ({"diffusion.num_train_timesteps": 1}, "num_steps"),
-                       ({"diffusion.beta_start": 2.0}, "beta_start")):
+                       ({"diffusion.beta_start": 2.0}, "beta_start"),
+                       ({"seed": 10**19}, r"--seed must be from -2\*\*62 to 2\*\*62"),
+                       ({"num_workers": -1}, "num_workers must be >= 0, got -1")):
         with pytest.raises(UserError, match=match):
             validate(apply_overrides(preset_config("tiny"), bad))
     for name in TRAIN_PRESETS:
@@ -372,3 +374,13 @@ def test_reading_a_folder_leaves_the_global_random_state_alone():
     batches = list(_loader(Items(), [[0, 1], [2, 3]], torch.device("cpu"), num_workers=0))
     assert [labels.tolist() for _, labels in batches] == [[0, 1], [2, 3]]
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_large_seed_orders_the_data_and_small_seeds_order_it_as_before():
+    from ldmkit.train.batches import IndexStream
+
+    big = IndexStream(10, 2**62).take(0, 25)  # seed * 1_000_003 overflowed torch's seed range
+    assert sorted(big[:10].tolist()) == list(range(10))
+    for seed in (0, 7, -3):  # the orders runs already have, for exact resume
+        expected = torch.randperm(10, generator=torch.Generator().manual_seed(seed * 1_000_003 + 1))
+        assert torch.equal(IndexStream(10, seed).permutation(1), expected)

@@ -41,7 +41,8 @@ class IndexStream:
     def permutation(self, epoch: int) -> torch.Tensor:
         """The order of epoch `epoch` (cached: consecutive batches mostly share an epoch)."""
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            # modulo 2**64, as torch reduces a negative seed: a large --seed overflowed here
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
             self._perm = to_device_without_sync(torch.randperm(self.num_items, generator=gen), self.device)
             self._epoch = epoch
         return self._perm

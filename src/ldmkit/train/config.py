@@ -284,6 +284,8 @@ def validate(config: RunConfig) -> None:
     need(config.stage in STAGES, f"stage must be one of {STAGES}, got {config.stage!r}")
     need(config.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     need(config.image_size > 0, f"--image-size must be positive, got {config.image_size}")
+    need(abs(config.seed) <= 2**62, f"--seed must be from -2**62 to 2**62, got {config.seed}")  # torch's range
+    need(config.num_workers >= 0, f"num_workers must be >= 0, got {config.num_workers}")
     need(config.compile_mode in COMPILE_MODES,
          f"compile_mode must be one of {COMPILE_MODES}, got {config.compile_mode!r}")
     need(config.time_limit is None or config.time_limit > 0, "--time-limit must be a positive number of minutes")
