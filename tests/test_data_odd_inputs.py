@@ -49,6 +49,9 @@ def test_a_class_name_wins_over_an_id_and_case_is_exact_first():
     assert class_id(["Flags", "Travel"], "flags") == 0
     with pytest.raises(UserError, match="could be any of"):
         match_class_name("ab", ["aB", "Ab"])
+    for typed in ("²", "-1", "--1", "1.0", "٣"):  # digits to str.isdigit, not ids: one line, no traceback
+        with pytest.raises(UserError, match="unknown class"):
+            class_id(["cat", "dog", "owl", "fox"], typed)
 
 
 def test_decomposed_unicode_folder_names_are_stored_composed(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ class LatentDiffusionPipeline:
         found = None if isinstance(name_or_id, numbers.Integral) else match_class_name(text, self.class_names)
         if found is not None:
             return found
-        if text.lstrip("-").isdigit() and 0 <= int(text) < self.num_classes:
+        if re.fullmatch(r"[0-9]+", text) and int(text) < self.num_classes:  # ASCII digits: "²" is a digit to isdigit
             return int(text)
         choices = ", ".join(f"{i}={c}" for i, c in enumerate(self.class_names))
         raise UserError(f"unknown class {name_or_id!r}; this model knows: {choices}")
