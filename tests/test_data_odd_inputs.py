@@ -49,6 +49,8 @@ def test_a_class_name_wins_over_an_id_and_case_is_exact_first():
     assert class_id(["Flags", "Travel"], "flags") == 0
     with pytest.raises(UserError, match="could be any of"):
         match_class_name("ab", ["aB", "Ab"])
+    assert class_id(["1.5", "a", "b"] + [f"c{i}" for i in range(13)], "15") == 15  # an id, not "1.5"
+    assert class_id(["T-shirt/top", "Bag"], "t-shirt_TOP") == 0  # a file tag's spelling
     for typed in ("²", "-1", "--1", "1.0", "٣"):  # digits to str.isdigit, not ids: one line, no traceback
         with pytest.raises(UserError, match="unknown class"):
             class_id(["cat", "dog", "owl", "fox"], typed)

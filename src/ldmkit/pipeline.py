@@ -136,10 +136,12 @@ class LatentDiffusionPipeline:
             kind = "a text-to-image model: give a prompt" if self.takes_text else "unconditional"
             raise UserError(f"this model has no classes ({kind}); it takes no class (classes=, --class)")
         text = printable_name(str(name_or_id))  # a folder's name that is not UTF-8, as typed: its escapes
-        found = None if isinstance(name_or_id, numbers.Integral) else match_class_name(text, self.class_names)
+        number = re.fullmatch(r"[0-9]+", text) is not None  # ASCII digits only: "²" is a digit to isdigit
+        found = None if isinstance(name_or_id, numbers.Integral) else \
+            match_class_name(text, self.class_names, loose=not number)
         if found is not None:
             return found
-        if re.fullmatch(r"[0-9]+", text) and int(text) < self.num_classes:  # ASCII digits: "²" is a digit to isdigit
+        if number and int(text) < self.num_classes:
             return int(text)
         choices = ", ".join(f"{i}={c}" for i, c in enumerate(self.class_names))
         raise UserError(f"unknown class {name_or_id!r}; this model knows: {choices}")

@@ -37,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(default: one per class, or 16 for an unconditional model)")
     p.add_argument("--class", dest="classes", nargs="+", default=None, metavar="NAME_OR_ID",
                    help="class names or ids to generate (see `ldm info`); a name is matched exactly, then in any "
-                   "case, before it is read as an id (with folders named 1..10, 1 is the class named 1)")
+                   "case, then by its letters and digits alone (T-shirt_top for T-shirt/top); a number names a "
+                   "class exactly or in any case before it is read as an id (with folders named 1..10, 1 is "
+                   "the class named 1)")
     p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp-2m", help="sampling algorithm (default: dpmpp-2m)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default: 25)")
     p.add_argument("--prompt", default=None, help="text prompt (text-to-image models)")

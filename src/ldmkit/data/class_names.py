@@ -33,10 +33,11 @@ def _letters_and_digits(name: str) -> str:
 _TIERS: tuple[Callable[[str], str], ...] = (nfc, lambda name: nfc(name).casefold(), _letters_and_digits)
 
 
-def match_class_name(name: str, class_names: Sequence[str]) -> int | None:
+def match_class_name(name: str, class_names: Sequence[str], *, loose: bool = True) -> int | None:
     """The index of `name` among `class_names` by the tiers above, None when no tier matches;
-    `UserError` when the first tier that matches matches more than one class."""
-    for key in _TIERS:
+    `UserError` when the first tier that matches matches more than one class. `loose=False`
+    leaves out tier 3 (a typed number: "15" is an id, not the class "1.5")."""
+    for key in _TIERS if loose else _TIERS[:2]:
         wanted = key(name)
         if not wanted:
             continue
