@@ -148,6 +148,18 @@ def test_a_finished_run_rerun_does_nothing_and_writes_nothing(data, run, capsys)
     assert files(run) == before
 
 
+def test_a_deleted_vae_file_is_written_again_by_stage_vae(data, run, capsys):
+    from safetensors.torch import load_file
+
+    before = load_file(run / "vae.safetensors")
+    (run / "vae.safetensors").unlink()
+    capsys.readouterr()
+    assert train_run(config(data, stage="vae"), run).exit_status == 0
+    assert f"VAE stage done: {run / 'vae.safetensors'}" in capsys.readouterr().out  # it said so, with no file
+    after = load_file(run / "vae.safetensors")
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
 def test_a_finished_run_in_a_folder_this_user_cannot_write(data, run, capsys, monkeypatch):
     """Read-only (a shared results folder, a read-only mount): the finished run says "nothing to
     do" as it does elsewhere (it failed on creating its lock); an unfinished one is refused in a line."""

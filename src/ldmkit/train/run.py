@@ -316,6 +316,9 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
         if state is not None and state["stage"] == "diffusion":
             with loading_run_state(ckpt_path):
                 vae.load_state_dict(state["vae"])
+            if dist.is_main and not (out_dir / VAE_FILE).is_file():  # deleted since: written again from the checkpoint
+                save_inference_file(out_dir / VAE_FILE, unet=None, vae=vae, run_config=config.to_dict(),
+                                    extra={"class_names": class_names, "step": config.vae.steps})
         elif vae_file is None:
             if not train_vae(vae, train_set, ctx, state if state is not None and state["stage"] == "vae" else None):
                 return RunOutcome(out_dir, agreed_stop(stop.signal_name, dist))  # checkpoint written
