@@ -27,7 +27,8 @@ def test_an_npy_file_named_npz_is_one_line(tmp_path, capsys):
     assert "holds one array, not the arrays of an .npz file" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("flag, value, least", [("--kid-subsets", "0", 1), ("--kid-subset-size", "1", 2)])
+@pytest.mark.parametrize("flag, value, least", [("--kid-subsets", "0", 1), ("--kid-subset-size", "1", 2),
+                                               ("--batch-size", "0", 1), ("--classifier-epochs", "0", 1)])
 def test_kid_settings_are_checked_before_any_work(model_file, tmp_path, capsys, flag, value, least):  # noqa: F811
     data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
     args = ["eval", "--model", str(model_file), "--data", str(data), *QUICK, flag, value, "--n", "6",

@@ -253,6 +253,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"{flag} must be at least {least} (got {value})")
     if args.vae and args.model is None:
         raise UserError("--vae needs --model (the VAE to test)")
+    for flag, value in (("--batch-size", args.batch_size), ("--classifier-epochs", args.classifier_epochs)):
+        if value is not None and value < 1:  # else found only after the real images are decoded
+            raise UserError(f"{flag} must be at least 1 (got {value})")
 
 
 def _pipeline(args: argparse.Namespace, device):
@@ -335,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         check_classifier_destination(_classifier_path(args))
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
-    args.batch_size = args.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+    args.batch_size = args.batch_size if args.batch_size is not None else (GPU_BATCH if on_gpu else CPU_BATCH)
     features_batch = None if on_gpu else args.batch_size  # None: each extractor's own (500)
     pipe = _pipeline(args, device)
     image_size = pipe.image_size if pipe else args.image_size
