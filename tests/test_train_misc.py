@@ -384,3 +384,26 @@ def test_a_large_seed_orders_the_data_and_small_seeds_order_it_as_before():
     for seed in (0, 7, -3):  # the orders runs already have, for exact resume
         expected = torch.randperm(10, generator=torch.Generator().manual_seed(seed * 1_000_003 + 1))
         assert torch.equal(IndexStream(10, seed).permutation(1), expected)
+
+
+def test_a_skipped_vae_step_leaves_its_loss_out_of_the_logged_mean(tmp_path, monkeypatch):
+    """The diffusion stage's log left a skipped step's NaN out of the interval's mean; the VAE
+    stage's did not, so one skipped step made its whole log line's loss NaN."""
+    from ldmkit.train import vae_stage
+    from ldmkit.train.step_guard import logged_loss
+
+    assert logged_loss([1.0, float("nan"), 3.0]) == 2.0 and math.isnan(logged_loss([float("inf")]))
+    real_batches = vae_stage.training_batches
+
+    def batches(*args, **kwargs):
+        for i, (images, labels) in enumerate(real_batches(*args, **kwargs)):
+            yield (images * float("nan") if i == 1 else images), labels
+
+    monkeypatch.setattr(vae_stage, "training_batches", batches)
+    data = write_color_dataset(tmp_path / "data", per_class=4, size=8)
+    config = apply_overrides(micro_config(data, vae_steps=3, steps=0), {"stage": "vae", "log_every": 3})
+    run_training(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if r.get("stage") == "vae" and "loss" in r]
+    assert [r["step"] for r in logged] == [3] and logged[0]["skipped"] == 1
+    assert math.isfinite(logged[0]["loss"])

@@ -18,7 +18,6 @@ inference file.
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Any
@@ -32,18 +31,18 @@ from ldmkit.run_files import MODEL_FILE
 from ldmkit.train.batches import IndexStream, per_rank_batch, rank_slice
 from ldmkit.train.config import make_schedule
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
+from ldmkit.train.decay_groups import decay_groups
 from ldmkit.train.ema import EMA
 from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.inference_file import save_inference_file
 from ldmkit.train.latent_cache import LatentSet
 from ldmkit.train.lr import lr_at
-from ldmkit.train.decay_groups import decay_groups
 from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.previews import save_sample_grid
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import compile_for_training, weights_for_training
 from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
-from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
+from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported, logged_loss
 
 VAL_SEED = 20240607  # fixed: validation t and noise are the same at every evaluation and run
 
@@ -266,8 +265,7 @@ class DiffusionTrainer:
                 # limit) agreed on; either way it gets its log line, val loss and sample grid.
                 last = step == cfg.steps or self.guard.stop_agreed
                 if step % run.log_every == 0 or last:
-                    finite = [v for v in losses if math.isfinite(v)]
-                    metrics = {"loss": sum(finite) / len(finite) if finite else float("nan"),
+                    metrics = {"loss": logged_loss(losses),
                                "grad_norm": grad_norm.item(), "lr": self.lr_now,
                                "img_per_s": interval_steps * cfg.batch_size / max(interval_seconds, 1e-9)}
                     if self.guard.skipped:

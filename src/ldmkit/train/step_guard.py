@@ -15,6 +15,7 @@ every step cost a fifth of the step time (benchmarks/NOTES.md, v3).
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import ContextManager
 
 import torch
@@ -177,3 +178,10 @@ def apply_update(optimizer: torch.optim.Optimizer, applied: torch.Tensor, scaler
         optimizer.step()
     elif applied.item():
         optimizer.step()
+
+
+def logged_loss(losses: list[float]) -> float:
+    """The mean of a log interval's settled losses, the skipped (non-finite) steps left out, as
+    they changed nothing; NaN when every step was skipped."""
+    finite = [v for v in losses if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")

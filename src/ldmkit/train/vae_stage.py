@@ -30,19 +30,19 @@ from ldmkit.run_files import CHECKPOINT_NAME
 from ldmkit.train.batches import VAE_BATCH, IndexStream, per_rank_batch
 from ldmkit.train.checkpoint import loading_run_state
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
+from ldmkit.train.decay_groups import decay_groups
 from ldmkit.train.discriminator import PatchDiscriminator, adaptive_gan_weight, generator_loss, hinge_d_loss
 from ldmkit.train.distributed import all_reduce_mean, all_reduce_sum
 from ldmkit.train.ema import EMA
 from ldmkit.train.grad_sync import GradientMean
 from ldmkit.train.image_batches import ordered_batches, training_batches
 from ldmkit.train.lr import lr_at
-from ldmkit.train.decay_groups import decay_groups
 from ldmkit.train.optimizer_resume import load_optimizer_state
 from ldmkit.train.perceptual import load_perceptual_loss
 from ldmkit.train.rng import generator_state, make_generator
 from ldmkit.train.step_compile import compile_for_training, weights_for_training
 from ldmkit.train.step_graph import DeviceLR, StepGraph, release_training_memory, step_graph_wanted
-from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported
+from ldmkit.train.step_guard import Precision, StepGuard, apply_update, fused_adamw_supported, logged_loss
 
 # What a captured step hands back (the rest of `_autoencoder_step`'s results are the GAN's)
 CAPTURED_RESULTS = ("loss", "rec", "kl", "row")
@@ -323,7 +323,7 @@ class VAETrainer:
                 if self.step % run.log_every == 0 or self.step == cfg.steps:
                     rate = len(losses) * cfg.batch_size / max(time.perf_counter() - timer, 1e-9)
                     metrics = self._mean_over_ranks(out)
-                    metrics.update(loss=sum(losses) / len(losses), img_per_s=rate)
+                    metrics.update(loss=logged_loss(losses), img_per_s=rate)  # a skipped step's NaN left out
                     if self.guard.skipped:
                         metrics["skipped"] = self.guard.skipped
                     log.metrics(self.step, metrics)
