@@ -14,7 +14,7 @@ class _Terminal(io.StringIO):
 
 def _log_run(tmp_path, stream, monkeypatch, **kw) -> tuple[TrainLogger, str]:
     monkeypatch.setattr("sys.stderr", stream)
-    log = TrainLogger(tmp_path, stage="diffusion", total_steps=100, log_every=50, **kw)
+    log = TrainLogger(tmp_path, stage="diffusion", total_steps=100, **kw)
     for step in range(1, 101):
         log.advance()
         if step % 50 == 0:

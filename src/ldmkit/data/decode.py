@@ -129,11 +129,6 @@ def _decode_small(path: str | Path) -> None:
         image.load()
 
 
-def check_image_file(path: str | Path) -> bool:
-    """Whether `inspect_image_file` finds `path` readable."""
-    return inspect_image_file(path).readable
-
-
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert a PIL image of any common mode to 8-bit RGB (rules in the module docstring)."""
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":

@@ -131,7 +131,7 @@ class RunConfig:
     # torch.compile mode of the training steps when `compile` is on (CUDA only):
     # "reduce-overhead" adds CUDA graphs, which small models need (their steps are launch-bound:
     # 3.8x faster for the fashion-mnist UNet, see benchmarks/NOTES.md); "default" is plain
-    # inductor. The VAE's GAN phase always uses "default".
+    # inductor. A VAE stage with a discriminator uses "default" throughout.
     compile_mode: str = "reduce-overhead"
     # With "reduce-overhead" (bf16/fp32), capture each stage's whole step (forward, backward, under
     # torchrun the gradients' all-reduce, clipping, AdamW, EMA; the VAE's only without the GAN) as

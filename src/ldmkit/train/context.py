@@ -33,7 +33,7 @@ class StageContext:
         """A rank-0 logger for one stage (`bar=False`: messages only, no progress bar)."""
         return TrainLogger(
             self.run_dir, stage=stage, total_steps=total_steps, start_step=start_step,
-            log_every=self.config.log_every, quiet=self.config.quiet or not bar, enabled=self.dist.is_main,
+            quiet=self.config.quiet or not bar, enabled=self.dist.is_main,
         )
 
     def barrier(self) -> None:

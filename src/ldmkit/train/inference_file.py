@@ -20,12 +20,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
+from ldmkit.atomic import atomic_write
 from ldmkit.errors import UserError
 from ldmkit.json_text import loads
 from ldmkit.models.fitted import build_fitted
 from ldmkit.pretrained import resolve_model_source
 from ldmkit.run_files import MODEL_FILE, VAE_FILE, run_file_message
-from ldmkit.train.checkpoint import atomic_write
 
 FORMAT = "ldmkit-inference"
 FORMAT_VERSION = 1

@@ -6,7 +6,7 @@ for the image AND for its horizontal mirror. The diffusion stage then draws
 on the fly, so caching changes nothing), and picks the mirrored pair with probability 1/2
 when flips are on (flip augmentation survives caching; a VAE is not flip-equivariant, so
 flipping the latent itself would not match). This costs 4x the mean alone, which for the
-small latents this cache is meant for (say 60k x 4x8x8 floats = 15 MB per tensor) is
+small latents this cache is meant for (say 60k x 4x8x8 float32 = 61 MB per tensor) is
 nothing, and lets the whole set live on the device as tensors indexed by batch.
 
 The file is keyed by a fingerprint of the VAE weights (latent stats included), the data
@@ -29,10 +29,10 @@ import torch.distributed as torch_dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from ldmkit.atomic import atomic_write
 from ldmkit.data.dataset import seeded_subset
 from ldmkit.models import AutoencoderKL
 from ldmkit.run_files import CACHE_NAME
-from ldmkit.train.checkpoint import atomic_write
 from ldmkit.train.distributed import DistInfo, barrier, broadcast_object
 from ldmkit.train.image_batches import ordered_batches
 from ldmkit.train.signals import StopSignal
@@ -58,10 +58,6 @@ class LatentSet:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return tuple(self.mean.shape[1:])  # type: ignore[return-value]
-
-    def to(self, device: torch.device | str) -> "LatentSet":
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return LatentSet(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {f"{prefix}{f.name}": getattr(self, f.name).contiguous().cpu()

@@ -4,10 +4,11 @@ Only rank 0 logs (other ranks get a logger with `enabled=False` that does nothin
 record is one JSON object per line in log.jsonl, appended and flushed, so a resumed run
 continues the same file and a crash loses at most the line being written. TensorBoard is
 used only if the `tensorboard` package is importable. The console shows a tqdm bar with the
-step, loss, images/s and ETA; in `quiet` mode it prints one plain line every `log_every` steps
-instead. Quiet is also what a console that is not a terminal gets (stderr redirected to a file,
-a batch job's log): a bar there is a carriage-return update every 0.1 s, thousands of lines of
-noise in the file for a run of minutes (seen in a GPU job's log, benchmarks/NOTES.md v13).
+step, loss, images/s and ETA; in `quiet` mode it prints one plain line per `metrics` call instead
+(the stages call it every `log_every` steps). Quiet is also what a console that is not a terminal
+gets (stderr redirected to a file, a batch job's log): a bar there is a carriage-return update
+every 0.1 s, thousands of lines of noise in the file for a run of minutes (seen in a GPU job's
+log, benchmarks/NOTES.md v13).
 """
 from __future__ import annotations
 
@@ -55,13 +56,11 @@ class TrainLogger:
         stage: str,
         total_steps: int,
         start_step: int = 0,
-        log_every: int = 50,
         quiet: bool = False,
         enabled: bool = True,
     ) -> None:
         self.stage = stage
         self.total_steps = total_steps
-        self.log_every = max(1, log_every)
         self.quiet = quiet or not _is_terminal(sys.stderr)
         self.enabled = enabled
         self._bar: tqdm | None = None
@@ -97,8 +96,8 @@ class TrainLogger:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
-    def metrics(self, step: int, values: dict[str, float], *, show: bool = True) -> None:
-        """Record scalar metrics at `step`; `show` also puts them on the console."""
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        """Record scalar metrics at `step`, and put them on the console."""
         if not self.enabled:
             return
         self.record({"step": step, **values})
@@ -106,8 +105,6 @@ class TrainLogger:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{self.stage}/{key}", value, step)
-        if not show:
-            return
         text = " ".join(f"{k} {_format(v)}" for k, v in values.items())
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=False)

@@ -3,9 +3,9 @@
 Both stages compile their forward the same way: on CUDA only, in `RunConfig.compile_mode`. CUDA
 graphs ("reduce-overhead") replay the forward and the backward as one launch each, which is what
 small models need (their steps are launch-bound, benchmarks/NOTES.md); what a stage marks as not
-graph-safe (the VAE's GAN phase; a model inside a whole-step graph, which holds its own) gets the
-plain mode. Under torchrun the same: the ranks' gradients are averaged after the backward
-(grad_sync.py), outside the compiled module.
+graph-safe (a VAE stage with a discriminator, throughout; a model inside a whole-step graph, which
+holds its own) gets the plain mode. Under torchrun the same: the ranks' gradients are averaged
+after the backward (grad_sync.py), outside the compiled module.
 
 Training compiles with inductor's layout optimisation forced on: the graph then keeps its
 convolutions' activations in channels_last, where by its own heuristics (which skip small

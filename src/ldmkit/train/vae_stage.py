@@ -14,8 +14,9 @@ thousand training images give the per-channel mean and std, stored in the VAE as
 
 Per step: the host draws the flips and the posterior noise and sets the LR; `_autoencoder_step`
 does the device work (forward, losses, backward, clipping, the skip decision, AdamW, then the
-discriminator's step when the GAN is on). Without the GAN, on one GPU with CUDA graphs, that work
-is captured once and replayed as one graph (step_graph.py).
+discriminator's step when the GAN is on). Without the GAN, with CUDA graphs (under torchrun too,
+the gradients' all-reduce inside), that work is captured once and replayed as one graph
+(step_graph.py).
 """
 from __future__ import annotations
 
