@@ -155,7 +155,10 @@ def test_a_deleted_vae_file_is_written_again_by_stage_vae(data, run, capsys):
     (run / "vae.safetensors").unlink()
     capsys.readouterr()
     assert train_run(config(data, stage="vae"), run).exit_status == 0
-    assert f"VAE stage done: {run / 'vae.safetensors'}" in capsys.readouterr().out  # it said so, with no file
+    out = capsys.readouterr().out
+    assert f"VAE stage done: {run / 'vae.safetensors'}" in out  # it said so, with no file
+    data_line = next(line for line in out.splitlines() if line.startswith("data: "))
+    assert data_line.endswith(", random flip") == config(data).flip  # the stages flip; the set never said so
     after = load_file(run / "vae.safetensors")
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 

@@ -294,7 +294,8 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
-    say(f"data: {train_set.describe()}")
+    # the set is loaded without flips (the stages draw them), so its own line would never say so
+    say(f"data: {train_set.describe()}" + (", random flip" if config.flip else ""))
 
     vae = vae_file
     if vae is None:
