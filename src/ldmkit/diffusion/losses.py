@@ -1,6 +1,7 @@
 """The denoising training objective with optional Min-SNR-gamma weighting.
 
-loss = E_{t ~ U{0..T-1}, eps ~ N(0, I)} [ w(t) || f(x_t, t) - target ||^2 ],
+loss = E_{t ~ U{0..T-1}, eps ~ N(0, I)} [ w(t) mean((f(x_t, t) - target)^2) ]  (the squared norm
+over the d = C*H*W elements, divided by d),
 x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (Ho et al. 2020, eq. 4 and eq. 14 for eps).
 """
 

@@ -43,6 +43,13 @@ def _cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> 
     return betas.clamp(max=max_beta)
 
 
+def ve_sigma(alpha_bar: Tensor) -> Tensor:
+    """The VE-equivalent noise level of alpha_bar: x_t / sqrt(a) = x_0 + sigma eps with
+    sigma = sqrt((1 - a) / a) (Karras et al. 2022, sec. 2 and Table 1's VP column; inf where
+    alpha_bar = 0, 0 where it is 1)."""
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
 def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     """Lin et al. 2024, Alg. 1: shift and scale sqrt(alpha_bar) so the last step has SNR 0
     (pure noise, as at sampling time) while sqrt(alpha_bar_0) is unchanged."""
@@ -71,8 +78,7 @@ class NoiseSchedule:
             raise UserError("a noise schedule needs at least 2 betas, each in (0, 1]")
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        # VE-equivalent noise level (Karras et al. 2022): x_t / sqrt(a_t) = x_0 + sigma_t eps.
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        self.sigmas = ve_sigma(self.alphas_cumprod)  # x_t / sqrt(a_t) = x_0 + sigma_t eps
         self._spec = spec or {"kind": "custom", "betas": betas.tolist()}
         self._device_tables: dict[tuple[str, torch.dtype], Tensor] = {}
 
@@ -206,7 +212,7 @@ class NoiseSchedule:
         """
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         ab = self.finite_alphas_cumprod()
-        log_table = (((1 - ab) / ab).sqrt()).log()  # increasing in t
+        log_table = ve_sigma(ab).log()  # increasing in t
         log_sigma = sigma.clamp(min=1e-10).log()
         hi = torch.searchsorted(log_table, log_sigma).clamp(1, self.num_steps - 1)
         lo = hi - 1

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.schedules import NoiseSchedule
+from ldmkit.diffusion.schedules import NoiseSchedule, ve_sigma
 from ldmkit.errors import UserError
 
 SPACINGS = ("leading", "linspace", "trailing")
@@ -145,8 +145,7 @@ class StepGrid:
     @property
     def sigmas(self) -> Tensor:
         """VE sigma = sqrt((1 - a) / a) (inf where alpha_bar = 0, 0 where it is 1)."""
-        a = self.alphas_cumprod
-        return ((1 - a) / a).sqrt()
+        return ve_sigma(self.alphas_cumprod)
 
 
 def grid_from_timesteps(schedule: NoiseSchedule, t: Tensor, final_alpha_bar: float = 1.0) -> StepGrid:
@@ -165,8 +164,7 @@ def grid_from_sigmas(schedule: NoiseSchedule, sigmas: Tensor) -> StepGrid:
 def sigma_range(schedule: NoiseSchedule) -> tuple[float, float]:
     """(sigma_min, sigma_max) of the schedule, a zero alpha_bar taken as the schedule's
     `alpha_bar_floor` so a zero-terminal-SNR schedule still has a finite largest sigma."""
-    a = schedule.finite_alphas_cumprod()
-    sigmas = ((1 - a) / a).sqrt()
+    sigmas = ve_sigma(schedule.finite_alphas_cumprod())
     return float(sigmas[0]), float(sigmas[-1])
 
 

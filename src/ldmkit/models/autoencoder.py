@@ -153,6 +153,8 @@ class AutoencoderKL(nn.Module):
         self, images: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, DiagonalGaussian]:
         """Reconstruct images through a posterior sample (or the mean); returns (reconstruction, posterior)."""
+        # images: [B, in_channels, H, W] -> reconstruction [B, out_channels, H, W], posterior over
+        # [B, latent_channels, H/f, W/f] (f = downsample_factor)
         post = self.posterior(images)
         z = post.sample(generator) if sample else post.mean
         return self.decode_raw(z), post

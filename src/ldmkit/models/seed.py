@@ -86,7 +86,7 @@ class LatentDiffusionModel(nn.Module):
         self.unet = UNet(config)
 
     def forward(
-        self, x: torch.Tensor, latent: torch.Tensor, timesteps: torch.Tensor | float | None = None
+        self, x: torch.Tensor, latent: torch.Tensor | None, timesteps: torch.Tensor | float | None = None
     ) -> torch.Tensor:
         """`x` `[B, input_channels, H, W]`, `latent` `[B, latent_dim]` (None when latent_dim is None),
         `timesteps` a scalar or `[B]` of indices in [0, T) (None: t = 0) -> the shape of `x`."""

@@ -248,7 +248,8 @@ class UNet(nn.Module):
         context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict from `x` `[B, in_channels, H, W]` at timesteps `t` (a scalar or `[B]`, indices in
-        [0, T)) what the config's training target was (eps, v or x0), of x's shape.
+        [0, T)) the raw prediction `[B, out_channels, H, W]`: eps, v or x0, whichever the model was
+        trained on (the network does not know; diffusion/parameterization.py reads it).
         `class_labels` `[B]` integer ids (`num_classes`: the null class of guidance; omitted, all
         null), `cond` `[B, cond_dim]`, `context` `[B, M, context_dim]` (text tokens): each is
         required exactly when the config has it, and lives on the UNet's device. Class ids are

@@ -20,6 +20,7 @@ class _Level(nn.Module):
         self.resample_name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, C_in, H, W] -> [B, C_out, H', W'] (H' = H/2 down, 2H up, H at the last level)
         for resnet in self.resnets:
             x = resnet(x)
         resample = getattr(self, self.resample_name)
@@ -36,6 +37,7 @@ class _MidBlock(nn.Module):
         self.resnet2 = ResNetBlock(channels, channels, groups=groups, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, C, h, w] -> [B, C, h, w]
         x = self.resnet1(x)
         if self.attention is not None:
             x = self.attention(x)

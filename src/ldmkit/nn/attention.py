@@ -1,8 +1,9 @@
 """Multi-head attention: the GroupNorm self-attention block of DDPM/ADM and SD's cross-attention.
 
 Tokens are kept as `[B, N, C]` (N = H*W for images); scaled dot-product attention itself runs
-on `[B, heads, N, head_dim]` through `torch.nn.functional.scaled_dot_product_attention`, so
-PyTorch picks the flash / memory-efficient kernel available on the device.
+on `[B, heads, N, head_dim]` through `torch.nn.functional.scaled_dot_product_attention`, which
+picks the fastest kernel the device has (cuDNN's on Hopper, benchmarks/NOTES.md v5); compiled CUDA
+training calls cuDNN's kernels through nn/attention_op.py instead, on `[B, N, heads*d]`.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class SelfAttentionBlock(nn.Module):
         self.to_out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [B, C, H, W]
+        # x: [B, C, H, W] -> [B, C, H, W]
         b, c, h, w = x.shape
         if c != self.channels:
             raise UserError(f"SelfAttentionBlock expects {self.channels} channels, got {c}")
@@ -119,7 +120,7 @@ class CrossAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # x: [B, N, query_dim], context: [B, M, context_dim]
+        # x: [B, N, query_dim], context: [B, M, context_dim] -> [B, N, query_dim]
         kv = context_kv.cached(self, context) if self.is_cross and context is not None else None
         context = x if context is None else context
         if context.shape[-1] != self.context_dim:

@@ -96,7 +96,7 @@ def reference_forward(q4, k4, v4):
 
 
 def reference_backward(g4, q4, k4, v4, out4, lse, seed, offset):
-    """The gradients of q, k, v from the forward's output and log-sum-exp (Dao et al. 2022, alg. 2:
+    """The gradients of q, k, v from the forward's output and log-sum-exp (Dao 2023, FlashAttention-2, alg. 2:
     P = exp(S - lse), dV = P^T dO, dP = dO V^T, D = rowsum(dO * O), dS = P * (dP - D))."""
     acc = torch.promote_types(q4.dtype, torch.float32)
     q, k, v, g = (t.to(acc) for t in (q4, k4, v4, g4))
@@ -160,6 +160,7 @@ def _(g, q, k, v, out, lse, seed, offset, heads):
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, heads: int):
+        # q: [B, N, heads*d], k, v: [B, M, heads*d] -> [B, N, heads*d]
         out, lse, seed, offset = _attention_forward(q, k, v, heads)
         ctx.save_for_backward(q, k, v, out, lse, seed, offset)
         ctx.heads = heads
@@ -167,6 +168,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        # g: [B, N, heads*d] -> dq [B, N, heads*d], dk, dv [B, M, heads*d]
         q, k, v, out, lse, seed, offset = ctx.saved_tensors
         dq, dk, dv = _attention_backward(g, q, k, v, out, lse, seed, offset, ctx.heads)
         return dq, dk, dv, None

@@ -1,8 +1,9 @@
 """GroupNorm followed by SiLU, `silu(GroupNorm(x + add))`, with its reductions as Triton kernels
 on CUDA.
 
-Every ResNet block runs this pair twice, and in a compiled training step the GroupNorm
-statistics and their gradients were half the GPU time (benchmarks/NOTES.md v5). This module
+Every ResNet block runs this pair twice, and in a compiled training step inductor's Triton
+kernels (GroupNorm, SiLU, adds, casts and layout copies) were half the GPU time, GroupNorm's
+statistics and their gradients the largest part (benchmarks/NOTES.md v5). This module
 keeps the arithmetic minimal:
 
 - forward: one read of x for per-channel moments (Triton), one read of x and one write of y for
@@ -151,8 +152,8 @@ def _group_statistics(mean: torch.Tensor, m2: torch.Tensor, groups: int, HW: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Group mean and (biased) variance from per (sample, channel, split) means and M2.
 
-    mean, m2: [N, C, S] -> mean_g, var_g: [N, G]. Chan et al.'s combination of equal-or-known-count
-    parts: mean = sum n_i mean_i / n,  M2 = sum M2_i + sum n_i (mean_i - mean)^2.
+    mean, m2: [N, C, S] -> mean_g, var_g: [N, G]. The pairwise combination of Chan, Golub & LeVeque
+    1979 over parts of known counts: mean = sum n_i mean_i / n,  M2 = sum M2_i + sum n_i (mean_i - mean)^2.
     """
     N, C, S = mean.shape
     counts = _split_counts(mean, HW, per_split)
@@ -190,6 +191,7 @@ class _GroupNormSiLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        # dy: [N, C, H, W] -> dx [N, C, H, W], dweight, dbias [C], dadd [N, C] (None without add)
         x, weight, scale, shift, center, rstd_g, channel_offset = ctx.saved_tensors
         N, C, H, W = x.shape
         HW, cpg, groups = H * W, C // ctx.groups, ctx.groups
@@ -200,8 +202,8 @@ class _GroupNormSiLU(torch.autograd.Function):
         # Group means over the C/G * H * W elements of dxhat = w dz and of dxhat * xhat.
         m1 = (w * s1).view(N, groups, cpg).sum(dim=2) / (cpg * HW)
         m2 = (w * rstd * s2).view(N, groups, cpg).sum(dim=2) / (cpg * HW)
-        # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))  (GroupNorm's backward,
-        # as for LayerNorm, Ba et al. 2016) = A dz + B (x - center) + D.
+        # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))  (the normalisation's backward
+        # of Ioffe & Szegedy 2015, sec. 3, taken over a group) = A dz + B (x - center) + D.
         A = scale
         B = _per_channel(-(rstd_g * rstd_g) * m2, cpg)
         D = _per_channel(-rstd_g * m1, cpg)

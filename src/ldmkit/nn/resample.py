@@ -40,9 +40,10 @@ class DownSample(nn.Module):
     """Halve H and W with a stride-2 conv3x3, or a 2x2 average pool (`use_conv=False`).
 
     `padding=1` pads symmetrically (the UNet). `padding=0` pads only right and bottom by one,
-    `(0, 1, 0, 1)`, as the Stable Diffusion autoencoder does; both give ceil(H/2) x ceil(W/2)
-    for even sizes, but the weights of each only make sense with their own padding.
-    `x: [B, C, H, W] -> [B, out_channels, H/2, W/2]`.
+    `(0, 1, 0, 1)`, as the Stable Diffusion autoencoder does. Both give H/2 x W/2 for even sizes
+    (for odd H, padding=1 gives ceil(H/2), padding=0 and the pool floor(H/2)), but the weights of
+    each only make sense with their own padding.
+    `x: [B, C, H, W] -> [B, out_channels, H/2, W/2]` (even H, W).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class DownSample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, C, H, W] -> [B, out_channels, H/2, W/2]
         _check_channels(self, x)
         if not self.use_conv:
             return F.avg_pool2d(x, 2)
@@ -99,10 +101,11 @@ class UpSample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        # x: [B, C, H, W] -> [B, out_channels, 2H, 2W] (or output_size)
         _check_channels(self, x)
         doubled = output_size is None or tuple(output_size) == (2 * x.shape[-2], 2 * x.shape[-1])
         if self.use_conv and doubled:
-            # The same function at 0.47x the FLOPs, never materialising the upsampled tensor
+            # The same function at 0.44-0.47x the FLOPs, never materialising the upsampled tensor
             # (nn/upsample_conv.py derives both forms).
             if upsample_form(x) == "transposed":
                 kernel = derived(self, "transposed_weight")

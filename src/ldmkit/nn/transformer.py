@@ -28,6 +28,7 @@ class FeedForward(nn.Module):
         self.proj_out = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, N, dim] -> [B, N, dim]
         h = self.proj_in(x)  # [B, N, 2 * inner]: value, then gate
         return self.proj_out(self.dropout(geglu(h)))  # geglu: [B, N, inner]
 
@@ -58,7 +59,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # x: [B, N, dim], context: [B, M, context_dim]
+        # x: [B, N, dim], context: [B, M, context_dim] -> [B, N, dim]
         x = x + self.attn1(self.norm1(x))
         if self.has_cross_attention:
             if context is None:
@@ -106,7 +107,7 @@ class SpatialTransformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # x: [B, C, H, W]
+        # x: [B, C, H, W], context: [B, M, context_dim] -> [B, C, H, W]
         b, c, h, w = x.shape
         if c != self.channels:
             raise UserError(f"SpatialTransformer expects {self.channels} channels, got {c}")

@@ -128,7 +128,8 @@ class SamplingContext:
         return x
 
     def predict(self, x: Tensor, level: int) -> tuple[Tensor, Tensor]:
-        """Call the network at grid level `level` (< n); return its (x_0, eps) estimates."""
+        """Call the network at grid level `level` (< n); return its (x_0, eps) estimates.
+        x: [B, C, h, w] -> (x0, eps): [B, C, h, w] each."""
         pred = self.denoiser(x, self._t_batch[level])
         if pred.shape != x.shape:  # a UNet with other out_channels would broadcast into a wrong sample
             raise UserError(f"the denoiser returned shape {tuple(pred.shape)} for an input of {tuple(x.shape)}; "

@@ -50,8 +50,8 @@ def ddim(
     coef_eps = (1 - a_prev - s**2).clamp(min=0).sqrt().tolist()
     std = s.tolist()
 
-    x = ctx.start()
-    for i in range(len(ctx)):
+    x = ctx.start()  # [B, C, h, w]: the VP-frame state x_t at the grid's first level
+    for i in range(len(ctx)):  # x: [B, C, h, w] at level i -> at level i + 1
         x0, eps = ctx.predict(x, i)
         x = coef_x0[i] * x0 + coef_eps[i] * eps
         if std[i] > 0:

@@ -51,8 +51,8 @@ def ddpm(
     coef_xt = ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)).tolist()
     std = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=0).sqrt().tolist()
 
-    x = ctx.start()
-    for i in range(len(ctx)):
+    x = ctx.start()  # [B, C, h, w]: the VP-frame state x_t at the grid's first level
+    for i in range(len(ctx)):  # x: [B, C, h, w] at level i -> at level i + 1
         x0, _ = ctx.predict(x, i)
         x = coef_x0[i] * x0 + coef_xt[i] * x
         if std[i] > 0:

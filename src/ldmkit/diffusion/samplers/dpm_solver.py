@@ -78,9 +78,9 @@ def dpmpp_2m(
     )
     ratio, gain, mix = _multistep_coefficients(ctx.grid)
 
-    x = ctx.start()
+    x = ctx.start()  # [B, C, h, w]: the VP-frame state x_t at the grid's first level
     x0_prev = None
-    for i in range(len(ctx)):
+    for i in range(len(ctx)):  # x: [B, C, h, w] at level i -> at level i + 1
         x0, _ = ctx.predict(x, i)
         d = x0 if mix[i] == 0 else (1 + mix[i]) * x0 - mix[i] * x0_prev
         x = ratio[i] * x + gain[i] * d

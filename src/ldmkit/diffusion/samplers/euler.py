@@ -60,8 +60,8 @@ def _run(
     alphas = ctx.alphas
     sigmas = ctx.grid.sigmas.tolist()
 
-    x = ctx.start()
-    for i in range(len(ctx)):
+    x = ctx.start()  # [B, C, h, w]: the VP-frame state x_t at the grid's first level
+    for i in range(len(ctx)):  # x: [B, C, h, w] at level i -> at level i + 1
         _, eps = ctx.predict(x, i)
         x_ve = x / alphas[i]
         dt = sigmas[i + 1] - sigmas[i]
