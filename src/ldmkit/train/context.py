@@ -46,7 +46,10 @@ def rank_rng_states(dist: DistInfo) -> list[dict[str, Any]]:
 
 
 def restore_rank_rng(states: list[dict[str, Any]], dist: DistInfo) -> bool:
-    """Restore this rank's RNG state; False (nothing restored) if the world size changed."""
+    """Restore this rank's RNG state; False (nothing restored) if the world size changed. Callers
+    go on either way: these per-rank streams drive only what is not drawn for the global batch
+    (dropout, 0 in every preset), and a resume on another number of processes keeps the streams
+    each rank was seeded with (distributed.seed_everything)."""
     if len(states) != dist.world_size:
         return False
     restore_rng_state(states[dist.rank])
