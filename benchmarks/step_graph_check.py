@@ -61,6 +61,8 @@ def make_trainer(args, preset: str, *, graph: bool, device: torch.device,
     """(trainer, its step, the module it trains, that module's EMA or None), from seed 0."""
     config = preset_config(preset)
     config.compile, config.compile_mode, config.step_graph = not args.smoke, "reduce-overhead", graph
+    if args.weight_decay is not None:  # AdamW's decay on the weights, not on biases and norm gains
+        config.vae.weight_decay = config.diffusion.weight_decay = args.weight_decay
     channels = CHANNELS.get(preset, 3)
     torch.manual_seed(0)  # the same initial weights on both sides
     if args.stage == "vae":
@@ -133,6 +135,8 @@ def main() -> int:
     p.add_argument("--presets", default="emoji", help="training presets, comma-separated (that stage of each)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: each preset's)")
     p.add_argument("--check-steps", type=int, default=30, help="steps compared between the two trainers")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="both stages' AdamW weight decay (default: the preset's, 0)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=300, help="timed steps")
     p.add_argument("--repeat-plain", action="store_true",

@@ -59,6 +59,10 @@ class LatentSet:
     def latent_shape(self) -> tuple[int, int, int]:
         return tuple(self.mean.shape[1:])  # type: ignore[return-value]
 
+    def to(self, device: torch.device | str) -> "LatentSet":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return LatentSet(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
+
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {f"{prefix}{f.name}": getattr(self, f.name).contiguous().cpu()
                 for f in fields(self) if getattr(self, f.name) is not None}
