@@ -16,7 +16,6 @@ Any other key is an error naming it: nothing is dropped without a word.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -153,9 +152,6 @@ def _bundle_from_compvis(path: Path, weights: dict[str, Any], *, use_ema: bool |
         if scaling_factor is None:
             stored = groups["buffers"].get("scale_factor")
             scaling_factor = float(stored) if stored is not None else SD_SCALING_FACTOR
-        if not (math.isfinite(scaling_factor) and scaling_factor > 0):  # every decode divides by it
-            raise UserError(f"the latent scale (--scaling-factor, else the checkpoint's scale_factor) must be a "
-                            f"positive number, got {scaling_factor}")
         weights = compvis_vae.vae_state_dict_from_compvis(groups["vae"], config, scaling_factor)
         bundle.vae = build_fitted(lambda: AutoencoderKL(config), weights, source="CompVis autoencoder weights")
     if groups["unet"]:
