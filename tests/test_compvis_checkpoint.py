@@ -213,3 +213,15 @@ def test_an_unknown_option_or_a_model_that_is_not_a_path_is_one_line(models, tmp
     for wrong in (None, 5):
         with pytest.raises(UserError, match="a model is a file or folder path, or a bundled model's name; got"):
             load_bundle(wrong)
+
+
+@pytest.mark.parametrize("factor", [0.0, float("nan"), float("inf")])
+def test_a_latent_scale_no_decode_can_divide_by_is_refused(models, tmp_path, factor) -> None:
+    """A review said --scaling-factor 0 went through unchecked; the bundle check (interop/bundle.py)
+    refuses it in one line, as it does a diffusers config's."""
+    state = {k: v.contiguous() for k, v in models[3].items() if k.startswith("first_stage_model.")}
+    save_file(state, str(tmp_path / "vae.safetensors"))
+    refused = r"latent scale must be finite and non-zero|NaN or infinite values \(latent_scale\)"
+    with pytest.raises(UserError, match=refused):
+        load_bundle(tmp_path / "vae.safetensors", scaling_factor=factor, norm_groups=NORM_GROUPS)
+    assert load_bundle(tmp_path / "vae.safetensors", scaling_factor=0.5, norm_groups=NORM_GROUPS).vae is not None
