@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldmkit.train.distributed import DistInfo, gather_objects
+from ldmkit.train.signals import RELAYED_STOP
 
-# What StopSignal calls a stop that another rank asked for: the reason is that rank's.
-_RELAYED = "a signal on another rank"
 
 
 @dataclass(frozen=True)
@@ -44,4 +43,4 @@ def agreed_stop(name: str | None, dist: DistInfo) -> str | None:
     for wanted in ("SIGINT", "SIGTERM"):
         if wanted in names:
             return wanted
-    return next((n for n in names if n != _RELAYED), names[0] if names else None)
+    return next((n for n in names if n != RELAYED_STOP), names[0] if names else None)

@@ -23,6 +23,11 @@ import time
 from types import FrameType, TracebackType
 
 
+# The name a rank gives a stop that another rank asked for (the all-reduced flag says only that
+# one did); run_outcome.agreed_stop swaps it for that rank's own reason.
+RELAYED_STOP = "a signal on another rank"
+
+
 class StopSignal:
     """Context manager that turns SIGTERM/SIGINT into a `requested` flag while it is active.
 

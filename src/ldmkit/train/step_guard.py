@@ -22,7 +22,7 @@ import torch
 
 from ldmkit.errors import UserError
 from ldmkit.train.distributed import DistInfo, all_reduce_sum
-from ldmkit.train.signals import StopSignal
+from ldmkit.train.signals import RELAYED_STOP, StopSignal
 
 # Steps between host reads of the queued losses and skip flags (StepGuard.settle). The CPU may
 # run this many steps ahead of the GPU; a stop or a streak of bad steps is seen this late.
@@ -138,7 +138,7 @@ class StepGuard:
         for i, bad in enumerate(values[1:-1:2]):
             self._record(not bad, first_step + i, last_saved)
         if values[-1] > 0:
-            self.stop.request("a signal on another rank")
+            self.stop.request(RELAYED_STOP)
             self.stop_agreed = True
         return losses
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ldmkit.train.distributed import DistInfo, all_reduce_sum
-from ldmkit.train.signals import StopSignal
+from ldmkit.train.signals import RELAYED_STOP, StopSignal
 
 
 class TrainingStopped(Exception):
@@ -27,7 +27,7 @@ def stop_agreed(stop: StopSignal, dist: DistInfo) -> bool:
         return stop.requested
     flag = torch.tensor([float(stop.requested)], device=dist.device)
     if all_reduce_sum(flag, dist).item() > 0:
-        stop.request("a signal on another rank")  # the name of a stop asked for here stays
+        stop.request(RELAYED_STOP)  # the name of a stop asked for here stays
         return True
     return False
 
