@@ -225,3 +225,17 @@ def test_a_latent_scale_no_decode_can_divide_by_is_refused(models, tmp_path, fac
     with pytest.raises(UserError, match=refused):
         load_bundle(tmp_path / "vae.safetensors", scaling_factor=factor, norm_groups=NORM_GROUPS)
     assert load_bundle(tmp_path / "vae.safetensors", scaling_factor=0.5, norm_groups=NORM_GROUPS).vae is not None
+
+
+def test_an_sd2_file_converts_its_unet_and_vae_without_its_openclip_text_encoder(models, tmp_path) -> None:
+    """docs/stable-diffusion.md promised this; the OpenCLIP keys were refused as unknown instead."""
+    state = {k: v.contiguous() for k, v in models[3].items() if not k.startswith("cond_stage_model.")}
+    openclip = {"cond_stage_model.model.positional_embedding": torch.zeros(77, 8),
+                "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(24, 8)}
+    save_file({**state, **openclip}, str(tmp_path / "sd2.safetensors"))
+    bundle = load_bundle(tmp_path / "sd2.safetensors", num_heads=4, norm_groups=NORM_GROUPS)
+    assert bundle.unet is not None and bundle.vae is not None and bundle.text_encoder is None
+    assert any("OpenCLIP text encoder" in note and "not supported" in note for note in bundle.notes)
+    with pytest.raises(UserError, match="OpenCLIP text encoder, which ldmkit does not load"):
+        load_bundle(tmp_path / "sd2.safetensors", tokenizer=write_tokenizer(tmp_path / "tok"), num_heads=4,
+                    norm_groups=NORM_GROUPS)

@@ -41,7 +41,9 @@ _BUFFERS = {
     "lvlb_weights", "logvar", "scale_factor",
 }
 _STANDALONE_VAE = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-Groups = dict[str, dict[str, torch.Tensor]]  # unet, ema, vae, text, buffers: key -> tensor
+# SD 2.x's OpenCLIP text encoder: not loaded (its UNet and VAE convert without it)
+OPENCLIP = "cond_stage_model.model."
+Groups = dict[str, dict[str, torch.Tensor]]  # unet, ema, vae, text, openclip, buffers: key -> tensor
 
 
 def _ema_name(unet_key: str) -> str:
@@ -61,7 +63,7 @@ def _schedule_from_betas(betas: torch.Tensor) -> NoiseSchedule:
 
 
 def _partition(weights: dict[str, torch.Tensor]) -> Groups:
-    groups: Groups = {"unet": {}, "ema": {}, "vae": {}, "text": {}, "buffers": {}}
+    groups: Groups = {"unet": {}, "ema": {}, "vae": {}, "text": {}, "openclip": {}, "buffers": {}}
     unknown = []
     standalone_vae = not any(k.startswith((UNET, VAE)) for k in weights)
     for key, value in weights.items():
@@ -73,6 +75,8 @@ def _partition(weights: dict[str, torch.Tensor]) -> Groups:
             groups["vae"][key[len(VAE):]] = value
         elif key.startswith(TEXT):
             groups["text"][key[len(TEXT):]] = value
+        elif key.startswith(OPENCLIP):
+            groups["openclip"][key] = value
         elif key in _BUFFERS:
             groups["buffers"][key] = value
         elif standalone_vae and key.startswith(_STANDALONE_VAE):
@@ -85,9 +89,7 @@ def _partition(weights: dict[str, torch.Tensor]) -> Groups:
             "or first_stage_model.* weights"
         )
     if unknown:
-        openclip = any(k.startswith("cond_stage_model.model.") for k in unknown)
-        hint = " (SD 2.x's OpenCLIP text encoder is not supported)" if openclip else ""
-        check_keys(unknown, [], "CompVis checkpoint" + hint)
+        check_keys(unknown, [], "CompVis checkpoint")
     return groups
 
 
@@ -161,6 +163,12 @@ def _bundle_from_compvis(path: Path, weights: dict[str, Any], *, use_ema: bool |
         bundle.sampler_defaults = {"spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
     if groups["text"]:
         _add_text_encoder(bundle, groups["text"], tokenizer)
+    elif groups["openclip"]:
+        if tokenizer is not None:
+            raise UserError(f"{path} holds SD 2.x's OpenCLIP text encoder, which ldmkit does not load, so a CLIP "
+                            "tokenizer has nothing to go with: leave --tokenizer out (the UNet and VAE convert)")
+        bundle.notes.append("text encoder left out: SD 2.x's OpenCLIP text encoder (cond_stage_model.model.*) "
+                            "is not supported; the UNet and VAE are converted")
     elif tokenizer is not None:  # it was ignored, silently
         raise UserError(f"{path} holds no text encoder, so a tokenizer has nothing to go with: leave --tokenizer out")
     return bundle
