@@ -135,6 +135,23 @@ def test_autoencoder_parity_both_ways() -> None:
         _close(back.decode(latents).sample, expected)
 
 
+def test_the_attention_names_of_diffusers_before_0_14_load_as_diffusers_loads_them() -> None:
+    """Hub VAEs such as stabilityai/sd-vae-ft-mse still store query/key/value/proj_attn; ldmkit
+    refused them as missing to_q/to_k/to_v/to_out keys."""
+    import re
+
+    reference = _vae()
+    old_names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    legacy = {re.sub(r"(\.attentions\.\d+)\.(to_q|to_k|to_v|to_out\.0)\.",
+                     lambda m: f"{m.group(1)}.{old_names[m.group(2)]}.", k): v
+              for k, v in reference.state_dict().items()}
+    assert any(".attentions.0.query." in k for k in legacy) and not any(".to_q." in k for k in legacy)
+    ours = autoencoder_from_diffusers(reference.config, legacy).eval()
+    latents = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        _close(ours.decode_raw(latents), reference.decode(latents).sample)
+
+
 def test_strict_load_names_missing_unexpected_and_mismatched_keys() -> None:
     reference = _unet2d(**UNET2D_VARIANTS["attention_and_classes"])
     weights = unet_state_dict_from_diffusers(reference.state_dict())

@@ -17,6 +17,12 @@ from ldmkit.errors import UserError
 # (diffusers pattern, ldmkit replacement), applied in order to each key. Segments are matched
 # with their dots so that e.g. "norm" never matches inside "norm1".
 _RENAMES: list[tuple[str, str]] = [
+    # The attention names of diffusers before 0.14, still on the hub (stabilityai/sd-vae-ft-mse,
+    # google/ddpm-*), which diffusers renames on load (_convert_deprecated_attention_blocks).
+    (r"(\.attentions\.\d+)\.query\.", r"\1.to_q."),
+    (r"(\.attentions\.\d+)\.key\.", r"\1.to_k."),
+    (r"(\.attentions\.\d+)\.value\.", r"\1.to_v."),
+    (r"(\.attentions\.\d+)\.proj_attn\.", r"\1.to_out.0."),
     (r"^time_embedding\.linear_1\.", "time_embed.linear_in."),
     (r"^time_embedding\.linear_2\.", "time_embed.linear_out."),
     (r"^class_embedding\.weight$", "class_embed.weight"),
