@@ -223,3 +223,27 @@ def test_a_samples_file_that_is_not_an_npz_or_has_wrong_labels_is_one_line(tmp_p
     np.savez(tmp_path / "other.npz", pixels=images)
     assert main([*judge, "--samples", str(tmp_path / "other.npz"), "--image-size", "16"]) == 2
     assert f"{tmp_path / 'other.npz'} has no 'images' array (found: pixels)" in capsys.readouterr().err
+
+
+def test_the_vae_floor_compares_random_halves_not_the_classes_of_file_order():
+    """A folder's test images come class by class: halves in file order held different classes, so
+    the 'floor' of a perfect VAE read as the distance between classes."""
+    import types
+
+    import torch
+
+    from ldmkit.cli.eval import _reconstruction_report
+
+    images = torch.cat([torch.full((40, 3, 8, 8), 30, dtype=torch.uint8),  # class A, then class B
+                        torch.full((40, 3, 8, 8), 220, dtype=torch.uint8)])
+    images = (images.short() + torch.randint(-20, 20, images.shape, generator=torch.Generator().manual_seed(0)))
+    images = images.clamp(0, 255).to(torch.uint8)
+    lossless = types.SimpleNamespace(parameters=lambda: iter([torch.zeros(1)]), encode=lambda x: x, decode=lambda z: z)
+    features = lambda x: x.float().mean(dim=(2, 3))  # noqa: E731 - [N, 3]: the colour, which tells the classes
+    extractor = type("Extractor", (), {"name": "colour", "device": torch.device("cpu"),
+                                       "__call__": lambda self, x: features(x)})()
+    out = _reconstruction_report(lossless, images, extractor, "cpu", k=3, kid_subsets=2)
+    apart = float((features(images[:40]).mean(0) - features(images[40:]).mean(0)).square().sum())  # ~3 * 190^2
+    assert out["real_vs_real"]["FD_colour"] < 0.01 * apart
+    assert out["reconstruction_vs_real"]["FD_colour"] < 0.01 * apart
+    assert out["psnr"] > 40

@@ -123,8 +123,11 @@ def _classifier_path(args: argparse.Namespace) -> Path | None:
     return None
 
 
-def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batch: int = 256) -> dict:
-    """PSNR / SSIM of the VAE on real test images, and the distance of the reconstructions."""
+def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batch: int = 256, *, k: int = 3,
+                           kid_subsets: int = 100) -> dict:
+    """PSNR / SSIM of the VAE on real test images, and the distance of the reconstructions of one
+    half of them from the other half (the halves drawn at random: a folder's images come class by
+    class, and halves in file order held different classes)."""
     import torch
 
     from ldmkit.eval import distribution_metrics, reconstruction_metrics
@@ -139,10 +142,12 @@ def _reconstruction_report(vae, real_test: torch.Tensor, extractor, device, batc
     recon = torch.cat(recons)
     out = reconstruction_metrics(real_test, recon)
     half = real_test.shape[0] // 2  # reconstructions of one half against the other, untouched half
-    dist = distribution_metrics(extractor(recon[:half]), extractor(real_test[half:]), extractor_name=extractor.name,
-                                kid_subset_size=min(1000, half), device=extractor.device)
-    real = distribution_metrics(extractor(real_test[:half]), extractor(real_test[half:]), extractor_name=extractor.name,
-                                kid_subset_size=min(1000, half), device=extractor.device)
+    order = torch.randperm(real_test.shape[0], generator=torch.Generator().manual_seed(0))
+    first, second = order[:half], order[half:]
+    settings = dict(extractor_name=extractor.name, k=k, kid_subsets=kid_subsets, kid_subset_size=min(1000, half),
+                    device=extractor.device)
+    dist = distribution_metrics(extractor(recon[first]), extractor(real_test[second]), **settings)
+    real = distribution_metrics(extractor(real_test[first]), extractor(real_test[second]), **settings)
     out["reconstruction_vs_real"] = dist
     out["real_vs_real"] = real
     return out
@@ -310,6 +315,9 @@ def _check_k(args: argparse.Namespace, n: int, train_count: int, test_count: int
         samples_made = f"{n} samples" if read else f"--n {n}"
         raise UserError(f"precision/recall with --k {args.k} needs more than k images in each set, and k >= 1: "
                         f"{samples_made}, {train_count} training and {test_count} test images here")
+    if args.vae and not args.k < test_count // 2:  # --vae compares two halves of the test images
+        raise UserError(f"--vae compares halves of the test images, and precision/recall with --k {args.k} needs "
+                        f"more than k in each: {test_count} test images here")
 
 
 def _trained_classifier(args: argparse.Namespace, real_train, real_test, class_names, device, report: dict):
@@ -382,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
     report["features"] = extractor.name
 
     if args.vae:
-        report["vae"] = _reconstruction_report(pipe.vae, real_test, extractor, device, batch=min(256, args.batch_size))
+        report["vae"] = _reconstruction_report(pipe.vae, real_test, extractor, device, batch=min(256, args.batch_size),
+                                               k=args.k, kid_subsets=args.kid_subsets)
         print(f"VAE: PSNR {report['vae']['psnr']:.2f} dB, SSIM {report['vae']['ssim']:.4f}; reconstructions vs real: "
               + ", ".join(f"{k} {v:.4f}" for k, v in report["vae"]["reconstruction_vs_real"].items()))
 
