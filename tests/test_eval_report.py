@@ -150,6 +150,9 @@ def test_psnr_closed_form():
     b = torch.full_like(a, 16)  # MSE = (16/255)^2 in [0, 1] units
     assert psnr(a, b) == pytest.approx(20 * math.log10(255 / 16))
     assert reconstruction_metrics(a, a)["psnr"] == 100.0  # identical: capped, finite
+    diverged = torch.zeros(2, 3, 8, 8)
+    diverged[0, 0, 0, 0] = float("nan")  # a VAE whose training diverged: not a perfect score
+    assert math.isnan(reconstruction_metrics(torch.zeros(2, 3, 8, 8), diverged)["psnr"])
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():
