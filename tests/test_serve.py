@@ -344,6 +344,31 @@ def test_warm_up_runs_each_size_before_serving_and_checks_them_all_first(model_f
     assert ran == [] and "--warm-up 99: n must be from 1 to 64" in capsys.readouterr().err
 
 
+def test_warm_up_of_a_text_to_image_model_gives_it_a_prompt(tmp_path, monkeypatch):
+    """--warm-up asked a text model for images without a prompt, which it refuses: SD, where a
+    warm-up matters most, could not start with one."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tiny_sd import save_sd_pipeline
+
+    import ldmkit.serve
+
+    folder = save_sd_pipeline(tmp_path / "sd")
+    ran = []
+    monkeypatch.setattr(GenerationService, "run", lambda self, job: ran.append(job.batch_size))
+
+    class Serving(Exception):
+        pass
+
+    def no_server(*args, **kwargs):
+        raise Serving()
+
+    monkeypatch.setattr(ldmkit.serve, "make_server", no_server)
+    with pytest.raises(Serving):
+        main(["serve", "--model", str(folder), "--device", "cpu", "--warm-up", "1"])
+    assert ran == [1]
+
+
 @pytest.mark.parametrize("device, setting, expected", [
     ("cuda", "auto", "on"), ("cpu", "auto", "off"), ("cuda", "off", "off"), ("cpu", "on", "on")])
 def test_serve_compiles_by_default_on_cuda_only(model_file, monkeypatch, device, setting, expected):

@@ -208,3 +208,37 @@ def test_a_client_still_sending_a_too_large_body_hears_413(served):
 def test_headers_that_are_no_host_are_refused_in_words():
     assert "loopback" in foreign_request({"Host": "[::1"}, "127.0.0.1")  # urlsplit raised ValueError
     assert "another site" in foreign_request({"Host": "127.0.0.1:1", "Origin": "http://[oops"}, "127.0.0.1")
+
+
+def test_a_content_length_of_other_digits_is_a_400(served, capfd):
+    """"²" is a digit to str.isdigit and not to int(): /api/stop answered nothing, with a traceback."""
+    service, server, url = served
+    for path in ("/api/stop", "/api/generate"):
+        with socket.create_connection(server.server_address[:2]) as client:
+            client.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           "Content-Length: \u00b2\r\n\r\n{}".encode("latin-1"))
+            client.settimeout(10)
+            answer = b""
+            while chunk := client.recv(4096):
+                answer += chunk
+        assert answer.decode().startswith("HTTP/1.0 400") and "Content-Length" in answer.decode(), (path, answer)
+    time.sleep(0.2)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_start_image_with_a_broken_png_chunk_is_a_one_line_refusal():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from ldmkit.errors import UserError
+    from ldmkit.serve.request_images import request_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, "PNG")
+    damaged = bytearray(buffer.getvalue())
+    damaged[36] = 0  # the IDAT chunk's length: PIL raises SyntaxError("broken PNG file")
+    encoded = base64.b64encode(bytes(damaged)).decode()
+    with pytest.raises(UserError, match="init_image (is not a PNG|could not be decoded)"):
+        request_image({"init_image": encoded}, "init_image", 16)

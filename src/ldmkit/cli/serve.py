@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     warm_up = []
     for n in args.warm_up or ():  # all checked before the first runs
         try:
-            warm_up.append(service.prepare({"n": n, "steps": 1}))  # a compile does not depend on the steps
+            # a compile depends neither on the steps nor on the prompt (a text model refuses none)
+            request = {"n": n, "steps": 1} | ({"prompt": "warm-up"} if service.pipe.takes_text else {})
+            warm_up.append(service.prepare(request))
         except UserError as err:
             raise UserError(f"--warm-up {n}: {err}") from None
     for job in warm_up:

@@ -40,7 +40,7 @@ def request_image(request: Mapping[str, Any], key: str, size: int) -> Image.Imag
         raise UserError(f"{key} is not valid base64") from None
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, SyntaxError):  # PIL: SyntaxError for some broken PNG chunks
         raise UserError(f"{key} is not a PNG, JPEG or WebP image") from None
     except Image.DecompressionBombError:  # a header claiming billions of pixels
         raise UserError(f"{key} claims too many pixels to be opened") from None
@@ -49,6 +49,6 @@ def request_image(request: Mapping[str, Any], key: str, size: int) -> Image.Imag
         raise UserError(f"{key} is {width}x{height} px; this model takes {size}x{size} (scale or crop it first)")
     try:
         image.load()
-    except (OSError, ValueError):
+    except (OSError, ValueError, SyntaxError):
         raise UserError(f"{key} could not be decoded (a truncated or damaged file?)") from None
     return image

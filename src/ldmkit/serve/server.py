@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import select
 import socket
 import sys
@@ -193,7 +194,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _read_json(self) -> Any:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not re.fullmatch(r"[0-9]+", length):  # ASCII: "²" is a digit to isdigit
             raise UserError("send the request as a JSON body with a Content-Length")
         if int(length) > MAX_BODY_BYTES:
             left = int(length) if int(length) <= DRAIN_FACTOR * MAX_BODY_BYTES else 0
