@@ -27,6 +27,23 @@ def test_an_npy_file_named_npz_is_one_line(tmp_path, capsys):
     assert "holds one array, not the arrays of an .npz file" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("labels, said", [
+    (np.array(["a", "b", "c", "d"]), "must be a 1-D array of integer class ids"),  # was a TypeError
+    (np.array([0.5, 1.7, 0.0, 1.0]), "must be a 1-D array of integer class ids"),  # was cut to 0, 1, 0, 1
+    (np.zeros((4, 1), np.int64), "must be a 1-D array of integer class ids"),
+    (np.array(3), "must be a 1-D array of integer class ids"),  # 0-d: was an IndexError
+    (np.array([0, 1, 2]), "holds 4 images and 3 labels"),
+])
+def test_npz_labels_that_are_not_one_class_id_per_image_are_one_line(tmp_path, labels, said):
+    from ldmkit.eval.npz_samples import npz_arrays
+
+    np.savez(tmp_path / "s.npz", images=np.zeros((4, 3, 8, 8), np.uint8), labels=labels)
+    with pytest.raises(UserError, match=said):
+        npz_arrays(str(tmp_path / "s.npz"), None)
+    np.savez(tmp_path / "ok.npz", images=np.zeros((4, 3, 8, 8), np.uint8), labels=np.array([0, 1, 2, 1], np.uint8))
+    assert npz_arrays(str(tmp_path / "ok.npz"), 3)[1].tolist() == [0, 1, 2]
+
+
 @pytest.mark.parametrize("flag, value, least", [("--kid-subsets", "0", 1), ("--kid-subset-size", "1", 2),
                                                ("--batch-size", "0", 1), ("--classifier-epochs", "0", 1)])
 def test_kid_settings_are_checked_before_any_work(model_file, tmp_path, capsys, flag, value, least):  # noqa: F811

@@ -29,7 +29,7 @@ def npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor
             if "images" not in data:
                 raise UserError(f"{path} has no 'images' array (found: {', '.join(data.files)})")
             images = torch.from_numpy(data["images"][:limit])
-            labels = torch.from_numpy(data["labels"][:limit]).long() if "labels" in data else None
+            labels = _labels(data["labels"], path)[:limit] if "labels" in data else None
     except UserError:  # a ValueError too: keep its own message
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
@@ -38,7 +38,17 @@ def npz_arrays(path: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor
         raise UserError(f"--samples {path}: its arrays do not fit in this machine's memory") from None
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise UserError(f"{path}: 'images' must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        raise UserError(f"{path} holds {images.shape[0]} images and {labels.shape[0]} labels: give one label per image")
     return images, labels
+
+
+def _labels(array: np.ndarray, path: str) -> torch.Tensor:
+    """The class ids of an archive's `labels`: a 1-D array of whole numbers (floats such as 1.7
+    were cut to 1, strings were a TypeError)."""
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.bool_)):
+        raise UserError(f"{path}: 'labels' must be a 1-D array of integer class ids, got {array.dtype} {array.shape}")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 def _check_declared_size(path: str) -> None:
