@@ -129,3 +129,13 @@ def test_the_report_and_classifier_replace_only_their_own_kind(model_file, tmp_p
     assert main(["eval", "--model", str(model_file), "--data", str(data), *QUICK, "--n", "6",
                  "--out", str(tmp_path / "r.json")]) == 0
     check_classifier_destination(tmp_path / "classifier.safetensors")  # the classifier it trained: replaced
+
+
+def test_a_report_written_over_the_classifier_it_trains_is_refused(tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    same = tmp_path / "both.safetensors"
+    np.savez(tmp_path / "s.npz", images=np.zeros((8, 3, 16, 16), np.uint8))
+    assert main(["eval", "--data", str(data), "--samples", str(tmp_path / "s.npz"), *QUICK, "--classifier", str(same),
+                 "--out", str(same)]) == 2
+    assert "--out and --classifier name the same file" in capsys.readouterr().err
+    assert not same.exists()  # refused before the classifier trained

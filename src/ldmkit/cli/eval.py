@@ -344,10 +344,12 @@ def run(args: argparse.Namespace) -> int:
     out = report_path(args.out)
     if args.train_classifier:
         check_classifier_destination(_classifier_path(args))
+        if _classifier_path(args).resolve() == out.resolve():  # the report would overwrite the classifier
+            raise UserError(f"--out and --classifier name the same file ({out}); give each its own")
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     args.batch_size = args.batch_size if args.batch_size is not None else (GPU_BATCH if on_gpu else CPU_BATCH)
-    features_batch = None if on_gpu else args.batch_size  # None: each extractor's own (500)
+    features_batch = None if on_gpu else args.batch_size  # None: each extractor's own default
     pipe = _pipeline(args, device)
     image_size = pipe.image_size if pipe else args.image_size
     if image_size is None and args.samples:
