@@ -139,3 +139,15 @@ def test_a_report_written_over_the_classifier_it_trains_is_refused(tmp_path, cap
                  "--out", str(same)]) == 2
     assert "--out and --classifier name the same file" in capsys.readouterr().err
     assert not same.exists()  # refused before the classifier trained
+
+
+def test_several_guidance_scales_for_an_unconditional_model_are_refused_before_any_work(tmp_path, capsys):
+    from tiny_models import save_tiny_class_model
+
+    model = save_tiny_class_model(tmp_path / "uncond.safetensors", [])  # no classes: unconditional
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    assert main(["eval", "--model", str(model), "--data", str(data), *QUICK, "--cfg", "1", "2", "--n", "6",
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert "unconditional, so guidance changes nothing: --cfg 1 2 would judge the same samples 2 times" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "classifier.safetensors").exists()

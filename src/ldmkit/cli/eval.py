@@ -273,6 +273,10 @@ def _pipeline(args: argparse.Namespace, device):
     if not args.samples:
         for scale in args.cfg:
             pipe.check_sampling(args.sampler, args.steps, cfg=scale)
+        if len(args.cfg) > 1 and pipe.guidance_scale(args.cfg[0]) is None:  # the same samples, judged again
+            raise UserError(f"this model is unconditional, so guidance changes nothing: --cfg "
+                            f"{' '.join(f'{c:g}' for c in args.cfg)} would judge the same samples {len(args.cfg)} "
+                            "times; leave --cfg out")
     return pipe
 
 
