@@ -105,7 +105,7 @@ def _truncated_png() -> str:
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"init_image": 123}, "init_image must be a base64 PNG or JPEG image"),
+    ({"init_image": 123}, "init_image must be a base64 PNG, JPEG or WebP image"),
     ({"init_image": "data:image/png,abc"}, "init_image must be a base64 data URL"),
     ({"init_image": "not base64!"}, "init_image is not valid base64"),
     ({"init_image": base64.b64encode(b"hello, world").decode()}, "init_image is not a PNG, JPEG or WebP image"),

@@ -44,7 +44,7 @@ def baseline_indices(count: int, n: int, seed: int = 0) -> list[int]:
     return seeded_subset(count, n, seed)
 
 
-def _decoded(dataset) -> bool:
+def _needs_decoding(dataset) -> bool:
     # A built-in set is held decoded already (and was checked to fit when it loaded).
     return not isinstance(dataset, InMemoryImageDataset)
 
@@ -52,7 +52,7 @@ def _decoded(dataset) -> bool:
 def check_real_images_fit(datasets: Sequence, counts: Sequence[int], *, source: str, advice: str) -> None:
     """`UserError` before any decoding when `counts[i]` images of each dataset that is decoded
     from files would not fit in memory together."""
-    decoded = [(dataset, count) for dataset, count in zip(datasets, counts) if _decoded(dataset)]
+    decoded = [(dataset, count) for dataset, count in zip(datasets, counts) if _needs_decoding(dataset)]
     if not decoded:
         return
     first = decoded[0][0]
@@ -65,7 +65,7 @@ def decode_real_images(dataset, indices: Sequence[int] | None = None, *,
     """uint8 `[N, C, S, S]` and int64 labels `[N]` of `dataset`'s items `indices` (all by default).
     A folder's files are decoded into one tensor made up front (a list of images stacked would
     need twice the memory at the end), with a progress bar unless `quiet`."""
-    if not _decoded(dataset):
+    if not _needs_decoding(dataset):
         if indices is None:  # the stored tensors themselves, not a copy
             return dataset.as_uint8_tensor(), dataset.as_label_tensor()
         chosen = torch.as_tensor(list(indices), dtype=torch.int64)

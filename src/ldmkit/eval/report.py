@@ -17,9 +17,8 @@ from ldmkit.errors import UserError
 from ldmkit.eval.classifier import ClassifierFeatures, ClassifierNet
 from ldmkit.eval.extractor import FeatureExtractor, check_uint8_images
 from ldmkit.eval.metrics import frechet_distance, kid, precision_recall
-from ldmkit.eval.reconstruction import reconstruction_metrics
 
-__all__ = ["evaluate", "distribution_metrics", "format_report", "fd_name", "reconstruction_metrics"]
+__all__ = ["evaluate", "distribution_metrics", "format_report", "fd_name"]
 
 
 def fd_name(extractor_name: str) -> str:

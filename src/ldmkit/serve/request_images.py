@@ -1,5 +1,5 @@
-"""The images a request may carry (img2img's start image, inpainting's mask): base64 PNG or
-JPEG text, as a data URL (`data:image/png;base64,...`, what a browser canvas gives) or bare.
+"""The images a request may carry (img2img's start image, inpainting's mask): base64 PNG,
+JPEG or WebP text, as a data URL (`data:image/png;base64,...`, what a browser canvas gives) or bare.
 
 The server takes them at the model's own size only. `ldm generate --init-image` takes any size
 that is a multiple of the model's downsampling, but a compiled server would then compile once
@@ -28,7 +28,7 @@ def request_image(request: Mapping[str, Any], key: str, size: int) -> Image.Imag
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise UserError(f"{key} must be a base64 PNG or JPEG image (a data: URL or bare base64), "
+        raise UserError(f"{key} must be a base64 PNG, JPEG or WebP image (a data: URL or bare base64), "
                         f"got {type(value).__name__}")
     if value.startswith("data:"):
         header, _, value = value.partition(",")

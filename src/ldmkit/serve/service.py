@@ -11,7 +11,7 @@ A request is a JSON object; every field is optional:
 model spreads them over its classes, as `ldm generate --n N` does. Image k has seed `seed + k`,
 so the page's image is the one `ldm generate --seed SEED+k` writes for the same settings.
 `init_image`, `mask` and `strength` are `ldm generate`'s --init-image, --mask and --strength
-(img2img and inpainting), the images as base64 PNG or JPEG of the model's size
+(img2img and inpainting), the images as base64 PNG, JPEG or WebP of the model's size
 (`request_images.py`). `job_id` (letters, digits, - and _; the client's choice) lets the client
 follow the job on the service's `ProgressBoard` while the request is out (`progress.py`); it
 names one job at a time, and is free again once that job is done or stopped. Null (or "" for the
