@@ -239,3 +239,28 @@ def test_an_sd2_file_converts_its_unet_and_vae_without_its_openclip_text_encoder
     with pytest.raises(UserError, match="OpenCLIP text encoder, which ldmkit does not load"):
         load_bundle(tmp_path / "sd2.safetensors", tokenizer=write_tokenizer(tmp_path / "tok"), num_heads=4,
                     norm_groups=NORM_GROUPS)
+
+
+def test_compvis_linear_betas_are_named_scaled_linear() -> None:
+    """CompVis' make_beta_schedule("linear") spaces sqrt(beta) evenly: the LDM paper's 0.0015-0.0195
+    checkpoints came out as a nameless custom schedule."""
+    from ldmkit.interop.compvis_checkpoint import _schedule_from_betas
+
+    for start, end in ((0.0015, 0.0195), (1e-4, 0.02), (0.00085, 0.012)):
+        compvis = torch.linspace(start**0.5, end**0.5, 1000, dtype=torch.float64) ** 2  # CompVis' "linear"
+        schedule = _schedule_from_betas(compvis.float()).to_dict()
+        assert (schedule["kind"], schedule["beta_start"], schedule["beta_end"]) == ("scaled_linear", start, end)
+    assert _schedule_from_betas(torch.linspace(1e-4, 0.02, 1000)).to_dict()["kind"] == "linear"  # DDPM's own
+
+
+def test_a_unet_whose_channels_are_not_the_vaes_latents_is_refused_when_loaded() -> None:
+    import types
+
+    from ldmkit.interop.bundle import ModelBundle, check_bundle
+    from ldmkit.models import VAE_PRESETS, AutoencoderKL
+
+    vae = AutoencoderKL(VAE_PRESETS["tiny"]())  # 4 latent channels
+    for channels, said in ((9, "a 9-channel inpainting UNet"), (3, "the UNet takes 3 and gives 3 channels")):
+        unet = types.SimpleNamespace(config=UNetConfig(in_channels=channels, out_channels=3 if channels == 3 else 4))
+        with pytest.raises(UserError, match=said):
+            check_bundle(ModelBundle(source="t", unet=unet, vae=vae))

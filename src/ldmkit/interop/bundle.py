@@ -167,6 +167,12 @@ def _check_settings(bundle: ModelBundle) -> ModelBundle:
         if not bool(torch.isfinite(scale).all()) or bool((scale == 0).any()):
             shown = [round(v, 6) for v in scale.tolist()]
             raise UserError(f"the latent scale must be finite and non-zero, got {shown} (SD's is 0.18215)")
+    if bundle.unet is not None and bundle.vae is not None:
+        unet, latent = bundle.unet.config, bundle.vae.config.latent_channels
+        if (unet.in_channels, unet.out_channels) != (latent, latent):  # else found only at the first image
+            kind = " (a 9-channel inpainting UNet, which ldmkit does not support)" if unet.in_channels == 9 else ""
+            raise UserError(f"the UNet takes {unet.in_channels} and gives {unet.out_channels} channels, but the "
+                            f"VAE's latents have {latent}{kind}")
     return bundle
 
 

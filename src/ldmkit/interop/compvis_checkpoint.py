@@ -55,7 +55,11 @@ def _schedule_from_betas(betas: torch.Tensor) -> NoiseSchedule:
     """The named schedule these (float32-stored) betas come from, else a custom one."""
     betas = betas.double()
     n = betas.numel()
-    for kind, start, end in (("scaled_linear", 0.00085, 0.012), ("linear", 1e-4, 0.02), ("linear", 0.0015, 0.0195)):
+    # CompVis' "linear" (ldm/modules/diffusionmodules/util.py, make_beta_schedule) spaces sqrt(beta)
+    # evenly: ldmkit's (and diffusers') scaled_linear. SD's range, then the LDM paper's and DDPM's.
+    candidates = (("scaled_linear", 0.00085, 0.012), ("scaled_linear", 0.0015, 0.0195),
+                  ("scaled_linear", 1e-4, 0.02), ("linear", 1e-4, 0.02))
+    for kind, start, end in candidates:
         named = NoiseSchedule.create(kind, n, beta_start=start, beta_end=end)
         if torch.allclose(named.betas, betas, rtol=1e-6, atol=0):
             return named
