@@ -187,3 +187,17 @@ def test_strict_load_names_missing_unexpected_and_mismatched_keys() -> None:
 def test_unsupported_diffusers_configs_raise(class_name: str, config: dict) -> None:
     with pytest.raises(UserError):
         unet_config_from_diffusers(config, class_name)
+
+
+def test_a_unet2d_config_without_its_defaulted_keys_reads_as_diffusers_fills_them() -> None:
+    """diffusers fills a missing attention_head_dim with 8 and in/out channels with 3 for
+    UNet2DModel; ldmkit read one head per layer and 4 channels (same weight shapes, another function)."""
+    from ldmkit.interop.diffusers_config import unet_config_from_diffusers
+
+    full = dict(_unet2d(**UNET2D_VARIANTS["attention_and_classes"]).config)
+    sparse = {k: v for k, v in full.items() if k not in ("attention_head_dim", "in_channels", "out_channels")}
+    reference = diffusers.UNet2DModel.from_config(sparse)
+    ours = unet_config_from_diffusers({**sparse, "_class_name": "UNet2DModel"})
+    theirs = reference.config
+    assert (ours.in_channels, ours.out_channels) == (theirs.in_channels, theirs.out_channels) == (3, 3)
+    assert ours.head_dim == reference.config.attention_head_dim == 8

@@ -75,9 +75,10 @@ def _common_unet_fields(cfg: Mapping[str, Any], cls: str) -> dict[str, Any]:
     ]:
         _require(cfg, cls, key, allowed, default)
     base, mult = _base_and_mult(cfg["block_out_channels"], cls)
+    channels = 3 if cls == _UNET2D else 4  # what each class's __init__ fills in for a missing key
     return dict(
-        in_channels=int(cfg.get("in_channels", 4)),
-        out_channels=int(cfg.get("out_channels", 4)),
+        in_channels=int(cfg.get("in_channels", channels)),
+        out_channels=int(cfg.get("out_channels", channels)),
         base_channels=base,
         channel_mult=mult,
         num_res_blocks=int(cfg.get("layers_per_block", 2)),
@@ -106,7 +107,8 @@ def _unet2d_from_diffusers(cfg: Mapping[str, Any]) -> UNetConfig:
     if fields["resnet_scale_shift"] and mid_attention and attn_groups is None:
         # diffusers then builds its middle attention without a GroupNorm.
         raise UserError(f"diffusers {cls} with scale_shift and attn_norm_num_groups=None has no ldmkit equivalent")
-    head_dim = cfg.get("attention_head_dim")
+    # A missing key is UNet2DModel.__init__'s default (8-channel heads); an explicit null, one head per layer.
+    head_dim = cfg.get("attention_head_dim", 8)
     n_class = cfg.get("num_class_embeds")
     if n_class is not None and n_class < 2:
         raise UserError(f"diffusers {cls}: num_class_embeds={n_class}: ldmkit needs at least one class plus the null")
@@ -116,7 +118,6 @@ def _unet2d_from_diffusers(cfg: Mapping[str, Any]) -> UNetConfig:
             cfg, cls, ("DownBlock2D", "UpBlock2D"), ("AttnDownBlock2D", "AttnUpBlock2D")
         ),
         mid_attention=mid_attention,
-        # No head size in diffusers means one head per layer.
         num_heads=1 if head_dim is None else None,
         head_dim=None if head_dim is None else int(head_dim),
         num_classes=None if n_class is None else int(n_class) - 1,
