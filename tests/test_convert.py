@@ -133,3 +133,42 @@ def test_load_model_asks_which_component(tmp_path) -> None:
     assert load_model(source, "vae").config.latent_channels == 4
     with pytest.raises(UserError, match="holds no text_encoder"):
         load_model(source, "text_encoder")
+
+
+def test_an_export_without_an_image_size_gives_the_vae_the_unets(tmp_path) -> None:
+    """The UNet's sample_size came from the resolved size, the VAE's only from a stored one: diffusers
+    then read 32 for the VAE (its tiling's tile size) beside a UNet made for 64 latent pixels."""
+    import json
+
+    from ldmkit.interop.bundle import ModelBundle
+    from ldmkit.interop.diffusers_export import write_diffusers_folder
+
+    source = load_bundle(save_class_model(tmp_path / "trained.safetensors"))
+    bundle = ModelBundle(source="t", unet=source.unet, vae=source.vae, schedule=source.schedule, image_size=None)
+    write_diffusers_folder(tmp_path / "out", bundle)
+    unet = json.loads((tmp_path / "out" / "unet" / "config.json").read_text())
+    vae = json.loads((tmp_path / "out" / "vae" / "config.json").read_text())
+    factor = source.vae.config.downsample_factor
+    assert vae["sample_size"] == unet["sample_size"] * factor == bundle.resolved_image_size()
+
+
+def test_a_diffusers_dtype_is_refused_before_the_source_is_read(tmp_path, monkeypatch) -> None:
+    import importlib
+
+    convert_module = importlib.import_module("ldmkit.interop.convert")
+
+    source = save_class_model(tmp_path / "trained.safetensors")
+    monkeypatch.setattr(convert_module, "load_bundle", lambda *a, **k: pytest.fail("the source was read"))
+    with pytest.raises(UserError, match="--dtype applies to ldmkit files"):
+        convert(source, tmp_path / "out", to="diffusers", dtype="fp16")
+
+
+def test_a_single_safetensors_variant_is_read_before_a_pickle_file(tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "vae"
+    autoencoder().save_pretrained(str(folder))
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    shutil.move(weights, folder / "diffusion_pytorch_model.fp16.safetensors")
+    torch.save({"nothing": torch.zeros(1)}, folder / "diffusion_pytorch_model.bin")  # not a VAE's weights
+    assert load_bundle(folder).vae is not None  # the variant was read (the .bin would be refused)

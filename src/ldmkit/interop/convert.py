@@ -40,12 +40,12 @@ def convert(
             raise UserError(f"the source {src} is inside the output folder {out}: choose another output")
     else:
         check_file_destination(out, overwrite)
+    if to == "diffusers" and dtype != "fp32":  # before the source is read, as the destination
+        raise UserError("--dtype applies to ldmkit files; a diffusers folder is written in fp32")
     bundle = load_bundle(src, **options)
     if to == "ldmkit":
         write_ldmkit_file(out, bundle, dtype=dtype)
     else:
-        if dtype != "fp32":
-            raise UserError("--dtype applies to ldmkit files; a diffusers folder is written in fp32")
         write_diffusers_folder(out, bundle, overwrite=overwrite)
     return bundle
 

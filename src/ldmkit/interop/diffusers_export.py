@@ -66,8 +66,9 @@ def _write_unet(folder: Path, bundle: ModelBundle, mark: bool = False) -> None:
 def _write_vae(folder: Path, bundle: ModelBundle, mark: bool = False) -> None:
     vae = bundle.vae
     config = autoencoder_config_to_diffusers(vae.config, vae.latent_shift, vae.latent_scale)
-    if bundle.image_size is not None:
-        config["sample_size"] = bundle.image_size
+    image_size = bundle.resolved_image_size()  # as the UNet's: without it diffusers takes 32 (its tile size)
+    if image_size is not None:
+        config["sample_size"] = image_size
     header = {"_class_name": "AutoencoderKL", "_diffusers_version": _diffusers_version(),
               **({EXPORT_MARK: True} if mark else {})}
     _write_json(folder / "config.json", {**header, **config})

@@ -36,13 +36,15 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def _weights_of(folder: Path) -> dict[str, torch.Tensor]:
-    for name in (f"{WEIGHTS}.safetensors", f"{WEIGHTS}.safetensors.index.json", f"{WEIGHTS}.bin"):
+    for name in (f"{WEIGHTS}.safetensors", f"{WEIGHTS}.safetensors.index.json"):
         candidate = folder / name
         if candidate.is_file():
             return read_sharded_safetensors(candidate) if name.endswith(".json") else read_weights(candidate)
     variants = sorted(folder.glob(f"{WEIGHTS}.*.safetensors"))
-    if len(variants) == 1:  # e.g. only the fp16 variant was downloaded
+    if len(variants) == 1:  # e.g. only the fp16 variant was downloaded: safetensors before a pickle file
         return read_weights(variants[0])
+    if (folder / f"{WEIGHTS}.bin").is_file():
+        return read_weights(folder / f"{WEIGHTS}.bin")
     raise UserError(
         f"{folder} holds no {WEIGHTS}.safetensors (or .bin)"
         + (f"; several variants ({', '.join(v.name for v in variants)}): keep one" if variants else "")
