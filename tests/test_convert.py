@@ -172,3 +172,16 @@ def test_a_single_safetensors_variant_is_read_before_a_pickle_file(tmp_path) -> 
     shutil.move(weights, folder / "diffusion_pytorch_model.fp16.safetensors")
     torch.save({"nothing": torch.zeros(1)}, folder / "diffusion_pytorch_model.bin")  # not a VAE's weights
     assert load_bundle(folder).vae is not None  # the variant was read (the .bin would be refused)
+
+
+def test_ldmkits_sampler_defaults_in_a_scheduler_config_are_checked_when_read() -> None:
+    """An entry no reader knows converted fine, and the file written was then refused as damaged."""
+    from ldmkit.interop.diffusers_scheduler import schedule_from_diffusers
+
+    config = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+              "beta_start": 0.00085, "beta_end": 0.012}
+    good = {"spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+    assert schedule_from_diffusers({**config, "_ldmkit_sampler_defaults": good})[2] == good
+    for bad in ({"eta": 0.0}, {"steps_offset": "1"}, {"set_alpha_to_one": 1}):
+        with pytest.raises(UserError, match="_ldmkit_sampler_defaults has"):
+            schedule_from_diffusers({**config, "_ldmkit_sampler_defaults": bad})

@@ -18,6 +18,7 @@ import torch
 
 from ldmkit.diffusion import NoiseSchedule
 from ldmkit.errors import UserError
+from ldmkit.train.inference_file import SAMPLER_DEFAULTS
 
 _PREDICTION_FROM = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 _PREDICTION_TO = {v: k for k, v in _PREDICTION_FROM.items()}
@@ -52,7 +53,7 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[NoiseSchedule, s
     if prediction_type not in _PREDICTION_FROM:
         raise UserError(f"diffusers prediction_type {prediction_type!r} is not supported ({list(_PREDICTION_FROM)})")
     if isinstance(cfg.get(_OWN_DEFAULTS), dict):  # written by ldmkit: exactly what it had
-        return schedule, _PREDICTION_FROM[prediction_type], dict(cfg[_OWN_DEFAULTS])
+        return schedule, _PREDICTION_FROM[prediction_type], _checked_own_defaults(cfg[_OWN_DEFAULTS])
     # Only what the config states: where it is silent, each ldmkit sampler keeps its own default,
     # which is the default of the matching diffusers scheduler class (leading for DDIM, ...).
     defaults: dict[str, Any] = {}
@@ -92,3 +93,14 @@ def schedule_to_diffusers(
         if spec["kind"] != "cosine":
             out.update(beta_start=spec["beta_start"], beta_end=spec["beta_end"])
     return out
+
+
+def _checked_own_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """ldmkit's own sampler defaults from a scheduler config, checked as a model file's are when read
+    (a hand-edited entry converted fine, and the file written was then refused as damaged)."""
+    for key, value in defaults.items():
+        kind = SAMPLER_DEFAULTS.get(key)
+        if kind is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(f"the scheduler config's {_OWN_DEFAULTS} has {key}={value!r:.60}; it may hold "
+                            f"{', '.join(f'{k} ({t.__name__})' for k, t in SAMPLER_DEFAULTS.items())}")
+    return dict(defaults)

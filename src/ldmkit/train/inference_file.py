@@ -126,7 +126,7 @@ _METADATA_KINDS: dict[str, type] = {
     "class_names": list, "unet_config": dict, "vae_config": dict, "schedule": dict, "sampler_defaults": dict,
     "run_config": dict, "text_encoder_config": dict, "tokenizer_files": dict,
 }
-_SAMPLER_DEFAULTS = {"spacing": str, "steps_offset": int, "set_alpha_to_one": bool}  # interop/diffusers_scheduler.py
+SAMPLER_DEFAULTS = {"spacing": str, "steps_offset": int, "set_alpha_to_one": bool}  # interop/diffusers_scheduler.py
 
 
 def _metadata_problem(meta: dict[str, Any]) -> str | None:
@@ -138,7 +138,7 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
     if not all(isinstance(name, str) for name in meta.get("class_names") or []):
         return "class_names holds something other than names"
     for key, value in (meta.get("sampler_defaults") or {}).items():
-        kind = _SAMPLER_DEFAULTS.get(key)
+        kind = SAMPLER_DEFAULTS.get(key)
         if kind is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return f"sampler_defaults has {key}={value!r:.60}"
     return None
