@@ -119,7 +119,7 @@ def read_compvis_checkpoint(
     prediction: str | None = None,
     scaling_factor: float | None = None,
     image_size: int | None = None,
-    norm_groups: int = 32,
+    norm_groups: int | None = None,
 ) -> ModelBundle:
     """A bundle from a CompVis / SD checkpoint.
 
@@ -131,9 +131,10 @@ def read_compvis_checkpoint(
         prediction: "eps" (SD 1.x, SD 2.x-base) or "v" (SD 2.x 768-v); not stored in weights.
         scaling_factor: the latent scale (the checkpoint's scale_factor, else SD's 0.18215).
         image_size: the native image size (default 64 latent pixels, 512 for SD).
-        norm_groups: GroupNorm groups of both models (not stored in weights; CompVis always uses 32).
+        norm_groups: GroupNorm groups of both models (not stored in weights; None: CompVis' 32).
     """
     path = Path(path)
+    norm_groups = 32 if norm_groups is None else norm_groups  # None is "the default", as for every other option
     weights = read_weights(path)
     with reading(f"the CompVis checkpoint {path}"):  # tensors of unexpected ranks: KeyError, ValueError inside
         return _bundle_from_compvis(path, weights, use_ema=use_ema, tokenizer=tokenizer, num_heads=num_heads,
@@ -145,6 +146,12 @@ def _bundle_from_compvis(path: Path, weights: dict[str, Any], *, use_ema: bool |
                          num_heads: int | None, head_dim: int | None, prediction: str | None,
                          scaling_factor: float | None, image_size: int | None, norm_groups: int) -> ModelBundle:
     groups = _partition(weights)
+    if not groups["unet"]:  # they were dropped without a word, as --tokenizer once was
+        options = (("--ema/--no-ema (use_ema)", use_ema), ("--num-heads", num_heads), ("--head-dim", head_dim),
+                   ("--prediction", prediction))
+        unused = [flag for flag, value in options if value is not None]
+        if unused:
+            raise UserError(f"{path} holds no UNet, so {', '.join(unused)} has nothing to apply to: leave it out")
     bundle = ModelBundle(source=f"CompVis checkpoint {path}", prediction=prediction or "eps", image_size=image_size)
     if groups["unet"]:
         weights, is_ema = _pick_unet_weights(groups, use_ema)
