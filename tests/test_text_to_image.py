@@ -198,3 +198,17 @@ def test_a_prompt_past_the_encoders_length_is_said(pipe) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipe.text_encoder.tokenize([PROMPT])  # a short prompt: no word
+
+
+def test_a_text_encoder_downloaded_only_as_its_fp16_variant_loads(sd_folder, tmp_path) -> None:
+    """unet/ and vae/ took a lone .fp16.safetensors; text_encoder/ refused the same download."""
+    import shutil
+
+    from ldmkit.pipeline import LatentDiffusionPipeline
+
+    folder = Path(shutil.copytree(sd_folder, tmp_path / "sd"))
+    for part, weights in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                          ("text_encoder", "model")):
+        (folder / part / f"{weights}.safetensors").rename(folder / part / f"{weights}.fp16.safetensors")
+    pipe = LatentDiffusionPipeline.from_pretrained(folder, device="cpu")
+    assert pipe.text_encoder is not None and pipe.generate(1, prompt=PROMPT, steps=1)[0].size == (16, 16)

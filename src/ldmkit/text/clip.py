@@ -149,9 +149,13 @@ class CLIPTextEncoder(nn.Module):
     @classmethod
     def from_folders(cls, text_encoder_dir: str | Path, tokenizer_dir: str | Path) -> "CLIPTextEncoder":
         """A transformers `CLIPTextModel` folder (config.json + model.safetensors or
-        pytorch_model.bin) and a `CLIPTokenizer` folder, both local."""
+        pytorch_model.bin, else a single variant such as model.fp16.safetensors) and a
+        `CLIPTokenizer` folder, both local."""
         folder = Path(text_encoder_dir)
         weights = next((folder / n for n in TEXT_ENCODER_WEIGHTS if (folder / n).is_file()), None)
+        variants = sorted(folder.glob("model.*.safetensors"))
+        if weights is None and len(variants) == 1:  # e.g. only the fp16 variant was downloaded, as for unet/
+            weights = variants[0]
         if not (folder / "config.json").is_file() or weights is None:
             raise UserError(
                 f"{folder} is not a CLIP text encoder folder: it needs config.json and one of "
