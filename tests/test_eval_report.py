@@ -298,3 +298,21 @@ def test_dataset_to_uint8_takes_stored_images_of_an_image_dataset():
     assert torch.equal(images, stored) and torch.equal(got_labels, labels)
     first, first_labels = dataset_to_uint8(dataset, limit=2)
     assert torch.equal(first, stored[:2]) and first_labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("change", [{"dropout": 5.0}, {"widths": [8.5, 16]}, {"convs_per_stage": "two"}])
+def test_a_classifier_file_whose_config_no_layer_takes_is_one_line(tmp_path, change):
+    """`dropout: 5.0` in a hand-edited file was a ValueError traceback from inside the model's build."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ldmkit.eval.classifier import load_classifier, save_classifier
+
+    config = ClassifierConfig(in_channels=3, num_classes=2, image_size=(8, 8), widths=(8, 16), class_names=["a", "b"])
+    save_classifier(ClassifierNet(config), tmp_path / "c.safetensors")
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    metadata["config"] = json.dumps({**json.loads(metadata["config"]), **change})
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(UserError, match="the classifier file .*bad.safetensors cannot be read"):
+        load_classifier(tmp_path / "bad.safetensors")

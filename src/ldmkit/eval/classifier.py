@@ -134,9 +134,11 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
         raise UserError(f"{path} is not a safetensors file: {exc}") from None
     if metadata.get("format") != _FORMAT:
         raise UserError(f"{path} is not an ldmkit evaluation classifier (train one with train_classifier)")
-    with reading(f"the classifier file {path}"):  # its config is JSON anyone can write
+    # Its config is JSON anyone can write: a value no layer takes (a dropout of 5, a fractional
+    # width) fails while the model is built, so the build is read under the same guard.
+    with reading(f"the classifier file {path}"):
         config = ClassifierConfig.from_dict(loads(metadata.get("config", "null")))
-    model = build_fitted(lambda: ClassifierNet(config), state, source=f"{path}: the weights")
+        model = build_fitted(lambda: ClassifierNet(config), state, source=f"{path}: the weights")
     return model.to(device).eval()
 
 
