@@ -151,3 +151,24 @@ def test_several_guidance_scales_for_an_unconditional_model_are_refused_before_a
     assert "unconditional, so guidance changes nothing: --cfg 1 2 would judge the same samples 2 times" \
         in capsys.readouterr().err
     assert not (tmp_path / "classifier.safetensors").exists()
+
+
+def test_samples_or_a_classifier_of_another_shape_are_refused_before_the_real_images_decode(tmp_path, capsys,
+                                                                                             monkeypatch):
+    from ldmkit.eval import real_data
+    from ldmkit.eval.classifier import ClassifierConfig, ClassifierNet, save_classifier
+
+    monkeypatch.setattr(real_data, "decode_real_images", lambda *a, **k: pytest.fail("the real images were decoded"))
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES)
+    np.savez(tmp_path / "grey.npz", images=np.zeros((8, 1, 16, 16), np.uint8))  # the data is RGB
+    assert main(["eval", "--data", str(data), "--samples", str(tmp_path / "grey.npz"), *QUICK,
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert "images of (1, 16, 16) (C, H, W), the real images (3, 16, 16)" in capsys.readouterr().err
+    config = ClassifierConfig(in_channels=3, num_classes=3, image_size=(32, 32), widths=(8,),
+                              class_names=sorted(MODEL_CLASSES))  # the folder's order
+    save_classifier(ClassifierNet(config), tmp_path / "big.safetensors")
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((8, 3, 16, 16), np.uint8))
+    assert main(["eval", "--data", str(data), "--samples", str(tmp_path / "rgb.npz"), "--features", "classifier",
+                 "--classifier", str(tmp_path / "big.safetensors"), "--device", "cpu", "--kid-subsets", "2",
+                 "--kid-subset-size", "3", "--out", str(tmp_path / "r.json")]) == 2
+    assert "the classifier was trained on images (3, 32, 32)" in capsys.readouterr().err

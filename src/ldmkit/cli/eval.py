@@ -324,6 +324,19 @@ def _check_k(args: argparse.Namespace, n: int, train_count: int, test_count: int
                         f"more than k in each: {test_count} test images here")
 
 
+def _check_shapes(args: argparse.Namespace, classifier, samples: tuple | None, real: tuple[int, int, int]) -> None:
+    """A given classifier's and read samples' image shape against the real images', before those are
+    decoded (and samples generated, a classifier trained): each was found only inside the metrics."""
+    if classifier is not None and not args.train_classifier:
+        trained = (classifier.config.in_channels, *classifier.config.image_size)
+        if trained != real:
+            raise UserError(f"the classifier was trained on images {trained} (C, H, W), and the real images here are "
+                            f"{real}; train a classifier on this dataset (--train-classifier)")
+    if samples is not None and tuple(samples[0].shape[1:]) != real:
+        raise UserError(f"--samples {args.samples}: images of {tuple(samples[0].shape[1:])} (C, H, W), the real "
+                        f"images {real}; give samples of the data's size and channels (or --image-size)")
+
+
 def _trained_classifier(args: argparse.Namespace, real_train, real_test, class_names, device, report: dict):
     """--train-classifier: train on the real images, save, note it in the report; the saved one, loaded."""
     from ldmkit.eval import load_classifier, save_classifier, train_classifier
@@ -381,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
                                 list(pipe.class_names) if pipe is not None else None)
         n = samples[0].shape[0]
     _check_k(args, n, len(train), len(val), read=samples is not None)
+    _check_shapes(args, classifier, samples, (val.channels, image_size, image_size))
     if extractor is None and not args.train_classifier:  # the classifier's features: refused here if none
         extractor = resolve_features(feature_name, classifier=classifier, device=device, batch_size=features_batch)
     (real_train, train_labels), (real_test, test_labels) = _decode_real(args, train, val, n)
