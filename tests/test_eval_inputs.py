@@ -172,3 +172,13 @@ def test_samples_or_a_classifier_of_another_shape_are_refused_before_the_real_im
                  "--classifier", str(tmp_path / "big.safetensors"), "--device", "cpu", "--kid-subsets", "2",
                  "--kid-subset-size", "3", "--out", str(tmp_path / "r.json")]) == 2
     assert "the classifier was trained on images (3, 32, 32)" in capsys.readouterr().err
+
+
+def test_a_baseline_of_fewer_training_images_than_samples_is_said(tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", MODEL_CLASSES, per_class=(4, 4))  # 12 training images
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", images=rng.integers(0, 255, (16, 3, 16, 16), dtype=np.uint8))
+    assert main(["eval", "--data", str(data), "--samples", str(tmp_path / "s.npz"), *QUICK, "--quiet",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the real baseline compares all 12 training images, fewer than the 16 samples" in err, err

@@ -395,6 +395,10 @@ def run(args: argparse.Namespace) -> int:
         n = samples[0].shape[0]
     _check_k(args, n, len(train), len(val), read=samples is not None)
     _check_shapes(args, classifier, samples, (val.channels, image_size, image_size))
+    if len(train) < n:  # the baseline is "at the same n" (--help): say where it cannot be
+        warnings.warn(f"the real baseline compares all {len(train)} training images, fewer than the {n} samples; "
+                      f"Frechet distance and KID depend on the count, so its row is not on the samples' footing "
+                      f"(--n {len(train)} puts them on one)", stacklevel=2)
     if extractor is None and not args.train_classifier:  # the classifier's features: refused here if none
         extractor = resolve_features(feature_name, classifier=classifier, device=device, batch_size=features_batch)
     (real_train, train_labels), (real_test, test_labels) = _decode_real(args, train, val, n)
