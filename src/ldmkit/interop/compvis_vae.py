@@ -22,10 +22,9 @@ import torch
 
 from ldmkit.errors import UserError
 from ldmkit.interop.key_table import KeyTable
-from ldmkit.models.autoencoder import AutoencoderKL, AutoencoderKLConfig
+from ldmkit.models.autoencoder import LATENT_BUFFERS, AutoencoderKL, AutoencoderKLConfig
 
 PREFIX = "first_stage_model."
-LATENT_BUFFERS = ("latent_shift", "latent_scale")
 
 _MID = {"resnet1": "block_1", "attention": "attn_1", "resnet2": "block_2"}
 _ATTENTION = {"norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}

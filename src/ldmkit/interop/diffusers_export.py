@@ -84,21 +84,16 @@ def _write_text_encoder(folder: Path, bundle: ModelBundle) -> None:
         atomic_write_text(folder / "tokenizer" / name, text)
 
 
-def _model_index(with_text: bool) -> dict[str, Any]:
+def _text_model_index() -> dict[str, Any]:
+    """model_index.json of a text-to-image export: what StableDiffusionPipeline.from_pretrained reads."""
     none = [None, None]
-    index: dict[str, Any] = {
-        "_diffusers_version": _diffusers_version(),
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
+    return {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version(),
+        "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "safety_checker": none, "feature_extractor": none,
+        "image_encoder": none, "requires_safety_checker": False,
     }
-    if with_text:
-        index.update(
-            _class_name="StableDiffusionPipeline", text_encoder=["transformers", "CLIPTextModel"],
-            tokenizer=["transformers", "CLIPTokenizer"], safety_checker=none, feature_extractor=none,
-            image_encoder=none, requires_safety_checker=False,
-        )
-    return index
 
 
 EXPORT_MARK = "_ldmkit_export"  # in a lone model's config.json (diffusers drops "_" keys when it loads)
@@ -243,6 +238,6 @@ def _write_bundle(folder: Path, bundle: ModelBundle) -> None:
     if with_text:
         _write_text_encoder(folder, bundle)
     if with_text and bundle.unet.config.context_dim is not None:
-        _write_json(folder / "model_index.json", _model_index(True))
+        _write_json(folder / "model_index.json", _text_model_index())
     _write_json(folder / EXPORT_INFO, {"format": "ldmkit-diffusers-export", "class_names": list(bundle.class_names),
                                        "image_size": bundle.resolved_image_size()})

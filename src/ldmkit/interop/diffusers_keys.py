@@ -7,12 +7,13 @@ string work on dicts. Configs are mapped in `ldmkit.interop.diffusers_config`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from ldmkit.errors import UserError
+from ldmkit.interop.key_table import rename
+from ldmkit.models.autoencoder import LATENT_BUFFERS
 
 # (diffusers pattern, ldmkit replacement), applied in order to each key. Segments are matched
 # with their dots so that e.g. "norm" never matches inside "norm1".
@@ -68,19 +69,12 @@ _REVERSE: list[tuple[str, str]] = [
 ]
 _SELF_ATTENTION_NORM = (r"(\.attentions\.\d+)\.norm\.", r"\1.group_norm.")
 
-_LATENT_BUFFERS = ("latent_shift", "latent_scale")
-
-
-def _rename(key: str, rules: Sequence[tuple[str, str]]) -> str:
-    for pattern, replacement in rules:
-        key = re.sub(pattern, replacement, key)
-    return key
 
 
 def _rename_all(state_dict: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        new = _rename(key, rules)
+        new = rename(key, rules)
         if new in out:
             raise UserError(f"two weights map to the same name {new!r}; is this a state dict of the right model?")
         out[new] = value
@@ -125,5 +119,5 @@ def autoencoder_state_dict_from_diffusers(
 def autoencoder_state_dict_to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`AutoencoderKL` weights -> diffusers weights (the latent buffers go to the config instead:
     see `diffusers_config.autoencoder_config_to_diffusers`)."""
-    weights = {k: v for k, v in state_dict.items() if k not in _LATENT_BUFFERS}
+    weights = {k: v for k, v in state_dict.items() if k not in LATENT_BUFFERS}
     return _rename_all(weights, [*_REVERSE, _SELF_ATTENTION_NORM])

@@ -29,6 +29,7 @@ from ldmkit.interop.bundle import ModelBundle
 from ldmkit.interop.key_table import check_keys
 from ldmkit.interop.weights_io import write_safetensors
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
+from ldmkit.models.autoencoder import LATENT_BUFFERS
 from ldmkit.models.fitted import build_fitted
 from ldmkit.train.inference_file import FORMAT, FORMAT_VERSION, read_inference_metadata, resolve_inference_path
 
@@ -51,7 +52,7 @@ def write_ldmkit_file(path: str | os.PathLike, bundle: ModelBundle, *, dtype: st
             state = module.parts()[1] if name == "text_encoder" else module.state_dict()
             for key, value in state.items():
                 # The latent normalisation buffers stay fp32 whatever the weights' dtype.
-                cast = value.is_floating_point() and not key.startswith("latent_")
+                cast = value.is_floating_point() and key not in LATENT_BUFFERS
                 tensors[prefix + key] = value.to(DTYPES[dtype]) if cast else value
     image_size = bundle.resolved_image_size()
     meta: dict[str, Any] = {

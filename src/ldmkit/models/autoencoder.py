@@ -73,6 +73,11 @@ class AutoencoderKLConfig(JsonConfig):
         return 2 ** (len(self.block_channels) - 1)
 
 
+# The latent normalisation buffers: ldmkit's own (no other format stores them as weights), kept in
+# float32 whatever the weights' dtype.
+LATENT_BUFFERS = ("latent_shift", "latent_scale")
+
+
 class AutoencoderKL(nn.Module):
     """Encoder -> quant_conv (1x1) -> q(z|x) ... z -> post_quant_conv (1x1) -> Decoder.
 
