@@ -264,3 +264,16 @@ def test_a_unet_whose_channels_are_not_the_vaes_latents_is_refused_when_loaded()
         unet = types.SimpleNamespace(config=UNetConfig(in_channels=channels, out_channels=3 if channels == 3 else 4))
         with pytest.raises(UserError, match=said):
             check_bundle(ModelBundle(source="t", unet=unet, vae=vae))
+
+
+def test_a_unet_without_attention_needs_no_head_count_and_one_with_self_attention_is_told_why() -> None:
+    """Both were refused for "a context of None", the first though heads change nothing there."""
+    plain = UNetConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(),
+                       mid_attention=False, num_heads=1, head_dim=None, norm_groups=8, zero_init_output=False)
+    compvis = unet_state_dict_to_compvis(UNet(plain).state_dict(), plain)
+    assert unet_config_from_compvis(compvis, norm_groups=8) == plain
+    attended = UNetConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                          num_heads=None, head_dim=16, norm_groups=8, zero_init_output=False)
+    compvis = unet_state_dict_to_compvis(UNet(attended).state_dict(), attended)
+    with pytest.raises(UserError, match="this UNet has no cross-attention to take SD's from"):
+        unet_config_from_compvis(compvis, norm_groups=8)

@@ -205,14 +205,19 @@ def unet_config_from_compvis(
         first = transformer_keys[0].split(".transformer_blocks.")[0]
         depth = len(_indices(keys, re.escape(first) + r"\.transformer_blocks\.(\d+)\."))
         linear = len(shape(first + ".proj_in.weight")) == 2
+    mid_attention = any(k.startswith("middle_block.2.") for k in keys)  # three middle blocks: ResNet, attention, ResNet
     if num_heads is None and head_dim is None:
-        if context_dim == 768:
+        if not levels and not mid_attention:
+            num_heads = 1  # no attention layer: the split changes nothing
+        elif context_dim == 768:
             num_heads = 8
         elif context_dim == 1024:
             head_dim = 64
         else:
-            raise UserError(f"the number of attention heads is not stored in CompVis weights, and a context of "
-                            f"{context_dim} is neither SD 1.x's nor 2.x's: convert it once with `ldm convert SRC "
+            which = ("this UNet has no cross-attention to take SD's from" if context_dim is None
+                     else f"a context of {context_dim} is neither SD 1.x's nor 2.x's")
+            raise UserError(f"the number of attention heads is not stored in CompVis weights, and {which}: "
+                            "convert it once with `ldm convert SRC "
                             "OUT.safetensors --num-heads N` or `--head-dim N` (the model YAML's num_heads / "
                             "num_head_channels; num_heads= / head_dim= in Python)")
     emb_dim, _ = shape("time_embed.0.weight")
@@ -226,8 +231,7 @@ def unet_config_from_compvis(
         channel_mult=tuple(w // base for w in level_width),
         num_res_blocks=num_res,
         attention_levels=levels,
-        # Three middle blocks: ResNet, attention, ResNet; two: no attention.
-        mid_attention=any(k.startswith("middle_block.2.") for k in keys),
+        mid_attention=mid_attention,
         num_heads=num_heads,
         head_dim=head_dim,
         num_classes=None if label is None else label.shape[0] - 1,
