@@ -227,6 +227,24 @@ def main() -> int:
         answered()
         check("a second submit while a job runs (Ctrl+Enter's way) sends nothing", len(sent) == count + 1,
               len(sent) - count)
+        count = len(sent)
+        page.fill("#brush", "2.5")  # no part of a request: it blocked Generate, without a word
+        submit()
+        check("while a job runs, the last request's images are dimmed",
+              page.eval_on_selector("#images", "g => g.classList.contains('previous')"))
+        answered()
+        check("a brush size off its step does not block Generate", len(sent) == count + 1)
+        check("and the new images are not dimmed", not page.eval_on_selector(
+            "#images", "g => g.classList.contains('previous')"))
+        page.fill("#strength", "0")
+        page.click("#drop_init")
+        submit()  # the hidden strength of 0 blocked Generate, and the browser could not show it
+        answered()
+        check("a bad strength left behind a dropped start image does not block Generate",
+              len(sent) == count + 2 and "init_image" not in sent[-1] and "strength" not in sent[-1])
+        page.set_input_files("#init_file", upload)
+        page.wait_for_function("!document.getElementById('start').hidden")
+        page.fill("#strength", "")
         not_image = "/tmp/ldmkit_check_not_image.png"
         with open(not_image, "w") as file:
             file.write("not an image")
