@@ -111,3 +111,10 @@ def derived(module: nn.Module, name: str) -> torch.Tensor | None:
     if not torch.compiler.is_compiling() and _stamp(module) != module._derived_stamp:
         return None
     return getattr(module, PREFIX + name)
+
+
+def layout_of(weight: torch.Tensor) -> torch.memory_format:
+    """The memory format a weight derived from `weight` should keep: channels_last where `weight`
+    is (the CUDA generation path converts the model), else contiguous."""
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format

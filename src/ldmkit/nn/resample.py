@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.errors import UserError
-from ldmkit.nn.derived_weights import derived
+from ldmkit.nn.derived_weights import derived, layout_of
 from ldmkit.nn.upsample_conv import (
     phase_kernels,
     transposed_kernel,
@@ -130,8 +130,7 @@ class UpSample(nn.Module):
         if not self.use_conv:
             return {}
         weight, bias = self.conv.weight, self.conv.bias
-        layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) \
-            and not weight.is_contiguous() else torch.contiguous_format
+        layout = layout_of(weight)
         kernels = {"phase_weight": phase_kernels(weight).contiguous(memory_format=layout),
                    "transposed_weight": transposed_kernel(weight).contiguous(memory_format=layout)}
         if bias is not None:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
-from ldmkit.nn.derived_weights import derived
+from ldmkit.nn.derived_weights import derived, layout_of
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm, channels_last_norm_enabled, group_norm_channels_last
 from ldmkit.nn.norm_silu import fused_group_norm_enabled, group_norm_silu
@@ -145,7 +145,6 @@ class ResNetBlock(nn.Module):
             return {}
         w = self.skip.weight
         c1 = self.in_ch - self.concat_channels
-        layout = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) \
-            and not w.is_contiguous() else torch.contiguous_format
+        layout = layout_of(w)
         return {"skip_weight_x": w[:, :c1].contiguous(memory_format=layout),
                 "skip_weight_concat": w[:, c1:].contiguous(memory_format=layout)}
