@@ -18,7 +18,7 @@ import torch
 
 from ldmkit.diffusion import NoiseSchedule
 from ldmkit.errors import UserError
-from ldmkit.train.inference_file import SAMPLER_DEFAULTS
+from ldmkit.train.inference_file import SAMPLER_DEFAULTS, sampler_defaults_problem
 
 _PREDICTION_FROM = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 _PREDICTION_TO = {v: k for k, v in _PREDICTION_FROM.items()}
@@ -98,9 +98,8 @@ def schedule_to_diffusers(
 def _checked_own_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
     """ldmkit's own sampler defaults from a scheduler config, checked as a model file's are when read
     (a hand-edited entry converted fine, and the file written was then refused as damaged)."""
-    for key, value in defaults.items():
-        kind = SAMPLER_DEFAULTS.get(key)
-        if kind is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UserError(f"the scheduler config's {_OWN_DEFAULTS} has {key}={value!r:.60}; it may hold "
-                            f"{', '.join(f'{k} ({t.__name__})' for k, t in SAMPLER_DEFAULTS.items())}")
+    wrong = sampler_defaults_problem(dict(defaults))
+    if wrong is not None:
+        raise UserError(f"the scheduler config's {_OWN_DEFAULTS} has {wrong}; it may hold "
+                        f"{', '.join(f'{k} ({t.__name__})' for k, t in SAMPLER_DEFAULTS.items())}")
     return dict(defaults)

@@ -137,10 +137,16 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
             return f"{key} is {value!r:.60}, not a JSON {kind.__name__}"
     if not all(isinstance(name, str) for name in meta.get("class_names") or []):
         return "class_names holds something other than names"
-    for key, value in (meta.get("sampler_defaults") or {}).items():
+    wrong = sampler_defaults_problem(meta.get("sampler_defaults") or {})
+    return None if wrong is None else f"sampler_defaults has {wrong}"
+
+
+def sampler_defaults_problem(defaults: dict[str, Any]) -> str | None:
+    """The first entry of `defaults` that SAMPLER_DEFAULTS does not allow ("key=value"), or None."""
+    for key, value in defaults.items():
         kind = SAMPLER_DEFAULTS.get(key)
         if kind is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"sampler_defaults has {key}={value!r:.60}"
+            return f"{key}={value!r:.60}"
     return None
 
 
