@@ -193,6 +193,12 @@ def main() -> int:
         check("the bar goes when the images come", page.is_hidden("#bar") and status.startswith("8 images"),
               status)
         check("the request named its job", re.fullmatch(r"[A-Za-z0-9_-]+", sent[-1]["job_id"]) is not None)
+        names = page.eval_on_selector_all("#images a", "links => links.map(a => a.download)")
+        captions = page.eval_on_selector_all("#images figcaption", "cs => cs.map(c => c.textContent)")
+        ids = {text.split(": ", 1)[1]: value for value, text in page.eval_on_selector_all(
+            "#class option", "os => os.map(o => [o.value, o.textContent])") if value}
+        wanted = [f"{k:05d}_seed{c.split(' ')[1]}_class{ids[c.split(' · ', 1)[1]]}.png" for k, c in enumerate(captions)]
+        check("each download is named by its index, seed and class id", names == wanted, names[:3])
 
         submit()  # the same long job again, stopped once it runs
         page.wait_for_function("!document.getElementById('stop').hidden", timeout=60_000)

@@ -30,6 +30,6 @@ def test_a_served_job_is_encoded_when_read(monkeypatch):
     calls = []
     monkeypatch.setattr("ldmkit.serve.service.png_bytes", lambda images: calls.append(len(images)) or [b"x"] * 2)
     result = GeneratedImages(images=torch.zeros(2, 3, 4, 4, dtype=torch.uint8), seeds=[0, 1], classes=[None, None],
-                             seconds=0.1)
+                             labels=[None, None], seconds=0.1)
     assert calls == []  # made without encoding: the runner thread is free for the next job
     assert result.pngs == [b"x", b"x"] and result.pngs == [b"x", b"x"] and calls == [2]  # once, when read

@@ -130,6 +130,7 @@ def test_job_runner_returns_results_and_raises_errors_in_the_submitting_thread()
 def test_without_a_class_the_images_go_round_the_classes(url):
     status, result = generate(url, n=4, steps=2, sampler="ddim")
     assert status == 200 and result["classes"] == ["red", "green", "blue", "red"] and len(result["images"]) == 4
+    assert result["labels"] == [0, 1, 2, 0]  # the ids name the page's downloads: names need not be unique
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -158,6 +158,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             "images": ["data:image/png;base64," + base64.b64encode(png).decode("ascii") for png in result.pngs],
             "seeds": result.seeds,
             "classes": result.classes,
+            "labels": result.labels,
             "seconds": round(result.seconds, 3),
             "notes": result.notes,
         })

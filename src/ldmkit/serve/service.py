@@ -71,13 +71,14 @@ class Job:
 
 @dataclass
 class GeneratedImages:
-    """One job's result: the images (uint8 [n, C, H, W] on the CPU) in order, with the seed and
-    class name (or None) of each. `pngs` encodes them once, when first asked for, on the thread
+    """One job's result: the images (uint8 [n, C, H, W] on the CPU) in order, with the seed, class
+    name (or None) and class id (or None) of each: names need not be unique, ids are. `pngs` encodes them once, when first asked for, on the thread
     that asks: the server's request thread, so its runner goes on to the next job meanwhile."""
 
     images: torch.Tensor
     seeds: list[int]
     classes: list[str | None]
+    labels: list[int | None]
     seconds: float
     notes: list[str] = field(default_factory=list)
     _pngs: list[bytes] | None = field(default=None, repr=False)
@@ -299,5 +300,7 @@ class GenerationService:
             raise
         finally:
             self.progress.finished(job.job_id, stopped=stopped)
-        names = [self.pipe.class_names[c] if c >= 0 else None for c in job.labels]
-        return GeneratedImages(images=images, seeds=list(job.seeds), classes=names, seconds=seconds, notes=job.notes)
+        labels = [int(c) if c >= 0 else None for c in job.labels]
+        names = [self.pipe.class_names[c] if c is not None else None for c in labels]
+        return GeneratedImages(images=images, seeds=list(job.seeds), classes=names, labels=labels,
+                               seconds=seconds, notes=job.notes)
