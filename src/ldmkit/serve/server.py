@@ -8,7 +8,7 @@ threading HTTP server (no web framework to install for one page and four endpoin
                          answers 409 with {"error": "stopped at step k of n", "stopped": true})
     POST /api/generate   a JSON request (`service.GenerationService`; img2img's start image
                          and inpainting's mask inside it as base64) -> JSON: the images as
-                         base64 PNGs, their seeds and classes, seconds taken, notes (a
+                         base64 PNGs, their seeds, class names and class ids, seconds taken, notes (a
                          prompt the text encoder cut); a 409 when its
                          job_id names a job that still waits or runs (`progress.py`)
 
