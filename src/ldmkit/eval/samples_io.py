@@ -27,6 +27,7 @@ from PIL import Image
 from ldmkit.atomic import atomic_write_text
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.decode import to_rgb
+from ldmkit.data.images import to_uint8
 from ldmkit.errors import UserError
 from ldmkit.json_text import read_json_file
 from ldmkit.thread_map import map_in_threads
@@ -273,6 +274,6 @@ def dataset_to_uint8(dataset: Any, limit: int | None = None) -> tuple[torch.Tens
     loader = torch.utils.data.DataLoader(subset, batch_size=1024, shuffle=False, num_workers=0)
     images, labels = [], []
     for x, y in loader:
-        images.append(((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+        images.append(to_uint8(x))  # as a PNG writer quantises
         labels.append(torch.as_tensor(y, dtype=torch.int64))
     return torch.cat(images), torch.cat(labels)
