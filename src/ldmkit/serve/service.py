@@ -72,8 +72,9 @@ class Job:
 @dataclass
 class GeneratedImages:
     """One job's result: the images (uint8 [n, C, H, W] on the CPU) in order, with the seed, class
-    name (or None) and class id (or None) of each: names need not be unique, ids are. `pngs` encodes them once, when first asked for, on the thread
-    that asks: the server's request thread, so its runner goes on to the next job meanwhile."""
+    name (or None) and class id (or None) of each: names need not be unique, ids are. `pngs`
+    encodes them once, when first asked for, on the thread that asks: the server's request
+    thread, so its runner goes on to the next job meanwhile."""
 
     images: torch.Tensor
     seeds: list[int]
