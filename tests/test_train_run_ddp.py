@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ldmkit.train import latent_cache, load_inference_file, load_training_state
-from ldmkit.train.run import train_run
+from ldmkit.train.run import run_training_outcome
 from gloo_ranks import run_ranks
 from test_ddp import WORLD, _config, _free_port
 from test_train_e2e import one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
@@ -39,7 +39,7 @@ def _rank_main(rank: int, port: int, data: str, out: str, stop: bool) -> None:
         _sigterm_at_first_batch()
     config = _config(Path(data))
     config.vae.batch_size = 4  # 2 a rank: shards of 11 and 10 images, 6 and 5 batches
-    outcome = train_run(config, out)
+    outcome = run_training_outcome(config, out)
     (Path(out) / f"exit{rank}.txt").write_text(str(outcome.exit_status))
 
 

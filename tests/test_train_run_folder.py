@@ -16,7 +16,7 @@ import torch
 from ldmkit.cli import main
 from ldmkit.errors import UserError
 from ldmkit.train import apply_overrides, load_inference_file, run_training
-from ldmkit.train.run import train_run
+from ldmkit.train.run import run_training_outcome
 from ldmkit.train.run_lock import LOCK_NAME
 from test_train_e2e import micro_config, one_thread, write_color_dataset  # noqa: F401 (autouse fixture)
 from test_train_paths import QUICK
@@ -132,18 +132,18 @@ def test_a_refused_run_leaves_no_folder_for_its_lock(data, tmp_path):
 def test_a_finished_run_rerun_does_nothing_and_writes_nothing(data, run, capsys):
     capsys.readouterr()
     before = files(run)
-    outcome = train_run(config(data), run)
+    outcome = run_training_outcome(config(data), run)
     out = capsys.readouterr().out
     assert out == (f"{run} is already trained to step {STEPS} (--steps {STEPS}): nothing to do; "
                    "raise --steps to train further\n")
     assert outcome.exit_status == 0 and outcome.stopped_by is None
     assert files(run) == before
     # a lower --steps, too: the rerun neither trains nor records a --steps it did not train to
-    train_run(config(data, steps=1), run)
+    run_training_outcome(config(data, steps=1), run)
     assert "already trained to step 2 (--steps 1): nothing to do" in capsys.readouterr().out
     assert files(run) == before
     # --stage vae on a run past its VAE stage
-    train_run(config(data, stage="vae"), run)
+    run_training_outcome(config(data, stage="vae"), run)
     assert "has finished its VAE stage: nothing to do" in capsys.readouterr().out
     assert files(run) == before
 
@@ -154,7 +154,7 @@ def test_a_deleted_vae_file_is_written_again_by_stage_vae(data, run, capsys):
     before = load_file(run / "vae.safetensors")
     (run / "vae.safetensors").unlink()
     capsys.readouterr()
-    assert train_run(config(data, stage="vae"), run).exit_status == 0
+    assert run_training_outcome(config(data, stage="vae"), run).exit_status == 0
     out = capsys.readouterr().out
     assert f"VAE stage done: {run / 'vae.safetensors'}" in out  # it said so, with no file
     data_line = next(line for line in out.splitlines() if line.startswith("data: "))
@@ -173,12 +173,12 @@ def test_a_finished_run_in_a_folder_this_user_cannot_write(data, run, capsys, mo
                         else real_access(path, mode, **kw))  # the tests run as root, whom chmod does not stop
     before = files(run)
     capsys.readouterr()
-    assert train_run(config(data), run).exit_status == 0
+    assert run_training_outcome(config(data), run).exit_status == 0
     assert "nothing to do" in capsys.readouterr().out
     assert files(run) == before and not (run / LOCK_NAME).exists()
     with pytest.raises(UserError, match=r"is not writable, and ldm train writes its checkpoints, model and log "
                                         r"there: give another --out, or make it writable"):
-        train_run(config(data, steps=STEPS + 1), run)
+        run_training_outcome(config(data, steps=STEPS + 1), run)
 
 
 def test_a_model_older_than_the_finished_checkpoint_is_exported_again(data, run, capsys):
@@ -196,7 +196,7 @@ def test_a_model_older_than_the_finished_checkpoint_is_exported_again(data, run,
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, str(model), metadata={**metadata, "step": json.dumps(STEPS - 1)})  # the last export cut
     capsys.readouterr()
-    assert train_run(config(data), run).exit_status == 0
+    assert run_training_outcome(config(data), run).exit_status == 0
     assert "nothing to do" not in capsys.readouterr().out
     assert load_inference_file(run)[2]["step"] == STEPS
     with safe_open(str(model), framework="pt") as f:  # the same weights (the metadata's order may differ)

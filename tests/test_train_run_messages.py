@@ -53,7 +53,7 @@ def test_a_lost_torchrun_process_is_one_line_not_a_traceback(monkeypatch, tmp_pa
         raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                            "[127.0.0.1]:4242\nException raised from ...")
 
-    monkeypatch.setattr(run_module, "train_run", lost)
+    monkeypatch.setattr(run_module, "run_training_outcome", lost)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert main(["train", "--data", "emoji", "--out", str(tmp_path / "run")]) == 1
@@ -63,10 +63,11 @@ def test_a_lost_torchrun_process_is_one_line_not_a_traceback(monkeypatch, tmp_pa
         f"([../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4242); its "
         f"own error, if it had one, is above. What was saved in {tmp_path / 'run'} is kept: run the same command "
         f"again to resume"]
-    monkeypatch.setattr(run_module, "train_run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(run_module, "run_training_outcome",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other error keeps its traceback
         main(["train", "--data", "emoji", "--out", str(tmp_path / "run")])
     monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setattr(run_module, "train_run", lost)
+    monkeypatch.setattr(run_module, "run_training_outcome", lost)
     with pytest.raises(RuntimeError, match="Connection closed by peer"):  # one process: not a lost peer
         main(["train", "--data", "emoji", "--out", str(tmp_path / "run")])

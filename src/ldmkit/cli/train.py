@@ -86,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ldmkit.train.distributed import lost_another_process
-    from ldmkit.train.run import train_run
+    from ldmkit.train.run import run_training_outcome
 
     config = config_from_args(args)
     if not args.out.strip():
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     try:
-        outcome = train_run(config, out, resume=True if args.resume else None)  # None: continue if RUN has one
+        # resume None: continue if RUN has a checkpoint
+        outcome = run_training_outcome(config, out, resume=True if args.resume else None)
     except Exception as err:
         if not lost_another_process(err):
             raise

@@ -65,11 +65,11 @@ def rank_slice(global_batch: torch.Tensor, rank: int, world_size: int) -> torch.
     return global_batch[rank * per_rank : (rank + 1) * per_rank]
 
 
-VAE_BATCH = "the VAE stage's batch size (--set vae.batch_size=N)"
-DIFFUSION_BATCH = "the UNet stage's batch size (--batch-size)"
+VAE_BATCH_SETTING = "the VAE stage's batch size (--set vae.batch_size=N)"
+DIFFUSION_BATCH_SETTING = "the UNet stage's batch size (--batch-size)"
 
 
-def per_rank_batch(batch_size: int, world_size: int, what: str = DIFFUSION_BATCH) -> int:
+def per_rank_batch(batch_size: int, world_size: int, what: str = DIFFUSION_BATCH_SETTING) -> int:
     """The per-process batch, or a UserError naming `what` (which stage's, which flag sets it) if
     the global batch cannot be split evenly."""
     if batch_size % world_size != 0:

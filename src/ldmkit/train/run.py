@@ -13,7 +13,7 @@ Order: processes -> the folder's lock -> (resume? or nothing left to do) -> the 
 no data (run folder, image size, precision, batch splits) -> data -> models resolved against the
 data, a resume's classes and settings -> RUN/config.json (every refusal comes before it, so a
 refused run leaves no half-made folder) -> VAE stage (or --vae PATH) -> latent cache -> diffusion
-stage. A stop (signal, time limit) can end any of the last three; `train_run` says which stopped
+stage. A stop (signal, time limit) can end any of the last three; `run_training_outcome` says which stopped
 it (run_outcome.py). The same command runs on one process or under torchrun; rank 0 writes every
 file.
 """
@@ -34,7 +34,7 @@ from ldmkit.errors import UserError
 from ldmkit.json_text import read_json_file
 from ldmkit.models import AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig
 from ldmkit.run_files import CHECKPOINT_NAME, CONFIG_NAME, MODEL_FILE, VAE_FILE
-from ldmkit.train.batches import VAE_BATCH, per_rank_batch
+from ldmkit.train.batches import VAE_BATCH_SETTING, per_rank_batch
 from ldmkit.train.checkpoint import check_run_state, load_training_state, loading_run_state, save_training_state
 from ldmkit.train.config import RunConfig, unet_model_dict, vae_model_dict, validate
 from ldmkit.train.context import StageContext
@@ -128,7 +128,7 @@ def _check_stages(config: RunConfig, dist: DistInfo, trains_vae: bool) -> None:
     if dist.is_main and (note := slow_precision_note(config.precision, dist.device)):
         warnings.warn(note, stacklevel=2)
     if trains_vae:
-        per_rank_batch(config.vae.batch_size, dist.world_size, VAE_BATCH)
+        per_rank_batch(config.vae.batch_size, dist.world_size, VAE_BATCH_SETTING)
     if config.stage != "vae":
         per_rank_batch(config.diffusion.batch_size, dist.world_size)
 
@@ -189,17 +189,17 @@ def _past_the_end(state: dict[str, Any], config: RunConfig) -> str | None:
 
 def run_training(config: RunConfig, out_dir: str | Path, *, resume: bool | None = None) -> Path:
     """Train per `config` into `out_dir` and return it (also when a stop signal or the time
-    limit ended the run early, with its checkpoint saved: `train_run` says which).
+    limit ended the run early, with its checkpoint saved: `run_training_outcome` says which).
 
     resume: None (default) continues from `out_dir/checkpoint.pt` if there is one; True
     requires one; False starts over (the old checkpoint is replaced at the first save).
     Raises UserError for bad data, configs, a resume into a run of another architecture or of
     other classes, a folder with a model but no checkpoint, or one another run is training in.
     """
-    return train_run(config, out_dir, resume=resume).run_dir
+    return run_training_outcome(config, out_dir, resume=resume).run_dir
 
 
-def train_run(config: RunConfig, out_dir: str | Path, *, resume: bool | None = None) -> RunOutcome:
+def run_training_outcome(config: RunConfig, out_dir: str | Path, *, resume: bool | None = None) -> RunOutcome:
     """`run_training`, returning how the run ended (`RunOutcome.exit_status`: `ldm train`'s)."""
     started = time.monotonic()
     out_dir = Path(out_dir)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ldmkit.models import AutoencoderKL
 from ldmkit.run_files import CHECKPOINT_NAME
-from ldmkit.train.batches import VAE_BATCH, IndexStream, per_rank_batch
+from ldmkit.train.batches import VAE_BATCH_SETTING, IndexStream, per_rank_batch
 from ldmkit.train.checkpoint import loading_run_state
 from ldmkit.train.context import StageContext, global_draw, rank_rng_states, restore_rank_rng
 from ldmkit.train.decay_groups import decay_groups
@@ -96,7 +96,7 @@ class VAETrainer:
     def __init__(self, vae: AutoencoderKL, dataset: Any, ctx: StageContext) -> None:
         self.ctx, self.cfg, self.run, self.dist = ctx, ctx.config.vae, ctx.config, ctx.dist
         device = self.device = self.dist.device
-        per_rank_batch(self.cfg.batch_size, self.dist.world_size, VAE_BATCH)
+        per_rank_batch(self.cfg.batch_size, self.dist.world_size, VAE_BATCH_SETTING)
         self.vae, self.dataset = weights_for_training(vae.to(device).train(), self.run, self.dist), dataset
         self.params = list(vae.parameters())  # listed once: walking the module tree costs host time every step
         self.precision = Precision(self.run.precision, device)
