@@ -185,3 +185,15 @@ def test_ldmkits_sampler_defaults_in_a_scheduler_config_are_checked_when_read() 
     for bad in ({"eta": 0.0}, {"steps_offset": "1"}, {"set_alpha_to_one": 1}):
         with pytest.raises(UserError, match="_ldmkit_sampler_defaults has"):
             schedule_from_diffusers({**config, "_ldmkit_sampler_defaults": bad})
+
+
+def test_a_learned_variance_scheduler_is_refused_and_a_fixed_one_read() -> None:
+    """A network trained to predict its variance has extra output channels ldmkit's samplers do not read."""
+    from ldmkit.interop.diffusers_scheduler import schedule_from_diffusers
+
+    config = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"}
+    for learned in ("learned", "learned_range"):
+        with pytest.raises(UserError, match=f"variance_type '{learned}'"):
+            schedule_from_diffusers({**config, "variance_type": learned})
+    for fixed in ("fixed_small", "fixed_large", None):
+        assert schedule_from_diffusers({**config, "variance_type": fixed})[1] == "eps"

@@ -6,7 +6,9 @@ its steps (`timestep_spacing`, `steps_offset`, `set_alpha_to_one`). The last gro
 "sampler defaults", options passed to whichever ldmkit sampler accepts them, the way diffusers
 carries a config over when one scheduler class is swapped for another (`from_config`).
 `clip_sample` / thresholding are pixel-space options that latent models leave off; they are
-not carried over.
+not carried over. Nor is `DDPMScheduler`'s `variance_type` "fixed_large": ldmkit's ddpm sampler
+takes the posterior variance ("fixed_small", Ho et al. 2020, sec. 3.2, the diffusers default); a
+learned variance ("learned", "learned_range": the network's extra output channels) is refused.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[NoiseSchedule, s
             beta_start=float(cfg.get("beta_start", 0.0001)), beta_end=float(cfg.get("beta_end", 0.02))
         )
         schedule = NoiseSchedule.create(kind, steps, zero_terminal_snr=zero_snr, **betas_range)
+    if str(cfg.get("variance_type")).startswith("learned"):
+        raise UserError(f"diffusers variance_type {cfg['variance_type']!r} (a network that predicts its own variance) "
+                        "is not supported: ldmkit's samplers take the noise prediction alone")
     prediction_type = cfg.get("prediction_type", "epsilon")
     if prediction_type not in _PREDICTION_FROM:
         raise UserError(f"diffusers prediction_type {prediction_type!r} is not supported ({list(_PREDICTION_FROM)})")
