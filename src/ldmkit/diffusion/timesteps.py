@@ -177,6 +177,12 @@ def finite_grid(grid: StepGrid, schedule: NoiseSchedule) -> StepGrid:
 
 
 def karras_grid(schedule: NoiseSchedule, steps: int, rho: float = 7.0) -> StepGrid:
-    """`steps` Karras sigmas (eq. 5) spanning the schedule's sigma range, then sigma = 0."""
+    """`steps` Karras sigmas (eq. 5) spanning the schedule's sigma range, then sigma = 0.
+
+    Spacing and steps offset do not apply: the range is always the schedule's whole one, as in
+    diffusers' DPMSolverMultistepScheduler. Its Euler / Heun schedulers take the range from the
+    spaced timesteps instead (SD's "leading" spacing with offset 1, 10 steps: sigma 0.041-8.39
+    there, 0.029-14.6 here).
+    """
     sigma_min, sigma_max = sigma_range(schedule)
     return grid_from_sigmas(schedule, karras_sigmas(sigma_min, sigma_max, steps, rho))

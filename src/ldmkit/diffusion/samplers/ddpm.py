@@ -3,7 +3,11 @@
 Each step samples the posterior q(x_prev | x_t, x_0) with x_0 replaced by the network's
 estimate (Ho et al. 2020, eqs. 6-7). On a strided grid, t -> prev is one step of a coarser
 Markov chain whose per-step beta is 1 - a_t / a_prev; with every timestep this is exactly the
-paper's sampler with the "fixed small" variance beta-tilde.
+paper's sampler with the "fixed small" variance beta-tilde. That variance is the lower of the
+paper's two bounds, and on a coarse grid its samples come out less spread than the data: with
+an exact denoiser of N(0, 0.4^2) and the linear schedule, std 0.317 at 25 steps, 0.370 at 100,
+0.396 at 1000 (the same as diffusers' DDPMScheduler). Deterministic samplers have no such
+bias at 25 steps.
 """
 
 from __future__ import annotations
