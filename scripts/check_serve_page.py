@@ -202,8 +202,12 @@ def main() -> int:
 
         submit()  # the same long job again, stopped once it runs
         page.wait_for_function("!document.getElementById('stop').hidden", timeout=60_000)
+        focused = "() => document.activeElement && document.activeElement.id"
+        check("the focus moves from Generate (now disabled) to Stop", page.evaluate(focused) == "stop",
+              page.evaluate(focused))
         page.click("#stop")
         answered()
+        check("and back to Generate once the job ends", page.evaluate(focused) == "go", page.evaluate(focused))
         status, colour = page.text_content("#status"), page.get_attribute("#status", "class")
         check("Stop ends it at its next step, not as an error",
               re.fullmatch(r"stopped at step \d+ of 50", status) is not None and colour in ("", None), status)
