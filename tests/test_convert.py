@@ -182,7 +182,8 @@ def test_ldmkits_sampler_defaults_in_a_scheduler_config_are_checked_when_read() 
               "beta_start": 0.00085, "beta_end": 0.012}
     good = {"spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
     assert schedule_from_diffusers({**config, "_ldmkit_sampler_defaults": good})[2] == good
-    for bad in ({"eta": 0.0}, {"steps_offset": "1"}, {"set_alpha_to_one": 1}):
+    for bad in ({"eta": 0.0}, {"steps_offset": "1"}, {"set_alpha_to_one": 1}, {"spacing": "bogus"},
+                {"steps_offset": -5}, {"karras_sigmas": "yes"}):
         with pytest.raises(UserError, match="_ldmkit_sampler_defaults has"):
             schedule_from_diffusers({**config, "_ldmkit_sampler_defaults": bad})
 
@@ -197,3 +198,31 @@ def test_a_learned_variance_scheduler_is_refused_and_a_fixed_one_read() -> None:
             schedule_from_diffusers({**config, "variance_type": learned})
     for fixed in ("fixed_small", "fixed_large", None):
         assert schedule_from_diffusers({**config, "variance_type": fixed})[1] == "eps"
+
+
+def test_step_settings_every_generation_would_fail_on_are_refused_when_the_config_is_read() -> None:
+    """A bad spacing or offset converted fine and failed at the first `ldm generate`, blaming the steps."""
+    from ldmkit.interop.diffusers_scheduler import schedule_from_diffusers
+
+    config = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"}
+    with pytest.raises(UserError, match="timestep_spacing is 'bogus'; ldmkit's samplers take leading"):
+        schedule_from_diffusers({**config, "timestep_spacing": "bogus"})
+    for offset in (-5, 1000, "1", True):
+        with pytest.raises(UserError, match="steps_offset is .* an integer from 0 to 999"):
+            schedule_from_diffusers({**config, "steps_offset": offset})
+    assert schedule_from_diffusers({**config, "steps_offset": 1.0, "timestep_spacing": "trailing"})[2] == {
+        "steps_offset": 1, "spacing": "trailing"}
+
+
+def test_karras_sigmas_of_a_scheduler_config_are_kept_both_ways() -> None:
+    """Euler's / DPM-Solver's use_karras_sigmas was dropped without a word; ldmkit's three samplers take it."""
+    from ldmkit.diffusion import NoiseSchedule
+    from ldmkit.interop.diffusers_scheduler import schedule_from_diffusers, schedule_to_diffusers
+
+    config = {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"}
+    assert schedule_from_diffusers({**config, "use_karras_sigmas": True})[2] == {"karras_sigmas": True}
+    assert schedule_from_diffusers({**config, "use_karras_sigmas": False})[2] == {}
+    exported = schedule_to_diffusers(NoiseSchedule.create("linear", 1000), "eps", {"karras_sigmas": True})
+    assert exported["use_karras_sigmas"] is True
+    assert schedule_from_diffusers({k: v for k, v in exported.items() if not k.startswith("_ldmkit")})[2][
+        "karras_sigmas"] is True

@@ -65,10 +65,27 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[NoiseSchedule, s
     if cfg.get("timestep_spacing") is not None:
         defaults["spacing"] = cfg["timestep_spacing"]
     if "steps_offset" in cfg:
-        defaults["steps_offset"] = int(cfg["steps_offset"])
+        offset = cfg["steps_offset"]
+        defaults["steps_offset"] = int(offset) if isinstance(offset, float) and offset.is_integer() else offset
     if "set_alpha_to_one" in cfg:
         defaults["set_alpha_to_one"] = bool(cfg["set_alpha_to_one"])
+    if cfg.get("use_karras_sigmas"):  # Euler's, Heun's and DPM-Solver's option: ldmkit's three take it
+        defaults["karras_sigmas"] = True
+    _check_step_settings(defaults, steps)
     return schedule, _PREDICTION_FROM[prediction_type], defaults
+
+
+def _check_step_settings(defaults: dict[str, Any], steps: int) -> None:
+    """Refuse, when the config is read, step settings every generation would fail on later."""
+    from ldmkit.diffusion.timesteps import SPACINGS
+
+    spacing, offset = defaults.get("spacing"), defaults.get("steps_offset")
+    if spacing is not None and spacing not in SPACINGS:
+        raise UserError(f"the scheduler config's timestep_spacing is {spacing!r:.60}; "
+                        f"ldmkit's samplers take {', '.join(SPACINGS)}")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < steps):
+        raise UserError(f"the scheduler config's steps_offset is {offset!r:.60}; it must be an integer "
+                        f"from 0 to {steps - 1} (num_train_timesteps - 1)")
 
 
 def schedule_to_diffusers(
@@ -88,6 +105,7 @@ def schedule_to_diffusers(
         "timestep_spacing": defaults.get("spacing", "leading"),
         "steps_offset": int(defaults.get("steps_offset", 0)),
         "set_alpha_to_one": bool(defaults.get("set_alpha_to_one", True)),
+        "use_karras_sigmas": bool(defaults.get("karras_sigmas", False)),  # for an Euler / DPM scheduler from_config
         "rescale_betas_zero_snr": bool(spec.get("zero_terminal_snr", False)),
         _OWN_DEFAULTS: defaults,
     }

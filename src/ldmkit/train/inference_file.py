@@ -126,7 +126,8 @@ _METADATA_KINDS: dict[str, type] = {
     "class_names": list, "unet_config": dict, "vae_config": dict, "schedule": dict, "sampler_defaults": dict,
     "run_config": dict, "text_encoder_config": dict, "tokenizer_files": dict,
 }
-SAMPLER_DEFAULTS = {"spacing": str, "steps_offset": int, "set_alpha_to_one": bool}  # interop/diffusers_scheduler.py
+# interop/diffusers_scheduler.py; spacing is one of diffusion.timesteps.SPACINGS, steps_offset >= 0
+SAMPLER_DEFAULTS = {"spacing": str, "steps_offset": int, "set_alpha_to_one": bool, "karras_sigmas": bool}
 
 
 def _metadata_problem(meta: dict[str, Any]) -> str | None:
@@ -143,10 +144,14 @@ def _metadata_problem(meta: dict[str, Any]) -> str | None:
 
 def sampler_defaults_problem(defaults: dict[str, Any]) -> str | None:
     """The first entry of `defaults` that SAMPLER_DEFAULTS does not allow ("key=value"), or None."""
+    from ldmkit.diffusion.timesteps import SPACINGS
+
     for key, value in defaults.items():
         kind = SAMPLER_DEFAULTS.get(key)
         if kind is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return f"{key}={value!r:.60}"
+        if (key == "spacing" and value not in SPACINGS) or (key == "steps_offset" and value < 0):
+            return f"{key}={value!r:.60}"  # the samplers would refuse it only at the first generation
     return None
 
 
