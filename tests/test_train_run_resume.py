@@ -84,3 +84,12 @@ def test_changed_settings_are_noted_and_a_finished_stage_keeps_its_own(data, run
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("note:")] == [
         "note: settings differ from the checkpoint's (diffusion step 2); used from here on: diffusion.steps 2 -> 3"]
+
+
+def test_a_resume_with_the_same_settings_is_marked_in_the_log_too(data, run):
+    """A crash after the last checkpoint logs steps the resume runs again; the mark says where to cut."""
+    run_training(micro_config(data, vae_steps=2, steps=2), run)  # the fixture's own settings, diffusion stage
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    resume = [row for row in rows if row.get("event") == "resume"]
+    assert [(row["stage"], row["step"]) for row in resume] == [("vae", 2)]
+    assert rows.index(resume[0]) < next(i for i, row in enumerate(rows) if row["stage"] == "diffusion")

@@ -310,9 +310,11 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
 
     with StopSignal(deadline, announce=dist.is_main) as stop:
         ctx = StageContext(run_dir=out_dir, config=config, dist=dist, stop=stop, save_state=save_state)
-        if resumed is not None:  # the history config.json does not keep (resume_settings.py)
+        if state is not None:
+            # Every resume is marked, changed settings or not: a run that crashed after its last
+            # checkpoint logged steps it now runs again, and readers need the point to cut at.
             log = ctx.logger(state["stage"], 0, 0, bar=False)
-            log.record(resumed[1])
+            log.record(resumed[1] if resumed is not None else {"event": "resume", "step": state["step"]})
             log.close()
         if state is not None and state["stage"] == "diffusion":
             with loading_run_state(ckpt_path):
