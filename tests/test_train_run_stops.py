@@ -100,3 +100,26 @@ def test_ctrl_c_while_encoding_stops_before_the_next_batch(data, tmp_path, monke
     monkeypatch.undo()
     assert ldm_train(monkeypatch, run, micro_config(data, vae_steps=VAE_STEPS, steps=3)) == 0
     assert load_inference_file(run)[2]["step"] == 3
+
+
+def test_ctrl_c_during_the_last_sample_grid_skips_it_and_exits_130(data, tmp_path, monkeypatch, capsys):
+    """The grid ran on for tens of seconds after "stopping", then the run exited 0 as if no Ctrl-C had come."""
+    from ldmkit.train import previews
+
+    real_sample, grids = previews.sample, []
+
+    def sample(*args, **kwargs):
+        grids.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # as the grid starts: its first sampler step ends it
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(previews, "sample", sample)
+    config = micro_config(data, vae_steps=VAE_STEPS, steps=3)
+    config.diffusion.sample_every = 1000  # the last step's grid is the only one
+    run = tmp_path / "run"
+    assert ldm_train(monkeypatch, run, config) == 130
+    err = capsys.readouterr().err
+    assert "step 3's sample grid skipped after SIGINT" in err
+    assert "SIGINT after the last step (3): the diffusion stage is complete, its checkpoint and model saved" in err
+    assert grids == [1] and not list((run / "samples").glob("step_*.png"))
+    assert load_training_state(run / "checkpoint.pt")["step"] == load_inference_file(run)[2]["step"] == 3

@@ -208,13 +208,18 @@ class DiffusionTrainer:
         module.train(was_training)
         return total / len(val)
 
-    def save_samples(self) -> None:
+    def save_samples(self) -> bool:
+        """The sample grid of this step; False when a signal came before or during it (nothing written)."""
+        if self.ctx.stop.signalled:
+            return False
         path = self.ctx.run_dir / "samples" / f"step_{self.step:06d}.png"
-        save_sample_grid(path, self.ema.module, self.vae, self.schedule, latent_shape=self.train_set.latent_shape,
-                         num_classes=self.num_classes or 0, per_row=self.cfg.sample_per_class,
-                         guidance=self.cfg.sample_cfg if self.cfg.cond_drop > 0 else 1.0,
-                         prediction=self.cfg.prediction,
-                         steps=self.cfg.sample_steps, autocast=self.precision.autocast())
+        return save_sample_grid(path, self.ema.module, self.vae, self.schedule,
+                                latent_shape=self.train_set.latent_shape,
+                                num_classes=self.num_classes or 0, per_row=self.cfg.sample_per_class,
+                                guidance=self.cfg.sample_cfg if self.cfg.cond_drop > 0 else 1.0,
+                                prediction=self.cfg.prediction, steps=self.cfg.sample_steps,
+                                autocast=self.precision.autocast(),
+                                stopped=lambda: self.ctx.stop.signalled) is not None
 
     def write_inference_file(self) -> None:
         extra = {"schedule": self.schedule.to_dict(), "class_names": self.class_names, "step": self.step}
@@ -277,7 +282,8 @@ class DiffusionTrainer:
                     log.metrics(step, {"val_loss": self.validation_loss(self.unet),
                                        "val_loss_ema": self.validation_loss(self.ema.module)})
                 if main and cfg.sample_every > 0 and (step % cfg.sample_every == 0 or last):
-                    self.save_samples()
+                    if not self.save_samples():
+                        log.message(f"step {step}'s sample grid skipped after {self.ctx.stop.signal_name}")
                 # No periodic checkpoint inside a run of skipped steps: the last one saved
                 # stays the one from before the trouble started.
                 if step % run.checkpoint_every == 0 and not last and self.guard.bad_streak == 0:
@@ -289,6 +295,9 @@ class DiffusionTrainer:
             if self.guard.stop_agreed:
                 log.message(f"stopped by {self.ctx.stop.signal_name} at step {self.step}; checkpoint saved, "
                             "run the same command again to resume")
+            elif self.ctx.stop.signalled:  # after the last step had run: the stage is complete all the same
+                log.message(f"{self.ctx.stop.signal_name} after the last step ({self.step}): the diffusion stage is "
+                            "complete, its checkpoint and model saved")
             else:
                 skipped = f", {self.guard.skipped} non-finite steps skipped" if self.guard.skipped else ""
                 log.message(f"diffusion stage done: {self.step} steps, {rate:.1f} img/s while training{skipped}")

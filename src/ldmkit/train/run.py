@@ -356,9 +356,11 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
             with loading_run_state(ckpt_path):
                 trainer.load_state_dict(state)
         trainer.train()
-        if trainer.guard.stop_agreed:  # checkpoint and model written
-            return RunOutcome(out_dir, agreed_stop(stop.signal_name, dist))
-    return RunOutcome(out_dir)
+        # A stop agreed on during training, or a signal after its last step (the run is complete,
+        # but `ldm train ... && ldm generate` must not go on after Ctrl-C); checkpoint and model
+        # are written either way. Every rank takes part in agreeing.
+        reason = agreed_stop(stop.signal_name if trainer.guard.stop_agreed or stop.signalled else None, dist)
+    return RunOutcome(out_dir, reason)
 
 
 def _built_from_run_seed(build: Callable[[], T], seed: int) -> T:

@@ -62,6 +62,11 @@ class StopSignal:
             self.request("the time limit")
         return self._requested
 
+    @property
+    def signalled(self) -> bool:
+        """Whether a signal (not the time limit, not `request`) asked for the stop."""
+        return self._signalled
+
     def request(self, name: str = "request") -> None:
         self._requested = True
         self.signal_name = self.signal_name or name
