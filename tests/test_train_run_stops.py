@@ -123,3 +123,27 @@ def test_ctrl_c_during_the_last_sample_grid_skips_it_and_exits_130(data, tmp_pat
     assert "SIGINT after the last step (3): the diffusion stage is complete, its checkpoint and model saved" in err
     assert grids == [1] and not list((run / "samples").glob("step_*.png"))
     assert load_training_state(run / "checkpoint.pt")["step"] == load_inference_file(run)[2]["step"] == 3
+
+
+def test_ctrl_c_while_encoding_with_a_given_vae_claims_no_saved_vae(data, tmp_path, monkeypatch, capsys):
+    """With --vae the run trains no VAE: "the VAE is saved" named a file it had never written."""
+    from ldmkit.train import apply_overrides
+
+    vae_run = tmp_path / "vae"
+    assert ldm_train(monkeypatch, vae_run, apply_overrides(micro_config(data, vae_steps=VAE_STEPS, steps=1),
+                                                           {"stage": "vae"})) == 0
+    monkeypatch.undo()
+    real_batches = latent_cache.ordered_batches
+
+    def batches(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        yield from real_batches(*args, **kwargs)
+
+    monkeypatch.setattr(latent_cache, "ordered_batches", batches)
+    config = micro_config(data, vae_steps=VAE_STEPS, steps=3)
+    config.vae_path = str(vae_run / "vae.safetensors")
+    run = tmp_path / "run"
+    assert ldm_train(monkeypatch, run, config) == 130
+    assert "stopped by SIGINT before the diffusion stage; nothing trained yet, run the same command" in (
+        capsys.readouterr().err)
+    assert not (run / "vae.safetensors").exists()

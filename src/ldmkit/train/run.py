@@ -344,8 +344,9 @@ def _run(config: RunConfig, out_dir: Path, resume: bool | None, dist: DistInfo,
             check_stop(stop, dist)  # asked for after the last batch, or before a cache that was read from its file
         except TrainingStopped:
             reason = agreed_stop(stop.signal_name, dist)
-            log.message(f"stopped by {reason} before the diffusion stage; the VAE is saved, "
-                        "run the same command again to resume")
+            saved = "the VAE is saved" if vae_file is None else "nothing trained yet"  # --vae: no VAE stage
+            log.message(f"stopped by {reason} before the diffusion stage; {saved}, run the same command again "
+                        "to resume")
             return RunOutcome(out_dir, reason)
         finally:
             log.close()
