@@ -80,7 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "--set checkpoint_every=500 --set min_snr_gamma=null "
                    "--set diffusion.model.attention_levels=[1,2]; keys "
                    "are fields of config.json, 'vae.'/'diffusion.' for the stages, 'vae.model.'/'diffusion.model.' "
-                   "for their architectures; VALUE is JSON when it parses as JSON, else a string")
+                   "for their architectures; a bare stage field (lr, steps, warmup, ema_decay, ...) is the "
+                   "diffusion stage's, as the flags of those names are; VALUE is JSON when it parses as JSON, "
+                   "else a string")
     p.set_defaults(run=run)
 
 
