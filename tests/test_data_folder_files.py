@@ -55,11 +55,10 @@ def test_class_of_unreadable_files_is_refused(tmp_path: Path, val_folder: bool) 
         (train / "broken" / f"{index}.png").write_bytes(b"")  # zero-byte files, as a failed copy leaves
     if val_folder:
         rgb_file(tmp_path / "val" / "ok" / "v.png", (0, 100, 0))
-    count = 4 if val_folder else 3  # without a val folder, one of the four is held out for val
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # with or without a val folder, all four are checked before any split
         warnings.simplefilter("ignore")
-        with pytest.raises(UserError, match=f"^Class 'broken' of '{train}' has no readable image: of its {count} "
-                                            f"training files, {count} fail to decode"):
+        with pytest.raises(UserError, match=f"^Class 'broken' of '{train}' has no readable image: of its 4 "
+                                            "training files, 4 fail to decode"):
             load_image_dataset(tmp_path, image_size=4)
 
 
@@ -131,3 +130,23 @@ def test_a_folder_gone_mid_run_is_one_user_error_also_from_a_worker(tmp_path: Pa
         message = str(caught.value)
         assert "could not be read" in message and "is the data still there?" in message, message
         assert "Traceback" not in message and "\n" not in message, message
+
+
+def test_unreadable_files_go_before_the_val_split_is_held_out(tmp_path: Path) -> None:
+    """They were counted as images and could be held out for val, which then had fewer than said."""
+    from ldmkit.data import folder
+
+    for index in range(10):
+        rgb_file(tmp_path / "a" / f"{index}.png", (0, 100, 0))
+        rgb_file(tmp_path / "b" / f"{index}.png", (100, 0, 0))
+    for index in range(4):
+        (tmp_path / "a" / f"bad{index}.png").write_bytes(b"not an image")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        train = load_image_dataset(tmp_path, "train", image_size=4)
+        val = load_image_dataset(tmp_path, "val", image_size=4)
+    assert len(train) + len(val) == 20 and len(val) == 2  # a tenth of each class's 10 images
+    assert "2 of the folder's 20 images held out for val" in train.describe()
+    assert [str(w.message).split(";")[0] for w in said] == [
+        f"4 of the 24 files of '{tmp_path}' are not readable images"]  # once: the val split's load says nothing
+    assert folder._last_inspected is not None  # the val split reused the train split's checks

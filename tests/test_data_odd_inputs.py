@@ -228,9 +228,11 @@ def test_checking_many_files_shows_a_bar_on_a_terminal(tmp_path, monkeypatch):
     monkeypatch.setattr(folder, "SHOW_CHECK_FROM", 3)
     load_quietly(str(tmp_path / "d"), "train", image_size=8)
     monkeypatch.setattr(folder, "SHOW_CHECK_FROM", 5000)
+    monkeypatch.setattr(folder, "_last_inspected", None)  # the same files: else their checks are reused
     load_quietly(str(tmp_path / "d"), "train", image_size=8)
     # None: tqdm's "on a terminal only" (a log file gets no bar); True: no bar for a few files
-    assert [(total, disable) for total, disable, _ in shown] == [(3, None), (3, True)]
+    # all 4 files: without a val folder they are checked before one is held out
+    assert [(total, disable) for total, disable, _ in shown] == [(4, None), (4, True)]
     assert "checking the files of" in shown[0][2]
 
 

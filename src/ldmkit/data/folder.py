@@ -100,14 +100,34 @@ def _examples(paths: list[Path], checks: dict[Path, ImageCheck] | None = None) -
 SHOW_CHECK_FROM = 5000  # files: below this the check takes a second or two; above it, a bar on a terminal
 
 
+_last_inspected: tuple[tuple, dict[Path, ImageCheck]] | None = None
+
+
+def _stamp(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (path, None)
+    return (path, stat.st_size, stat.st_mtime_ns)
+
+
 def _inspect_all(files: list[Path], where: str) -> dict[Path, ImageCheck]:
     # Threads: the check is I/O bound. The filter swap happens here, in the calling thread, once.
     # 100,000 files took 12 s without a word: a bar says what is happening (only on a terminal).
+    # The last listing's checks are kept while no file's size or time changes: a folder without
+    # a val folder is checked whole for its train split and again for the val split held out of
+    # it, moments later (a stat is ~100x cheaper than reading a header).
+    global _last_inspected
+    key = tuple(_stamp(path) for path in files)
+    if _last_inspected is not None and _last_inspected[0] == key:
+        return _last_inspected[1]
     with quiet_large_images(), ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
         checks = tqdm(pool.map(inspect_image_file, files, chunksize=64), total=len(files), unit="file",
                       desc=f"checking the files of {where}", leave=False,
                       disable=None if len(files) >= SHOW_CHECK_FROM else True)
-        return dict(zip(files, checks))
+        result = dict(zip(files, checks))
+    _last_inspected = (key, result)
+    return result
 
 
 def _warn_about_size(checks: dict[Path, ImageCheck], where: str) -> None:
@@ -195,17 +215,24 @@ def load_folder_dataset(
     elif val_dir is not None:
         chosen, where = train, f"'{train_dir}'"
     else:
-        held_train, held_val = hold_out(train, train_dir, val_fraction, seed)
+        # Unreadable files go before the split, so the held-out share and the counts said are
+        # of images (the val split's load checks the same files again: its warnings are the train's).
+        with warnings.catch_warnings():
+            if split == "val":
+                warnings.simplefilter("ignore")
+            readable, large = drop_unreadable(train, f"'{train_dir}'", every_class=True)
+        held_train, held_val = hold_out(readable, train_dir, val_fraction, seed)
         chosen = held_val if split == "val" else held_train
         where = f"the {split} split held out of '{train_dir}'" if split == "val" else f"'{train_dir}'"
-        note = (f"{len(held_val)} of the folder's {len(train)} images held out for val: there is no val folder"
+        note = (f"{len(held_val)} of the folder's {len(readable)} images held out for val: there is no val folder"
                 if split == "train" else f"held out of the train images, {val_fraction:.0%} of each class")
         if not chosen.files:
-            raise UserError(f"'{train_dir}' has {len(train)} images: too few to hold out a val split "
+            raise UserError(f"'{train_dir}' has {len(readable)} images: too few to hold out a val split "
                             f"(val_fraction={val_fraction}); add images or a '{root / 'val'}' folder.")
     if not chosen.files:
         raise UserError(f"No {split} images found in {where}.")
-    chosen, large = drop_unreadable(chosen, where, every_class=split == "train")
+    if val_dir is not None:
+        chosen, large = drop_unreadable(chosen, where, every_class=split == "train")
     # The source is printed in logs and stored as JSON: a folder name that is not UTF-8 is escaped.
     return FolderImageDataset(chosen, large, source=printable_name(str(root)), split=split, channels=channels,
                               image_size=image_size, flip=flip, note=note)
