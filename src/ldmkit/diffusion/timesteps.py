@@ -10,6 +10,7 @@ Spacings follow the names of Lin et al. 2024, Table 2, and diffusers' `timestep_
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,10 +52,18 @@ def spaced_timesteps(
 
     One step is at t = T - 1 whatever the spacing: linspace's single point and leading's first
     stride are t = 0, where a sampler called once returns its start noise.
+
+    `offset` (the samplers' `steps_offset`, diffusers' name) shifts only 'leading' grids, but is
+    checked for every spacing: an offset outside [0, T) is a mistake whichever grid it meets.
     """
     if spacing not in SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     T = num_train_steps
+    # Checked here, not left to the grid's checks: 2000 ran out of step counts to suggest (a bare
+    # StopIteration) and -5 was told to use fewer steps, when the offset was what was wrong.
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or not 0 <= offset < T:
+        raise UserError(f"steps_offset must be an integer from 0 to {T - 1} (the schedule's last timestep), "
+                        f"got {offset!r}")
     if steps == 1 or (skip_zero and steps == T and spacing != "trailing"):
         return torch.arange(T - 1, T - 1 - steps, -1, dtype=torch.float64)
     points = steps + int(skip_zero)
@@ -72,8 +81,15 @@ def spaced_timesteps(
         if not _leading_reaches_the_top(T, points, offset):
             # Whole strides from t = 0 leave the top of the schedule unvisited: 600 steps start at
             # t = 599, with a quarter of the signal left in what the sampler takes for pure noise.
-            fewer = next(n for n in range(steps - 1, 0, -1) if _leading_reaches_the_top(T, n + points - steps, offset))
+            fits = (n for n in range(steps - 1, 0, -1) if _leading_reaches_the_top(T, n + points - steps, offset))
+            fewer = next(fits, None)
             first = (points - 1) * ratio + offset
+            if fewer is None:  # skip_zero's extra point: from offset T // 2 on, no count of two or more fits
+                raise UserError(
+                    f"steps_offset {offset} puts 'leading' spacing's first step past the last timestep ({T - 1}) "
+                    f"for {steps} steps and every count down to 2; use a smaller steps_offset (diffusers' models "
+                    f"use 0 or 1), or from Python spacing='trailing'"
+                )
             where = "past the last timestep" if first > T - 1 else "far from pure noise"
             raise UserError(
                 f"{steps} steps with 'leading' spacing (this model's) take strides of {ratio} timestep(s) from "
