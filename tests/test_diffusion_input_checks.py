@@ -4,7 +4,7 @@ not a bare StopIteration, a broadcast that returns a plausible number, or torch'
 import pytest
 import torch
 
-from ldmkit.diffusion import NoiseSchedule
+from ldmkit.diffusion import NoiseSchedule, diffusion_loss
 from ldmkit.diffusion.samplers import sample
 from ldmkit.diffusion.timesteps import spaced_timesteps
 from ldmkit.errors import UserError
@@ -36,3 +36,28 @@ def test_steps_offset_checks_keep_the_step_count_error():
         spaced_timesteps(1000, 600, "leading")
     with pytest.raises(UserError, match="start at t = 1749 of 0..999, past the last timestep"):
         spaced_timesteps(1000, 4, "leading", offset=999)
+
+
+@pytest.mark.parametrize(("argument", "value", "message"), [
+    ("noise", torch.randn(1, 4, 5, 3), r"noise must be a tensor of x0's shape \(4, 4, 5, 3\), got \(1, 4, 5, 3\)"),
+    ("t", torch.tensor([1, 2, 3]), r"t must be a tensor of timesteps of shape \[4\] \(x0's batch\), got torch.int64"),
+    ("t", torch.tensor([[1], [2], [3], [4]]), r"t must be a tensor of timesteps of shape \[4\]"),
+    ("t", [1, 2, 3, 4], r"t must be a tensor of timesteps of shape \[4\] \(x0's batch\), got list"),
+    ("x0", torch.zeros(4, 4, 5, 3, dtype=torch.long), r"x0 must be a floating-point tensor \[B, .*\], got torch.int"),
+    ("x0", torch.zeros(4), r"x0 must be a floating-point tensor \[B, \.\.\.\], got torch.float32 \(4,\)"),
+])
+def test_diffusion_loss_refuses_mistaken_inputs(argument, value, message):
+    # The [1, ...] noise broadcast into a plausible loss (0.96); the others failed inside torch.
+    inputs = {"x0": torch.randn(4, 4, 5, 3), argument: value}
+    with pytest.raises(UserError, match=message):
+        diffusion_loss(_zeros, schedule=NoiseSchedule.create(), **inputs)
+
+
+def test_diffusion_loss_takes_fractional_and_out_of_range_t_as_before():
+    # Documented, not checked (a check would read the values back every step): float t is
+    # interpolated and values outside [0, T - 1] are clamped.
+    s, x0, noise = NoiseSchedule.create(), torch.randn(3, 2), torch.randn(3, 2)
+    clamped = diffusion_loss(_zeros, x0, s, t=torch.tensor([1000, -3, 5]), noise=noise, return_per_sample=True)[1]
+    edges = diffusion_loss(_zeros, x0, s, t=torch.tensor([999, 0, 5]), noise=noise, return_per_sample=True)[1]
+    assert torch.equal(clamped, edges)
+    assert torch.isfinite(diffusion_loss(_zeros, x0, s, t=torch.tensor([0.5, 10.25, 999.0]), noise=noise))

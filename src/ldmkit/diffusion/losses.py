@@ -37,6 +37,23 @@ def min_snr_weight(snr: Tensor, gamma: float, prediction: str) -> Tensor:
     return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.ones_like(snr))
 
 
+def _check_inputs(x0: Tensor, t: Tensor | None, noise: Tensor | None) -> None:
+    """`UserError` for a mistaken x0, t or noise, from their metadata only (no value is read: this
+    runs every training step, under torch.compile too). A [1, ...] noise or a [3] t for a batch of
+    4 broadcast into a plausible loss or failed inside torch; an integer x0 failed in randn."""
+    if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.dim() < 2:
+        got = f"{x0.dtype} {tuple(x0.shape)}" if isinstance(x0, Tensor) else type(x0).__name__
+        raise UserError(f"x0 must be a floating-point tensor [B, ...], got {got}")
+    batch = x0.shape[0]
+    if t is not None and (not isinstance(t, Tensor) or t.shape != (batch,) or t.dtype == torch.bool
+                          or t.is_complex()):
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise UserError(f"t must be a tensor of timesteps of shape [{batch}] (x0's batch), got {got}")
+    if noise is not None and (not isinstance(noise, Tensor) or noise.shape != x0.shape):
+        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+        raise UserError(f"noise must be a tensor of x0's shape {tuple(x0.shape)}, got {got}")
+
+
 def diffusion_loss(
     model_fn: Callable[[Tensor, Tensor], Tensor],
     x0: Tensor,
@@ -51,14 +68,18 @@ def diffusion_loss(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mean denoising loss of `model_fn(x_t, t) -> raw prediction` on the clean batch `x0`.
 
-    t: integer timesteps [B]; uniform on [0, T) when None. noise: the eps; standard normal
-    when None. Both are drawn with `generator` (on its device, then moved to x0's).
-    The network is given t as float32, as the samplers give it. The squared error is taken
-    in float32 even under autocast. With `return_per_sample`, also returns the [B] losses.
+    x0: floating-point [B, ...]. t: timesteps [B], integer (a float tensor is taken as fractional
+    timesteps, interpolated as the samplers' are); uniform on [0, T) when None. Values outside
+    [0, T - 1] are clamped to it, not refused: checking them would wait on the device every step.
+    noise: the eps, x0's shape; standard normal when None. Both are drawn with `generator` (on its
+    device, then moved to x0's). The network is given t as float32, as the samplers give it. The
+    squared error is taken in float32 even under autocast. With `return_per_sample`, also returns
+    the [B] losses.
     """
     check_prediction(prediction)
     if min_snr_gamma is not None and not min_snr_gamma > 0:
         raise UserError(f"min_snr_gamma must be positive, got {min_snr_gamma!r}")
+    _check_inputs(x0, t, noise)
     batch = x0.shape[0]
     draw_device = generator.device if generator is not None else x0.device
     if t is None:
