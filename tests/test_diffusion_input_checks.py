@@ -1,10 +1,11 @@
 """Mistaken arguments to the diffusion package's public functions: one UserError naming the argument,
 not a bare StopIteration, a broadcast that returns a plausible number, or torch's error from inside."""
 
+import numpy as np
 import pytest
 import torch
 
-from ldmkit.diffusion import NoiseSchedule, diffusion_loss
+from ldmkit.diffusion import NoiseSchedule, class_guidance, classifier_free_guidance, diffusion_loss
 from ldmkit.diffusion.samplers import sample
 from ldmkit.diffusion.timesteps import spaced_timesteps
 from ldmkit.errors import UserError
@@ -61,3 +62,23 @@ def test_diffusion_loss_takes_fractional_and_out_of_range_t_as_before():
     edges = diffusion_loss(_zeros, x0, s, t=torch.tensor([999, 0, 5]), noise=noise, return_per_sample=True)[1]
     assert torch.equal(clamped, edges)
     assert torch.isfinite(diffusion_loss(_zeros, x0, s, t=torch.tensor([0.5, 10.25, 999.0]), noise=noise))
+
+
+def _conditioned(x, t, c=None):
+    return x * c.view(-1, 1)
+
+
+@pytest.mark.parametrize("scale", [None, float("nan"), float("inf"), "7.5", True, torch.tensor([1.0, 2.0])])
+def test_guidance_scale_must_be_a_finite_number(scale):
+    # None failed at the first step ("unsupported operand type(s) for *"), NaN returned NaN.
+    with pytest.raises(UserError, match="guidance scale must be a finite number"):
+        classifier_free_guidance(_conditioned, scale, cond={"c": torch.ones(2)}, uncond={"c": torch.zeros(2)})
+    with pytest.raises(UserError, match="guidance scale must be a finite number"):
+        class_guidance(_conditioned, torch.tensor([1, 2]), 9, scale)
+
+
+@pytest.mark.parametrize("scale", [2, 2.0, np.float32(2.0), np.int64(2), torch.tensor(2.0), -1.5])
+def test_guidance_scale_numbers_still_guide(scale):
+    guided = classifier_free_guidance(_conditioned, scale, cond={"c": torch.ones(2)}, uncond={"c": torch.zeros(2)})
+    x = torch.ones(2, 3)
+    assert torch.equal(guided(x, torch.zeros(2)), float(scale) * x)

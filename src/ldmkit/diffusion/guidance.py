@@ -15,6 +15,8 @@ prediction; at s = 0 the conditional pass is skipped.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,6 +54,19 @@ def check_rescale(rescale: float) -> float:
     return rescale
 
 
+def check_scale(scale: float | Tensor) -> float | Tensor:
+    """Validate a guidance scale s: a finite real number (numpy's too), or a 0-d real tensor, whose
+    value is not read here (that would wait on the device). None gave "unsupported operand type(s)"
+    at the first step and NaN a NaN sample; a bool is a mistake, as the pipeline's cfg rule has it."""
+    if isinstance(scale, Tensor):
+        ok = scale.dim() == 0 and not scale.is_complex() and scale.dtype != torch.bool
+    else:
+        ok = isinstance(scale, numbers.Real) and not isinstance(scale, bool) and math.isfinite(scale)
+    if not ok:
+        raise UserError(f"guidance scale must be a finite number (or a 0-d tensor), got {scale!r}")
+    return scale
+
+
 def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
     """Lin et al. 2024, eq. 15: x_rescaled = x_cfg std(x_pos) / std(x_cfg), per sample;
     eq. 16: phi x_rescaled + (1 - phi) x_cfg."""
@@ -72,12 +87,14 @@ def classifier_free_guidance(
 
     Args:
         model_fn: `model_fn(x, t, **kwargs) -> raw prediction` (e.g. `UNet.forward`).
-        scale: guidance scale s (1 = plain conditional model).
+        scale: guidance scale s (1 = plain conditional model), a finite number. A 0-d tensor is
+            taken unchecked, and compared with 0 and 1 at every step (on a GPU, a wait each time).
         cond, uncond: keyword tensors for the conditional and null condition, batched like x
             (e.g. `{"class_labels": labels}` and `{"class_labels": null_labels}`).
         rescale: phi in [0, 1] of Lin et al. 2024 (0 = off).
     """
     check_rescale(rescale)
+    check_scale(scale)
     cond, uncond = dict(cond), dict(uncond)
     both = _concat_kwargs(cond, uncond) if scale not in (0, 1) else None
 
