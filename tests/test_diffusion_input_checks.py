@@ -82,3 +82,21 @@ def test_guidance_scale_numbers_still_guide(scale):
     guided = classifier_free_guidance(_conditioned, scale, cond={"c": torch.ones(2)}, uncond={"c": torch.zeros(2)})
     x = torch.ones(2, 3)
     assert torch.equal(guided(x, torch.zeros(2)), float(scale) * x)
+
+
+@pytest.mark.parametrize(("sampler", "option"), [("euler", "karras_sigmas"), ("dpmpp-2m", "karras_sigmas"),
+                                                 ("ddim", "set_alpha_to_one")])
+def test_numpy_bools_are_bool_options(sampler, option):
+    # np.bool_ was refused with "must be a bool", while numpy's ints and floats were taken for the
+    # int and float options; tensors are taken for none of them.
+    s, x = NoiseSchedule.create(), torch.randn(2, 3)
+
+    def model(x_t, t):
+        return 0.1 * x_t
+
+    for flag in (True, False):
+        ours = sample(model, x, s, sampler=sampler, steps=4, **{option: np.bool_(flag)})
+        assert torch.equal(ours, sample(model, x, s, sampler=sampler, steps=4, **{option: flag}))
+    for wrong in (torch.tensor(True), np.int64(1), "yes"):
+        with pytest.raises(UserError, match=f"{option} must be a bool"):
+            sample(model, x, s, sampler=sampler, steps=4, **{option: wrong})

@@ -35,6 +35,7 @@ import inspect
 import numbers
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,9 +77,10 @@ def sampler_options(name: str) -> list[str]:
 
 def _check_option_type(sampler: str, name: str, value: object, default: object) -> None:
     """`UserError` unless `value` is of the kind of the option's default (`eta="0.5"` was torch's
-    TypeError deep in the loop, `karras_sigmas="no"` a truthy string)."""
+    TypeError deep in the loop, `karras_sigmas="no"` a truthy string). numpy's numbers count as
+    Python's, its bools too (`sample` makes them Python bools); tensors do not, for any option."""
     if isinstance(default, bool):
-        ok = isinstance(value, bool)
+        ok = isinstance(value, (bool, np.bool_))
     elif isinstance(default, int):
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     elif isinstance(default, float):
@@ -116,6 +118,7 @@ def sample(
         )
     for name, value in options.items():
         _check_option_type(sampler, name, value, inspect.signature(fn).parameters[name].default)
+    options = {k: bool(v) if isinstance(v, np.bool_) else v for k, v in options.items()}
     if steps is None:
         steps = DEFAULT_STEPS[sampler] or schedule.num_steps
     return fn(
