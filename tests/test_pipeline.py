@@ -168,3 +168,34 @@ def test_cli_generate_per_class_files(run_folder, tmp_path) -> None:
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == ["00000_seed0_class0.png", "00001_seed1_class1.png", "00002_seed2_class2.png", "grid.png"]
     assert main(["generate", "--model", str(run_folder), "--prompt", "x", "--quiet", "--out", str(out)]) == 2
+
+
+def test_a_job_whose_parts_do_not_fit_together_is_named(pipe) -> None:
+    """A mask or strength without init was dropped without a word; seeds and labels of two lengths,
+    an empty job and a misshapen init failed inside torch or named a batch the caller never gave."""
+    with pytest.raises(UserError, match="a mask needs start latents: pass init"):
+        pipe.generate_latents([0], [0], mask=torch.ones(1, 1, 4, 4), **SAMPLING)
+    with pytest.raises(UserError, match="strength needs start latents"):
+        pipe.generate_latents([0], [0], strength=0.5, **SAMPLING)
+    with pytest.raises(UserError, match="1 labels for 2 seeds: give one class id per seed"):
+        pipe.generate_latents([0, 1], [0], **SAMPLING)
+    with pytest.raises(UserError, match="1 labels for 3 seeds"):
+        pipe.generate_uint8([0, 1, 2], [0], batch_size=2, **SAMPLING)
+    with pytest.raises(UserError, match="no seeds given"):
+        pipe.generate_uint8([], [], **SAMPLING)
+    channels, h, w = pipe.latent_shape
+    for init in (torch.zeros(3, channels, h, w), torch.zeros(channels, h, w), torch.zeros(1, 3, h, w), np.zeros(3)):
+        with pytest.raises(UserError, match=rf"init must be latents \[1 or 2, {channels}, h, w\]"):
+            pipe.generate_latents([0, 1], [0, 0], init=init, strength=0.5, **SAMPLING)
+    init = torch.zeros(1, channels, h, w)
+    with pytest.raises(UserError, match=rf"mask must be \[1, 1, {h}, {w}\] at init's size"):
+        pipe.generate_latents([0], [0], init=init, mask=torch.ones(1, 1, h + 1, w), **SAMPLING)
+    assert pipe.generate_latents([0, 1], [0, 0], init=init, strength=0.5, **SAMPLING).shape == (2, channels, h, w)
+
+
+def test_the_guidance_rescale_takes_numpys_and_torchs_numbers(pipe) -> None:
+    reference = pipe.generate_uint8([0], [1], cfg=2.5, cfg_rescale=0.5, **SAMPLING)
+    for rescale in (np.float32(0.5), torch.tensor(0.5)):
+        assert torch.equal(pipe.generate_uint8([0], [1], cfg=2.5, cfg_rescale=rescale, **SAMPLING), reference)
+    with pytest.raises(UserError, match="guidance rescale must be in"):
+        pipe.generate_uint8([0], [1], cfg=2.5, cfg_rescale=1.5, **SAMPLING)

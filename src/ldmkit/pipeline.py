@@ -41,8 +41,9 @@ from ldmkit.errors import UserError, warn_caller
 from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
-from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_strength, class_names_for,
-                                  network_dtype, open_image, real_number, whole_number)
+from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_seeds_and_labels, check_start,
+                                  check_strength, class_names_for, filled, network_dtype, open_image, real_number,
+                                  whole_number)
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
@@ -272,6 +273,7 @@ class LatentDiffusionPipeline:
         `diffusion.sampler_options`); they override the model's defaults.
         """
         steps = whole_number(steps, "steps")  # numpy's integers and 0-d tensors as Python numbers from here
+        shape = check_start(seeds, labels, init, mask, strength, self.latent_shape[0]) or self.latent_shape
         strength = check_strength(strength, steps) if init is not None else None
         self.check_sampling(sampler, steps, cfg_rescale, cfg, strength, **sampler_settings)  # NaN cfg: black images
         cfg = None if cfg is None else real_number(cfg, "the guidance scale cfg (--cfg)")
@@ -280,7 +282,6 @@ class LatentDiffusionPipeline:
         negative_prompt = "" if negative_prompt is None else negative_prompt  # None: no negative prompt
         if negative_prompt and not self.takes_text:
             raise UserError("a negative prompt needs a text-to-image model; this one takes no prompt")
-        shape = self.latent_shape if init is None else tuple(init.shape[1:])
         noise = SeededNoise(list(seeds), shape, device=self.device, dtype=torch.float32)
         x_T = noise.draw()  # [B, C_latent, h, w]
         options = {k: v for k, v in self.sampler_defaults.items() if k in sampler_options(sampler)}
@@ -346,6 +347,7 @@ class LatentDiffusionPipeline:
 
     def generate_uint8(self, seeds: Sequence[int], labels: Sequence[int], **options: Any) -> torch.Tensor:
         """All of `iter_uint8`'s batches (same options) as one uint8 [N, C, H, W] on the CPU."""
+        check_seeds_and_labels(seeds, labels)  # torch.cat of no batches was torch's error
         return torch.cat(list(self.iter_uint8(seeds, labels, **options)))
 
     def iter_uint8(
@@ -370,6 +372,7 @@ class LatentDiffusionPipeline:
         """
         if whole_number(batch_size, "batch_size") < 1:
             raise UserError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
+        check_seeds_and_labels(seeds, labels, some=False)
         pad = self._compiles(len(seeds)) and (whole_batches or len(seeds) > batch_size)
         self._job_images = len(seeds)  # "auto" compilation looks at the whole job, not one batch
         try:
@@ -378,7 +381,7 @@ class LatentDiffusionPipeline:
                 batch_seeds, batch_labels = list(seeds[batch]), list(labels[batch])
                 kept = len(batch_seeds)
                 if pad:
-                    batch_seeds, batch_labels = _fill(batch_seeds, batch_size), _fill(batch_labels, batch_size)
+                    batch_seeds, batch_labels = filled(batch_seeds, batch_size), filled(batch_labels, batch_size)
                 latents = self.generate_latents(batch_seeds, batch_labels, **sampling)[:kept]
                 images = self.decode(latents).cpu()
                 if progress is not None:
@@ -439,11 +442,6 @@ class LatentDiffusionPipeline:
             raise UserError(f"mask size {pil.size[0]}x{pil.size[1]} differs from the image's {size[0]}x{size[1]}")
         binary = torch.from_numpy((mask_levels(pil) >= 128).astype(np.float32))[None, None]
         return F.max_pool2d(binary, self.vae.config.downsample_factor).to(self.device)
-
-
-def _fill(values: list[int], size: int) -> list[int]:
-    """`values` extended to `size` entries by repeating its last one."""
-    return values + [values[-1]] * (size - len(values))
 
 
 MAX_IMAGE_SCALE = 8  # start images up to this many times the model's size (each step runs the UNet at it)

@@ -117,3 +117,40 @@ def open_image(image: Image.Image | str | Path, what: str = "image") -> Image.Im
         raise UserError(f"{what} {path} is too large to decode safely ({err}); shrink it") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"cannot read {what} {path} as an image ({err})") from None
+
+
+def check_seeds_and_labels(seeds: Sequence[int], labels: Sequence[int], *, some: bool = True) -> None:
+    """`UserError` unless there is one label (a class id, -1 for none) per seed, and with `some` a
+    seed at all (a job of none is a `--skip-existing` that found every image made)."""
+    if some and len(seeds) == 0:
+        raise UserError("no seeds given: a job makes one image per seed")
+    if len(labels) != len(seeds):
+        raise UserError(f"{len(labels)} labels for {len(seeds)} seeds: give one class id per seed (-1: no class)")
+
+
+def check_start(seeds: Sequence[int], labels: Sequence[int], init: Any, mask: Any, strength: Any,
+                channels: int) -> tuple[int, ...] | None:
+    """The latent shape [C, h, w] of a job's start latents `init` (None without them), after a
+    `UserError` for seeds, labels, init, mask and strength that do not fit together: a mask or a
+    strength without init was dropped without a word, and a misshapen init failed in torch's expand."""
+    check_seeds_and_labels(seeds, labels)
+    if init is None:
+        if mask is not None or real_number(strength, "strength") != 1.0:
+            raise UserError(f"{'a mask' if mask is not None else 'strength'} needs start latents: pass init "
+                            "(encode_image's latents) too")
+        return None
+    if not isinstance(init, torch.Tensor) or init.dim() != 4 or init.shape[0] not in (1, len(seeds)) \
+            or init.shape[1] != channels:
+        got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
+        raise UserError(f"init must be latents [1 or {len(seeds)}, {channels}, h, w] (encode_image's), got {got}")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[1] != 1
+                             or mask.shape[0] not in (1, len(seeds)) or mask.shape[-2:] != init.shape[-2:]):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise UserError(f"mask must be [1, 1, {init.shape[2]}, {init.shape[3]}] at init's size (prepare_mask's), "
+                        f"got {got}")
+    return tuple(init.shape[1:])
+
+
+def filled(values: list[int], size: int) -> list[int]:
+    """`values` extended to `size` entries by repeating its last one (a compiled job's short batch)."""
+    return values + [values[-1]] * (size - len(values))

@@ -48,10 +48,13 @@ def _concat_kwargs(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[s
 
 
 def check_rescale(rescale: float) -> float:
-    """Validate a guidance rescale factor phi: a number in [0, 1]."""
-    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
+    """Validate a guidance rescale factor phi: a number in [0, 1] (numpy's, or a 0-d tensor, read
+    once per call), returned as a Python float."""
+    if isinstance(rescale, Tensor) and rescale.dim() == 0 and rescale.is_floating_point():
+        rescale = float(rescale)
+    if isinstance(rescale, bool) or not isinstance(rescale, numbers.Real) or not 0 <= rescale <= 1:
         raise UserError(f"guidance rescale must be in [0, 1], got {rescale!r}")
-    return rescale
+    return float(rescale)
 
 
 def check_scale(scale: float | Tensor) -> float | Tensor:
@@ -93,7 +96,7 @@ def classifier_free_guidance(
             (e.g. `{"class_labels": labels}` and `{"class_labels": null_labels}`).
         rescale: phi in [0, 1] of Lin et al. 2024 (0 = off).
     """
-    check_rescale(rescale)
+    rescale = check_rescale(rescale)
     check_scale(scale)
     cond, uncond = dict(cond), dict(uncond)
     both = _concat_kwargs(cond, uncond) if scale not in (0, 1) else None
