@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.models.timestep_input import timesteps_tensor
 from ldmkit.models.unet import UNet, UNetConfig
 
 
@@ -102,9 +103,10 @@ class LatentDiffusionModel(nn.Module):
             got = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
             raise UserError(f"latent must be a tensor of shape [{batch}, {self.latent_dim}] (batch, latent_dim), "
                             f"got {got}")
+        # Checked here, so that errors name the seed's argument `timesteps`, not the UNet's `t`;
+        # on the model's device, so that an x elsewhere gets the UNet's message about x.
+        device = self.unet.conv_in.weight.device
         if timesteps is None:
-            timesteps = torch.zeros(batch, device=x.device)
-        steps = torch.as_tensor(timesteps)
-        if steps.ndim > 1 or (steps.ndim == 1 and steps.shape[0] != batch):
-            raise UserError(f"timesteps must be a scalar or have shape [{batch}], got {tuple(steps.shape)}")
+            timesteps = torch.zeros(batch, device=device)
+        timesteps = timesteps_tensor(timesteps, batch, device, name="timesteps", owner="the model")  # [B]
         return self.unet(x, timesteps, cond=latent)

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ldmkit.errors import UserError
 from ldmkit.models.input_dtype import check_input_dtype
+from ldmkit.models.timestep_input import timesteps_tensor
 from ldmkit.models.unet_config import UNetConfig
 from ldmkit.nn import (
     DownSample,
@@ -172,13 +173,7 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         """The `[B, emb_dim]` vector every ResNet block sees: time + class + cond embeddings."""
         c = self.config
-        if t is None or isinstance(t, bool):
-            raise UserError(f"t (the timesteps) must be a number or a tensor of shape [{batch}], got {t!r}")
-        t = torch.as_tensor(t, device=device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise UserError(f"t must be a scalar or have shape [{batch}], got {tuple(t.shape)}")
+        t = timesteps_tensor(t, batch, device)  # [B]
         # The sinusoid is computed in fp32 (precision matters for large t), then cast to the
         # weights' dtype so a UNet held in bf16 / fp16 for inference runs without autocast.
         weight_dtype = self.time_embed.linear_in.weight.dtype
