@@ -99,9 +99,19 @@ class AutoencoderKL(nn.Module):
         self.register_buffer("latent_shift", torch.zeros(c.latent_channels), persistent=True)
         self.register_buffer("latent_scale", torch.ones(c.latent_channels), persistent=True)
 
+    def _check_tensor(self, value: torch.Tensor, name: str, weight: torch.Tensor) -> None:
+        """`UserError` naming `name` for what the first convolution would refuse in torch's words
+        ("Tensor on device cpu is not on the expected device meta!"): metadata only, no sync."""
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.device != weight.device:
+            raise UserError(f"{name} are on {value.device}, the autoencoder on {weight.device}: move them there "
+                            f"({name}.to({str(weight.device)!r}))")
+
     def _check_images(self, images: torch.Tensor) -> None:
         c = self.config
         f = c.downsample_factor
+        self._check_tensor(images, "images", self.quant_conv.weight)
         if images.ndim != 4 or images.shape[1] != c.in_channels:
             raise UserError(f"images must have shape [B, {c.in_channels}, H, W], got {tuple(images.shape)}")
         if images.shape[-2] % f or images.shape[-1] % f:
@@ -127,6 +137,7 @@ class AutoencoderKL(nn.Module):
         return post.sample(generator) if sample else post.mean
 
     def _check_latents(self, z: torch.Tensor) -> None:
+        self._check_tensor(z, "latents", self.post_quant_conv.weight)
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise UserError(f"latents must have shape [B, {self.config.latent_channels}, h, w], got {tuple(z.shape)}")
         check_input_dtype(z, self.post_quant_conv.weight, "the latents")
