@@ -14,6 +14,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.nn import context_kv
+from ldmkit.nn.arguments import check_positive_ints
 from ldmkit.nn.attention_op import attention, attention_op_enabled
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm
@@ -70,6 +71,7 @@ class SelfAttentionBlock(nn.Module):
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
+        check_positive_ints("SelfAttentionBlock", channels=channels, groups=groups)
         self.channels = channels
         self.heads, self.head_dim = resolve_heads(channels, num_heads, head_dim)
         self.norm = group_norm(channels, groups, eps)
@@ -80,9 +82,9 @@ class SelfAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, C, H, W] -> [B, C, H, W]
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise UserError(f"SelfAttentionBlock expects x of shape [B, {self.channels}, H, W], got {tuple(x.shape)}")
         b, c, h, w = x.shape
-        if c != self.channels:
-            raise UserError(f"SelfAttentionBlock expects {self.channels} channels, got {c}")
         # flatten + transpose is a free view for channels_last input, a copy otherwise.
         tokens = apply_group_norm(x, self.norm).flatten(2).transpose(1, 2)  # [B, HW, C]
         out = multi_head_attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens), self.heads)

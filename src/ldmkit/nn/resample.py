@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.nn.arguments import check_positive_ints
 from ldmkit.nn.derived_weights import derived, layout_of
 from ldmkit.nn.upsample_conv import (
     phase_kernels,
@@ -56,6 +57,7 @@ class DownSample(nn.Module):
     ) -> None:
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
+        check_positive_ints("DownSample", channels=channels, out_channels=out_channels)
         if padding not in (0, 1):
             raise UserError(f"DownSample padding must be 1 (symmetric) or 0 (asymmetric (0,1,0,1)), got {padding}")
         if not use_conv and out_channels != channels:
@@ -76,9 +78,12 @@ class DownSample(nn.Module):
 
 
 def _check_channels(layer: nn.Module, x: torch.Tensor) -> None:
-    """Name the layer and its channels, not a derived kernel's shape the user never made."""
-    if layer.use_conv and (x.ndim != 4 or x.shape[1] != layer.conv.in_channels):
-        raise UserError(f"{type(layer).__name__} expects x of shape [B, {layer.conv.in_channels}, H, W], "
+    """Name the layer and its channels, not a derived kernel's shape the user never made. Without a
+    conv the shape is checked too: pooling and interpolation read a 3-D [C, H, W] as unbatched or
+    as 1-D [N, C, L] (UpSample would then double W only)."""
+    channels = layer.conv.in_channels if layer.use_conv else None
+    if x.ndim != 4 or channels is not None and x.shape[1] != channels:
+        raise UserError(f"{type(layer).__name__} expects x of shape [B, {channels or 'C'}, H, W], "
                         f"got {tuple(x.shape)}")
 
 
@@ -94,6 +99,7 @@ class UpSample(nn.Module):
     def __init__(self, channels: int, out_channels: int | None = None, *, use_conv: bool = True) -> None:
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
+        check_positive_ints("UpSample", channels=channels, out_channels=out_channels)
         if not use_conv and out_channels != channels:
             raise UserError("UpSample(use_conv=False) cannot change the channel count")
         self.use_conv = use_conv

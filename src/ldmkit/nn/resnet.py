@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ldmkit.errors import UserError
+from ldmkit.nn.arguments import check_positive_ints
 from ldmkit.nn.derived_weights import derived, layout_of
 from ldmkit.nn.norm import group_norm
 from ldmkit.nn.norm_channels_last import apply_group_norm, channels_last_norm_enabled, group_norm_channels_last
@@ -43,6 +44,9 @@ class ResNetBlock(nn.Module):
     ) -> None:
         super().__init__()
         out_ch = in_ch if out_ch is None else out_ch
+        check_positive_ints("ResNetBlock", in_ch=in_ch, out_ch=out_ch, groups=groups)
+        if emb_dim is not None:
+            check_positive_ints("ResNetBlock", emb_dim=emb_dim)
         self.in_ch, self.out_ch, self.emb_dim = in_ch, out_ch, emb_dim
         # The width of the `concat` input a UNet decoder passes (its skip connection), when known:
         # the skip convolution's weight slices per input part are then cached for generation
@@ -76,6 +80,11 @@ class ResNetBlock(nn.Module):
         # x: [B, in_ch, H, W], emb: [B, emb_dim] -> [B, out_ch, H, W]
         # concat: [B, C2, H, W] or None: the block's input is cat([x, concat], dim=1) (a UNet skip
         # connection); x then holds in_ch - C2 channels.
+        if x.ndim != 4 or concat is not None and concat.ndim != 4:
+            if concat is None:
+                raise UserError(f"ResNetBlock expects x of shape [B, {self.in_ch}, H, W], got {tuple(x.shape)}")
+            raise UserError(f"ResNetBlock expects x and concat of shape [B, C, H, W], {self.in_ch} channels "
+                            f"together, got {tuple(x.shape)} and {tuple(concat.shape)}")
         joined = x.shape[1] + (0 if concat is None else concat.shape[1])
         if joined != self.in_ch:
             raise UserError(f"ResNetBlock expects {self.in_ch} input channels, got {joined}")

@@ -108,9 +108,9 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, C, H, W], context: [B, M, context_dim] -> [B, C, H, W]
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise UserError(f"SpatialTransformer expects x of shape [B, {self.channels}, H, W], got {tuple(x.shape)}")
         b, c, h, w = x.shape
-        if c != self.channels:
-            raise UserError(f"SpatialTransformer expects {self.channels} channels, got {c}")
         hidden = apply_group_norm(x, self.norm)
         if self.linear_projection:
             tokens = self.proj_in(hidden.flatten(2).transpose(1, 2))  # [B, HW, inner]
