@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ldmkit.errors import UserError
 from ldmkit.models.input_dtype import check_input_dtype
+from ldmkit.models.input_size import check_input_size, smallest_groups
 from ldmkit.models.timestep_input import timesteps_tensor
 from ldmkit.models.unet_config import UNetConfig
 from ldmkit.nn import (
@@ -129,6 +130,13 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(ch, c.norm_groups, c.norm_eps)
         self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        # The modules at each resolution (up block i runs at level L-1-i), for the smallest input.
+        levels: list[list[nn.Module]] = [[block] for block in self.down_blocks]
+        levels[-1].append(self.mid_block)
+        for i, block in enumerate(self.up_blocks):
+            levels[len(widths) - 1 - i].append(block)
+        levels[0].append(self.norm_out)
+        self._level_groups = smallest_groups(levels)
         if c.zero_init_output:
             # The untrained model predicts exactly 0 (ADM's zero_module): the loss starts at the
             # target's variance and no random output scale has to be unlearnt first.
@@ -220,6 +228,7 @@ class UNet(nn.Module):
                                 f"({name}.to({str(weight.device)!r}))")
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise UserError(f"UNet expects x of shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
+        check_input_size(x, self._level_groups, c.conv_resample, "UNet")
         check_input_dtype(x, weight, "the UNet's input x")
         context = others.get("context")
         if c.context_dim is not None:
