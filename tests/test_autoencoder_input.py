@@ -45,3 +45,21 @@ def test_inputs_on_the_right_device_still_run(vae) -> None:
         latents = vae.encode(torch.randn(2, 3, 16, 16))
         assert latents.shape == (2, 4, 8, 8)
         assert vae.decode(latents).shape == (2, 3, 16, 16)
+
+
+def test_inputs_too_small_for_its_groups_name_the_smallest_size(vae, monkeypatch) -> None:
+    # (32, 32) with 32 groups: one channel per group at the latent resolution, which must not be 1x1
+    expected = (r"^images of 2x2 pixels are too small for this autoencoder: its feature map at 1/2 scale is 1x1, "
+                r"one value per group of a GroupNorm with one channel per group; the smallest square input it "
+                r"takes is 4x4$")
+    with torch.no_grad():
+        with pytest.raises(UserError, match=expected):
+            vae.encode(torch.randn(1, 3, 2, 2))
+        with pytest.raises(UserError, match=r"^latents of 1x1 pixels are too small for this autoencoder's decoder"):
+            vae.decode(torch.randn(1, 4, 1, 1))
+        assert vae.encode(torch.randn(1, 3, 2, 4)).shape == (1, 4, 1, 2)  # two values per group: fine
+        assert vae.decode(torch.randn(1, 4, 1, 2)).shape == (1, 3, 2, 4)
+        monkeypatch.setattr("ldmkit.models.autoencoder.check_input_size", lambda *args, **kwargs: None)
+        for call, tensor in ((vae.encode, torch.randn(1, 3, 2, 2)), (vae.decode, torch.randn(1, 4, 1, 1))):
+            with pytest.raises(ValueError, match="Expected more than 1 value per channel"):  # what it was
+                call(tensor)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ldmkit.errors import UserError
 from ldmkit.models.input_dtype import check_input_dtype
+from ldmkit.models.input_size import check_input_size, smallest_groups
 from ldmkit.models.config_io import MAX_BLOCKS, MAX_LEVELS, JsonConfig, int_tuple
 from ldmkit.models.distributions import DiagonalGaussian
 from ldmkit.models.vae_coders import Decoder, Encoder
@@ -96,6 +97,12 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(c.latent_channels, c.out_channels, *args)
         self.quant_conv = nn.Conv2d(moments, moments, 1)
         self.post_quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, 1)
+        # Images are divisible by f, so only the latent resolution (the encoder's last level and
+        # middle, the decoder's middle and first level) can be 1x1: the groups there bound the size.
+        enc, dec = self.encoder, self.decoder
+        self._encoder_groups = smallest_groups([*[[level] for level in enc.down_blocks[:-1]],
+                                                [enc.down_blocks[-1], enc.mid_block, enc.norm_out]])
+        self._decoder_groups = smallest_groups([[dec.mid_block, *dec.up_blocks[0].resnets]])
         self.register_buffer("latent_shift", torch.zeros(c.latent_channels), persistent=True)
         self.register_buffer("latent_scale", torch.ones(c.latent_channels), persistent=True)
 
@@ -116,6 +123,7 @@ class AutoencoderKL(nn.Module):
             raise UserError(f"images must have shape [B, {c.in_channels}, H, W], got {tuple(images.shape)}")
         if images.shape[-2] % f or images.shape[-1] % f:
             raise UserError(f"image size {tuple(images.shape[-2:])} is not divisible by the downsample factor {f}")
+        check_input_size(images, self._encoder_groups, True, "autoencoder", name="images", multiple=f)
         check_input_dtype(images, self.quant_conv.weight, "the images")
 
     def posterior(self, images: torch.Tensor) -> DiagonalGaussian:
@@ -140,6 +148,7 @@ class AutoencoderKL(nn.Module):
         self._check_tensor(z, "latents", self.post_quant_conv.weight)
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise UserError(f"latents must have shape [B, {self.config.latent_channels}, h, w], got {tuple(z.shape)}")
+        check_input_size(z, self._decoder_groups, True, "autoencoder's decoder", name="latents")
         check_input_dtype(z, self.post_quant_conv.weight, "the latents")
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:

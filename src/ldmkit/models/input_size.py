@@ -38,15 +38,18 @@ def _failing_level(h: int, w: int, groups: Sequence[int], ceil: bool) -> tuple[i
     return None
 
 
-def check_input_size(x: torch.Tensor, groups: Sequence[int], ceil: bool, owner: str) -> None:
-    """`UserError` naming the smallest square input when `x` `[B, C, H, W]` is too small for a
-    network whose levels have `groups` (see `smallest_groups`) and halve by `ceil` or floor."""
+def check_input_size(x: torch.Tensor, groups: Sequence[int], ceil: bool, owner: str, *, name: str = "x",
+                     multiple: int = 1) -> None:
+    """`UserError` naming the smallest square input (a `multiple` of pixels on a side) when `x`
+    `[B, C, H, W]` is too small for a network whose levels have `groups` (see `smallest_groups`)
+    and halve by `ceil` or floor."""
     height, width = x.shape[-2], x.shape[-1]
     failed = _failing_level(height, width, groups, ceil)
     if failed is None:
         return
     level, h, w = failed
-    side = next(s for s in itertools.count(1) if _failing_level(s, s, groups, ceil) is None)
+    side = next(s for s in itertools.count(multiple, multiple) if _failing_level(s, s, groups, ceil) is None)
     why = "empty" if h < 1 or w < 1 else "one value per group of a GroupNorm with one channel per group"
-    raise UserError(f"x of {height}x{width} pixels is too small for this {owner}: its feature map at 1/{2**level} "
-                    f"scale is {h}x{w}, {why}; the smallest square input it takes is {side}x{side}")
+    verb = "are" if name.endswith("s") else "is"  # "images ... are", "x ... is"
+    raise UserError(f"{name} of {height}x{width} pixels {verb} too small for this {owner}: its feature map at "
+                    f"1/{2**level} scale is {h}x{w}, {why}; the smallest square input it takes is {side}x{side}")
