@@ -89,6 +89,12 @@ def test_what_a_model_cannot_do_is_a_user_error(pipe, run_folder, tmp_path) -> N
         LatentDiffusionPipeline.from_pretrained(tmp_path / "unet_only", device="cpu")
     with pytest.raises(UserError, match="no such model file or folder"):
         LatentDiffusionPipeline.from_pretrained(tmp_path / "missing.safetensors", device="cpu")
+    from ldmkit.train.inference_file import save_inference_file
+
+    save_inference_file(tmp_path / "vae_run" / "vae.safetensors", unet=None, vae=pipe.vae, run_config={})
+    with pytest.raises(UserError, match="holds vae; generating needs a UNet and a VAE; run its `ldm train` "
+                                        "command again to train the UNet"):  # a run stopped before its UNet
+        LatentDiffusionPipeline.from_pretrained(tmp_path / "vae_run", device="cpu")
 
 
 def test_python_callers_get_the_checks_the_command_line_makes(pipe) -> None:

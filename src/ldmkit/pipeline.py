@@ -39,6 +39,7 @@ from ldmkit.diffusion.guidance import check_rescale
 from ldmkit.diffusion.samplers import check_sampler, sampler_options
 from ldmkit.errors import UserError, warn_caller
 from ldmkit.models import AutoencoderKL, UNet
+from ldmkit.run_files import VAE_FILE
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
 from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_seeds_and_labels, check_start,
@@ -105,7 +106,9 @@ class LatentDiffusionPipeline:
 
         bundle = load_bundle(path, **options)
         if bundle.unet is None or bundle.vae is None:
-            raise UserError(f"{path} holds {', '.join(bundle.components)}; generating needs a UNet and a VAE")
+            unfinished = (Path(path) / VAE_FILE).is_file()  # a run folder stopped before its diffusion stage
+            raise UserError(f"{path} holds {', '.join(bundle.components)}; generating needs a UNet and a VAE"
+                            + ("; run its `ldm train` command again to train the UNet" if unfinished else ""))
         if bundle.schedule is None:
             raise UserError(f"{path} stores no noise schedule")
         return cls(
