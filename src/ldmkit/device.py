@@ -21,7 +21,7 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {name!r} was asked for, but PyTorch sees no CUDA GPU here (use --device cpu, "
@@ -32,6 +32,8 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
             raise UserError(f"device {device} does not exist ({torch.cuda.device_count()} GPUs visible)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("device 'mps' was asked for, but MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):  # "meta" holds no values: loading and generating fail late
+        raise UserError(f"device {name!r} cannot run ldmkit: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
