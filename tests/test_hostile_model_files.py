@@ -193,3 +193,11 @@ def test_legacy_torch_files_load_and_an_empty_one_says_so(tmp_path):
     (tmp_path / "empty.ckpt").write_bytes(b"")
     with pytest.raises(UserError, match="empty.ckpt is empty"):
         read_weights(tmp_path / "empty.ckpt")
+
+
+def test_a_file_that_is_no_pytorch_file_is_not_called_one_of_python_objects(tmp_path):
+    """Seven bytes of text were "it holds Python objects besides tensors": any weights-only failure read so."""
+    (tmp_path / "garbage.ckpt").write_text("garbage")
+    with pytest.raises(UserError, match=r"garbage.ckpt is not a PyTorch weight file \(neither a zip archive nor a "
+                                        r"pickle\)$"):
+        read_weights(tmp_path / "garbage.ckpt")

@@ -43,6 +43,10 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:
         text = str(err).strip()
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip nor a pickle (protocol 2+)
+            raise UserError(f"{path} is not a PyTorch weight file (neither a zip archive nor a pickle)") from None
         why = ("it holds Python objects besides tensors" if text.startswith("Weights only load failed")
                else f"{type(err).__name__}: {text.splitlines()[0] if text else ''}")  # torch's advice: terminal escapes
         raise UserError(
