@@ -89,6 +89,23 @@ def test_under_torchrun_each_process_says_which_rank_it_is(capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("ldm info (rank 1 of 2): error: ")
 
 
+def test_under_torchrun_rank_zero_says_a_shared_error_first(capsys, monkeypatch):
+    """Every rank printed the same mistake, and torchrun ended rank 0, the one that owns the log, first."""
+    import ldmkit.cli
+
+    said: list[str] = []
+    monkeypatch.setattr(ldmkit.cli.time, "sleep", lambda s: said.append(f"waited {s} s"))
+    monkeypatch.setattr(ldmkit.cli, "print_line", said.append)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["info", "/no/such/run"]) == 2
+    assert said[0].startswith("ldm info (rank 0 of 2): error: ")
+    assert said[1:3] == [f"waited {ldmkit.cli.RANK_ERROR_DELAY_S} s", said[2]]  # torchrun ends it meanwhile
+    assert said[2].startswith("ldm info (rank 1 of 2): error: ") and len(said) == 3
+
+
 def test_generate_writes_named_pngs_and_a_grid(model_file, tmp_path, capsys):
     out = tmp_path / "samples"
     assert main(["generate", "--model", str(model_file), "--class", "green", "blue", "--n", "2", "--steps", "3",

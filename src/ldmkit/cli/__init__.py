@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from ldmkit import __version__
 from ldmkit.errors import UserError
@@ -48,6 +49,20 @@ def _which_process() -> str:
     return f" (rank {os.environ.get('RANK', '0')} of {world})" if world.isdigit() and int(world) > 1 else ""
 
 
+RANK_ERROR_DELAY_S = 3.0
+
+
+def _let_rank_zero_say_it_first() -> None:
+    """Under torchrun, a rank other than 0 waits before printing its error. A mistake in the
+    command fails on every rank alike, and torchrun ends the others as soon as one exits: the
+    same line came from ranks 1..N-1, and rank 0's, the one that owns the log, was cut off. Rank
+    0 now says it and exits while the others wait and are ended unheard; an error of one rank's
+    own (a GPU it lacks) is still said by that rank, seconds later."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    if "TORCHELASTIC_RUN_ID" in os.environ and world.isdigit() and int(world) > 1 and rank not in ("", "0"):
+        time.sleep(RANK_ERROR_DELAY_S)
+
+
 # Flags that take a file or folder. The shell expands "~" only at a word's start, so
 # `--out=~/runs` arrived as "~/runs" and made a folder named "~" here (that --data expanded it
 # and --out did not made it worse); every one of them is expanded the same way.
@@ -78,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         with outputs_survive_a_closed_pipe(), warning_lines(f"ldm {args.verb}{_which_process()}"):
             result = args.run(args)
     except UserError as err:
+        _let_rank_zero_say_it_first()
         print_line(f"ldm {args.verb}{_which_process()}: error: {err}")
         return 2
     except BrokenPipeError:  # a pipe other than stdout / stderr (those drop their writes: closed_pipe.py)
