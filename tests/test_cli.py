@@ -142,6 +142,25 @@ def test_info_prints_classes_step_and_counts(model_file, capsys):
     assert meta["class_names"] == CLASSES and meta["image_size"] == 16
 
 
+def test_info_says_a_stopped_runs_step_against_its_planned_steps(model_file, tmp_path, capsys):
+    """A run stopped at step 12 of 100 showed "step: 12"; a VAE-only file showed a prediction and a null schedule."""
+    from ldmkit.train.inference_file import load_inference_file, save_inference_file
+
+    unet, vae, meta = load_inference_file(model_file)
+    extra = {"schedule": meta["schedule"], "class_names": CLASSES, "step": 12}
+    save_inference_file(tmp_path / "model.safetensors", unet=unet, vae=vae, extra=extra,
+                        run_config={"diffusion": {"steps": 100}, "vae": {"steps": 40}})
+    assert main(["info", str(tmp_path / "model.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "step:         12 of 100 (the diffusion stage; unfinished: run its ldm train command again" in out
+    save_inference_file(tmp_path / "vae.safetensors", unet=None, vae=vae, extra={"step": 40},
+                        run_config={"vae": {"steps": 40}})
+    assert main(["info", str(tmp_path / "vae.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "step:         40 of 40 (the VAE stage)\n" in out and "vae config:" in out
+    assert "prediction:" not in out and "schedule:" not in out and "unet config:" not in out
+
+
 def test_eval_reads_an_npz_of_samples(tmp_path, capsys):
     """`ldm eval --samples FILE.npz` (the peer's format) against a real folder dataset."""
     data = tmp_path / "data"

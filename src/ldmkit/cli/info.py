@@ -42,6 +42,20 @@ def _dataset(data: str | None) -> str:
     return data
 
 
+def _step(step: int | None, bundle) -> str:
+    """The step, against its stage's planned steps when the file says what they were: a run
+    stopped early (Ctrl-C, --time-limit) showed a bare 12, and nothing said it was unfinished."""
+    if step is None:
+        return "-"
+    stage = "diffusion" if bundle.unet is not None else "vae"
+    planned = ((bundle.extra.get("run_config") or {}).get(stage) or {}).get("steps")
+    if not isinstance(planned, int) or isinstance(planned, bool):
+        return str(step)
+    name = "the diffusion stage" if stage == "diffusion" else "the VAE stage"
+    return f"{step} of {planned} ({name}" + ("; unfinished: run its ldm train command again to go on)"
+                                           if step < planned else ")")
+
+
 def describe(bundle) -> dict:
     """A JSON-safe summary of a `ModelBundle` (configs, not weights or tokenizer files)."""
     extra = {k: v for k, v in bundle.extra.items() if k not in ("tokenizer_files",)}
@@ -78,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"model:        {args.model}",
         f"holds:        {', '.join(info['components'])}",
-        f"step:         {info['step'] if info['step'] is not None else '-'}",
+        f"step:         {_step(info['step'], bundle)}",
         f"dataset:      {_dataset(info['dataset'])}  (image size {info['image_size']})",
         f"classes:      {len(classes)}" + (": " + ", ".join(f"{i}={c}" for i, c in enumerate(classes))
                                            if classes else " (none)"),
@@ -91,12 +105,13 @@ def run(args: argparse.Namespace) -> int:
                      f"(f{c.downsample_factor}, {c.latent_channels} latent channels)")
     if bundle.text_encoder is not None:
         lines.append(f"text encoder: {_millions(bundle.text_encoder)}")
-    lines += [
-        f"prediction:   {info['prediction']}",
-        f"schedule:     {json.dumps(info['schedule'])}",
-        f"unet config:  {json.dumps(info['unet_config'])}",
-        f"vae config:   {json.dumps(info['vae_config'])}",
-    ]
+    if bundle.unet is not None:  # a VAE alone has no prediction, schedule or UNet to describe
+        lines += [
+            f"prediction:   {info['prediction']}",
+            f"schedule:     {json.dumps(info['schedule'])}",
+            f"unet config:  {json.dumps(info['unet_config'])}",
+        ]
+    lines.append(f"vae config:   {json.dumps(info['vae_config'])}")
     lines += [f"note:         {note}" for note in bundle.notes]
     print("\n".join(lines))
     return 0
