@@ -205,3 +205,20 @@ def test_the_guidance_rescale_takes_numpys_and_torchs_numbers(pipe) -> None:
         assert torch.equal(pipe.generate_uint8([0], [1], cfg=2.5, cfg_rescale=rescale, **SAMPLING), reference)
     with pytest.raises(UserError, match="guidance rescale must be in"):
         pipe.generate_uint8([0], [1], cfg=2.5, cfg_rescale=1.5, **SAMPLING)
+
+
+def test_the_constructor_refuses_parts_that_would_fail_later_or_be_ignored(pipe) -> None:
+    """image_size 0 was a conv error at the first generation, a schedule by name an AttributeError,
+    prediction "foo" was taken until generate, and a sampler default no sampler takes was ignored."""
+    parts, factor = dict(prediction="eps", image_size=16, device="cpu"), pipe.vae.config.downsample_factor
+    assert LatentDiffusionPipeline(pipe.unet, pipe.vae, pipe.schedule, **parts).image_size == 16
+    for bad, match in ((dict(image_size=0), "image_size must be a positive multiple of the VAE's downsample factor"),
+                       (dict(image_size=16 + factor // 2), f"multiple of the VAE's downsample factor {factor}, got"),
+                       (dict(image_size=(16, 24)), r"image_size \(square images: one number\) must be a whole number"),
+                       (dict(prediction="foo"), "unknown prediction type 'foo'"),
+                       (dict(sampler_defaults={"etaa": 0.5}), "sampler_defaults names etaa, which no sampler takes")):
+        with pytest.raises(UserError, match=match):
+            LatentDiffusionPipeline(pipe.unet, pipe.vae, pipe.schedule, **{**parts, **bad})
+    with pytest.raises(UserError, match="schedule must be a NoiseSchedule .* got str"):
+        LatentDiffusionPipeline(pipe.unet, pipe.vae, "scaled_linear", **parts)
+    assert LatentDiffusionPipeline(pipe.unet, pipe.vae, pipe.schedule, sampler_defaults={"eta": 0.5}, **parts)

@@ -42,9 +42,9 @@ from ldmkit.models import AutoencoderKL, UNet
 from ldmkit.run_files import VAE_FILE
 from ldmkit.data.class_names import match_class_name
 from ldmkit.data.folder_layout import printable_name
-from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_seeds_and_labels, check_start,
-                                  check_strength, class_names_for, filled, network_dtype, open_image, real_number,
-                                  whole_number)
+from ldmkit.pipeline_args import (DEFAULT_STRENGTH, TEXT_ENCODER_LAYOUT, check_parts, check_seeds_and_labels,
+                                  check_start, check_strength, class_names_for, filled, network_dtype, open_image,
+                                  real_number, whole_number)
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 25
@@ -82,8 +82,8 @@ class LatentDiffusionPipeline:
         self.unet = unet.to(self.device, self.dtype).eval()
         self.vae = vae.to(self.device, self.dtype).eval()
         self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval()
-        self.schedule = schedule
-        self.prediction = prediction
+        check_parts(schedule, prediction, image_size, vae, sampler_defaults)
+        self.schedule, self.prediction = schedule, prediction
         self.class_names = class_names_for(unet, class_names)
         self.image_size = image_size
         self.sampler_defaults = dict(sampler_defaults or {})

@@ -154,3 +154,25 @@ def check_start(seeds: Sequence[int], labels: Sequence[int], init: Any, mask: An
 def filled(values: list[int], size: int) -> list[int]:
     """`values` extended to `size` entries by repeating its last one (a compiled job's short batch)."""
     return values + [values[-1]] * (size - len(values))
+
+
+def check_parts(schedule: Any, prediction: Any, image_size: Any, vae: Any, sampler_defaults: Any) -> None:
+    """`UserError` for what `LatentDiffusionPipeline(...)` is handed and would fail on only at the
+    first generation (a schedule given by name, an unknown prediction, an image size the VAE
+    cannot halve to its latents) or never (a sampler default no sampler takes, ignored)."""
+    from ldmkit.diffusion import NoiseSchedule
+    from ldmkit.diffusion.parameterization import check_prediction
+    from ldmkit.diffusion.samplers import SAMPLERS, sampler_options
+
+    if not isinstance(schedule, NoiseSchedule):
+        raise UserError(f"schedule must be a NoiseSchedule (e.g. NoiseSchedule.create('scaled_linear', 1000)), "
+                        f"got {type(schedule).__name__}")
+    check_prediction(prediction)
+    size, factor = whole_number(image_size, "image_size (square images: one number)"), vae.config.downsample_factor
+    if size < factor or size % factor:
+        raise UserError(f"image_size must be a positive multiple of the VAE's downsample factor {factor}, got {size}")
+    known = sorted({name for sampler in SAMPLERS for name in sampler_options(sampler)})
+    unknown = sorted(set(sampler_defaults or {}) - set(known))
+    if unknown:
+        raise UserError(f"sampler_defaults names {', '.join(unknown)}, which no sampler takes; they take "
+                        f"{', '.join(known)}")
